@@ -1,0 +1,3 @@
+from everlearn.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,132 @@
+"""The run directory: atomic writes, stage checkpoints with checksums, and reading them back.
+
+Layout::
+
+    RUN_DIR/config.yaml            resolved config (what --resume reruns)
+    RUN_DIR/results.json           R so far, metrics, cost per phase (rewritten after each phase)
+    RUN_DIR/checkpoints/phase-01/  trainable.safetensors, strategy.safetensors, strategy.json,
+                                   done.json (written last: names the files and their sha256)
+
+Every file is written to a temporary name and renamed, so a killed run never leaves a
+half-written file that a resume would trust.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from everlearn.errors import ResumeError
+
+
+def write_atomic(path: Path, data: bytes | str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data.encode("utf-8") if isinstance(data, str) else data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_json(path: Path, obj: Any) -> None:
+    write_atomic(path, json.dumps(obj, indent=2, allow_nan=False) + "\n")
+
+
+def save_tensors(path: Path, tensors: dict[str, torch.Tensor]) -> None:
+    """safetensors, written atomically (an empty dict still writes a valid file)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    os.close(fd)
+    try:
+        save_file({k: v.contiguous() for k, v in tensors.items()}, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+class RunDir:
+    """Paths and checkpoint I/O of one run directory."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+
+    @property
+    def config(self) -> Path:
+        return self.path / "config.yaml"
+
+    @property
+    def results(self) -> Path:
+        return self.path / "results.json"
+
+    def phase_dir(self, phase: int) -> Path:
+        return self.path / "checkpoints" / f"phase-{phase:02d}"
+
+    def save_phase(self, phase: int, weights: dict[str, torch.Tensor] | None,
+                   strategy_state: dict[str, Any]) -> None:
+        """Checkpoint a finished phase; ``done.json`` is written last and marks it complete."""
+        d = self.phase_dir(phase)
+        if d.exists():
+            shutil.rmtree(d)
+        files = {}
+        if weights is not None:
+            save_tensors(d / "trainable.safetensors", weights)
+            files["trainable.safetensors"] = sha256(d / "trainable.safetensors")
+        save_tensors(d / "strategy.safetensors", strategy_state.get("tensors", {}))
+        write_json(d / "strategy.json", strategy_state.get("meta", {}))
+        for name in ("strategy.safetensors", "strategy.json"):
+            files[name] = sha256(d / name)
+        write_json(d / "done.json", {"phase": phase, "files": files})
+
+    def drop_weights(self, phase: int) -> None:
+        """Remove a phase's weights (keep_stage_weights: last) but keep its strategy state."""
+        d = self.phase_dir(phase)
+        done = d / "done.json"
+        if not done.exists():
+            return
+        meta = json.loads(done.read_text())
+        if meta["files"].pop("trainable.safetensors", None) is not None:
+            write_json(done, meta)
+            (d / "trainable.safetensors").unlink(missing_ok=True)
+
+    def load_phase(self, phase: int, need_weights: bool):
+        """(weights or None, strategy state) of a finished phase, verified by checksum."""
+        d = self.phase_dir(phase)
+        done = d / "done.json"
+        if not done.exists():
+            raise ResumeError(f"{d}: done.json: missing; phase {phase} did not finish")
+        try:
+            files = json.loads(done.read_text())["files"]
+        except (json.JSONDecodeError, KeyError, TypeError):
+            raise ResumeError(f"{done}: expected a JSON object with 'files'") from None
+        for name, digest in files.items():
+            f = d / name
+            if not f.exists() or sha256(f) != digest:
+                raise ResumeError(f"{f}: checksum mismatch or missing; the checkpoint is corrupt")
+        if need_weights and "trainable.safetensors" not in files:
+            raise ResumeError(f"{d}: trainable.safetensors: not kept for this phase")
+        weights = load_file(d / "trainable.safetensors") if need_weights else None
+        meta = json.loads((d / "strategy.json").read_text())
+        tensors = load_file(d / "strategy.safetensors")
+        return weights, {"meta": meta, "tensors": tensors}

@@ -1,0 +1,173 @@
+"""Command line: ``everlearn run | eval | ls | validate``.
+
+Errors from bad input print as one line (``everlearn: error: FILE: FIELD: expected ...``) with
+exit status 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+
+from everlearn import __version__
+from everlearn.errors import EverlearnError
+
+EPILOG = """examples:
+  everlearn run                                   # the built-in quickstart (4 stages, replay)
+  everlearn run stream.yaml train.lr=1e-4 stages.0.max_train=200
+  everlearn run stream.yaml strategy=[replay] --output runs/mine
+  everlearn run --resume runs/mine                # continue after the last finished stage
+  everlearn eval stream.yaml --weights runs/mine/checkpoints/phase-02
+  everlearn validate stream.yaml
+  everlearn ls
+"""
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="everlearn", epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Continual learning of LLMs: train a stream of stages, get the accuracy "
+                    "matrix, forgetting and transfer metrics, and cost per stage.")
+    p.add_argument("--version", action="version", version=f"everlearn {__version__}")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="train a stream and write a run directory",
+                         description="Train a stream. CONFIG is a YAML file (none: the built-in "
+                         "quickstart); key=value pairs override config fields.")
+    run.add_argument("config", nargs="?", help="stream YAML (omit for the quickstart)")
+    run.add_argument("overrides", nargs="*", metavar="key=value",
+                     help="config overrides, e.g. train.lr=1e-4 stages.0.max_train=200")
+    run.add_argument("--output", "-o", help="run directory (default: OUTPUT_DIR/NAME-TIMESTAMP)")
+    run.add_argument("--resume", metavar="RUN_DIR", help="continue a run after its last "
+                     "finished stage (takes the config from RUN_DIR)")
+    run.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
+
+    ev = sub.add_parser("eval", help="score a model (or a stage checkpoint) on a stream",
+                        description="Evaluate without training: one row of scores per stage.")
+    ev.add_argument("config", nargs="?", help="stream YAML (omit for the quickstart)")
+    ev.add_argument("overrides", nargs="*", metavar="key=value")
+    ev.add_argument("--weights", metavar="PHASE_DIR",
+                    help="a run's checkpoints/phase-NN directory whose weights to load")
+    ev.add_argument("--json", action="store_true", help="print the scores as JSON")
+    ev.add_argument("--quiet", "-q", action="store_true")
+
+    sub.add_parser("ls", help="list strategies, built-in tasks, embedded models and presets")
+
+    val = sub.add_parser("validate", help="check a config and its data without training")
+    val.add_argument("config", help="stream YAML")
+    val.add_argument("overrides", nargs="*", metavar="key=value")
+    return p
+
+
+def _split_overrides(config: str | None, overrides: list[str]) -> tuple[str | None, list[str]]:
+    """``everlearn run train.lr=1`` (no config): the first positional is an override."""
+    if config is not None and "=" in config and not Path(config).exists():
+        return None, [config, *overrides]
+    return config, overrides
+
+
+def _load(config: str | None, overrides: list[str]):
+    from everlearn.config import load_config
+    from everlearn.presets import quickstart
+
+    config, overrides = _split_overrides(config, overrides)
+    if config is None:
+        return load_config(None, overrides, base=quickstart()), "<quickstart>"
+    return load_config(config, overrides), config
+
+
+def cmd_run(args) -> int:
+    from everlearn.runner import resume_run, start_run
+    from everlearn.tables import format_summary
+
+    if args.resume:
+        if args.config or args.overrides:
+            raise EverlearnError("--resume takes the config from the run directory; "
+                                 "do not pass CONFIG or overrides with it")
+        path, results = resume_run(args.resume, quiet=args.quiet)
+    else:
+        cfg, source = _load(args.config, args.overrides)
+        path, results = start_run(cfg, args.output, quiet=args.quiet, source=source)
+    print(format_summary(results))
+    print(f"\nrun directory: {path}")
+    return 0
+
+
+def cmd_eval(args) -> int:
+    from everlearn.evaluate_only import evaluate_config
+
+    cfg, source = _load(args.config, args.overrides)
+    scores = evaluate_config(cfg, args.weights, quiet=args.quiet, source=source)
+    if args.json:
+        print(json.dumps(scores, indent=2))
+    else:
+        width = max(len(n) for n in scores)
+        for name, s in scores.items():
+            print(f"{name.ljust(width)}  {s['metric']:<12} {s['score']:8.2f}  (n={s['n']})")
+    return 0
+
+
+def cmd_ls(args) -> int:
+    from everlearn.data.builtin import list_builtin_tasks
+    from everlearn.models import EMBEDDED_MODELS
+    from everlearn.presets import PRESETS
+    from everlearn.strategies import STRATEGIES
+    from everlearn.strategies.base import option_fields
+
+    print("strategies:")
+    for name, cls in sorted(STRATEGIES.items()):
+        print(f"  {name:<14} {cls.summary}")
+        for opt, default, help_ in option_fields(cls):
+            print(f"  {'':<14}   {opt}={default!r}: {help_}")
+    print("\nbuilt-in tasks (stage field `builtin:`):")
+    for t in list_builtin_tasks():
+        print(f"  {t.name:<14} [{t.metric}] {t.description}")
+    print("\nembedded models (model.name):")
+    for name, desc in EMBEDDED_MODELS.items():
+        print(f"  {name:<22} {desc}")
+    print("\npresets (`everlearn run` with no config runs `quickstart`):")
+    for name, (desc, _) in PRESETS.items():
+        print(f"  {name:<14} {desc}")
+    return 0
+
+
+def cmd_validate(args) -> int:
+    from everlearn.strategies import build_strategy
+    from everlearn.stream import build_stream
+
+    cfg, source = _load(args.config, args.overrides)
+    build_strategy(cfg.strategies, source)
+    stream = build_stream(cfg, source)
+    strategy = "+".join(s.name for s in cfg.strategies)
+    print(f"{source}: ok — {len(stream)} stages, strategy {strategy}")
+    for st in stream:
+        print(f"  {st.index}. {st.name} [{st.kind}, {st.metric}] train={len(st.train)} "
+              f"test={len(st.test)}" + (f" labels={st.labels}" if st.labels else ""))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    try:
+        return {"run": cmd_run, "eval": cmd_eval, "ls": cmd_ls,
+                "validate": cmd_validate}[args.command](args)
+    except EverlearnError as exc:
+        print(f"everlearn: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("everlearn: interrupted; finished stages are saved (resume with --resume)",
+              file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,496 @@
+"""Run configuration: dataclasses whose fields carry their own docs, YAML in, resolved YAML out.
+
+Every field has ``metadata={"help": ...}`` so the docs and ``--help`` can be generated from the
+code. ``load_config`` turns YAML (plus ``key=value`` overrides) into a validated ``RunConfig``;
+any problem raises ``ConfigError`` with one line naming the file, the field and what is expected.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Union, get_args, get_origin
+
+import yaml
+
+from everlearn.errors import ConfigError
+
+
+def _f(default: Any = dataclasses.MISSING, help: str = "", **kw: Any) -> Any:
+    """A dataclass field with a help text (mutable defaults go through ``default_factory``)."""
+    if isinstance(default, (list, dict)):
+        value = default
+        return field(default_factory=lambda: type(value)(value), metadata={"help": help}, **kw)
+    return field(default=default, metadata={"help": help}, **kw)
+
+
+StageKind = Literal["sft", "cpt"]
+MetricName = Literal["accuracy", "exact_match", "rouge_l", "perplexity"]
+
+
+@dataclass
+class LoraConfig:
+    """LoRA adapter settings, passed to PEFT."""
+
+    r: int = _f(8, "LoRA rank.")
+    alpha: int = _f(16, "LoRA scaling numerator (scale = alpha / r).")
+    dropout: float = _f(0.0, "Dropout on the LoRA input.")
+    target_modules: Union[str, list[str]] = _f(
+        "all-linear", "Modules that get adapters: 'all-linear' or a list of module names."
+    )
+
+
+@dataclass
+class ModelConfig:
+    """Which causal LM to load and how to make it trainable."""
+
+    name: str = _f(
+        "smollm2-135m-instruct",
+        "Embedded name (see `everlearn ls`), Hugging Face id, local directory or .gguf file.",
+    )
+    gguf_file: str | None = _f(None, "GGUF file name inside `name` when `name` is a directory.")
+    revision: str | None = _f(None, "Hub revision (branch, tag or commit) for a Hub id.")
+    dtype: Literal["float32", "bfloat16", "float16"] = _f(
+        "float32", "Dtype the weights are held in (compute precision is `train.precision`)."
+    )
+    finetune: Literal["lora", "full"] = _f("lora", "Train LoRA adapters or all weights.")
+    lora: LoraConfig = _f(None, "LoRA settings (used when finetune is 'lora').")
+    trust_remote_code: bool = _f(False, "Allow model code from the Hub (off: safer).")
+    chat_template: Literal["auto", "never"] = _f(
+        "auto", "Wrap instruction data in the tokenizer's chat template when it has one."
+    )
+
+    def __post_init__(self) -> None:
+        if self.lora is None:
+            self.lora = LoraConfig()
+
+
+@dataclass
+class TrainConfig:
+    """The training loop, shared by every stage unless a stage overrides steps or epochs."""
+
+    lr: float = _f(2e-4, "Peak learning rate (re-warmed at each stage).")
+    batch_size: int = _f(8, "Examples per optimizer micro-batch.")
+    grad_accum: int = _f(1, "Micro-batches per optimizer step.")
+    steps: int | None = _f(40, "Optimizer steps per stage (takes precedence over epochs).")
+    epochs: float | None = _f(None, "Epochs per stage, used when steps is null.")
+    warmup_ratio: float = _f(0.1, "Fraction of each stage's steps spent warming up.")
+    schedule: Literal["cosine", "linear", "constant"] = _f(
+        "cosine", "Learning-rate decay after warm-up."
+    )
+    weight_decay: float = _f(0.0, "AdamW weight decay.")
+    max_grad_norm: float | None = _f(1.0, "Gradient clipping norm (null: no clipping).")
+    max_length: int = _f(128, "Token cutoff per example (and block size for cpt packing).")
+    precision: Literal["auto", "bf16", "fp32"] = _f(
+        "auto", "Compute precision: auto = bf16 autocast where the hardware supports it."
+    )
+    group_by_length: bool = _f(True, "Batch examples of similar length to avoid padding waste.")
+
+
+@dataclass
+class DataSource:
+    """Where a split comes from. In YAML a plain string is shorthand for ``{path: ...}``."""
+
+    path: str = _f("", "File, directory, `hf:<dataset name>`, or `builtin:<task>`.")
+    format: Literal["auto", "jsonl", "json", "superni", "text", "hf"] = _f(
+        "auto", "File format; auto guesses from the path and content."
+    )
+    split: str | None = _f(None, "Split name for Hugging Face datasets.")
+    fields: dict[str, str] = _f(
+        {}, "Field mapping record-field -> source-field, e.g. {prompt: question}."
+    )
+
+
+@dataclass
+class StageConfig:
+    """One stage of the stream: what to train on and how to score it."""
+
+    name: str = _f("", "Stage name (unique; defaults to the task or file name).")
+    kind: StageKind = _f("sft", "sft = instruction -> response; cpt = raw text, packed.")
+    train: DataSource | None = _f(None, "Training data.")
+    test: DataSource | None = _f(None, "Test data (builtin tasks and files may share a path).")
+    builtin: str | None = _f(None, "A built-in generated task (see `everlearn ls`).")
+    metric: MetricName | None = _f(None, "Scorer; default accuracy with labels, else by kind.")
+    labels: list[str] = _f([], "Label options for scoring by log-likelihood (accuracy).")
+    task_id: str | None = _f(None, "Task identifier (used by task-incremental strategies).")
+    max_train: int | None = _f(None, "Sample at most this many training records (by seed).")
+    max_test: int | None = _f(None, "Sample at most this many test records (by seed).")
+    steps: int | None = _f(None, "Override train.steps for this stage.")
+    epochs: float | None = _f(None, "Override train.epochs for this stage.")
+
+
+@dataclass
+class StrategySpec:
+    """One continual-learning strategy and its options (validated by the strategy)."""
+
+    name: str = _f("seqft", "Strategy name (see `everlearn ls`).")
+    options: dict[str, Any] = _f({}, "Strategy options, e.g. {buffer_size: 200}.")
+
+
+@dataclass
+class EvalConfig:
+    """Evaluation after every stage."""
+
+    batch_size: int = _f(16, "Examples per evaluation batch.")
+    max_new_tokens: int | None = _f(
+        None, "Generation cap; default = longest tokenised test answer + 4."
+    )
+    length_normalize: bool = _f(
+        False, "Rank label options by mean instead of summed token log-likelihood."
+    )
+
+
+@dataclass
+class RunConfig:
+    """A whole continual-learning run."""
+
+    name: str = _f("run", "Run name, used for the run directory.")
+    output_dir: str = _f("runs", "Parent directory of run directories.")
+    seed: int = _f(0, "Seed for sampling, shuffling and initialisation.")
+    scenario: Literal["TIL", "DIL", "CIL"] = _f(
+        "TIL", "TIL: task id known at test time; DIL: shifting domain; CIL: pooled labels."
+    )
+    model: ModelConfig = _f(None, "The model.")
+    train: TrainConfig = _f(None, "The training loop.")
+    eval: EvalConfig = _f(None, "Evaluation.")
+    stages: list[StageConfig] = _f([], "The ordered stages of the stream.")
+    strategies: list[StrategySpec] = _f([], "Strategies, composed in order (default: seqft).")
+    keep_stage_weights: Literal["auto", "all", "last"] = _f(
+        "auto", "Keep trainable weights of every stage or only the last (auto: all for LoRA)."
+    )
+
+    def __post_init__(self) -> None:
+        self.model = self.model or ModelConfig()
+        self.train = self.train or TrainConfig()
+        self.eval = self.eval or EvalConfig()
+        if not self.strategies:
+            self.strategies = [StrategySpec()]
+
+
+# ---------------------------------------------------------------------------------------------
+# Building typed dataclasses from plain YAML data, naming the field on any error.
+
+
+def _type_name(tp: Any) -> str:
+    origin = get_origin(tp)
+    if origin is Literal:
+        return "one of " + ", ".join(repr(a) for a in get_args(tp))
+    if origin in (Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in get_args(tp))
+    if origin is list:
+        return f"a list of {_type_name(get_args(tp)[0])}"
+    if origin is dict:
+        return "a mapping"
+    if dataclasses.is_dataclass(tp):
+        return "a mapping"
+    if tp is type(None):
+        return "null"
+    return {int: "an integer", float: "a number", str: "a string", bool: "true or false"}.get(
+        tp, getattr(tp, "__name__", str(tp))
+    )
+
+
+class _Mismatch(Exception):
+    """Raised inside conversion; carries the dotted path of the offending field."""
+
+    def __init__(self, path: str, message: str):
+        super().__init__(message)
+        self.path = path
+        self.message = message
+
+
+def _convert(value: Any, tp: Any, path: str) -> Any:
+    origin = get_origin(tp)
+    if tp is Any:
+        return value
+    if origin in (Union, types.UnionType):
+        args = get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _convert(value, arg, path)
+            except _Mismatch as exc:
+                errors.append(exc)
+        # Prefer the error from deepest inside a structure (most specific).
+        deepest = max(errors, key=lambda e: len(e.path))
+        if deepest.path != path:
+            raise deepest
+        raise _Mismatch(path, f"expected {_type_name(tp)}, got {value!r}")
+    if origin is Literal:
+        if value not in get_args(tp):
+            raise _Mismatch(path, f"expected {_type_name(tp)}, got {value!r}")
+        return value
+    if origin is list:
+        if not isinstance(value, list):
+            raise _Mismatch(path, f"expected {_type_name(tp)}, got {value!r}")
+        (item_tp,) = get_args(tp)
+        return [_convert(v, item_tp, f"{path}.{i}") for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise _Mismatch(path, f"expected a mapping, got {value!r}")
+        _, val_tp = get_args(tp)
+        return {str(k): _convert(v, val_tp, f"{path}.{k}") for k, v in value.items()}
+    if dataclasses.is_dataclass(tp):
+        return _build(tp, value, path)
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise _Mismatch(path, f"expected true or false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise _Mismatch(path, f"expected an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise _Mismatch(path, f"expected a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise _Mismatch(path, f"expected a string, got {value!r}")
+        return value
+    raise TypeError(f"unsupported config type {tp!r} at {path}")  # a bug in this module
+
+
+def _shorthand(cls: type, value: Any) -> Any:
+    """Accept the YAML shorthands users write: a string for a data source or strategy."""
+    if cls is DataSource and isinstance(value, str):
+        return {"path": value}
+    if cls is StrategySpec and isinstance(value, str):
+        return {"name": value}
+    if cls is StrategySpec and isinstance(value, dict) and "options" not in value:
+        value = dict(value)
+        name = value.pop("name", None)
+        return {"name": name, "options": value} if name is not None else value
+    return value
+
+
+def _build(cls: type, value: Any, path: str) -> Any:
+    value = _shorthand(cls, value)
+    if value is None:
+        value = {}
+    if not isinstance(value, dict):
+        raise _Mismatch(path, f"expected a mapping, got {value!r}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(value) - names)
+    if unknown:
+        where = f"{path}.{unknown[0]}" if path else str(unknown[0])
+        raise _Mismatch(where, f"unknown field; expected one of {', '.join(sorted(names))}")
+    kwargs = {}
+    for key, raw in value.items():
+        sub = f"{path}.{key}" if path else key
+        kwargs[key] = _convert(raw, hints[key], sub)
+    return cls(**kwargs)
+
+
+def _check_semantics(cfg: RunConfig) -> None:
+    """Checks that need more than types: ranges and cross-field rules."""
+
+    def need(ok: bool, path: str, message: str) -> None:
+        if not ok:
+            raise _Mismatch(path, message)
+
+    t = cfg.train
+    need(t.lr > 0, "train.lr", f"expected a positive number, got {t.lr}")
+    need(t.batch_size >= 1, "train.batch_size", f"expected an integer >= 1, got {t.batch_size}")
+    need(t.grad_accum >= 1, "train.grad_accum", f"expected an integer >= 1, got {t.grad_accum}")
+    need(t.max_length >= 8, "train.max_length", f"expected an integer >= 8, got {t.max_length}")
+    need(0 <= t.warmup_ratio < 1, "train.warmup_ratio",
+         f"expected 0 <= x < 1, got {t.warmup_ratio}")
+    need(
+        t.steps is not None or t.epochs is not None,
+        "train.steps",
+        "expected steps or epochs to be set",
+    )
+    need(cfg.eval.batch_size >= 1, "eval.batch_size", "expected an integer >= 1")
+    need(cfg.model.lora.r >= 1, "model.lora.r", f"expected an integer >= 1, got {cfg.model.lora.r}")
+    need(bool(cfg.stages), "stages", "expected at least one stage")
+    seen: set[str] = set()
+    for i, st in enumerate(cfg.stages):
+        p = f"stages.{i}"
+        if st.builtin is None:
+            need(st.train is not None and bool(st.train.path), f"{p}.train",
+                 "expected a data path (or set `builtin`)")
+            need(st.test is not None and bool(st.test.path), f"{p}.test", "expected a data path")
+        else:
+            need(st.train is None and st.test is None, f"{p}.builtin",
+                 "expected either `builtin` or `train`/`test`, not both")
+        if not st.name:
+            st.name = st.builtin or _name_from_path(st.train.path)
+        need(st.name not in seen, f"{p}.name", f"expected a unique stage name, '{st.name}' repeats")
+        seen.add(st.name)
+        for key in ("max_train", "max_test", "steps"):
+            v = getattr(st, key)
+            need(v is None or v >= 1, f"{p}.{key}", f"expected an integer >= 1 or null, got {v}")
+        if st.kind == "cpt" and st.metric not in (None, "perplexity"):
+            raise _Mismatch(f"{p}.metric",
+                            f"expected 'perplexity' for a cpt stage, got {st.metric!r}")
+
+
+def _name_from_path(path: str) -> str:
+    """`data/task1687_x/train.json` -> `task1687_x`; `news_2021.jsonl` -> `news_2021`."""
+    p = Path(path.split(":", 1)[-1])
+    return p.parent.name if p.stem in ("train", "test", "data") and p.parent.name else p.stem
+
+
+def build_config(data: dict[str, Any], source: str = "<config>") -> RunConfig:
+    """Validate plain data into a ``RunConfig``; errors name ``source`` and the field."""
+    try:
+        cfg = _build(RunConfig, data, "")
+        _check_semantics(cfg)
+    except _Mismatch as exc:
+        raise ConfigError(f"{source}: {exc.path}: {exc.message}") from None
+    return cfg
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """``train.lr=1e-4`` -> (["train", "lr"], 0.0001); the value is parsed as YAML."""
+    if "=" not in text:
+        raise ConfigError(f"override {text!r}: expected key=value, e.g. train.lr=1e-4")
+    key, raw = text.split("=", 1)
+    if not key.strip():
+        raise ConfigError(f"override {text!r}: the key before '=' is empty")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    # YAML reads 1e-4 as a string; users mean a number.
+    if isinstance(value, str):
+        try:
+            value = float(value) if any(c in value for c in ".eE") else value
+        except ValueError:
+            pass
+    return key.strip().split("."), value
+
+
+def apply_override(data: dict[str, Any], keys: list[str], value: Any, text: str) -> None:
+    """Set ``value`` at the dotted ``keys`` inside plain config data (lists by index)."""
+    node: Any = data
+    for depth, key in enumerate(keys):
+        last = depth == len(keys) - 1
+        where = ".".join(keys[: depth + 1])
+        if isinstance(node, list):
+            if not key.isdigit() or int(key) >= len(node):
+                raise ConfigError(
+                    f"override {text!r}: {where}: expected an index below {len(node)}"
+                )
+            idx = int(key)
+            if last:
+                node[idx] = value
+            else:
+                if node[idx] is None or isinstance(node[idx], str):
+                    node[idx] = _shorthand_for_path(keys[:depth + 1], node[idx])
+                node = node[idx]
+        elif isinstance(node, dict):
+            if last:
+                node[key] = value
+            else:
+                if node.get(key) is None:
+                    node[key] = {}
+                elif isinstance(node[key], str):
+                    node[key] = _shorthand_for_path(keys[:depth + 1], node[key])
+                node = node[key]
+        else:
+            raise ConfigError(f"override {text!r}: {where}: cannot index into {node!r}")
+
+
+def _shorthand_for_path(keys: list[str], value: Any) -> Any:
+    """Expand a string shorthand so an override can reach inside it (e.g. train.path)."""
+    if value is None:
+        return {}
+    if keys and keys[0] == "strategies":
+        return {"name": value}
+    return {"path": value}
+
+
+def _normalize_top(data: dict[str, Any]) -> dict[str, Any]:
+    """Accept `strategy:` (singular, string or list) as an alias of `strategies:`."""
+    if "strategy" in data:
+        if "strategies" in data:
+            raise ConfigError("config: strategy: give either `strategy` or `strategies`, not both")
+        value = data.pop("strategy")
+        data["strategies"] = value if isinstance(value, list) else [value]
+    return data
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    """Read a YAML mapping with ``yaml.safe_load``; one-line errors on a bad file."""
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{p}: file not found") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{p}: cannot read ({exc})") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}" if mark else "?"
+        raise ConfigError(f"{p}: {where}: invalid YAML ({getattr(exc, 'problem', exc)})") from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{p}: expected a mapping at the top level, got {type(data).__name__}")
+    return data
+
+
+def load_config(
+    path: str | Path | None = None,
+    overrides: list[str] | tuple[str, ...] = (),
+    base: dict[str, Any] | None = None,
+) -> RunConfig:
+    """YAML file (or ``base`` data) + overrides -> validated ``RunConfig``.
+
+    Relative data paths in the file are resolved against the file's directory, so a config
+    works from any working directory.
+    """
+    source = str(path) if path is not None else "<quickstart>"
+    data = read_yaml(path) if path is not None else dict(base or {})
+    data = _normalize_top(data)
+    for text in overrides:
+        keys, value = parse_override(text)
+        if keys[0] == "strategy":
+            keys[0] = "strategies"
+            if len(keys) == 1:
+                value = value if isinstance(value, list) else [value]
+        apply_override(data, keys, value, text)
+    cfg = build_config(data, source)
+    if path is not None:
+        _resolve_paths(cfg, Path(path).resolve().parent)
+    return cfg
+
+
+def _resolve_paths(cfg: RunConfig, root: Path) -> None:
+    for st in cfg.stages:
+        for src in (st.train, st.test):
+            if src is None or not src.path or ":" in src.path.split("/")[0]:
+                continue  # hf:..., builtin:... are not file paths
+            if not Path(src.path).is_absolute():
+                src.path = str(root / src.path)
+    name = cfg.model.name
+    if name.startswith((".", "/", "~")) or name.endswith(".gguf"):
+        p = Path(name).expanduser()
+        cfg.model.name = str(p if p.is_absolute() else root / p)
+
+
+def to_dict(cfg: Any) -> Any:
+    """Plain data for YAML/JSON output (the resolved config written into a run directory)."""
+    if dataclasses.is_dataclass(cfg):
+        return {f.name: to_dict(getattr(cfg, f.name)) for f in dataclasses.fields(cfg)}
+    if isinstance(cfg, list):
+        return [to_dict(v) for v in cfg]
+    if isinstance(cfg, dict):
+        return {k: to_dict(v) for k, v in cfg.items()}
+    return cfg
+
+
+def dump_yaml(cfg: RunConfig) -> str:
+    return yaml.safe_dump(to_dict(cfg), sort_keys=False, allow_unicode=True)

@@ -1,0 +1,156 @@
+"""Records -> token ids: chat templates, response-only labels, cpt packing, and batching.
+
+Batching groups examples of similar length so that little compute is spent on padding; the
+share of padding tokens is measured and reported as part of each stage's cost.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+import torch
+
+from everlearn.data.records import Record
+
+IGNORE = -100
+
+
+@dataclass
+class Encoded:
+    """One training or scoring example as token ids (labels = -100 where no loss)."""
+
+    input_ids: list[int]
+    labels: list[int]
+
+
+class Encoder:
+    """Formats records for one tokenizer: the chat template when it has one, else plain text."""
+
+    def __init__(self, tokenizer, max_length: int, use_chat_template: bool = True):
+        self.tok = tokenizer
+        self.max_length = max_length
+        self.chat = bool(use_chat_template and getattr(tokenizer, "chat_template", None))
+        self.eos_id = tokenizer.eos_token_id
+        if tokenizer.pad_token_id is None:
+            tokenizer.pad_token = tokenizer.eos_token
+        self.pad_id = tokenizer.pad_token_id
+        self.stop_ids = self._stop_ids()
+
+    # --- text formatting -----------------------------------------------------------------
+    def _messages(self, record: Record) -> list[dict[str, str]]:
+        msgs = []
+        if record.system:
+            msgs.append({"role": "system", "content": record.system})
+        msgs.extend(record.context)
+        msgs.append({"role": "user", "content": record.prompt})
+        return msgs
+
+    def prompt_text(self, record: Record) -> str:
+        """The text the model sees before its answer."""
+        if self.chat:
+            return self.tok.apply_chat_template(
+                self._messages(record), add_generation_prompt=True, tokenize=False
+            )
+        parts = [record.system or ""] + [m["content"] for m in record.context] + [record.prompt]
+        return "\n\n".join(p for p in parts if p) + "\n"
+
+    def response_text(self, record: Record, answer: str) -> str:
+        """The answer as the template writes it, end-of-turn marker included."""
+        if self.chat:
+            prompt = self.prompt_text(record)
+            full = self.tok.apply_chat_template(
+                self._messages(record) + [{"role": "assistant", "content": answer}],
+                tokenize=False,
+            )
+            if full.startswith(prompt):
+                return full[len(prompt):].rstrip("\n")
+        return answer + (self.tok.eos_token or "")
+
+    def _stop_ids(self) -> list[int]:
+        """Token ids that end an answer: EOS and the chat template's end-of-turn token."""
+        ids = {self.eos_id} if self.eos_id is not None else set()
+        if self.chat:
+            probe = Record(prompt="x", answers=["y"])
+            tail = self.response_text(probe, "y")[1:]
+            tail_ids = self.tok(tail, add_special_tokens=False)["input_ids"]
+            if tail_ids:
+                ids.add(tail_ids[0])
+        return sorted(ids)
+
+    def ids(self, text: str) -> list[int]:
+        return self.tok(text, add_special_tokens=False)["input_ids"]
+
+    # --- encoding ------------------------------------------------------------------------
+    def encode_pair(self, prompt_ids: list[int], answer_ids: list[int]) -> Encoded:
+        """Prompt + answer with loss on the answer; long prompts lose their beginning."""
+        answer_ids = answer_ids[: self.max_length - 1]
+        room = self.max_length - len(answer_ids)
+        prompt_ids = prompt_ids[-room:]
+        return Encoded(prompt_ids + answer_ids, [IGNORE] * len(prompt_ids) + answer_ids)
+
+    def encode_sft(self, record: Record, answer: str | None = None) -> Encoded:
+        answer = record.response if answer is None else answer
+        return self.encode_pair(
+            self.ids(self.prompt_text(record)), self.ids(self.response_text(record, answer))
+        )
+
+    def pack_cpt(self, records: list[Record]) -> list[Encoded]:
+        """Concatenate documents (EOS between them) and cut into max_length blocks."""
+        stream: list[int] = []
+        for r in records:
+            stream.extend(self.ids(r.text))
+            if self.eos_id is not None:
+                stream.append(self.eos_id)
+        blocks = []
+        for start in range(0, len(stream), self.max_length):
+            block = stream[start:start + self.max_length]
+            if len(block) >= 2:
+                blocks.append(Encoded(block, list(block)))
+        return blocks
+
+    def encode_stage(self, kind: str, records: list[Record]) -> list[Encoded]:
+        if kind == "cpt":
+            return self.pack_cpt(records)
+        return [self.encode_sft(r) for r in records]
+
+
+def collate(examples: list[Encoded], pad_id: int, left: bool = False) -> dict[str, torch.Tensor]:
+    """Pad a batch to its longest example (left padding for generation)."""
+    width = max(len(e.input_ids) for e in examples)
+    ids = torch.full((len(examples), width), pad_id, dtype=torch.long)
+    labels = torch.full((len(examples), width), IGNORE, dtype=torch.long)
+    mask = torch.zeros((len(examples), width), dtype=torch.long)
+    for i, e in enumerate(examples):
+        n = len(e.input_ids)
+        sl = slice(width - n, width) if left else slice(0, n)
+        ids[i, sl] = torch.tensor(e.input_ids)
+        labels[i, sl] = torch.tensor(e.labels)
+        mask[i, sl] = 1
+    return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+
+
+def length_grouped_batches(lengths: list[int], batch_size: int, rng: random.Random,
+                           group: bool = True, mega: int = 16) -> list[list[int]]:
+    """One epoch of batches: shuffled, and (if ``group``) sorted by length within mega-batches.
+
+    Sorting inside windows of ``mega`` batches keeps most of the randomness of a shuffle while
+    putting examples of similar length together; the batch order is shuffled afterwards.
+    """
+    order = list(range(len(lengths)))
+    rng.shuffle(order)
+    if group:
+        window = batch_size * mega
+        order = [i for s in range(0, len(order), window)
+                 for i in sorted(order[s:s + window], key=lambda i: -lengths[i])]
+    batches = [order[s:s + batch_size] for s in range(0, len(order), batch_size)]
+    if group:
+        rng.shuffle(batches)
+    return batches
+
+
+def padding_fraction(batches: list[list[int]], lengths: list[int]) -> float:
+    """Share of padded positions when each batch is padded to its longest member."""
+    total = sum(max(lengths[i] for i in b) * len(b) for b in batches)
+    real = sum(lengths[i] for b in batches for i in b)
+    return 0.0 if total == 0 else 1.0 - real / total

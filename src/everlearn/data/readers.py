@@ -1,0 +1,221 @@
+"""Readers: JSON/JSONL records, SuperNI task JSON, plain text and Hugging Face datasets -> Records.
+
+Every reader returns ``list[Record]``; every problem raises ``DataError`` naming the file, the
+record and the field. Field names follow the common conventions (prompt/response, Alpaca
+instruction/input/output, chat messages, raw text); ``fields`` renames source fields first.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from everlearn.data.records import Record
+from everlearn.errors import DataError
+
+TEXT_SUFFIXES = {".txt", ".md", ".text"}
+
+
+def detect_format(path: str) -> str:
+    """Guess a format from a path: hf:/builtin: prefixes, suffixes, or a saved HF dataset dir."""
+    if path.startswith("hf:"):
+        return "hf"
+    p = Path(path)
+    if p.is_dir():
+        if (p / "dataset_info.json").exists() or (p / "dataset_dict.json").exists():
+            return "hf"
+        raise DataError(f"{path}: a directory, but not a saved Hugging Face dataset")
+    suffix = p.suffix.lower()
+    if suffix == ".jsonl":
+        return "jsonl"
+    if suffix == ".json":
+        return "json"  # SuperNI vs list of records is decided from the content
+    if suffix in TEXT_SUFFIXES:
+        return "text"
+    raise DataError(f"{path}: unknown data format; expected .jsonl, .json, .txt or hf:<name>")
+
+
+def read_source(path: str, fmt: str, kind: str, fields: dict[str, str], split: str | None,
+                task: str) -> list[Record]:
+    """Read one split of a stage's data into records of the stage's kind."""
+    fmt = detect_format(path) if fmt == "auto" else fmt
+    if fmt == "hf":
+        rows = _read_hf(path, split)
+        return [_to_record(r, kind, fields, path, i, task) for i, r in enumerate(rows)]
+    p = Path(path)
+    if not p.is_file():
+        raise DataError(f"{path}: file not found")
+    if fmt == "text":
+        if kind != "cpt":
+            raise DataError(f"{path}: plain text is only for cpt stages (this stage is {kind})")
+        return _read_text(p, task)
+    if fmt == "jsonl":
+        rows = list(_read_jsonl(p))
+        return [_to_record(r, kind, fields, path, i, task) for i, r in enumerate(rows)]
+    data = _read_json(p)
+    if fmt == "superni" or (fmt == "json" and isinstance(data, dict) and "Instances" in data):
+        return _read_superni(data, path, task)
+    if isinstance(data, dict) and isinstance(data.get("data"), list):
+        data = data["data"]
+    if not isinstance(data, list):
+        raise DataError(f"{path}: expected a list of records (or a SuperNI task with 'Instances')")
+    return [_to_record(r, kind, fields, path, i, task) for i, r in enumerate(data)]
+
+
+def _read_json(p: Path) -> Any:
+    try:
+        return json.loads(p.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise DataError(f"{p}: line {exc.lineno}: invalid JSON ({exc.msg})") from None
+    except UnicodeDecodeError:
+        raise DataError(f"{p}: not UTF-8 text") from None
+
+
+def _read_jsonl(p: Path):
+    try:
+        lines = p.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError:
+        raise DataError(f"{p}: not UTF-8 text") from None
+    for n, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            yield json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise DataError(f"{p}: line {n}: invalid JSON ({exc.msg})") from None
+
+
+def _read_text(p: Path, task: str) -> list[Record]:
+    """Documents are separated by blank lines; cpt packing joins them with EOS later."""
+    try:
+        content = p.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise DataError(f"{p}: not UTF-8 text") from None
+    docs = [d.strip() for d in content.split("\n\n") if d.strip()]
+    if not docs:
+        raise DataError(f"{p}: no text found")
+    return [Record(text=d, task=task) for d in docs]
+
+
+def _read_superni(data: dict, path: str, task: str) -> list[Record]:
+    """SuperNI task JSON: the definition is the instruction, each instance one record."""
+    definition = data.get("Definition", "")
+    if isinstance(definition, list):
+        definition = definition[0] if definition else ""
+    if not isinstance(definition, str):
+        raise DataError(f"{path}: Definition: expected a string or a list of strings")
+    instances = data.get("Instances")
+    if not isinstance(instances, list):
+        raise DataError(f"{path}: Instances: expected a list of {{input, output}}")
+    records = []
+    for i, inst in enumerate(instances):
+        if not isinstance(inst, dict) or "input" not in inst or "output" not in inst:
+            raise DataError(f"{path}: Instances.{i}: expected an object with 'input' and 'output'")
+        outputs = inst["output"]
+        outputs = [outputs] if isinstance(outputs, str) else outputs
+        if not outputs or not all(isinstance(o, str) for o in outputs):
+            raise DataError(f"{path}: Instances.{i}.output: expected a string or list of strings")
+        prompt = f"{definition.strip()}\n\nInput: {inst['input'].strip()}\nOutput:"
+        answers = [o.strip() for o in outputs]
+        records.append(Record(prompt=prompt, answers=answers, task=task,
+                              meta={"id": inst.get("id", str(i))}))
+    return records
+
+
+def _to_record(row: Any, kind: str, fields: dict[str, str], path: str, i: int,
+               task: str) -> Record:
+    """One JSON object -> Record, accepting the common field conventions."""
+    where = f"{path}: record {i}"
+    if not isinstance(row, dict):
+        raise DataError(f"{where}: expected an object, got {type(row).__name__}")
+    row = dict(row)
+    for target, source in fields.items():
+        if source not in row:
+            raise DataError(f"{where}: field '{source}' (mapped to {target}) is missing")
+        row[target] = row[source]
+    if kind == "cpt":
+        text = row.get("text")
+        if not isinstance(text, str) or not text.strip():
+            raise DataError(f"{where}: text: expected a non-empty string for a cpt stage")
+        return Record(text=text, task=task)
+
+    options = _str_list(row.get("options", []), f"{where}: options")
+    system = row.get("system")
+    image = row.get("image")
+    if "messages" in row:
+        return _chat_record(row["messages"], where, task, options, image)
+    if "instruction" in row and "prompt" not in row:  # Alpaca
+        instruction, extra = row.get("instruction", ""), row.get("input", "")
+        prompt = f"{instruction}\n\n{extra}" if extra else instruction
+        answer = row.get("output")
+    else:
+        prompt = row.get("prompt")
+        answer = row.get("response", row.get("output", row.get("answer")))
+    if not isinstance(prompt, str) or not prompt.strip():
+        raise DataError(f"{where}: prompt: expected a non-empty string "
+                        "(or instruction/input/output, or messages)")
+    answers = _str_list(row.get("answers", []), f"{where}: answers")
+    if answer is not None:
+        if isinstance(answer, list):
+            answers = _str_list(answer, f"{where}: response") + answers
+        elif isinstance(answer, str):
+            answers = [answer] + [a for a in answers if a != answer]
+        else:
+            raise DataError(f"{where}: response: expected a string, got {type(answer).__name__}")
+    if not answers:
+        raise DataError(f"{where}: response: missing (expected response, output or answers)")
+    return Record(prompt=prompt, answers=answers, system=system if isinstance(system, str)
+                  else None, options=options, image=image, task=task,
+                  meta={"id": row.get("id", str(i))})
+
+
+def _chat_record(messages: Any, where: str, task: str, options: list[str],
+                 image: Any) -> Record:
+    """Chat `messages`: the last assistant turn is the response, earlier turns the context."""
+    if not isinstance(messages, list) or not messages:
+        raise DataError(f"{where}: messages: expected a non-empty list of {{role, content}}")
+    for j, m in enumerate(messages):
+        roles = ("system", "user", "assistant")
+        if not isinstance(m, dict) or not isinstance(m.get("content"), str) or (
+            m.get("role") not in roles
+        ):
+            raise DataError(f"{where}: messages.{j}: expected {{role: system|user|assistant, "
+                            "content: string}")
+    if messages[-1]["role"] != "assistant" or len(messages) < 2 or messages[-2]["role"] != "user":
+        raise DataError(f"{where}: messages: expected to end with a user turn then an "
+                        "assistant turn")
+    system = messages[0]["content"] if messages[0]["role"] == "system" else None
+    body = messages[1:] if system is not None else messages
+    context = [dict(role=m["role"], content=m["content"]) for m in body[:-2]]
+    return Record(prompt=body[-2]["content"], answers=[body[-1]["content"]], system=system,
+                  context=context, options=options, image=image, task=task)
+
+
+def _str_list(value: Any, where: str) -> list[str]:
+    if isinstance(value, str):
+        return [value]
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise DataError(f"{where}: expected a list of strings")
+    return list(value)
+
+
+def _read_hf(path: str, split: str | None) -> list[dict]:
+    """A Hugging Face dataset by Hub name (``hf:name``, uses the local cache) or a saved dir."""
+    try:
+        import datasets
+    except ImportError:  # pragma: no cover - datasets is a core dependency
+        raise DataError(f"{path}: the `datasets` package is needed for Hugging Face data") from None
+    name = path[3:] if path.startswith("hf:") else path
+    try:
+        if Path(name).is_dir():
+            ds = datasets.load_from_disk(name)
+        else:
+            ds = datasets.load_dataset(name, split=split)
+    except Exception as exc:  # datasets raises many types; the user needs one line
+        raise DataError(f"{path}: cannot load dataset ({type(exc).__name__}: {exc})") from None
+    if isinstance(ds, datasets.DatasetDict):
+        if split is None or split not in ds:
+            raise DataError(f"{path}: split: expected one of {', '.join(ds)}, got {split!r}")
+        ds = ds[split]
+    return [dict(row) for row in ds]

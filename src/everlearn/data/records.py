@@ -1,0 +1,46 @@
+"""The one in-memory record schema every reader produces and every stage consumes.
+
+Kept deliberately open: a record may carry chat context, a system prompt, several acceptable
+answers, label options, or an image path (for multimodal stages), so new stage kinds add fields
+instead of new schemas.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+
+@dataclass
+class Record:
+    """One training or test example.
+
+    ``sft`` records use ``prompt``/``response`` (``answers`` lists every acceptable output; the
+    first is the training target). ``cpt`` records use ``text``. ``context`` holds earlier chat
+    turns (``[{"role": ..., "content": ...}]``) that precede ``prompt``.
+    """
+
+    prompt: str = ""
+    response: str = ""
+    answers: list[str] = field(default_factory=list)
+    text: str = ""
+    system: str | None = None
+    context: list[dict[str, str]] = field(default_factory=list)
+    options: list[str] = field(default_factory=list)
+    image: str | None = None
+    task: str = ""
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.response and not self.answers:
+            self.answers = [self.response]
+        if self.answers and not self.response:
+            self.response = self.answers[0]
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-safe dict (used to store replay buffers without pickle)."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Record:
+        return cls(**data)

@@ -1,0 +1,192 @@
+"""Fill the accuracy matrix: score the current model on every stage's test set.
+
+Scorers: ``accuracy`` ranks each record's label options by log-likelihood in batched forward
+passes (no decoding); ``exact_match`` and ``rouge_l`` score batched greedy generations (KV cache
+on, ``max_new_tokens`` derived from the test answers unless set); ``perplexity`` is exp of the
+mean token loss on the test text. Scores are in [0, 100] except perplexity.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from tqdm.auto import tqdm
+
+from everlearn.config import EvalConfig
+from everlearn.data.encode import IGNORE, Encoded, Encoder, collate
+from everlearn.data.records import Record
+from everlearn.scoring import exact_match, rouge_l
+from everlearn.stream import Stage
+
+
+@dataclass
+class StageScore:
+    score: float
+    n: int
+    predictions: list[str]
+
+
+def _by_length(items: list, key) -> list[int]:
+    return sorted(range(len(items)), key=lambda i: -key(items[i]))
+
+
+class Evaluator:
+    """Scores stages with one model; tokenised test sets are cached across rows of R."""
+
+    def __init__(self, accelerator, encoder: Encoder, cfg: EvalConfig, quiet: bool = False):
+        self.acc = accelerator
+        self.encoder = encoder
+        self.cfg = cfg
+        self.quiet = quiet
+        self._cache: dict[tuple, object] = {}
+
+    def _bar(self, total: int, desc: str):
+        return tqdm(total=total, desc=desc, leave=False, dynamic_ncols=True,
+                    disable=self.quiet or not self.acc.is_local_main_process)
+
+    @torch.no_grad()
+    def score(self, model, stage: Stage, router=None) -> StageScore:
+        model.eval()
+        groups = _route(stage.test, router)
+        results: list[tuple[float, str]] = [(0.0, "")] * len(stage.test)
+        for adapter, idx in groups.items():
+            if adapter is not None:
+                model.set_adapter(adapter)
+            records = [stage.test[i] for i in idx]
+            for i, res in zip(idx, self._score_records(model, stage, records, adapter)):
+                results[i] = res
+        if stage.metric == "perplexity":
+            value = results[0][0]
+        else:
+            value = 100.0 * sum(r[0] for r in results) / max(1, len(results))
+        return StageScore(value, len(stage.test), [r[1] for r in results])
+
+    def _score_records(self, model, stage, records, adapter):
+        if stage.metric == "accuracy":
+            return self._accuracy(model, stage, records)
+        if stage.metric == "perplexity":
+            ppl = self._perplexity(model, stage, records)
+            return [(ppl, "")] * len(records)
+        preds = self._generate(model, stage, records)
+        fn = exact_match if stage.metric == "exact_match" else rouge_l
+        return [(fn(p, r.answers), p) for p, r in zip(preds, records)]
+
+    # --- accuracy by option log-likelihood ------------------------------------------------
+    def _option_examples(self, stage, records) -> tuple[list[Encoded], list[tuple[int, int]]]:
+        key = (stage.name, "options", tuple(map(id, records)))  # routing may pick subsets
+        if key not in self._cache:
+            examples, owners = [], []
+            for r_i, rec in enumerate(records):
+                prompt_ids = self.encoder.ids(self.encoder.prompt_text(rec))
+                for o_i, option in enumerate(rec.options):
+                    answer_ids = self.encoder.ids(self.encoder.response_text(rec, option))
+                    examples.append(self.encoder.encode_pair(prompt_ids, answer_ids))
+                    owners.append((r_i, o_i))
+            self._cache[key] = (examples, owners)
+        return self._cache[key]
+
+    def _accuracy(self, model, stage, records):
+        examples, owners = self._option_examples(stage, records)
+        scores = self._sequence_logprobs(model, examples, f"eval {stage.name}")
+        best: dict[int, tuple[float, int]] = {}
+        for (r_i, o_i), s in zip(owners, scores):
+            if r_i not in best or s > best[r_i][0]:
+                best[r_i] = (s, o_i)
+        out = []
+        for r_i, rec in enumerate(records):
+            choice = rec.options[best[r_i][1]]
+            out.append((exact_match(choice, rec.answers), choice))
+        return out
+
+    def _sequence_logprobs(self, model, examples: list[Encoded], desc: str) -> list[float]:
+        """Summed (or mean) log-probability of each example's labelled tokens."""
+        order = _by_length(examples, lambda e: len(e.input_ids))
+        scores = [0.0] * len(examples)
+        bs = self.cfg.batch_size
+        bar = self._bar(len(examples), desc)
+        for s in range(0, len(order), bs):
+            idx = order[s:s + bs]
+            batch = {k: v.to(self.acc.device) for k, v in
+                     collate([examples[i] for i in idx], self.encoder.pad_id).items()}
+            lp, counts = self._token_logprobs(model, batch)
+            for j, i in enumerate(idx):
+                scores[i] = lp[j] / counts[j] if self.cfg.length_normalize else lp[j]
+            bar.update(len(idx))
+        bar.close()
+        return scores
+
+    def _token_logprobs(self, model, batch) -> tuple[list[float], list[int]]:
+        with self.acc.autocast():
+            logits = model(input_ids=batch["input_ids"],
+                           attention_mask=batch["attention_mask"]).logits
+        logits = logits[:, :-1].float()
+        target = batch["labels"][:, 1:]
+        mask = target != IGNORE
+        logp = torch.log_softmax(logits, dim=-1)
+        picked = logp.gather(-1, target.clamp(min=0).unsqueeze(-1)).squeeze(-1) * mask
+        return picked.sum(-1).tolist(), mask.sum(-1).tolist()
+
+    # --- perplexity -------------------------------------------------------------------
+    def _perplexity(self, model, stage, records) -> float:
+        key = (stage.name, "ppl", tuple(map(id, records)))
+        if key not in self._cache:
+            self._cache[key] = self.encoder.encode_stage(stage.kind, records)
+        examples = self._cache[key]
+        total_lp, total_n = 0.0, 0
+        bs = self.cfg.batch_size
+        for s in range(0, len(examples), bs):
+            batch = {k: v.to(self.acc.device) for k, v in
+                     collate(examples[s:s + bs], self.encoder.pad_id).items()}
+            lp, counts = self._token_logprobs(model, batch)
+            total_lp += sum(lp)
+            total_n += sum(counts)
+        return math.exp(-total_lp / max(1, total_n))
+
+    # --- greedy generation ------------------------------------------------------------
+    def max_new_tokens(self, stage: Stage) -> int:
+        if self.cfg.max_new_tokens is not None:
+            return self.cfg.max_new_tokens
+        key = (stage.name, "max_new")
+        if key not in self._cache:
+            longest = max((len(self.encoder.ids(a)) for r in stage.test for a in r.answers),
+                          default=16)
+            self._cache[key] = longest + 4
+        return self._cache[key]
+
+    def _generate(self, model, stage, records: list[Record]) -> list[str]:
+        prompts = [self.encoder.ids(self.encoder.prompt_text(r))[-self.encoder.max_length:]
+                   for r in records]
+        order = _by_length(prompts, len)
+        out = [""] * len(records)
+        bs = self.cfg.batch_size
+        max_new = self.max_new_tokens(stage)
+        bar = self._bar(len(records), f"generate {stage.name}")
+        for s in range(0, len(order), bs):
+            idx = order[s:s + bs]
+            batch = collate([Encoded(prompts[i], prompts[i]) for i in idx], self.encoder.pad_id,
+                            left=True)
+            ids = batch["input_ids"].to(self.acc.device)
+            mask = batch["attention_mask"].to(self.acc.device)
+            with self.acc.autocast():
+                gen = model.generate(
+                    input_ids=ids, attention_mask=mask, max_new_tokens=max_new, do_sample=False,
+                    use_cache=True, eos_token_id=self.encoder.stop_ids,
+                    pad_token_id=self.encoder.pad_id,
+                )
+            for j, i in enumerate(idx):
+                new = gen[j, ids.shape[1]:].tolist()
+                cut = next((k for k, t in enumerate(new) if t in self.encoder.stop_ids), len(new))
+                out[i] = self.encoder.tok.decode(new[:cut], skip_special_tokens=True).strip()
+            bar.update(len(idx))
+        bar.close()
+        return out
+
+
+def _route(records: list[Record], router) -> dict[str | None, list[int]]:
+    """Group test records by the adapter the strategy routes them to (None: leave as is)."""
+    groups: dict[str | None, list[int]] = {}
+    for i, r in enumerate(records):
+        groups.setdefault(router(r) if router else None, []).append(i)
+    return groups

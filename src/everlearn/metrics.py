@@ -1,0 +1,269 @@
+"""Continual-learning metrics over an accuracy matrix, plus a Student-t confidence interval.
+
+Pure numpy / standard library: no torch, no scipy.
+
+The accuracy matrix ``R`` has shape ``(T + 1, T)``: ``R[t, j - 1]`` is the score on stage ``j``'s
+test set after training stage ``t``. Row 0 is the untrained base model, rows ``1..T`` follow each
+stage, columns are stages ``1..T``. The formulas below use the design doc's 1-based stage indices,
+writing ``R[t][j]`` for ``R[t, j - 1]``.
+
+Every entry must be finite (the base row and the upper triangle included), so matrices with
+missing evaluations are rejected rather than silently averaged. Metrics that need at least two
+stages (BWT, forgetting, FWT) return ``None`` when ``T == 1``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from typing import Literal
+
+import numpy as np
+
+__all__ = [
+    "average_performance",
+    "backward_transfer",
+    "final_average_performance",
+    "forgetting",
+    "forward_transfer",
+    "learning_accuracy",
+    "mean_ci",
+    "student_t_ppf",
+    "summarize",
+    "validate_matrix",
+]
+
+
+def validate_matrix(R: np.ndarray | Iterable[Iterable[float]]) -> np.ndarray:
+    """Return ``R`` as a float array of shape ``(T + 1, T)`` with ``T >= 1``; else ValueError.
+
+    Raises ValueError on a non-numeric input, a wrong shape, or any NaN/infinite entry.
+    """
+    try:
+        arr = np.asarray(R, dtype=float)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"accuracy matrix must be numeric: {exc}") from exc
+    if arr.ndim != 2:
+        raise ValueError(
+            f"accuracy matrix must be 2-D with shape (T+1, T), got {arr.ndim}-D shape {arr.shape}"
+        )
+    rows, cols = arr.shape
+    if cols < 1 or rows != cols + 1:
+        raise ValueError(
+            f"accuracy matrix must have shape (T+1, T) with T >= 1 (row 0 = base model, one row "
+            f"per stage after it), got shape {arr.shape}"
+        )
+    bad = ~np.isfinite(arr)
+    if bad.any():
+        where = [(int(r), int(c)) for r, c in np.argwhere(bad)[:5]]
+        raise ValueError(
+            f"accuracy matrix contains NaN or infinite entries at (row, col) {where}"
+            + (" ..." if int(bad.sum()) > 5 else "")
+        )
+    return arr
+
+
+def average_performance(R: np.ndarray | Iterable[Iterable[float]]) -> list[float]:
+    """Average performance after every stage: ``AP_t = mean_{j<=t} R[t][j]`` for ``t = 1..T``.
+
+    Returns a list of length ``T``; ``AP_t`` averages the stages seen so far, after stage ``t``.
+    """
+    arr = validate_matrix(R)
+    T = arr.shape[1]
+    return [float(arr[t, :t].mean()) for t in range(1, T + 1)]
+
+
+def final_average_performance(R: np.ndarray | Iterable[Iterable[float]]) -> float:
+    """Final average performance ``AP_T = mean_{j<=T} R[T][j]`` (last row, all stages)."""
+    arr = validate_matrix(R)
+    return float(arr[-1].mean())
+
+
+def learning_accuracy(R: np.ndarray | Iterable[Iterable[float]]) -> float:
+    """Learning accuracy ``LA = mean_{j=1..T} R[j][j]`` (score on each stage right after it)."""
+    arr = validate_matrix(R)
+    T = arr.shape[1]
+    return float(np.mean([arr[j, j - 1] for j in range(1, T + 1)]))
+
+
+def backward_transfer(
+    R: np.ndarray | Iterable[Iterable[float]],
+    denominator: Literal["T-1", "T"] = "T-1",
+) -> float | None:
+    """Backward transfer ``BWT = sum_{j=1..T-1} (R[T][j] - R[j][j]) / D``.
+
+    ``denominator="T-1"`` (default, GEM / Lopez-Paz & Ranzato) uses ``D = T - 1``, i.e. the mean
+    over the first ``T - 1`` stages; ``denominator="T"`` is the TRACE variant with ``D = T`` (same
+    sum). Negative values mean forgetting. Returns ``None`` when ``T == 1`` (either variant).
+    """
+    if denominator not in ("T-1", "T"):
+        raise ValueError(f"denominator must be 'T-1' or 'T', got {denominator!r}")
+    arr = validate_matrix(R)
+    T = arr.shape[1]
+    if T < 2:
+        return None
+    total = sum(arr[T, j - 1] - arr[j, j - 1] for j in range(1, T))
+    return float(total / (T - 1 if denominator == "T-1" else T))
+
+
+def forgetting(R: np.ndarray | Iterable[Iterable[float]]) -> float | None:
+    """Forgetting ``F = mean_{j=1..T-1} max_{l in [j, T-1]} (R[l][j] - R[T][j])``.
+
+    For each earlier stage ``j``, the drop from its best score at any point from its own training
+    (``l = j``) up to before the last stage (``l = T - 1``) to its final score. The base row is
+    never a candidate. Returns ``None`` when ``T == 1``.
+    """
+    arr = validate_matrix(R)
+    T = arr.shape[1]
+    if T < 2:
+        return None
+    drops = [arr[j:T, j - 1].max() - arr[T, j - 1] for j in range(1, T)]
+    return float(np.mean(drops))
+
+
+def forward_transfer(R: np.ndarray | Iterable[Iterable[float]]) -> float | None:
+    """Forward transfer ``FWT = mean_{j=2..T} (R[j-1][j] - R[0][j])``.
+
+    Score on stage ``j`` just before training on it, relative to the untrained base model (row 0).
+    Returns ``None`` when ``T == 1``.
+    """
+    arr = validate_matrix(R)
+    T = arr.shape[1]
+    if T < 2:
+        return None
+    return float(np.mean([arr[j - 1, j - 1] - arr[0, j - 1] for j in range(2, T + 1)]))
+
+
+def summarize(R: np.ndarray | Iterable[Iterable[float]]) -> dict[str, float | list[float] | None]:
+    """All metrics of ``R`` as plain Python values.
+
+    Keys: ``ap`` (list of ``AP_t``, t = 1..T), ``final_ap`` (``AP_T``), ``la``, ``bwt``
+    (denominator ``T - 1``), ``bwt_trace`` (denominator ``T``), ``forgetting``, ``fwt``. The last
+    four are ``None`` when ``T == 1``.
+    """
+    arr = validate_matrix(R)
+    ap = average_performance(arr)
+    return {
+        "ap": ap,
+        "final_ap": ap[-1],
+        "la": learning_accuracy(arr),
+        "bwt": backward_transfer(arr, "T-1"),
+        "bwt_trace": backward_transfer(arr, "T"),
+        "forgetting": forgetting(arr),
+        "fwt": forward_transfer(arr),
+    }
+
+
+# --------------------------------------------------------------------------------------------
+# Student's t quantile without scipy: numeric inversion of the t CDF, which is written with the
+# regularized incomplete beta function I_x(a, b) (continued fraction, modified Lentz method, as in
+# Numerical Recipes "betacf"). Exact to ~1e-12 for any confidence level and any df > 0.
+# --------------------------------------------------------------------------------------------
+
+_EPS = 1e-15
+_TINY = 1e-300
+
+
+def _betacf(a: float, b: float, x: float) -> float:
+    """Continued fraction for the incomplete beta function (modified Lentz)."""
+    qab, qap, qam = a + b, a + 1.0, a - 1.0
+    c = 1.0
+    d = 1.0 - qab * x / qap
+    d = _TINY if abs(d) < _TINY else d
+    d = 1.0 / d
+    h = d
+    for m in range(1, 10_000):
+        m2 = 2 * m
+        aa = m * (b - m) * x / ((qam + m2) * (a + m2))
+        d = 1.0 + aa * d
+        d = _TINY if abs(d) < _TINY else d
+        c = 1.0 + aa / c
+        c = _TINY if abs(c) < _TINY else c
+        d = 1.0 / d
+        h *= d * c
+        aa = -(a + m) * (qab + m) * x / ((a + m2) * (qap + m2))
+        d = 1.0 + aa * d
+        d = _TINY if abs(d) < _TINY else d
+        c = 1.0 + aa / c
+        c = _TINY if abs(c) < _TINY else c
+        d = 1.0 / d
+        delta = d * c
+        h *= delta
+        if abs(delta - 1.0) < _EPS:
+            break
+    return h
+
+
+def _betainc(a: float, b: float, x: float) -> float:
+    """Regularized incomplete beta function ``I_x(a, b)`` for ``a, b > 0``, ``0 <= x <= 1``."""
+    if x <= 0.0:
+        return 0.0
+    if x >= 1.0:
+        return 1.0
+    log_bt = (
+        math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b) + a * math.log(x) + b * math.log1p(-x)
+    )
+    bt = math.exp(log_bt)
+    if x < (a + 1.0) / (a + b + 2.0):
+        return bt * _betacf(a, b, x) / a
+    return 1.0 - bt * _betacf(b, a, 1.0 - x) / b
+
+
+def _t_upper_tail(t: float, df: float) -> float:
+    """``P(T > t)`` for ``t >= 0`` and Student's t with ``df`` degrees of freedom."""
+    return 0.5 * _betainc(0.5 * df, 0.5, df / (df + t * t))
+
+
+def student_t_ppf(q: float, df: float) -> float:
+    """Quantile ``t`` with ``P(T <= t) = q`` for Student's t with ``df > 0`` degrees of freedom.
+
+    Computed without scipy by bisection on the CDF ``1 - I_{df/(df+t^2)}(df/2, 1/2) / 2`` (for
+    ``t >= 0``), using a continued-fraction regularized incomplete beta; relative error ~1e-12.
+    """
+    if not 0.0 < q < 1.0:
+        raise ValueError(f"q must be in (0, 1), got {q}")
+    if not df > 0:
+        raise ValueError(f"df must be positive, got {df}")
+    if q == 0.5:
+        return 0.0
+    if q < 0.5:
+        return -student_t_ppf(1.0 - q, df)
+    tail = 1.0 - q
+    lo, hi = 0.0, 1.0
+    while _t_upper_tail(hi, df) > tail:
+        lo, hi = hi, hi * 2.0
+        if hi > 1e300:  # pragma: no cover - unreachable for q representable below 1
+            return math.inf
+    for _ in range(200):
+        mid = 0.5 * (lo + hi)
+        if _t_upper_tail(mid, df) > tail:
+            lo = mid
+        else:
+            hi = mid
+        if hi - lo <= 1e-13 * hi:
+            break
+    return 0.5 * (lo + hi)
+
+
+def mean_ci(values: Iterable[float], confidence: float = 0.95) -> tuple[float, float | None]:
+    """Mean and Student-t confidence half-width: ``t_{(1+c)/2, n-1} * s / sqrt(n)``.
+
+    ``s`` is the sample standard deviation (``ddof=1``); the t quantile comes from
+    :func:`student_t_ppf` (exact numeric inversion, no scipy). Returns ``(mean, None)`` for a
+    single value (no spread can be estimated). Raises ValueError on an empty input, non-finite
+    values, or ``confidence`` outside ``(0, 1)``.
+    """
+    if not 0.0 < confidence < 1.0:
+        raise ValueError(f"confidence must be in (0, 1), got {confidence}")
+    arr = np.asarray(list(values), dtype=float).ravel()
+    if arr.size == 0:
+        raise ValueError("mean_ci needs at least one value")
+    if not np.isfinite(arr).all():
+        raise ValueError("mean_ci values contain NaN or infinite entries")
+    mean = float(arr.mean())
+    n = arr.size
+    if n == 1:
+        return mean, None
+    sd = float(arr.std(ddof=1))
+    t = student_t_ppf(0.5 * (1.0 + confidence), n - 1)
+    return mean, float(t * sd / math.sqrt(n))

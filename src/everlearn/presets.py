@@ -1,0 +1,41 @@
+"""Built-in run configurations; `everlearn run` with no config runs ``quickstart``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def quickstart() -> dict[str, Any]:
+    """Four generated tasks on the embedded SmolLM2-135M-Instruct with LoRA and replay.
+
+    Sized to finish in a few minutes on 2 CPU cores while showing learning on every stage and
+    forgetting of earlier ones.
+    """
+    return {
+        "name": "quickstart",
+        "model": {"name": "smollm2-135m-instruct", "finetune": "lora",
+                  "lora": {"r": 8, "alpha": 16}},
+        "train": {"lr": 1e-3, "batch_size": 8, "steps": 30, "max_length": 96,
+                  "warmup_ratio": 0.1, "schedule": "cosine"},
+        "eval": {"batch_size": 32},
+        "stages": [{"builtin": name, "max_train": 240, "max_test": 40}
+                   for name in ("arithmetic", "cipher", "classify", "dates")],
+        "strategies": [{"name": "replay", "buffer_size": 120, "mix_ratio": 0.2}],
+    }
+
+
+def smoke() -> dict[str, Any]:
+    """The quickstart stream on the random tiny model: checks the plumbing in seconds."""
+    cfg = quickstart()
+    cfg.update(name="smoke", model={"name": "tiny-llama"},
+               train={"lr": 1e-3, "batch_size": 8, "steps": 4, "max_length": 96})
+    for st in cfg["stages"]:
+        st.update(max_train=32, max_test=8)
+    return cfg
+
+
+PRESETS = {
+    "quickstart": ("4 built-in tasks, SmolLM2-135M-Instruct, LoRA, replay (a few minutes)",
+                   quickstart),
+    "smoke": ("the quickstart stream on a random tiny model (seconds)", smoke),
+}

@@ -1,0 +1,249 @@
+"""Run a stream end to end: base row, then train each phase and score every stage after it.
+
+After each phase the run directory gets the phase checkpoint and a rewritten ``results.json``,
+so ``--resume`` continues after the last finished phase and ends with the same results as an
+uninterrupted run (every phase is seeded from the run seed and its index, not from leftover
+random state).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from everlearn import __version__
+from everlearn.checkpoint import RunDir, write_atomic, write_json
+from everlearn.config import RunConfig, dump_yaml, load_config
+from everlearn.data.encode import Encoder
+from everlearn.errors import ConfigError, ResumeError
+from everlearn.evaluate import Evaluator
+from everlearn.metrics import summarize
+from everlearn.models import (
+    count_parameters,
+    load_base_model,
+    load_trainable_state,
+    make_trainable,
+    trainable_state,
+)
+from everlearn.resources import PeakMemory
+from everlearn.strategies import StrategyStack, build_strategy
+from everlearn.strategies.base import RunContext
+from everlearn.stream import Stage, Stream, build_stream
+from everlearn.trainer import Trainer, resolve_precision
+
+log = logging.getLogger("everlearn")
+
+
+def seed_everything(seed: int) -> None:
+    from accelerate.utils import set_seed
+
+    set_seed(seed)
+
+
+def new_run_dir(cfg: RunConfig) -> Path:
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    base = Path(cfg.output_dir) / f"{cfg.name}-{stamp}"
+    path, n = base, 1
+    while path.exists():
+        n += 1
+        path = base.with_name(f"{base.name}-{n}")
+    return path
+
+
+def make_accelerator(precision: str):
+    from accelerate import Accelerator
+
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return Accelerator(mixed_precision=resolve_precision(precision, device),
+                       cpu=device.type == "cpu")
+
+
+def compute_metrics(R: list[list[float]], stages: list[Stage], phases: list[list[Stage]]):
+    """CL metrics on R; one phase per stage gives the full set, joint gives final AP only."""
+    if len(phases) != len(stages):
+        last = R[-1]
+        cols = [j for j, s in enumerate(stages) if s.higher_is_better]
+        return {"final_ap": sum(last[j] for j in cols) / len(cols) if cols else None,
+                "note": "stages trained together (joint): only the final average is defined"}
+    out: dict[str, Any] = {}
+    for direction, scope in ((True, "main"), (False, "perplexity")):
+        cols = [j for j, s in enumerate(stages) if s.higher_is_better == direction]
+        if not cols:
+            continue
+        rows = [0] + [j + 1 for j in cols]
+        sub = [[R[r][c] for c in cols] for r in rows]
+        summary = summarize(sub)
+        summary["stages"] = [stages[c].name for c in cols]
+        if not direction:
+            summary["note"] = "perplexity: lower is better, so positive BWT means forgetting"
+        out[scope] = summary
+    return out["main"] if set(out) == {"main"} else out
+
+
+class Run:
+    """One run directory being filled: the model, the strategies and the matrix so far."""
+
+    def __init__(self, cfg: RunConfig, run_dir: Path, quiet: bool = False,
+                 source: str = "config"):
+        self.cfg = cfg
+        self.dir = RunDir(run_dir)
+        self.quiet = quiet
+        self.stream: Stream = build_stream(cfg, source)
+        self.strategy: StrategyStack = build_strategy(cfg.strategies, source)
+        stages = self.stream.stages
+        self.phases: list[list[Stage]] = self.strategy.plan(stages) or [[s] for s in stages]
+
+    def _results(self, R, cost, status, base_eval_s) -> dict[str, Any]:
+        stages = self.stream.stages
+        res: dict[str, Any] = {
+            "everlearn_version": __version__,
+            "status": status,
+            "name": self.cfg.name,
+            "scenario": self.stream.scenario,
+            "strategies": self.strategy.names,
+            "model": self.cfg.model.name,
+            "finetune": self.cfg.model.finetune,
+            "stages": [{"name": s.name, "kind": s.kind, "metric": s.metric,
+                        "higher_is_better": s.higher_is_better, "n_train": len(s.train),
+                        "n_test": len(s.test), "task_id": s.task_id} for s in stages],
+            "phases": [[s.name for s in p] for p in self.phases],
+            "rows": ["base"] + ["+".join(s.name for s in p) for p in self.phases[:len(R) - 1]],
+            "R": R,
+            "base_eval_time_s": base_eval_s,
+            "cost": cost,
+        }
+        if status == "complete":
+            res["metrics"] = compute_metrics(R, stages, self.phases)
+        return res
+
+    def execute(self, resume: bool = False) -> dict[str, Any]:
+        cfg = self.cfg
+        self.dir.path.mkdir(parents=True, exist_ok=True)
+        _attach_log(self.dir.path)
+        done_R, done_cost, base_eval_s = [], [], 0.0
+        if resume:
+            prev = _read_results(self.dir)
+            done_R, done_cost = prev["R"], prev["cost"]
+            base_eval_s = prev.get("base_eval_time_s", 0.0)
+            if prev.get("phases") and prev["phases"] != [[s.name for s in p] for p in self.phases]:
+                raise ResumeError(f"{self.dir.results}: phases: the stream no longer matches "
+                                  "the run's config.yaml")
+        else:
+            write_atomic(self.dir.config, dump_yaml(cfg))
+
+        seed_everything(cfg.seed)
+        acc = make_accelerator(cfg.train.precision)
+        model, tok = load_base_model(cfg.model)
+        model = make_trainable(model, cfg.model)
+        model.to(acc.device)
+        encoder = Encoder(tok, cfg.train.max_length, cfg.model.chat_template == "auto")
+        self.strategy.setup(RunContext(model=model, tokenizer=tok, encoder=encoder, config=cfg,
+                                       stream=self.stream, seed=cfg.seed))
+        trainer = Trainer(acc, encoder, cfg.train, self.strategy, cfg.seed, self.quiet)
+        evaluator = Evaluator(acc, encoder, cfg.eval, self.quiet)
+        keep_all = cfg.keep_stage_weights == "all" or (
+            cfg.keep_stage_weights == "auto" and cfg.model.finetune == "lora")
+
+        def evaluate_row() -> list[float]:
+            router = self.strategy.route if _routes(self.strategy) else None
+            return [evaluator.score(model, st, router).score for st in self.stream.stages]
+
+        R: list[list[float]] = list(done_R)
+        cost: list[dict[str, Any]] = list(done_cost)
+        if resume and len(R) > 1:
+            weights, state = self.dir.load_phase(len(R) - 1, need_weights=True)
+            load_trainable_state(model, weights, str(self.dir.phase_dir(len(R) - 1)))
+            self.strategy.load_state_dict(state)
+            log.info("resumed after phase %d of %d", len(R) - 1, len(self.phases))
+        if not R:
+            t0 = time.perf_counter()
+            R.append(evaluate_row())
+            base_eval_s = time.perf_counter() - t0
+            write_json(self.dir.results, self._results(R, cost, "running", base_eval_s))
+
+        for phase in range(len(R), len(self.phases) + 1):
+            stages = self.phases[phase - 1]
+            seed_everything(cfg.seed + phase)
+            t0 = time.perf_counter()
+            pc = trainer.train_phase(model, stages, phase)
+            eval_memory = PeakMemory(acc.device)
+            t1 = time.perf_counter()
+            R.append(evaluate_row())
+            eval_s = time.perf_counter() - t1
+            trainable, total = count_parameters(model)
+            cost.append({
+                "phase": phase, "stages": [s.name for s in stages], "steps": pc.steps,
+                "examples": pc.examples, "wall_time_s": time.perf_counter() - t0,
+                "train_time_s": pc.train_time_s, "eval_time_s": eval_s,
+                "tokens_trained": pc.tokens_trained,
+                "tokens_per_s": pc.tokens_trained / max(pc.train_time_s, 1e-9),
+                "padding_fraction": pc.padding_fraction, "final_loss": pc.final_loss,
+                "trainable_params": trainable, "total_params": total,
+                "peak_memory_mb": max(pc.peak_memory_mb, eval_memory.peak_mb),
+                "buffer_size": self.strategy.buffer_size(),
+            })
+            self.dir.save_phase(phase, trainable_state(model), self.strategy.state_dict())
+            if not keep_all and phase > 1:
+                self.dir.drop_weights(phase - 1)
+            status = "complete" if phase == len(self.phases) else "running"
+            write_json(self.dir.results, self._results(R, cost, status, base_eval_s))
+        results = self._results(R, cost, "complete", base_eval_s)
+        write_json(self.dir.results, results)
+        return results
+
+
+def _routes(strategy: StrategyStack) -> bool:
+    from everlearn.strategies.base import Strategy
+
+    return any(type(m).route is not Strategy.route for m in strategy.members)
+
+
+def _read_results(run_dir: RunDir) -> dict[str, Any]:
+    if not run_dir.results.exists():
+        raise ResumeError(f"{run_dir.results}: missing; nothing to resume "
+                          "(the run stopped before its base row was written)")
+    try:
+        data = json.loads(run_dir.results.read_text())
+        R, cost = data["R"], data["cost"]
+        assert isinstance(R, list) and isinstance(cost, list) and len(cost) == max(0, len(R) - 1)
+    except (json.JSONDecodeError, KeyError, TypeError, AssertionError):
+        raise ResumeError(
+            f"{run_dir.results}: expected everlearn results with R and cost") from None
+    return data
+
+
+def _attach_log(path: Path) -> None:
+    """Append log records of this run to RUN_DIR/log.txt."""
+    target = str(path / "log.txt")
+    if any(getattr(h, "baseFilename", None) == target for h in log.handlers):
+        return
+    handler = logging.FileHandler(target, encoding="utf-8")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    log.addHandler(handler)
+    log.setLevel(logging.INFO)
+
+
+def start_run(cfg: RunConfig, run_dir: str | Path | None = None, quiet: bool = False,
+              source: str = "config") -> tuple[Path, dict[str, Any]]:
+    """A new run; ``run_dir`` must not already hold results."""
+    path = Path(run_dir) if run_dir else new_run_dir(cfg)
+    if (path / "results.json").exists():
+        raise ConfigError(f"{path}: already holds a run; use --resume {path} or another --output")
+    run = Run(cfg, path, quiet, source)
+    return path, run.execute(resume=False)
+
+
+def resume_run(run_dir: str | Path, quiet: bool = False) -> tuple[Path, dict[str, Any]]:
+    """Continue a run after its last finished phase, from its own resolved config."""
+    path = Path(run_dir)
+    if not (path / "config.yaml").exists():
+        raise ResumeError(f"{path}: config.yaml: missing; not an everlearn run directory")
+    cfg = load_config(path / "config.yaml")
+    run = Run(cfg, path, quiet, str(path / "config.yaml"))
+    return path, run.execute(resume=True)

@@ -1,0 +1,173 @@
+"""The strategy interface: a continual-learning method is a small plugin on a few hooks.
+
+Hooks *return* values instead of mutating shared state, so strategies compose: ``train_data``
+chains, ``extra_loss`` terms add up, ``plan`` and ``route`` take the first answer given.
+A strategy's options are a dataclass, validated like the rest of the config. ``state_dict``
+returns ``{"meta": <JSON-able>, "tensors": {name: tensor}}``, stored without pickle.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar
+
+if TYPE_CHECKING:
+    import torch
+
+    from everlearn.data.records import Record
+    from everlearn.stream import Stage, Stream
+
+
+@dataclass
+class NoOptions:
+    """A strategy without options."""
+
+
+@dataclass
+class RunContext:
+    """What strategies may read: the model being trained, its tokenizer and the run settings."""
+
+    model: Any
+    tokenizer: Any
+    encoder: Any
+    config: Any
+    stream: Stream
+    seed: int
+
+
+class Strategy:
+    """Base class: every hook is a no-op, so a method overrides only what it changes."""
+
+    name: ClassVar[str] = ""
+    summary: ClassVar[str] = ""
+    paper: ClassVar[str] = ""
+    Options: ClassVar[type] = NoOptions
+
+    def __init__(self, options: Any = None):
+        self.options = options if options is not None else self.Options()
+        self.ctx: RunContext | None = None
+
+    def setup(self, ctx: RunContext) -> None:
+        """Called once, after the model is loaded and before the base row is evaluated."""
+        self.ctx = ctx
+
+    def plan(self, stages: list[Stage]) -> list[list[Stage]] | None:
+        """Group stages into training phases (one row of R each); None keeps one per stage."""
+        return None
+
+    def before_stage(self, stage: Stage) -> None:
+        """Called before a stage trains."""
+
+    def train_data(self, stage: Stage, records: list[Record]) -> list[Record]:
+        """The records to train on for this stage (replay adds buffered ones)."""
+        return records
+
+    def extra_loss(self, model, batch: dict, outputs) -> torch.Tensor | None:
+        """A term added to the task loss (regularisers, distillation)."""
+        return None
+
+    def after_backward(self, model) -> None:
+        """Called after gradients exist and before the optimizer step (gradient projection)."""
+
+    def after_stage(self, stage: Stage) -> None:
+        """Called after a stage trains (fill buffers, compute importances, merge)."""
+
+    def route(self, record: Record) -> str | None:
+        """The adapter to evaluate ``record`` with; None leaves the active adapter."""
+        return None
+
+    def buffer_size(self) -> int:
+        """Examples this strategy stores (reported as cost)."""
+        return 0
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"meta": {}, "tensors": {}}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what ``state_dict`` returned (a resumed run continues exactly)."""
+
+
+class StrategyStack(Strategy):
+    """Several strategies applied in order (``strategy: [replay, ewc]``)."""
+
+    name = "stack"
+
+    def __init__(self, members: list[Strategy]):
+        super().__init__()
+        self.members = members
+
+    @property
+    def names(self) -> list[str]:
+        return [m.name for m in self.members]
+
+    def setup(self, ctx: RunContext) -> None:
+        super().setup(ctx)
+        for m in self.members:
+            m.setup(ctx)
+
+    def plan(self, stages):
+        for m in self.members:
+            phases = m.plan(stages)
+            if phases is not None:
+                return phases
+        return None
+
+    def before_stage(self, stage):
+        for m in self.members:
+            m.before_stage(stage)
+
+    def train_data(self, stage, records):
+        for m in self.members:
+            records = m.train_data(stage, records)
+        return records
+
+    def extra_loss(self, model, batch, outputs):
+        terms = [t for m in self.members if (t := m.extra_loss(model, batch, outputs)) is not None]
+        return sum(terms[1:], terms[0]) if terms else None
+
+    def after_backward(self, model):
+        for m in self.members:
+            m.after_backward(model)
+
+    def after_stage(self, stage):
+        for m in self.members:
+            m.after_stage(stage)
+
+    def route(self, record):
+        for m in self.members:
+            choice = m.route(record)
+            if choice is not None:
+                return choice
+        return None
+
+    def buffer_size(self) -> int:
+        return sum(m.buffer_size() for m in self.members)
+
+    def state_dict(self):
+        meta, tensors = {}, {}
+        for i, m in enumerate(self.members):
+            key = f"{i}.{m.name}"
+            state = m.state_dict()
+            meta[key] = state.get("meta", {})
+            tensors.update({f"{key}/{k}": v for k, v in state.get("tensors", {}).items()})
+        return {"meta": meta, "tensors": tensors}
+
+    def load_state_dict(self, state):
+        for i, m in enumerate(self.members):
+            key = f"{i}.{m.name}"
+            prefix = f"{key}/"
+            m.load_state_dict({
+                "meta": state["meta"].get(key, {}),
+                "tensors": {k[len(prefix):]: v for k, v in state["tensors"].items()
+                            if k.startswith(prefix)},
+            })
+
+
+def option_fields(cls: type) -> list[tuple[str, Any, str]]:
+    """(name, default, help) of a strategy's options, for `everlearn ls` and the docs."""
+    out = []
+    for f in dataclasses.fields(cls.Options):
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        out.append((f.name, default, f.metadata.get("help", "")))
+    return out

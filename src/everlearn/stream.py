@@ -1,0 +1,135 @@
+"""Stage and Stream: the ordered stages of a run, each with its records, metric and labels.
+
+Building a stream reads every stage's data once (so bad data fails before any training) and
+samples ``max_train`` / ``max_test`` deterministically from the run seed and the stage name.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+
+from everlearn.config import RunConfig, StageConfig
+from everlearn.data.builtin import get_builtin_task
+from everlearn.data.readers import read_source
+from everlearn.data.records import Record
+from everlearn.errors import DataError
+
+MAX_INFERRED_LABELS = 32
+DEFAULT_BUILTIN_SIZES = {"train": 200, "test": 50}
+
+
+@dataclass
+class Stage:
+    """One stage, ready to train and evaluate."""
+
+    index: int  # 1-based position in the stream
+    name: str
+    kind: str
+    metric: str
+    train: list[Record]
+    test: list[Record]
+    labels: list[str] = field(default_factory=list)
+    task_id: str | None = None
+    steps: int | None = None
+    epochs: float | None = None
+
+    @property
+    def higher_is_better(self) -> bool:
+        return self.metric != "perplexity"
+
+
+@dataclass
+class Stream:
+    """The ordered stages and the scenario (TIL / DIL / CIL) they form."""
+
+    stages: list[Stage]
+    scenario: str = "TIL"
+
+    def __len__(self) -> int:
+        return len(self.stages)
+
+    def __iter__(self):
+        return iter(self.stages)
+
+    @property
+    def names(self) -> list[str]:
+        return [s.name for s in self.stages]
+
+
+def _sample(records: list[Record], n: int | None, seed: int, key: str) -> list[Record]:
+    if n is None or n >= len(records):
+        return records
+    rng = random.Random(f"{seed}:{key}")
+    idx = sorted(rng.sample(range(len(records)), n))
+    return [records[i] for i in idx]
+
+
+def _load_split(sc: StageConfig, split: str, seed: int, source_name: str) -> list[Record]:
+    task = sc.task_id or sc.name
+    if sc.builtin is not None:
+        try:
+            spec = get_builtin_task(sc.builtin)
+        except KeyError as exc:
+            raise DataError(f"{source_name}: {exc.args[0]}") from None
+        n = sc.max_train if split == "train" else sc.max_test
+        records = spec.generate(n or DEFAULT_BUILTIN_SIZES[split], seed, split)
+        for r in records:
+            r.task = task
+        return records
+    src = sc.train if split == "train" else sc.test
+    records = read_source(src.path, src.format, sc.kind, src.fields, src.split, task)
+    if not records:
+        raise DataError(f"{src.path}: no records found")
+    limit = sc.max_train if split == "train" else sc.max_test
+    return _sample(records, limit, seed, f"{sc.name}:{split}")
+
+
+def _resolve_metric(sc: StageConfig, train: list[Record], test: list[Record]) -> str:
+    if sc.metric:
+        return sc.metric
+    if sc.kind == "cpt":
+        return "perplexity"
+    if sc.builtin is not None:
+        return get_builtin_task(sc.builtin).metric
+    if sc.labels or all(r.options for r in test):
+        return "accuracy"
+    return "exact_match"
+
+
+def _resolve_labels(sc: StageConfig, metric: str, train: list[Record], test: list[Record],
+                    where: str) -> list[str]:
+    """Label options for accuracy: configured, per record, or the distinct answers."""
+    if metric != "accuracy":
+        return list(sc.labels)
+    if sc.labels:
+        return list(sc.labels)
+    if sc.builtin is not None and get_builtin_task(sc.builtin).labels:
+        return list(get_builtin_task(sc.builtin).labels)
+    if all(r.options for r in test):
+        return []  # every record carries its own options
+    answers = sorted({r.answers[0] for r in train + test if r.answers})
+    if len(answers) > MAX_INFERRED_LABELS:
+        raise DataError(f"{where}: labels: metric is accuracy but no labels are set and the "
+                        f"data has {len(answers)} distinct answers; set `labels: [...]`")
+    return answers
+
+
+def build_stream(cfg: RunConfig, source_name: str = "config") -> Stream:
+    """Read and sample every stage's data; resolve metrics and labels."""
+    stages = []
+    for i, sc in enumerate(cfg.stages, 1):
+        where = f"{source_name}: stages.{i - 1}"
+        train = _load_split(sc, "train", cfg.seed, where)
+        test = _load_split(sc, "test", cfg.seed, where)
+        metric = _resolve_metric(sc, train, test)
+        if sc.kind == "sft" and any(not r.answers for r in train):
+            raise DataError(f"{where}: train: every sft record needs a response")
+        labels = _resolve_labels(sc, metric, train, test, where)
+        for r in test:
+            if metric == "accuracy" and not r.options:
+                r.options = labels
+        stages.append(Stage(index=i, name=sc.name, kind=sc.kind, metric=metric, train=train,
+                            test=test, labels=labels, task_id=sc.task_id or sc.name,
+                            steps=sc.steps, epochs=sc.epochs))
+    return Stream(stages=stages, scenario=cfg.scenario)

@@ -1,0 +1,75 @@
+"""Plain-text tables of a results.json: the matrix, the metrics and the cost (no torch import)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def _table(header: list[str], rows: list[list[str]]) -> str:
+    widths = [max(len(str(c)) for c in col) for col in zip(header, *rows)]
+    line = lambda cells: "  ".join(str(c).rjust(w) if i else str(c).ljust(w)  # noqa: E731
+                                   for i, (c, w) in enumerate(zip(cells, widths)))
+    return "\n".join([line(header), "  ".join("-" * w for w in widths)] + [line(r) for r in rows])
+
+
+def _num(x: Any, digits: int = 1) -> str:
+    return "n/a" if x is None else f"{x:.{digits}f}"
+
+
+def format_matrix(results: dict[str, Any]) -> str:
+    """R with one row per phase (base first) and one column per stage."""
+    names = [s["name"] for s in results["stages"]]
+    metrics = [s["metric"] for s in results["stages"]]
+    header = ["after \\ on"] + [f"{n} ({m[:3] if m != 'exact_match' else 'em'})"
+                               for n, m in zip(names, metrics)]
+    rows = [[label] + [_num(v) for v in row] for label, row in zip(results["rows"], results["R"])]
+    return _table(header, rows)
+
+
+def _metric_lines(m: dict[str, Any], indent: str = "") -> list[str]:
+    lines = []
+    if "ap" in m:
+        lines.append(f"{indent}AP after each stage: " + ", ".join(_num(a) for a in m["ap"]))
+    labels = [("final_ap", "final AP"), ("la", "learning accuracy (LA)"),
+              ("bwt", "BWT (mean over T-1 stages)"), ("bwt_trace", "BWT (TRACE, divided by T)"),
+              ("forgetting", "forgetting (F)"), ("fwt", "FWT (vs base model)")]
+    for key, label in labels:
+        if key in m:
+            lines.append(f"{indent}{label}: {_num(m[key], 2)}")
+    if m.get("note"):
+        lines.append(f"{indent}note: {m['note']}")
+    return lines
+
+
+def format_metrics(results: dict[str, Any]) -> str:
+    m = results.get("metrics") or {}
+    if "main" in m or "perplexity" in m:
+        out = []
+        for scope in ("main", "perplexity"):
+            if scope in m:
+                out.append(f"{scope} ({', '.join(m[scope]['stages'])}):")
+                out.extend(_metric_lines(m[scope], "  "))
+        return "\n".join(out)
+    return "\n".join(_metric_lines(m))
+
+
+def format_cost(results: dict[str, Any]) -> str:
+    header = ["phase", "steps", "train s", "eval s", "tokens", "tok/s", "pad %", "trainable",
+              "total params", "peak MB", "buffer"]
+    rows = [[c["phase"] if len(c["stages"]) > 1 else c["stages"][0], c["steps"],
+             _num(c["train_time_s"]), _num(c["eval_time_s"]), c["tokens_trained"],
+             _num(c["tokens_per_s"], 0), _num(100 * c["padding_fraction"]),
+             f"{c['trainable_params']:,}", f"{c['total_params']:,}",
+             _num(c["peak_memory_mb"], 0), c["buffer_size"]] for c in results["cost"]]
+    return _table(header, rows)
+
+
+def format_summary(results: dict[str, Any]) -> str:
+    parts = [f"Accuracy matrix R (strategy: {'+'.join(results['strategies'])}; "
+             f"rows: after training, columns: stage scored)", format_matrix(results)]
+    if results.get("metrics"):
+        parts += ["", "Metrics", format_metrics(results)]
+    if results.get("cost"):
+        parts += ["", f"Cost per phase (base row evaluated in "
+                      f"{results.get('base_eval_time_s', 0):.1f} s)", format_cost(results)]
+    return "\n".join(parts)

@@ -1,0 +1,174 @@
+"""The one training loop: every stage kind, every strategy, through the same few lines.
+
+Built on accelerate (mixed-precision autocast, backward, gradient clipping, process layout).
+Per phase it builds a fresh AdamW and a re-warmed learning-rate schedule, iterates length-grouped
+batches for a fixed number of optimizer steps, and returns the phase's cost.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from dataclasses import dataclass
+
+import torch
+from tqdm.auto import tqdm
+from transformers import get_scheduler
+
+from everlearn.config import TrainConfig
+from everlearn.data.encode import (
+    Encoded,
+    Encoder,
+    collate,
+    length_grouped_batches,
+    padding_fraction,
+)
+from everlearn.errors import TrainingError
+from everlearn.resources import PeakMemory
+from everlearn.strategies.base import Strategy
+from everlearn.stream import Stage
+
+
+def bf16_supported(device: torch.device) -> bool:
+    """bf16 autocast pays off on CUDA with bf16 and on CPUs with native bf16 (AVX512-BF16, AMX)."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    if device.type == "cpu":
+        try:
+            flags = open("/proc/cpuinfo", encoding="utf-8").read()
+        except OSError:
+            return False
+        return "avx512_bf16" in flags or "amx_bf16" in flags
+    return False
+
+
+def resolve_precision(preference: str, device: torch.device) -> str:
+    """accelerate's mixed_precision value for the configured ``train.precision``."""
+    if preference == "fp32":
+        return "no"
+    if preference == "bf16" or bf16_supported(device):
+        return "bf16"
+    return "no"
+
+
+@dataclass
+class PhaseCost:
+    """What training one phase cost (the evaluation time is added by the runner)."""
+
+    steps: int
+    train_time_s: float
+    tokens_trained: int
+    padding_fraction: float
+    examples: int
+    final_loss: float
+    peak_memory_mb: float
+
+
+def phase_steps(stages: list[Stage], cfg: TrainConfig, n_examples: int) -> int:
+    """Optimizer steps for a phase: the sum of its stages' budgets (steps, else epochs)."""
+    total = 0
+    per_step = cfg.batch_size * cfg.grad_accum
+    for st in stages:
+        steps = st.steps if st.steps is not None else (None if st.epochs else cfg.steps)
+        if steps is None:
+            epochs = st.epochs if st.epochs is not None else cfg.epochs
+            share = n_examples / max(1, len(stages))
+            steps = max(1, math.ceil(epochs * share / per_step))
+        total += steps
+    return total
+
+
+class Trainer:
+    """Trains phases of a stream on one model with one strategy stack."""
+
+    def __init__(self, accelerator, encoder: Encoder, cfg: TrainConfig, strategy: Strategy,
+                 seed: int, quiet: bool = False):
+        self.acc = accelerator
+        self.encoder = encoder
+        self.cfg = cfg
+        self.strategy = strategy
+        self.seed = seed
+        self.quiet = quiet
+
+    def encode(self, stage: Stage) -> list[Encoded]:
+        """The stage's training examples after the strategy has added its own."""
+        records = self.strategy.train_data(stage, stage.train)
+        examples = self.encoder.encode_stage(stage.kind, records)
+        return [e for e in examples if any(lab != -100 for lab in e.labels)]
+
+    def train_phase(self, model, stages: list[Stage], phase: int) -> PhaseCost:
+        cfg = self.cfg
+        for st in stages:
+            self.strategy.before_stage(st)
+        examples = [e for st in stages for e in self.encode(st)]
+        if not examples:
+            raise TrainingError(f"stage '{stages[0].name}': no training examples after encoding")
+        total_steps = phase_steps(stages, cfg, len(examples))
+        params = [p for p in model.parameters() if p.requires_grad]
+        if not params:
+            raise TrainingError(f"stage '{stages[0].name}': the model has no trainable weights")
+        optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        warmup = int(round(cfg.warmup_ratio * total_steps))
+        name = {"constant": "constant_with_warmup"}.get(cfg.schedule, cfg.schedule)
+        scheduler = get_scheduler(name, optimizer, num_warmup_steps=warmup,
+                                  num_training_steps=total_steps)
+
+        lengths = [len(e.input_ids) for e in examples]
+        rng = random.Random(f"{self.seed}:{phase}:order")
+        rank, world = self.acc.process_index, self.acc.num_processes
+
+        def batches():
+            while True:  # epochs of freshly shuffled, length-grouped batches
+                epoch = length_grouped_batches(lengths, cfg.batch_size, rng, cfg.group_by_length)
+                epoch = epoch[: len(epoch) - len(epoch) % world] or epoch
+                yield from epoch[rank::world]
+
+        batch_iter = batches()
+        used: list[list[int]] = []
+        tokens = 0
+        loss_value = float("nan")
+        memory = PeakMemory(self.acc.device)
+        label = "+".join(s.name for s in stages)
+        bar = tqdm(total=total_steps, desc=f"train {label}", disable=self.quiet or not
+                   self.acc.is_local_main_process, dynamic_ncols=True, leave=False)
+        model.train()
+        start = time.perf_counter()
+        for step in range(total_steps):
+            step_loss = 0.0
+            for _ in range(cfg.grad_accum):
+                idx = next(batch_iter)
+                used.append(idx)
+                batch = {k: v.to(self.acc.device) for k, v in
+                         collate([examples[i] for i in idx], self.encoder.pad_id).items()}
+                tokens += int(batch["attention_mask"].sum())
+                with self.acc.autocast():
+                    outputs = model(**batch)
+                    loss = outputs.loss
+                    extra = self.strategy.extra_loss(model, batch, outputs)
+                    if extra is not None:
+                        loss = loss + extra
+                if not torch.isfinite(loss):
+                    raise TrainingError(f"stage '{label}': step {step + 1}: loss is {loss.item()}"
+                                        "; earlier stages' results are kept")
+                self.acc.backward(loss / cfg.grad_accum)
+                step_loss += loss.item() / cfg.grad_accum
+            self.strategy.after_backward(model)
+            if cfg.max_grad_norm is not None:
+                self.acc.clip_grad_norm_(params, cfg.max_grad_norm)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            memory.sample()
+            loss_value = step_loss
+            elapsed = time.perf_counter() - start
+            bar.set_postfix(loss=f"{loss_value:.3f}", tok_s=f"{tokens / max(elapsed, 1e-9):.0f}")
+            bar.update(1)
+        bar.close()
+        for st in stages:
+            self.strategy.after_stage(st)
+        return PhaseCost(
+            steps=total_steps, train_time_s=time.perf_counter() - start, tokens_trained=tokens,
+            padding_fraction=padding_fraction(used, lengths), examples=len(examples),
+            final_loss=loss_value, peak_memory_mb=memory.peak_mb,
+        )

@@ -1,0 +1,44 @@
+"""Shared fixtures: tiny streams on the random tiny model, written as real files."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+def constant_task(tmp: Path, name: str, answer: str, n_train: int = 24, n_test: int = 6) -> dict:
+    """A stage whose every answer is ``answer``: a tiny model learns it in a few dozen steps,
+    and forgets it when the next stage teaches another constant."""
+    rows = [{"prompt": f"{name} question {i}", "response": answer} for i in range(n_train + n_test)]
+    train = write_jsonl(tmp / f"{name}_train.jsonl", rows[:n_train])
+    test = write_jsonl(tmp / f"{name}_test.jsonl", rows[n_train:])
+    return {"name": name, "train": str(train), "test": str(test)}
+
+
+def tiny_config(tmp: Path, stages: list[dict], **overrides) -> dict:
+    """A run config for the tiny model, fp32 (bf16 autocast is slow for tiny matrices)."""
+    cfg = {
+        "name": "tiny",
+        "output_dir": str(tmp / "runs"),
+        "model": {"name": "tiny-llama", "finetune": "full"},
+        "train": {"lr": 3e-3, "batch_size": 8, "steps": 30, "max_length": 64,
+                  "precision": "fp32", "warmup_ratio": 0.0, "schedule": "constant"},
+        "eval": {"batch_size": 16, "max_new_tokens": 8},
+        "stages": stages,
+    }
+    for key, value in overrides.items():
+        cfg[key] = value
+    return cfg
+
+
+@pytest.fixture
+def three_stages(tmp_path: Path) -> list[dict]:
+    return [constant_task(tmp_path, "red", "alpha"), constant_task(tmp_path, "green", "bravo"),
+            constant_task(tmp_path, "blue", "charlie")]

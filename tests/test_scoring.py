@@ -1,0 +1,117 @@
+"""Checks of the text scorers in ``everlearn.scoring`` against hand-computed values."""
+
+from __future__ import annotations
+
+import pytest
+
+from everlearn.scoring import (
+    exact_match,
+    lcs_length,
+    normalize_answer,
+    rouge_l,
+    rouge_l_tokens,
+)
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        ("The Eiffel Tower.", "eiffel tower"),
+        ("  An apple a DAY!  ", "apple day"),
+        ("the\tcat\n\nsat", "cat sat"),
+        ("theater anthem", "theater anthem"),  # articles only as whole words
+        ("A.B.C", "abc"),  # punctuation is deleted, not replaced by spaces
+        ("rock-n-roll, 'quoted' (x)", "rocknroll quoted x"),
+        ("", ""),
+        ("The a an", ""),
+        ("Café Ünïcode", "café ünïcode"),  # non-ASCII letters kept, lowercased
+    ],
+)
+def test_normalize_answer(raw, expected):
+    assert normalize_answer(raw) == expected
+
+
+def test_exact_match_single_and_multiple_references():
+    assert exact_match("The Eiffel Tower.", ["eiffel tower"]) == 1.0
+    assert exact_match("Paris", ["London", "paris!", "Rome"]) == 1.0
+    assert exact_match("Paris, France", ["London", "paris"]) == 0.0
+    assert exact_match("an answer", ["answer"]) == 1.0
+    assert exact_match("", [""]) == 1.0
+    assert exact_match("", ["x"]) == 0.0
+
+
+def test_exact_match_returns_float_and_accepts_bare_string():
+    assert type(exact_match("yes", ["yes"])) is float
+    assert exact_match("Yes.", "yes") == 1.0
+    assert exact_match("ye", "yes") == 0.0  # a bare string is one reference, not characters
+
+
+def test_empty_references_raise():
+    with pytest.raises(ValueError):
+        exact_match("x", [])
+    with pytest.raises(ValueError):
+        rouge_l("x", [])
+
+
+def test_lcs_length():
+    # Classic CLRS example: LCS("ABCBDAB", "BDCABA") = 4 (e.g. "BCBA").
+    assert lcs_length(list("ABCBDAB"), list("BDCABA")) == 4
+    assert lcs_length(list("BDCABA"), list("ABCBDAB")) == 4
+    assert lcs_length([], ["a"]) == 0
+    assert lcs_length(["a", "b"], ["c"]) == 0
+    assert lcs_length(["x", "y", "z"], ["x", "y", "z"]) == 3
+
+
+def test_rouge_l_identical_and_disjoint():
+    assert rouge_l("The cat sat on the mat.", ["the cat sat on the mat"]) == 1.0
+    assert rouge_l("red green blue", ["cyan magenta yellow"]) == 0.0
+
+
+def test_rouge_l_partial_overlap():
+    # prediction "the cat sat on the mat"     -> tokens [cat, sat, on, mat]          (4)
+    # reference  "a cat was sitting on a mat" -> tokens [cat, was, sitting, on, mat] (5)
+    # LCS = [cat, on, mat] = 3;  P = 3/4, R = 3/5;  F = 2 * 0.75 * 0.6 / (0.75 + 0.6)
+    #   = 0.9 / 1.35 = 2/3
+    assert rouge_l("the cat sat on the mat", ["a cat was sitting on a mat"]) == pytest.approx(2 / 3)
+
+
+def test_rouge_l_order_matters():
+    # prediction [y, x, z, w], reference [x, y, z, w]: LCS = 3 ([x, z, w] or [y, z, w]),
+    # P = R = 3/4 -> F = 0.75. (A bag-of-words F1 would give 1.0.)
+    assert rouge_l("y x z w", ["x y z w"]) == pytest.approx(0.75)
+
+
+def test_rouge_l_unequal_lengths():
+    # prediction [x] vs reference [x, y, z, w]: LCS = 1, P = 1, R = 1/4,
+    # F = 2 * 1 * 0.25 / 1.25 = 0.4
+    assert rouge_l("x", ["x y z w"]) == pytest.approx(0.4)
+    assert rouge_l("x y z w", ["x"]) == pytest.approx(0.4)  # symmetric for beta = 1
+
+
+def test_rouge_l_max_over_references():
+    refs = ["cyan magenta", "a cat was sitting on a mat", "cat"]
+    # vs "cyan magenta": 0; vs the partial case: 2/3; vs [cat]: LCS 1, P = 1/4, R = 1,
+    # F = 2 * 0.25 / 1.25 = 0.4.  Max = 2/3.
+    assert rouge_l("the cat sat on the mat", refs) == pytest.approx(2 / 3)
+    assert rouge_l("cat", "the cat") == 1.0  # bare string reference; "the" is normalised away
+
+
+def test_rouge_l_empty_texts():
+    # Both empty after normalisation -> 1.0; exactly one empty -> 0.0 (SQuAD F1 convention).
+    assert rouge_l("", [""]) == 1.0
+    assert rouge_l("The.", ["a"]) == 1.0
+    assert rouge_l("", ["cat"]) == 0.0
+    assert rouge_l("cat", ["the"]) == 0.0
+    assert rouge_l_tokens([], []) == 1.0
+
+
+def test_rouge_l_in_unit_interval():
+    cases = [
+        ("a b c", ["c b a"]),
+        ("one two three four five", ["five four three two one", "two four"]),
+        ("x x x", ["x"]),
+    ]
+    for pred, refs in cases:
+        value = rouge_l(pred, refs)
+        assert 0.0 <= value <= 1.0
+        assert type(value) is float
