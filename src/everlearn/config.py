@@ -7,6 +7,7 @@ any problem raises ``ConfigError`` with one line naming the file, the field and 
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import types
 import typing
@@ -378,9 +379,9 @@ def apply_override(data: dict[str, Any], keys: list[str], value: Any, text: str)
         where = ".".join(keys[: depth + 1])
         if isinstance(node, list):
             if not key.isdigit() or int(key) >= len(node):
-                raise ConfigError(
-                    f"override {text!r}: {where}: expected an index below {len(node)}"
-                )
+                expected = (f"expected an index below {len(node)}" if node else
+                            f"the list is empty; set it whole, e.g. {'.'.join(keys[:depth])}=[...]")
+                raise ConfigError(f"override {text!r}: {where}: {expected}")
             idx = int(key)
             if last:
                 node[idx] = value
@@ -392,8 +393,8 @@ def apply_override(data: dict[str, Any], keys: list[str], value: Any, text: str)
             if last:
                 node[key] = value
             else:
-                if node.get(key) is None:
-                    node[key] = {}
+                if node.get(key) is None:  # a list when the next key is an index
+                    node[key] = [] if keys[depth + 1].isdigit() else {}
                 elif isinstance(node[key], str):
                     node[key] = _shorthand_for_path(keys[:depth + 1], node[key])
                 node = node[key]
@@ -410,11 +411,12 @@ def _shorthand_for_path(keys: list[str], value: Any) -> Any:
     return {"path": value}
 
 
-def _normalize_top(data: dict[str, Any]) -> dict[str, Any]:
+def _normalize_top(data: dict[str, Any], source: str = "config") -> dict[str, Any]:
     """Accept `strategy:` (singular, string or list) as an alias of `strategies:`."""
     if "strategy" in data:
         if "strategies" in data:
-            raise ConfigError("config: strategy: give either `strategy` or `strategies`, not both")
+            raise ConfigError(f"{source}: strategy: give either `strategy` or `strategies`, "
+                              "not both")
         value = data.pop("strategy")
         data["strategies"] = value if isinstance(value, list) else [value]
     return data
@@ -453,15 +455,18 @@ def load_config(
     works from any working directory.
     """
     source = str(path) if path is not None else "<quickstart>"
-    data = read_yaml(path) if path is not None else dict(base or {})
-    data = _normalize_top(data)
+    data = read_yaml(path) if path is not None else copy.deepcopy(base or {})
+    data = _normalize_top(data, source)
     for text in overrides:
-        keys, value = parse_override(text)
-        if keys[0] == "strategy":
-            keys[0] = "strategies"
-            if len(keys) == 1:
-                value = value if isinstance(value, list) else [value]
-        apply_override(data, keys, value, text)
+        try:
+            keys, value = parse_override(text)
+            if keys[0] == "strategy":
+                keys[0] = "strategies"
+                if len(keys) == 1:
+                    value = value if isinstance(value, list) else [value]
+            apply_override(data, keys, value, text)
+        except ConfigError as exc:  # name the file the override applies to
+            raise ConfigError(f"{source}: {exc}") from None
     cfg = build_config(data, source)
     if path is not None:
         _resolve_paths(cfg, Path(path).resolve().parent)

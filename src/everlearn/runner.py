@@ -189,10 +189,10 @@ class Run:
                 "buffer_size": self.strategy.buffer_size(),
             })
             self.dir.save_phase(phase, trainable_state(model), self.strategy.state_dict())
-            if not keep_all and phase > 1:
-                self.dir.drop_weights(phase - 1)
             status = "complete" if phase == len(self.phases) else "running"
             write_json(self.dir.results, self._results(R, cost, status, base_eval_s))
+            if not keep_all and phase > 1:  # only once results.json points past it
+                self.dir.drop_weights(phase - 1)
         results = self._results(R, cost, "complete", base_eval_s)
         write_json(self.dir.results, results)
         return results

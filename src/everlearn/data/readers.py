@@ -8,6 +8,7 @@ instruction/input/output, chat messages, raw text); ``fields`` renames source fi
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +56,9 @@ def read_source(path: str, fmt: str, kind: str, fields: dict[str, str], split: s
         return [_to_record(r, kind, fields, path, i, task) for i, r in enumerate(rows)]
     data = _read_json(p)
     if fmt == "superni" or (fmt == "json" and isinstance(data, dict) and "Instances" in data):
+        if kind == "cpt":
+            raise DataError(f"{path}: a SuperNI task is instruction data, only for sft stages "
+                            f"(this stage is {kind})")
         return _read_superni(data, path, task)
     if isinstance(data, dict) and isinstance(data.get("data"), list):
         data = data["data"]
@@ -92,7 +96,7 @@ def _read_text(p: Path, task: str) -> list[Record]:
         content = p.read_text(encoding="utf-8")
     except UnicodeDecodeError:
         raise DataError(f"{p}: not UTF-8 text") from None
-    docs = [d.strip() for d in content.split("\n\n") if d.strip()]
+    docs = [d.strip() for d in re.split(r"\n[ \t]*\n", content) if d.strip()]
     if not docs:
         raise DataError(f"{p}: no text found")
     return [Record(text=d, task=task) for d in docs]
@@ -100,6 +104,9 @@ def _read_text(p: Path, task: str) -> list[Record]:
 
 def _read_superni(data: dict, path: str, task: str) -> list[Record]:
     """SuperNI task JSON: the definition is the instruction, each instance one record."""
+    if not isinstance(data, dict):
+        raise DataError(f"{path}: expected a SuperNI task object with 'Definition' and "
+                        "'Instances'")
     definition = data.get("Definition", "")
     if isinstance(definition, list):
         definition = definition[0] if definition else ""
@@ -112,6 +119,8 @@ def _read_superni(data: dict, path: str, task: str) -> list[Record]:
     for i, inst in enumerate(instances):
         if not isinstance(inst, dict) or "input" not in inst or "output" not in inst:
             raise DataError(f"{path}: Instances.{i}: expected an object with 'input' and 'output'")
+        if not isinstance(inst["input"], str):
+            raise DataError(f"{path}: Instances.{i}.input: expected a string")
         outputs = inst["output"]
         outputs = [outputs] if isinstance(outputs, str) else outputs
         if not outputs or not all(isinstance(o, str) for o in outputs):
