@@ -19,6 +19,7 @@ from everlearn.errors import EverlearnError
 
 EPILOG = """examples:
   everlearn run                                   # the built-in quickstart (4 stages, replay)
+  everlearn run --preset smoke                    # the same stream on a tiny random model
   everlearn run stream.yaml train.lr=1e-4 stages.0.max_train=200
   everlearn run stream.yaml strategy=[replay] --output runs/mine
   everlearn run --resume runs/mine                # continue after the last finished stage
@@ -42,6 +43,7 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("config", nargs="?", help="stream YAML (omit for the quickstart)")
     run.add_argument("overrides", nargs="*", metavar="key=value",
                      help="config overrides, e.g. train.lr=1e-4 stages.0.max_train=200")
+    run.add_argument("--preset", help="a built-in config instead of CONFIG (see `everlearn ls`)")
     run.add_argument("--output", "-o", help="run directory (default: OUTPUT_DIR/NAME-TIMESTAMP)")
     run.add_argument("--resume", metavar="RUN_DIR", help="continue a run after its last "
                      "finished stage (takes the config from RUN_DIR)")
@@ -51,6 +53,7 @@ def _parser() -> argparse.ArgumentParser:
                         description="Evaluate without training: one row of scores per stage.")
     ev.add_argument("config", nargs="?", help="stream YAML (omit for the quickstart)")
     ev.add_argument("overrides", nargs="*", metavar="key=value")
+    ev.add_argument("--preset", help="a built-in config instead of CONFIG")
     ev.add_argument("--weights", metavar="PHASE_DIR",
                     help="a run's checkpoints/phase-NN directory whose weights to load")
     ev.add_argument("--json", action="store_true", help="print the scores as JSON")
@@ -59,7 +62,8 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_parser("ls", help="list strategies, built-in tasks, embedded models and presets")
 
     val = sub.add_parser("validate", help="check a config and its data without training")
-    val.add_argument("config", help="stream YAML")
+    val.add_argument("config", nargs="?", help="stream YAML")
+    val.add_argument("--preset", help="a built-in config instead of CONFIG")
     val.add_argument("overrides", nargs="*", metavar="key=value")
     return p
 
@@ -71,13 +75,18 @@ def _split_overrides(config: str | None, overrides: list[str]) -> tuple[str | No
     return config, overrides
 
 
-def _load(config: str | None, overrides: list[str]):
+def _load(config: str | None, overrides: list[str], preset: str | None = None):
     from everlearn.config import load_config
-    from everlearn.presets import quickstart
+    from everlearn.presets import PRESETS
 
     config, overrides = _split_overrides(config, overrides)
+    if config is not None and preset is not None:
+        raise EverlearnError("give either CONFIG or --preset, not both")
     if config is None:
-        return load_config(None, overrides, base=quickstart()), "<quickstart>"
+        name = preset or "quickstart"
+        if name not in PRESETS:
+            raise EverlearnError(f"--preset: expected one of {', '.join(PRESETS)}, got {name!r}")
+        return load_config(None, overrides, base=PRESETS[name][1]()), f"<preset {name}>"
     return load_config(config, overrides), config
 
 
@@ -86,12 +95,12 @@ def cmd_run(args) -> int:
     from everlearn.tables import format_summary
 
     if args.resume:
-        if args.config or args.overrides:
+        if args.config or args.overrides or args.preset:
             raise EverlearnError("--resume takes the config from the run directory; "
                                  "do not pass CONFIG or overrides with it")
         path, results = resume_run(args.resume, quiet=args.quiet)
     else:
-        cfg, source = _load(args.config, args.overrides)
+        cfg, source = _load(args.config, args.overrides, args.preset)
         path, results = start_run(cfg, args.output, quiet=args.quiet, source=source)
     print(format_summary(results))
     print(f"\nrun directory: {path}")
@@ -101,7 +110,7 @@ def cmd_run(args) -> int:
 def cmd_eval(args) -> int:
     from everlearn.evaluate_only import evaluate_config
 
-    cfg, source = _load(args.config, args.overrides)
+    cfg, source = _load(args.config, args.overrides, args.preset)
     scores = evaluate_config(cfg, args.weights, quiet=args.quiet, source=source)
     if args.json:
         print(json.dumps(scores, indent=2))
@@ -140,7 +149,7 @@ def cmd_validate(args) -> int:
     from everlearn.strategies import build_strategy
     from everlearn.stream import build_stream
 
-    cfg, source = _load(args.config, args.overrides)
+    cfg, source = _load(args.config, args.overrides, args.preset)
     build_strategy(cfg.strategies, source)
     stream = build_stream(cfg, source)
     strategy = "+".join(s.name for s in cfg.strategies)

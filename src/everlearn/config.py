@@ -454,7 +454,7 @@ def load_config(
     Relative data paths in the file are resolved against the file's directory, so a config
     works from any working directory.
     """
-    source = str(path) if path is not None else "<quickstart>"
+    source = str(path) if path is not None else "<preset>"
     data = read_yaml(path) if path is not None else copy.deepcopy(base or {})
     data = _normalize_top(data, source)
     for text in overrides:

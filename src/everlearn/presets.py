@@ -28,7 +28,8 @@ def smoke() -> dict[str, Any]:
     """The quickstart stream on the random tiny model: checks the plumbing in seconds."""
     cfg = quickstart()
     cfg.update(name="smoke", model={"name": "tiny-llama"},
-               train={"lr": 1e-3, "batch_size": 8, "steps": 4, "max_length": 96})
+               train={"lr": 1e-3, "batch_size": 8, "steps": 4, "max_length": 96,
+                      "precision": "fp32"})  # bf16 autocast is slow for tiny matrices
     for st in cfg["stages"]:
         st.update(max_train=32, max_test=8)
     return cfg
