@@ -158,8 +158,9 @@ class Run:
         cost: list[dict[str, Any]] = list(done_cost)
         if resume and len(R) > 1:
             weights, state = self.dir.load_phase(len(R) - 1, need_weights=True)
-            load_trainable_state(model, weights, str(self.dir.phase_dir(len(R) - 1)))
+            # Strategy state first: a strategy may rebuild structures (adapters) the weights fill.
             self.strategy.load_state_dict(state)
+            load_trainable_state(model, weights, str(self.dir.phase_dir(len(R) - 1)))
             log.info("resumed after phase %d of %d", len(R) - 1, len(self.phases))
         if not R:
             t0 = time.perf_counter()
