@@ -342,8 +342,8 @@ def test_strategy_option_wrong_type(cfg_file: Path):
 
 
 @pytest.mark.parametrize("overrides, field", [
-    (["strategies.0.options.buffer_fraction=0.1"], "buffer_size"),  # both budgets set
-    (["strategies.0.options.buffer_size=null"], "buffer_size"),  # neither
+    (["strategies.0.options.buffer_size=10", "strategies.0.options.buffer_fraction=0.1"],
+     "buffer_size"),  # both budgets set
     (["strategies.0.options.buffer_size=0"], "buffer_size"),
     (["strategies.0.options.buffer_size=null", "strategies.0.options.buffer_fraction=1.5"],
      "buffer_fraction"),
@@ -359,9 +359,19 @@ def test_replay_check_errors(cfg_file: Path, overrides, field):
 
 
 def test_both_replay_budgets_message(cfg_file: Path):
-    msg = strategy_error(cfg_file, ["strategy=[replay]",
+    msg = strategy_error(cfg_file, ["strategy=[replay]", "strategies.0.options.buffer_size=10",
                                     "strategies.0.options.buffer_fraction=0.1"])
     assert "exactly one of buffer_size or buffer_fraction" in msg
+
+
+def test_replay_budget_defaults_and_fraction_alone():
+    from everlearn.config import StrategySpec
+    from everlearn.strategies import build_strategy
+
+    (default,) = build_strategy([StrategySpec("replay")]).members
+    assert default.options.buffer_size == 200 and default.options.buffer_fraction is None
+    (frac,) = build_strategy([StrategySpec("replay", {"buffer_fraction": 0.1})]).members
+    assert frac.options.buffer_size is None and frac.options.buffer_fraction == 0.1
 
 
 def test_joint_does_not_compose(cfg_file: Path):

@@ -227,7 +227,13 @@ def _attach_log(path: Path) -> None:
     handler = logging.FileHandler(target, encoding="utf-8")
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
     log.addHandler(handler)
-    log.setLevel(logging.INFO)
+    log.setLevel(logging.INFO)  # INFO goes to the file; the console keeps the root's WARNING
+    if not any(isinstance(h, logging.StreamHandler) and not isinstance(h, logging.FileHandler)
+               for h in log.handlers):
+        console = logging.StreamHandler()
+        console.setLevel(logging.WARNING)
+        log.addHandler(console)
+    log.propagate = False
 
 
 def start_run(cfg: RunConfig, run_dir: str | Path | None = None, quiet: bool = False,

@@ -18,13 +18,17 @@ from everlearn.strategies.base import Strategy
 @dataclass
 class ReplayOptions:
     buffer_size: int | None = field(
-        default=200, metadata={"help": "Examples kept in total (null: use buffer_fraction)."})
+        default=None, metadata={"help": "Examples kept in total (200 when neither budget is set)."})
     buffer_fraction: float | None = field(
         default=None, metadata={"help": "Share of each stage's training set kept (balanced)."})
     selection: str = field(
         default="balanced", metadata={"help": "'reservoir' or 'balanced' (equal per stage)."})
     mix_ratio: float = field(
         default=0.2, metadata={"help": "Share of each stage's training examples from the buffer."})
+
+    def __post_init__(self) -> None:
+        if self.buffer_size is None and self.buffer_fraction is None:
+            self.buffer_size = 200
 
     def check(self) -> tuple[str, str] | None:
         """(field, message) for the first invalid option, else None."""
