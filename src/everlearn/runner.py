@@ -142,9 +142,10 @@ class Run:
         model, tok = load_base_model(cfg.model)
         model = make_trainable(model, cfg.model)
         model.to(acc.device)
+        self.model = model  # kept for callers that inspect the trained model (tests, APIs)
         encoder = Encoder(tok, cfg.train.max_length, cfg.model.chat_template == "auto")
         self.strategy.setup(RunContext(model=model, tokenizer=tok, encoder=encoder, config=cfg,
-                                       stream=self.stream, seed=cfg.seed))
+                                       stream=self.stream, seed=cfg.seed, accelerator=acc))
         trainer = Trainer(acc, encoder, cfg.train, self.strategy, cfg.seed, self.quiet)
         evaluator = Evaluator(acc, encoder, cfg.eval, self.quiet)
         keep_all = cfg.keep_stage_weights == "all" or (

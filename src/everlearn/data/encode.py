@@ -110,9 +110,12 @@ class Encoder:
         return blocks
 
     def encode_stage(self, kind: str, records: list[Record]) -> list[Encoded]:
+        """A stage's records as examples. Raw-text records inside an sft stage (general data
+        mixed in by a strategy) are packed like cpt text; the rest get response-only loss."""
         if kind == "cpt":
             return self.pack_cpt(records)
-        return [self.encode_sft(r) for r in records]
+        text_only = [r for r in records if r.text and not r.answers]
+        return [self.encode_sft(r) for r in records if r.answers] + self.pack_cpt(text_only)
 
 
 def collate(examples: list[Encoded], pad_id: int, left: bool = False) -> dict[str, torch.Tensor]:

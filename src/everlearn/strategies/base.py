@@ -34,6 +34,22 @@ class RunContext:
     config: Any
     stream: Stream
     seed: int
+    accelerator: Any = None  # device placement and autocast for strategy-side forward passes
+
+    def batch(self, records: list[Record]) -> dict:
+        """Encode and pad ``records`` like the trainer does, on the training device."""
+        from everlearn.data.encode import collate
+
+        batch = collate(self.encoder.encode_stage("sft", records), self.encoder.pad_id)
+        device = self.accelerator.device if self.accelerator is not None else "cpu"
+        return {k: v.to(device) for k, v in batch.items()}
+
+    def autocast(self):
+        """The run's mixed-precision context (a no-op without an accelerator)."""
+        import contextlib
+
+        return self.accelerator.autocast() if self.accelerator is not None else (
+            contextlib.nullcontext())
 
 
 class Strategy:
