@@ -92,7 +92,11 @@ class Trainer:
         self.quiet = quiet
 
     def encode(self, stage: Stage) -> list[Encoded]:
-        """The stage's training examples after the strategy has added its own."""
+        """The stage's training examples after the strategy has added its own.
+
+        ``Encoded.record`` indexes the list ``train_data`` returned, so a strategy can tell
+        which records a batch holds (``batch["record_index"]``).
+        """
         records = self.strategy.train_data(stage, stage.train)
         examples = self.encoder.encode_stage(stage.kind, records)
         return [e for e in examples if any(lab != -100 for lab in e.labels)]
@@ -143,7 +147,9 @@ class Trainer:
                          collate([examples[i] for i in idx], self.encoder.pad_id).items()}
                 tokens += int(batch["attention_mask"].sum())
                 with self.acc.autocast():
-                    outputs = model(**batch)
+                    outputs = model(input_ids=batch["input_ids"],
+                                    attention_mask=batch["attention_mask"],
+                                    labels=batch["labels"])
                     loss = outputs.loss
                     extra = self.strategy.extra_loss(model, batch, outputs)
                     if extra is not None:

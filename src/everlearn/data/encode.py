@@ -22,6 +22,7 @@ class Encoded:
 
     input_ids: list[int]
     labels: list[int]
+    record: int = -1  # index of the source record in the list encoded (-1: packed text)
 
 
 class Encoder:
@@ -115,7 +116,13 @@ class Encoder:
         if kind == "cpt":
             return self.pack_cpt(records)
         text_only = [r for r in records if r.text and not r.answers]
-        return [self.encode_sft(r) for r in records if r.answers] + self.pack_cpt(text_only)
+        sft = []
+        for i, r in enumerate(records):
+            if r.answers:
+                e = self.encode_sft(r)
+                e.record = i
+                sft.append(e)
+        return sft + self.pack_cpt(text_only)
 
 
 def collate(examples: list[Encoded], pad_id: int, left: bool = False) -> dict[str, torch.Tensor]:
@@ -130,7 +137,8 @@ def collate(examples: list[Encoded], pad_id: int, left: bool = False) -> dict[st
         ids[i, sl] = torch.tensor(e.input_ids)
         labels[i, sl] = torch.tensor(e.labels)
         mask[i, sl] = 1
-    return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+    records = torch.tensor([e.record for e in examples], dtype=torch.long)
+    return {"input_ids": ids, "attention_mask": mask, "labels": labels, "record_index": records}
 
 
 def length_grouped_batches(lengths: list[int], batch_size: int, rng: random.Random,

@@ -1,16 +1,34 @@
-"""The strategy registry: name -> class. One continual-learning method per module."""
+"""The strategy registry: every ``Strategy`` subclass with a ``name`` in this package's modules.
+
+One continual-learning method per module; adding a module registers it (no list to edit).
+"""
 
 from __future__ import annotations
 
+import importlib
+import pkgutil
 from typing import Any
 
 from everlearn.errors import ConfigError
 from everlearn.strategies.base import RunContext, Strategy, StrategyStack
-from everlearn.strategies.joint import Joint
-from everlearn.strategies.replay import Replay
-from everlearn.strategies.seqft import SeqFT
 
-STRATEGIES: dict[str, type[Strategy]] = {cls.name: cls for cls in (SeqFT, Joint, Replay)}
+
+def _discover() -> dict[str, type[Strategy]]:
+    found: dict[str, type[Strategy]] = {}
+    for info in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
+        if info.name.startswith("_") or info.name == "base":
+            continue
+        module = importlib.import_module(f"{__name__}.{info.name}")
+        for obj in vars(module).values():
+            if (isinstance(obj, type) and issubclass(obj, Strategy) and obj.name
+                    and obj.__module__ == module.__name__):
+                if obj.name in found:
+                    raise RuntimeError(f"two strategies named {obj.name!r}")
+                found[obj.name] = obj
+    return found
+
+
+STRATEGIES: dict[str, type[Strategy]] = _discover()
 
 __all__ = ["STRATEGIES", "RunContext", "Strategy", "StrategyStack", "build_strategy"]
 
