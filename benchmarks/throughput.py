@@ -72,6 +72,7 @@ class Setup:
     lr: float = 2e-4
     warmup_ratio: float = 0.1
     max_grad_norm: float = 1.0
+    device: torch.device = torch.device("cpu")
 
     @property
     def pad_id(self) -> int:
@@ -123,7 +124,9 @@ def build_setup(args) -> tuple[Setup, float]:
     encode_s = time.perf_counter() - t0
     examples = [e for e in examples if any(lab != -100 for lab in e.labels)]
     examples = examples[: len(examples) - len(examples) % args.batch_size]  # only full batches
-    return Setup(examples, encoder, name, args.batch_size, args.max_length), encode_s
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")  # as everlearn picks
+    setup = Setup(examples, encoder, name, args.batch_size, args.max_length, device=device)
+    return setup, encode_s
 
 
 def batch_plan(setup: Setup, phase: int, steps: int) -> list[list[int]]:
@@ -139,14 +142,14 @@ def plan_tokens(setup: Setup, plan: list[list[int]]) -> int:
     return sum(len(setup.examples[i].input_ids) for b in plan for i in b)
 
 
-def fresh_model():
+def fresh_model(device: torch.device):
     """The embedded model with fresh LoRA adapters, seeded identically for every contender."""
     cfg = ModelConfig()
     model, _ = load_base_model(cfg)
     seed_everything(SEED)
     model = make_trainable(model, cfg)
     model.train()
-    return model
+    return model.to(device)
 
 
 def warmup_steps(setup: Setup, steps: int) -> int:
@@ -210,7 +213,8 @@ def train_plain(model, setup: Setup, plan: list[list[int]], precision: str,
     for idx in plan:
         batch = collate([setup.examples[i] for i in idx], setup.pad_id)
         tokens += int(batch["attention_mask"].sum())
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+        batch = {k: v.to(setup.device) for k, v in batch.items()}
+        with torch.autocast(setup.device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
             loss = model(**batch).loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, setup.max_grad_norm)
@@ -234,7 +238,7 @@ def run_hf_trainer(model, setup: Setup, precision: str, phase: int, steps: int,
                    progress: bool) -> tuple[float, int, list[float]]:
     """``transformers.Trainer.train()`` over the same batches, in the same order."""
     from torch.utils.data import SequentialSampler
-    from transformers import Trainer, TrainerCallback, TrainingArguments
+    from transformers import PrinterCallback, Trainer, TrainerCallback, TrainingArguments
 
     plan = batch_plan(setup, phase, steps)
     ordered = [setup.examples[i] for b in plan for i in b]
@@ -253,7 +257,8 @@ def run_hf_trainer(model, setup: Setup, precision: str, phase: int, steps: int,
             output_dir=out, per_device_train_batch_size=setup.batch_size, max_steps=steps,
             learning_rate=setup.lr, weight_decay=0.0, lr_scheduler_type="cosine",
             warmup_steps=warmup_steps(setup, steps), max_grad_norm=setup.max_grad_norm,
-            optim="adamw_torch", bf16=precision == "bf16", use_cpu=True, report_to=[],
+            optim="adamw_torch", bf16=precision == "bf16", use_cpu=setup.device.type == "cpu",
+            report_to=[],
             save_strategy="no", logging_strategy="no", eval_strategy="no",
             dataloader_num_workers=0, dataloader_pin_memory=False, remove_unused_columns=False,
             disable_tqdm=not progress, seed=SEED,
@@ -261,6 +266,7 @@ def run_hf_trainer(model, setup: Setup, precision: str, phase: int, steps: int,
         trainer = InOrder(model=model, args=args, train_dataset=ordered,
                           data_collator=lambda items: collate(items, setup.pad_id),
                           callbacks=[Clock()])
+        trainer.remove_callback(PrinterCallback)  # keeps its final metrics line off stdout
         assert trainer.accelerator.mixed_precision == ("bf16" if precision == "bf16" else "no")
         t0 = time.perf_counter()
         trainer.train()
@@ -291,7 +297,7 @@ def split_steps(steps: int, rounds: int) -> list[int]:
 def bench_precision(setup: Setup, precision: str, args) -> dict[str, Result]:
     """Fresh models, warm-up (phase 0), then timed rounds in rotating contender order."""
     reset_accelerate()
-    models = {c: fresh_model() for c in CONTENDERS}
+    models = {c: fresh_model(setup.device) for c in CONTENDERS}
     results = {c: Result(c, precision) for c in CONTENDERS}
     if args.warmup:
         for c in CONTENDERS:
@@ -325,6 +331,8 @@ def machine() -> dict[str, object]:
                 break
     except OSError:
         pass
+    if torch.cuda.is_available():
+        cpu += f" + {torch.cuda.get_device_name()}"
     return {"cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
             "torch": torch.__version__, "transformers": transformers.__version__,
             "python": platform.python_version(),
@@ -369,6 +377,7 @@ def parse_args(argv=None):
     p.add_argument("--max-length", type=int, default=128)
     p.add_argument("--examples", type=int, default=256, help="records to tokenise")
     p.add_argument("--data", choices=["auto", "superni", "builtin"], default="auto")
+    p.add_argument("--threads", type=int, help="torch.set_num_threads (default: torch's)")
     p.add_argument("--progress", action="store_true",
                    help="show everlearn's and Trainer's progress bars (both off by default)")
     p.add_argument("--json", metavar="PATH", help="also write the raw numbers here")
@@ -379,6 +388,8 @@ def main(argv=None) -> None:
     args = parse_args(argv)
     warnings.filterwarnings("ignore")
     logging.getLogger("transformers").setLevel(logging.ERROR)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     setup, encode_s = build_setup(args)
     precisions = ["bf16", "fp32"] if args.precision == "both" else [args.precision]
     results = {p: bench_precision(setup, p, args) for p in precisions}

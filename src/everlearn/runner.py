@@ -57,11 +57,16 @@ def new_run_dir(cfg: RunConfig) -> Path:
 
 
 def make_accelerator(precision: str):
+    """An Accelerator for this run. accelerate keeps one shared state per process; a run with
+    another precision in the same process (an API user, a benchmark) resets it first."""
     from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return Accelerator(mixed_precision=resolve_precision(precision, device),
-                       cpu=device.type == "cpu")
+    mixed = resolve_precision(precision, device)
+    if AcceleratorState._shared_state and AcceleratorState().mixed_precision != mixed:
+        AcceleratorState._reset_state(True)
+    return Accelerator(mixed_precision=mixed, cpu=device.type == "cpu")
 
 
 def compute_metrics(R: list[list[float]], stages: list[Stage], phases: list[list[Stage]]):

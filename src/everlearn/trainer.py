@@ -143,9 +143,9 @@ class Trainer:
             for _ in range(cfg.grad_accum):
                 idx = next(batch_iter)
                 used.append(idx)
-                batch = {k: v.to(self.acc.device) for k, v in
-                         collate([examples[i] for i in idx], self.encoder.pad_id).items()}
-                tokens += int(batch["attention_mask"].sum())
+                cpu_batch = collate([examples[i] for i in idx], self.encoder.pad_id)
+                tokens += int(cpu_batch["attention_mask"].sum())  # before .to(): no device sync
+                batch = {k: v.to(self.acc.device) for k, v in cpu_batch.items()}
                 with self.acc.autocast():
                     outputs = model(input_ids=batch["input_ids"],
                                     attention_mask=batch["attention_mask"],
@@ -154,11 +154,12 @@ class Trainer:
                     extra = self.strategy.extra_loss(model, batch, outputs)
                     if extra is not None:
                         loss = loss + extra
-                if not torch.isfinite(loss):
-                    raise TrainingError(f"stage '{label}': step {step + 1}: loss is {loss.item()}"
+                value = loss.item()  # the step's one device sync
+                if not math.isfinite(value):
+                    raise TrainingError(f"stage '{label}': step {step + 1}: loss is {value}"
                                         "; earlier stages' results are kept")
                 self.acc.backward(loss / cfg.grad_accum)
-                step_loss += loss.item() / cfg.grad_accum
+                step_loss += value / cfg.grad_accum
             self.strategy.after_backward(model)
             if cfg.max_grad_norm is not None:
                 self.acc.clip_grad_norm_(params, cfg.max_grad_norm)
@@ -168,7 +169,8 @@ class Trainer:
             memory.sample()
             loss_value = step_loss
             elapsed = time.perf_counter() - start
-            bar.set_postfix(loss=f"{loss_value:.3f}", tok_s=f"{tokens / max(elapsed, 1e-9):.0f}")
+            bar.set_postfix(loss=f"{loss_value:.3f}", tok_s=f"{tokens / max(elapsed, 1e-9):.0f}",
+                            refresh=False)
             bar.update(1)
         bar.close()
         for st in stages:
