@@ -1,18 +1,27 @@
-"""`everlearn eval`: score a model, optionally with a stage checkpoint's weights, on a stream."""
+"""`everlearn eval`: score a model, optionally with a stage checkpoint, on a stream.
+
+A checkpoint directory (``RUN_DIR/checkpoints/phase-NN``) is restored the way ``--resume`` does
+it: the run's strategies are rebuilt from the config and given their saved state first (they
+may re-create adapters and route test records), then the trainable weights are loaded.
+"""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
 from safetensors.torch import load_file
 
+from everlearn.checkpoint import RunDir
 from everlearn.config import RunConfig
 from everlearn.data.encode import Encoder
 from everlearn.errors import ResumeError
 from everlearn.evaluate import Evaluator
 from everlearn.models import load_base_model, load_trainable_state, make_trainable
-from everlearn.runner import make_accelerator, seed_everything
+from everlearn.runner import make_accelerator, routes, seed_everything
+from everlearn.strategies import build_strategy
+from everlearn.strategies.base import RunContext
 from everlearn.stream import build_stream
 
 
@@ -24,17 +33,28 @@ def evaluate_config(cfg: RunConfig, weights: str | None = None, quiet: bool = Fa
     acc = make_accelerator(cfg.train.precision)
     model, tok = load_base_model(cfg.model)
     model = make_trainable(model, cfg.model)
+    model.to(acc.device)
+    encoder = Encoder(tok, cfg.train.max_length, cfg.model.chat_template == "auto")
+    router = None
     if weights is not None:
         path = Path(weights)
-        f = path / "trainable.safetensors" if path.is_dir() else path
-        if not f.is_file():
-            raise ResumeError(f"{weights}: trainable.safetensors: not found")
-        load_trainable_state(model, load_file(f), str(f))
-    model.to(acc.device)
-    evaluator = Evaluator(acc, Encoder(tok, cfg.train.max_length,
-                                       cfg.model.chat_template == "auto"), cfg.eval, quiet)
+        if path.is_dir() and (path / "done.json").exists():
+            strategy = build_strategy(cfg.strategies, source)
+            strategy.setup(RunContext(model=model, tokenizer=tok, encoder=encoder, config=cfg,
+                                      stream=stream, seed=cfg.seed, accelerator=acc))
+            phase = json.loads((path / "done.json").read_text())["phase"]
+            tensors, state = RunDir(path.parent.parent).load_phase(phase, need_weights=True)
+            strategy.load_state_dict(state)
+            router = strategy.route if routes(strategy) else None
+        else:
+            f = path / "trainable.safetensors" if path.is_dir() else path
+            if not f.is_file():
+                raise ResumeError(f"{weights}: trainable.safetensors: not found")
+            tensors = load_file(f)
+        load_trainable_state(model, tensors, str(path))
+    evaluator = Evaluator(acc, encoder, cfg.eval, quiet)
     out = {}
     for st in stream:
-        s = evaluator.score(model, st)
+        s = evaluator.score(model, st, router)
         out[st.name] = {"metric": st.metric, "score": s.score, "n": s.n}
     return out

@@ -122,6 +122,7 @@ class Run:
             "R": R,
             "base_eval_time_s": base_eval_s,
             "cost": cost,
+            "strategy_metrics": self.strategy.metrics(),
         }
         if status == "complete":
             res["metrics"] = compute_metrics(R, stages, self.phases)
@@ -157,7 +158,7 @@ class Run:
             cfg.keep_stage_weights == "auto" and cfg.model.finetune == "lora")
 
         def evaluate_row() -> list[float]:
-            router = self.strategy.route if _routes(self.strategy) else None
+            router = self.strategy.route if routes(self.strategy) else None
             return [evaluator.score(model, st, router).score for st in self.stream.stages]
 
         R: list[list[float]] = list(done_R)
@@ -205,7 +206,8 @@ class Run:
         return results
 
 
-def _routes(strategy: StrategyStack) -> bool:
+def routes(strategy: StrategyStack) -> bool:
+    """Whether any member chooses adapters per test record (evaluation then groups by it)."""
     from everlearn.strategies.base import Strategy
 
     return any(type(m).route is not Strategy.route for m in strategy.members)

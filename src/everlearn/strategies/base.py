@@ -97,6 +97,10 @@ class Strategy:
         """Examples this strategy stores (reported as cost)."""
         return 0
 
+    def metrics(self) -> dict[str, Any]:
+        """Method-specific results for results.json (e.g. routing accuracy); JSON-able."""
+        return {}
+
     def state_dict(self) -> dict[str, Any]:
         return {"meta": {}, "tensors": {}}
 
@@ -159,6 +163,9 @@ class StrategyStack(Strategy):
 
     def buffer_size(self) -> int:
         return sum(m.buffer_size() for m in self.members)
+
+    def metrics(self):
+        return {m.name: found for m in self.members if (found := m.metrics())}
 
     def state_dict(self):
         meta, tensors = {}, {}
