@@ -150,7 +150,7 @@ def cmd_validate(args) -> int:
     from everlearn.stream import build_stream
 
     cfg, source = _load(args.config, args.overrides, args.preset)
-    build_strategy(cfg.strategies, source)
+    build_strategy(cfg.strategies, source, cfg.model.finetune)
     stream = build_stream(cfg, source)
     strategy = "+".join(s.name for s in cfg.strategies)
     print(f"{source}: ok — {len(stream)} stages, strategy {strategy}")

@@ -100,7 +100,8 @@ class Run:
         self.dir = RunDir(run_dir)
         self.quiet = quiet
         self.stream: Stream = build_stream(cfg, source)
-        self.strategy: StrategyStack = build_strategy(cfg.strategies, source)
+        self.strategy: StrategyStack = build_strategy(cfg.strategies, source,
+                                                      cfg.model.finetune)
         stages = self.stream.stages
         self.phases: list[list[Stage]] = self.strategy.plan(stages) or [[s] for s in stages]
 

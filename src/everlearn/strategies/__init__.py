@@ -33,8 +33,10 @@ STRATEGIES: dict[str, type[Strategy]] = _discover()
 __all__ = ["STRATEGIES", "RunContext", "Strategy", "StrategyStack", "build_strategy"]
 
 
-def build_strategy(specs: list[Any], source: str = "config") -> StrategyStack:
-    """Instantiate and validate the configured strategies (``config.strategies``)."""
+def build_strategy(specs: list[Any], source: str = "config",
+                   finetune: str | None = None) -> StrategyStack:
+    """Instantiate and validate the configured strategies (``config.strategies``); with
+    ``finetune`` (``model.finetune``) also check that each strategy supports it."""
     from everlearn.config import _build, _Mismatch
 
     members = []
@@ -51,6 +53,9 @@ def build_strategy(specs: list[Any], source: str = "config") -> StrategyStack:
         problem = options.check() if hasattr(options, "check") else None
         if problem:
             raise ConfigError(f"{source}: {where}.options.{problem[0]}: {problem[1]}")
+        if finetune is not None and cls.requires_finetune not in (None, finetune):
+            raise ConfigError(f"{source}: model.finetune: strategy '{cls.name}' needs "
+                              f"'{cls.requires_finetune}', got '{finetune}'")
         members.append(cls(options))
     names = [m.name for m in members]
     if "joint" in names and len(names) > 1:

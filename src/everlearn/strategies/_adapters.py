@@ -93,6 +93,8 @@ def require_lora(config, strategy: str) -> None:
 
 
 class StageAdapters(Strategy):
+    requires_finetune = "lora"
+
     """Base of the per-stage adapter strategies: adds ``stage<i>`` before stage *i* trains.
 
     Subclasses say which adapters compute while a stage trains (``training_active``) and between

@@ -59,6 +59,7 @@ class Strategy:
     summary: ClassVar[str] = ""
     paper: ClassVar[str] = ""
     Options: ClassVar[type] = NoOptions
+    requires_finetune: ClassVar[str | None] = None  # "lora" or "full" when only one works
 
     def __init__(self, options: Any = None):
         self.options = options if options is not None else self.Options()
