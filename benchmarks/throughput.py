@@ -177,7 +177,7 @@ class PreEncodedTrainer(EverlearnTrainer):
         super().__init__(*args, **kwargs)
         self.examples = examples
 
-    def encode(self, stage: Stage) -> list[Encoded]:
+    def encode(self, stage: Stage, records: list) -> list[Encoded]:
         return self.examples
 
 

@@ -190,6 +190,7 @@ class Run:
                 "phase": phase, "stages": [s.name for s in stages], "steps": pc.steps,
                 "examples": pc.examples, "wall_time_s": time.perf_counter() - t0,
                 "train_time_s": pc.train_time_s, "eval_time_s": eval_s,
+                "strategy_time_s": pc.strategy_time_s,
                 "tokens_trained": pc.tokens_trained,
                 "tokens_per_s": pc.tokens_trained / max(pc.train_time_s, 1e-9),
                 "padding_fraction": pc.padding_fraction, "final_loss": pc.final_loss,

@@ -54,10 +54,11 @@ def format_metrics(results: dict[str, Any]) -> str:
 
 
 def format_cost(results: dict[str, Any]) -> str:
-    header = ["phase", "steps", "train s", "eval s", "tokens", "tok/s", "pad %", "trainable",
-              "total params", "peak MB", "buffer"]
+    header = ["phase", "steps", "train s", "strategy s", "eval s", "tokens", "tok/s", "pad %",
+              "trainable", "total params", "peak MB", "buffer"]
     rows = [[c["phase"] if len(c["stages"]) > 1 else c["stages"][0], c["steps"],
-             _num(c["train_time_s"]), _num(c["eval_time_s"]), c["tokens_trained"],
+             _num(c["train_time_s"]), _num(c.get("strategy_time_s", 0.0)),
+             _num(c["eval_time_s"]), c["tokens_trained"],
              _num(c["tokens_per_s"], 0), _num(100 * c["padding_fraction"]),
              f"{c['trainable_params']:,}", f"{c['total_params']:,}",
              _num(c["peak_memory_mb"], 0), c["buffer_size"]] for c in results["cost"]]

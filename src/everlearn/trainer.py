@@ -63,6 +63,7 @@ class PhaseCost:
     examples: int
     final_loss: float
     peak_memory_mb: float
+    strategy_time_s: float = 0.0  # time inside strategy hooks (buffers, Fisher, projections)
 
 
 def phase_steps(stages: list[Stage], cfg: TrainConfig, n_examples: int) -> int:
@@ -91,21 +92,23 @@ class Trainer:
         self.seed = seed
         self.quiet = quiet
 
-    def encode(self, stage: Stage) -> list[Encoded]:
-        """The stage's training examples after the strategy has added its own.
+    def encode(self, stage: Stage, records: list) -> list[Encoded]:
+        """The stage's training examples from the records ``train_data`` returned.
 
-        ``Encoded.record`` indexes the list ``train_data`` returned, so a strategy can tell
-        which records a batch holds (``batch["record_index"]``).
+        ``Encoded.record`` indexes that list, so a strategy can tell which records a batch
+        holds (``batch["record_index"]``).
         """
-        records = self.strategy.train_data(stage, stage.train)
         examples = self.encoder.encode_stage(stage.kind, records)
         return [e for e in examples if any(lab != -100 for lab in e.labels)]
 
     def train_phase(self, model, stages: list[Stage], phase: int) -> PhaseCost:
         cfg = self.cfg
-        for st in stages:
-            self.strategy.before_stage(st)
-        examples = [e for st in stages for e in self.encode(st)]
+        hooks = _Stopwatch()
+        with hooks:
+            for st in stages:
+                self.strategy.before_stage(st)
+            records = {st.name: self.strategy.train_data(st, st.train) for st in stages}
+        examples = [e for st in stages for e in self.encode(st, records[st.name])]
         if not examples:
             raise TrainingError(f"stage '{stages[0].name}': no training examples after encoding")
         total_steps = phase_steps(stages, cfg, len(examples))
@@ -151,7 +154,8 @@ class Trainer:
                                     attention_mask=batch["attention_mask"],
                                     labels=batch["labels"])
                     loss = outputs.loss
-                    extra = self.strategy.extra_loss(model, batch, outputs)
+                    with hooks:
+                        extra = self.strategy.extra_loss(model, batch, outputs)
                     if extra is not None:
                         loss = loss + extra
                 value = loss.item()  # the step's one device sync
@@ -160,7 +164,8 @@ class Trainer:
                                         "; earlier stages' results are kept")
                 self.acc.backward(loss / cfg.grad_accum)
                 step_loss += value / cfg.grad_accum
-            self.strategy.after_backward(model)
+            with hooks:
+                self.strategy.after_backward(model)
             if cfg.max_grad_norm is not None:
                 self.acc.clip_grad_norm_(params, cfg.max_grad_norm)
             optimizer.step()
@@ -173,10 +178,25 @@ class Trainer:
                             refresh=False)
             bar.update(1)
         bar.close()
-        for st in stages:
-            self.strategy.after_stage(st)
+        with hooks:
+            for st in stages:
+                self.strategy.after_stage(st)
         return PhaseCost(
             steps=total_steps, train_time_s=time.perf_counter() - start, tokens_trained=tokens,
             padding_fraction=padding_fraction(used, lengths), examples=len(examples),
-            final_loss=loss_value, peak_memory_mb=memory.peak_mb,
+            final_loss=loss_value, peak_memory_mb=memory.peak_mb, strategy_time_s=hooks.total,
         )
+
+
+class _Stopwatch:
+    """Accumulates the time spent inside ``with`` blocks (strategy hooks)."""
+
+    def __init__(self) -> None:
+        self.total = 0.0
+
+    def __enter__(self):
+        self._start = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.total += time.perf_counter() - self._start
