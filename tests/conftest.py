@@ -6,6 +6,17 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _one_thread():
+    """One intra-op thread: the tiny model's matrices gain nothing from two, and on a shared
+    2-core machine two threads made a test file ~25x slower (spinning: 270 s vs 10 s)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 def write_jsonl(path: Path, rows: list[dict]) -> Path:

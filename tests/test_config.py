@@ -377,3 +377,14 @@ def test_replay_budget_defaults_and_fraction_alone():
 def test_joint_does_not_compose(cfg_file: Path):
     msg = strategy_error(cfg_file, ["strategy=[joint, replay]"])
     assert "strategies:" in msg and "joint" in msg
+
+
+def test_strategy_path_options_resolve_against_the_config_file(tmp_path: Path):
+    sub = tmp_path / "cfgdir"
+    sub.mkdir()
+    (sub / "corpus.txt").write_text("general text\n")
+    (sub / "run.yaml").write_text(
+        "stages:\n  - builtin: cipher\n"
+        "strategy:\n  - {name: general_mix, path: corpus.txt}\n")
+    cfg = load_config(sub / "run.yaml")
+    assert cfg.strategies[0].options["path"] == str(sub / "corpus.txt")

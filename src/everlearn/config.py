@@ -474,6 +474,16 @@ def load_config(
 
 
 def _resolve_paths(cfg: RunConfig, root: Path) -> None:
+    """Relative paths (stage data, model, strategy options marked ``path``) -> absolute."""
+    from everlearn.strategies import STRATEGIES  # here: strategies import this module
+
+    for spec in cfg.strategies:
+        cls = STRATEGIES.get(spec.name)
+        for f in dataclasses.fields(cls.Options) if cls else ():
+            value = spec.options.get(f.name)
+            if f.metadata.get("path") and isinstance(value, str) and ":" not in value:
+                if not Path(value).expanduser().is_absolute():
+                    spec.options[f.name] = str(root / value)
     for st in cfg.stages:
         for src in (st.train, st.test):
             if src is None or not src.path or ":" in src.path.split("/")[0]:

@@ -26,9 +26,7 @@ def get_builtin_task(name: str) -> BuiltinTask:
     try:
         return _TASKS[name]
     except KeyError:
-        raise KeyError(
-            f"unknown builtin task {name!r}; available: {', '.join(_TASKS)}"
-        ) from None
+        raise KeyError(f"unknown builtin task {name!r}; available: {', '.join(_TASKS)}") from None
 
 
 __all__ = ["BuiltinTask", "Item", "get_builtin_task", "list_builtin_tasks"]

@@ -1,7 +1,7 @@
-"""Translate short English phrases into an invented language with a fixed tiny lexicon.
+"""The "Zarn cipher": reverse the order of three words and write them in capitals.
 
-Pure memorisation of a word mapping no pretrained model can know, composed over new phrases:
-test phrases are unseen combinations of words that training does cover.
+A rule the prompt does not state, so the base model fails it, yet built from skills it has
+(copying, upper-casing), so a few LoRA steps learn it; test phrases are unseen combinations.
 """
 
 from __future__ import annotations
@@ -10,33 +10,22 @@ import random
 
 from everlearn.data.builtin.base import BuiltinTask, Item
 
-LEXICON = {
-    "cat": "miku",
-    "dog": "tarn",
-    "bird": "zo",
-    "fish": "pell",
-    "red": "vash",
-    "blue": "kiro",
-    "big": "dun",
-    "small": "ebi",
-    "runs": "sola",
-    "sleeps": "quen",
-    "eats": "ravo",
-    "sings": "lume",
-}
-WORDS = sorted(LEXICON)
+WORDS = """apple basket bridge butter candle castle coffee dinner doctor dragon engine forest
+    flower friend garden green guitar happy heavy island jacket kitten ladder little market
+    mirror music number ocean orange paper pencil planet quick rabbit river rocket school
+    silver stone summer table tiger violin wagon window winter yellow zebra""".split()
 
 
 def _draw(rng: random.Random) -> Item:
     words = rng.sample(WORDS, 3)
     return Item(
-        f"Translate to Velari: {' '.join(words)}", " ".join(LEXICON[w] for w in words)
+        f"Apply the Zarn cipher: {' '.join(words)}", " ".join(w.upper() for w in words[::-1])
     )
 
 
 TASK = BuiltinTask(
     name="cipher",
-    description="translate 3 English words into the invented Velari language (exact match)",
+    description="Zarn cipher: reverse 3 words and upper-case them (exact match)",
     metric="exact_match",
     draw=_draw,
 )

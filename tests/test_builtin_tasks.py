@@ -1,0 +1,139 @@
+"""Built-in tasks: deterministic, leak-free, correctly labelled (fast, no model needed)."""
+
+from __future__ import annotations
+
+import calendar
+import re
+
+import pytest
+
+from everlearn.data.builtin import BuiltinTask, get_builtin_task, list_builtin_tasks
+from everlearn.data.builtin.cipher import WORDS as CIPHER_WORDS
+from everlearn.data.builtin.classify import CATEGORIES
+from everlearn.data.records import Record
+
+TASKS = list_builtin_tasks()
+NAMES = [t.name for t in TASKS]
+
+
+def test_registry_has_four_distinct_tasks():
+    assert len(TASKS) >= 4
+    assert len(set(NAMES)) == len(NAMES)
+    for task in TASKS:
+        assert isinstance(task, BuiltinTask)
+        assert get_builtin_task(task.name) is task
+        assert task.metric in ("accuracy", "exact_match")
+        assert task.description and "\n" not in task.description
+        assert bool(task.labels) == (task.metric == "accuracy")
+
+
+def test_unknown_name_lists_available():
+    with pytest.raises(KeyError) as err:
+        get_builtin_task("no-such-task")
+    for name in NAMES:
+        assert name in str(err.value)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_bad_split_or_size_rejected(name):
+    task = get_builtin_task(name)
+    with pytest.raises(ValueError):
+        task.generate(3, seed=0, split="validation")
+    with pytest.raises(ValueError):
+        task.generate(-1, seed=0, split="train")
+
+
+@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("n", [0, 1, 37])
+@pytest.mark.parametrize("split", ["train", "test"])
+def test_sizes_honoured(name, n, split):
+    records = get_builtin_task(name).generate(n, seed=1, split=split)
+    assert len(records) == n
+    assert all(isinstance(r, Record) for r in records)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_deterministic_by_seed(name):
+    task = get_builtin_task(name)
+    first = [r.to_dict() for r in task.generate(50, seed=7, split="train")]
+    assert first == [r.to_dict() for r in task.generate(50, seed=7, split="train")]
+    assert first != [r.to_dict() for r in task.generate(50, seed=8, split="train")]
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_train_and_test_disjoint_across_seeds(name):
+    task = get_builtin_task(name)
+    train = {r.prompt for s in range(3) for r in task.generate(300, seed=s, split="train")}
+    test = {r.prompt for s in range(3) for r in task.generate(100, seed=s, split="test")}
+    assert train and test
+    assert not train & test
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_prompts_unique_within_split(name):
+    records = get_builtin_task(name).generate(40, seed=0, split="test")
+    assert len({r.prompt for r in records}) == len(records)
+
+
+def test_exhausted_split_still_fills():
+    # classify has only ~40 test words; asking for more repeats them rather than hanging.
+    records = get_builtin_task("classify").generate(200, seed=0, split="test")
+    assert len(records) == 200
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_record_shape(name):
+    task = get_builtin_task(name)
+    for r in task.generate(60, seed=3, split="train"):
+        assert r.task == name
+        assert r.prompt and r.response and r.answers == [r.response]
+        assert "<|" not in r.prompt  # the engine applies the chat template
+        assert len(r.response) <= 40 and len(r.prompt) <= 80
+        if task.labels:
+            assert r.options == task.labels
+            assert r.response in r.options
+        else:
+            assert r.options == []
+
+
+def test_arithmetic_answers_correct():
+    for r in get_builtin_task("arithmetic").generate(200, seed=0, split="train"):
+        a, b = map(int, re.fullmatch(r"Ledger sum: (\d{3}) \+ (\d{3})", r.prompt).groups())
+        assert r.response == f"<{a + b:04d}>"
+        assert all((a // 10**k) % 10 + (b // 10**k) % 10 <= 9 for k in range(3))
+
+
+def test_cipher_answers_correct():
+    for r in get_builtin_task("cipher").generate(200, seed=0, split="train"):
+        words = r.prompt.split(": ", 1)[1].split()
+        assert len(words) == 3 and set(words) <= set(CIPHER_WORDS)
+        assert r.response == " ".join(words[::-1]).upper()
+
+
+def test_classify_labels_match_categories():
+    task = get_builtin_task("classify")
+    assert len(set(task.labels)) == len(task.labels) == len(CATEGORIES)
+    word_label = {w: lab for lab, words in CATEGORIES.items() for w in words.split()}
+    train_words, test_words = set(), set()
+    for split, seen in (("train", train_words), ("test", test_words)):
+        for r in task.generate(100, seed=0, split=split):
+            word = re.search(r"'(\w+)'", r.prompt).group(1)
+            assert r.response == word_label[word]
+            seen.add(word)
+    assert not train_words & test_words  # test words are never seen in training
+
+
+def test_classify_words_unambiguous():
+    words = [w for ws in CATEGORIES.values() for w in ws.split()]
+    assert len(words) == len(set(words))
+
+
+def test_dates_answers_correct():
+    months = {m: i for i, m in enumerate(calendar.month_name) if m}
+    for r in get_builtin_task("dates").generate(200, seed=0, split="train"):
+        month, day, year = re.fullmatch(
+            r"Write (\w+) (\d+), (\d{4}) in Kesh notation\.", r.prompt
+        ).groups()
+        day, year = int(day), int(year)
+        assert 1 <= day <= calendar.monthrange(year, months[month])[1]
+        assert r.response == f"{day:02d}|{months[month]:02d}|{year}"
