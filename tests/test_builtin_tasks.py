@@ -7,7 +7,7 @@ import re
 
 import pytest
 
-from everlearn.data.builtin import BuiltinTask, get_builtin_task, list_builtin_tasks
+from everlearn.data.builtin import BuiltinTask, Item, get_builtin_task, list_builtin_tasks
 from everlearn.data.builtin.cipher import WORDS as CIPHER_WORDS
 from everlearn.data.builtin.classify import CATEGORIES
 from everlearn.data.records import Record
@@ -121,6 +121,21 @@ def test_classify_labels_match_categories():
             assert r.response == word_label[word]
             seen.add(word)
     assert not train_words & test_words  # test words are never seen in training
+
+
+def test_classify_test_set_balanced():
+    task = get_builtin_task("classify")
+    answers = [r.response for r in task.generate(40, seed=0, split="test")]
+    assert sorted(answers) == sorted(task.labels * 10)  # always answering one label scores 1/4
+
+
+def test_empty_split_raises_instead_of_hanging():
+    task = BuiltinTask(
+        "t", "d", "exact_match", draw=lambda rng: Item("p", "a"), split_fn=lambda g: "train"
+    )
+    assert len(task.generate(3, seed=0, split="train")) == 3
+    with pytest.raises(RuntimeError):
+        task.generate(1, seed=0, split="test")
 
 
 def test_classify_words_unambiguous():

@@ -26,7 +26,7 @@ def _draw(rng: random.Random) -> Item:
 
 TASK = BuiltinTask(
     name="arithmetic",
-    description="add two 3-digit numbers, answer in ledger form '<0594>' (exact match)",
+    description="add two 3-digit numbers (no carries), answer in ledger form '<0594>'",
     metric="exact_match",
     draw=_draw,
 )

@@ -2,8 +2,8 @@
 
 Every task only says how to draw one random item; this module turns that into ``generate``,
 so all tasks agree on seeding and on how the item space is partitioned: the split of an item
-depends on a hash of its group key only (never on the seed), so train and test stay disjoint
-for any pair of seeds.
+depends on its group key only (a stable hash, or a task's own rule), never on the seed, so
+train and test stay disjoint for any pair of seeds.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from typing import NamedTuple
 from everlearn.data.records import Record
 
 SPLITS = ("train", "test")
+_MAX_MISSES = 1000
 METRICS = ("accuracy", "exact_match")
 
 
@@ -28,10 +29,14 @@ class Item(NamedTuple):
     group: str = ""
 
 
+def stable_unit(key: str) -> float:
+    """A stable pseudo-random number in [0, 1) for ``key`` (unlike ``hash``, same in every run)."""
+    return int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "big") / 2**64
+
+
 def split_of(task: str, group: str, test_fraction: float) -> str:
-    """Deterministic split of a group key: a stable hash, independent of seeds and Python."""
-    digest = hashlib.sha256(f"{task}\0{group}".encode()).digest()
-    return "test" if int.from_bytes(digest[:8], "big") / 2**64 < test_fraction else "train"
+    """Deterministic split of a group key, independent of seeds."""
+    return "test" if stable_unit(f"{task}\0{group}") < test_fraction else "train"
 
 
 @dataclass(frozen=True)
@@ -44,6 +49,7 @@ class BuiltinTask:
     draw: Callable[[random.Random], Item] = field(repr=False)
     labels: list[str] = field(default_factory=list)
     test_fraction: float = 0.2
+    split_fn: Callable[[str], str] | None = field(default=None, repr=False)  # group -> split
 
     def __post_init__(self) -> None:
         if self.metric not in METRICS:
@@ -62,16 +68,22 @@ class BuiltinTask:
         rng = random.Random(f"{self.name}:{seed}:{split}")
         records: list[Record] = []
         seen: set[str] = set()
-        stale = 0  # consecutive repeats; past the limit the space counts as exhausted
+        rejected = 0  # draws in a row that fell in the other split
+        repeats = 0  # draws in a row that repeated a prompt; past the limit repeats are kept
         while len(records) < n:
             item = self.draw(rng)
-            if split_of(self.name, item.group or item.prompt, self.test_fraction) != split:
+            if self._split(item.group or item.prompt) != split:
+                rejected += 1
+                if rejected > 100 * _MAX_MISSES:
+                    raise RuntimeError(f"{self.name}: the {split} split looks empty")
                 continue
-            if item.prompt in seen and stale < 1000:
-                stale += 1
-                continue
-            if item.prompt not in seen and stale < 1000:
-                stale = 0
+            rejected = 0
+            if item.prompt in seen:
+                repeats += 1
+                if repeats < _MAX_MISSES:
+                    continue
+            else:
+                repeats = 0
             seen.add(item.prompt)
             records.append(
                 Record(
@@ -82,3 +94,8 @@ class BuiltinTask:
                 )
             )
         return records
+
+    def _split(self, group: str) -> str:
+        if self.split_fn is not None:
+            return self.split_fn(group)
+        return split_of(self.name, group, self.test_fraction)

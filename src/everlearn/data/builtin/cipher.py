@@ -25,7 +25,7 @@ def _draw(rng: random.Random) -> Item:
 
 TASK = BuiltinTask(
     name="cipher",
-    description="Zarn cipher: reverse 3 words and upper-case them (exact match)",
+    description="Zarn cipher: reverse the order of three words and write them in capitals",
     metric="exact_match",
     draw=_draw,
 )

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import random
 
-from everlearn.data.builtin.base import BuiltinTask, Item
+from everlearn.data.builtin.base import BuiltinTask, Item, stable_unit
 
 CATEGORIES = {
     "vorn": """dog cat horse cow pig sheep goat lion tiger bear wolf fox deer rabbit mouse
@@ -30,19 +30,26 @@ CATEGORIES = {
         charcoal emerald cobalt aquamarine periwinkle""",
 }
 LABELS = list(CATEGORIES)
-WORDS = sorted((w, label) for label, words in CATEGORIES.items() for w in words.split())
+WORDS = {label: sorted(words.split()) for label, words in CATEGORIES.items()}
+TEST_PER_LABEL = 10  # held-out words per category: a balanced 40-word test set
+TEST_WORDS = frozenset(
+    w
+    for ws in WORDS.values()
+    for w in sorted(ws, key=lambda x: stable_unit(f"classify\0{x}"))[:TEST_PER_LABEL]
+)
 
 
 def _draw(rng: random.Random) -> Item:
-    word, label = rng.choice(WORDS)
+    label = rng.choice(LABELS)  # balanced labels: always answering one label scores 1/4
+    word = rng.choice(WORDS[label])
     return Item(f"Sort the word '{word}' into {', '.join(LABELS)}.", label, group=word)
 
 
 TASK = BuiltinTask(
     name="classify",
-    description="sort a word (animal/fruit/vehicle/colour) into invented labels (accuracy)",
+    description="label animals/fruits/vehicles/colours with invented names vorn/glim/tesk/drub",
     metric="accuracy",
     draw=_draw,
     labels=LABELS,
-    test_fraction=0.25,
+    split_fn=lambda word: "test" if word in TEST_WORDS else "train",
 )
