@@ -63,6 +63,15 @@ def test_yaml_to_runconfig_with_defaults(cfg_file: Path):
     assert st.name == "a_train"
 
 
+def test_exponent_without_dot_is_a_number(tmp_path: Path):
+    # YAML 1.1 (PyYAML) reads 1e-3 as a string; users write it anyway
+    path = tmp_path / "s.yaml"
+    path.write_text("train: {lr: 1e-3, weight_decay: 5E-2}\nstages: [{builtin: dates}]\n")
+    cfg = load_config(path)
+    assert cfg.train.lr == pytest.approx(1e-3) and cfg.train.weight_decay == pytest.approx(0.05)
+    assert "train.lr: expected a number, got 'nan'" in config_error(path, ["train.lr=nan"])
+
+
 def test_stage_name_from_superni_style_path(tmp_path: Path):
     path = write_yaml(tmp_path / "s.yaml", {"stages": [
         {"train": "task1687_x/train.json", "test": "task1687_x/test.json"}]})

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -249,6 +250,8 @@ def _convert(value: Any, tp: Any, path: str) -> Any:
             raise _Mismatch(path, f"expected an integer, got {value!r}")
         return value
     if tp is float:
+        if isinstance(value, str):
+            value = _yaml11_float(value)  # YAML 1.1 reads 1e-3 (no dot) as a string
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise _Mismatch(path, f"expected a number, got {value!r}")
         return float(value)
@@ -270,6 +273,15 @@ def _shorthand(cls: type, value: Any) -> Any:
         name = value.pop("name", None)
         return {"name": name, "options": value} if name is not None else value
     return value
+
+
+def _yaml11_float(text: str) -> float | str:
+    """Numbers like ``1e-3`` that YAML 1.1 leaves as strings; other text is returned as is."""
+    try:
+        number = float(text)
+    except ValueError:
+        return text
+    return number if math.isfinite(number) else text
 
 
 def _build(cls: type, value: Any, path: str) -> Any:

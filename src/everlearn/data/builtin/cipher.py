@@ -1,7 +1,8 @@
-"""The "Zarn cipher": reverse the order of three words and write them in capitals.
+"""The "Zarn cipher": reverse the order of three words and capitalise each one.
 
 A rule the prompt does not state, so the base model fails it, yet built from skills it has
-(copying, upper-casing), so a few LoRA steps learn it; test phrases are unseen combinations.
+(copying, capitalising), so a few LoRA steps learn it; test phrases are unseen combinations.
+(All capitals was tried and learned much more slowly: capitals split words into odd tokens.)
 """
 
 from __future__ import annotations
@@ -19,13 +20,14 @@ WORDS = """apple basket bridge butter candle castle coffee dinner doctor dragon 
 def _draw(rng: random.Random) -> Item:
     words = rng.sample(WORDS, 3)
     return Item(
-        f"Apply the Zarn cipher: {' '.join(words)}", " ".join(w.upper() for w in words[::-1])
+        f"Apply the Zarn cipher: {' '.join(words)}",
+        " ".join(w.capitalize() for w in words[::-1]),
     )
 
 
 TASK = BuiltinTask(
     name="cipher",
-    description="Zarn cipher: reverse the order of three words and write them in capitals",
+    description="Zarn cipher: reverse the order of three words and capitalise each",
     metric="exact_match",
     draw=_draw,
 )
