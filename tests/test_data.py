@@ -275,7 +275,10 @@ def test_default_metric_and_inferred_labels(tmp_path: Path):
     train = write_jsonl(tmp_path / "s_train.jsonl", qa_rows(12, ["pos", "neg", "neu"]))
     test = write_jsonl(tmp_path / "s_test.jsonl", qa_rows(4, ["neg", "pos"]))
     stage = {"name": "s", "train": str(train), "test": str(test)}
+    # a closed set of recurring short answers is a classification task: accuracy by default
     st = stream_for(tmp_path, stage).stages[0]
+    assert st.metric == "accuracy" and st.labels == ["neg", "neu", "pos"]
+    st = stream_for(tmp_path, {**stage, "metric": "exact_match"}).stages[0]
     assert st.metric == "exact_match" and st.labels == []
     st = stream_for(tmp_path, {**stage, "metric": "accuracy"}).stages[0]
     assert st.metric == "accuracy"
@@ -284,6 +287,21 @@ def test_default_metric_and_inferred_labels(tmp_path: Path):
     st = stream_for(tmp_path, {**stage, "labels": ["pos", "neg", "neu", "other"]}).stages[0]
     assert st.metric == "accuracy" and st.labels == ["pos", "neg", "neu", "other"]
     assert st.test[0].options == st.labels
+
+
+@pytest.mark.parametrize("train_answers, test_answers", [
+    (["pos", "neg", "neu"] * 2, ["neg", "pos"]),  # too few records per label
+    (["pos", "neg"] * 8, ["neg", "maybe"]),  # a test answer never seen in training
+    (["a long free-form answer"] * 8 + ["x"] * 8, ["x", "x"]),  # answers are not short labels
+    (["yes"] * 16, ["yes"] * 4),  # one answer is not a choice
+])
+def test_open_answers_default_to_exact_match(tmp_path: Path, train_answers, test_answers):
+    train = write_jsonl(tmp_path / "o_train.jsonl", [
+        {"prompt": f"q{i}", "response": a} for i, a in enumerate(train_answers)])
+    test = write_jsonl(tmp_path / "o_test.jsonl", [
+        {"prompt": f"t{i}", "response": a} for i, a in enumerate(test_answers)])
+    st = stream_for(tmp_path, {"name": "o", "train": str(train), "test": str(test)}).stages[0]
+    assert st.metric == "exact_match" and st.labels == []
 
 
 def test_too_many_inferred_labels(tmp_path: Path):

@@ -115,7 +115,10 @@ class StageConfig:
     train: DataSource | None = _f(None, "Training data.")
     test: DataSource | None = _f(None, "Test data (builtin tasks and files may share a path).")
     builtin: str | None = _f(None, "A built-in generated task (see `everlearn ls`).")
-    metric: MetricName | None = _f(None, "Scorer; default accuracy with labels, else by kind.")
+    metric: MetricName | None = _f(
+        None, "Scorer. Default: accuracy when labels are set or the answers form a small closed "
+        "set (a classification task), perplexity for cpt, the built-in task's metric, else "
+        "exact_match.")
     labels: list[str] = _f([], "Label options for scoring by log-likelihood (accuracy).")
     task_id: str | None = _f(None, "Task identifier (used by task-incremental strategies).")
     max_train: int | None = _f(None, "Sample at most this many training records (by seed).")

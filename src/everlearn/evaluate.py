@@ -17,6 +17,7 @@ from tqdm.auto import tqdm
 from everlearn.config import EvalConfig
 from everlearn.data.encode import IGNORE, Encoded, Encoder, collate
 from everlearn.data.records import Record
+from everlearn.generation import decode_batched
 from everlearn.scoring import exact_match, rouge_l
 from everlearn.stream import Stage
 
@@ -158,28 +159,10 @@ class Evaluator:
     def _generate(self, model, stage, records: list[Record]) -> list[str]:
         prompts = [self.encoder.ids(self.encoder.prompt_text(r))[-self.encoder.max_length:]
                    for r in records]
-        order = _by_length(prompts, len)
-        out = [""] * len(records)
-        bs = self.cfg.batch_size
-        max_new = self.max_new_tokens(stage)
         bar = self._bar(len(records), f"generate {stage.name}")
-        for s in range(0, len(order), bs):
-            idx = order[s:s + bs]
-            batch = collate([Encoded(prompts[i], prompts[i]) for i in idx], self.encoder.pad_id,
-                            left=True)
-            ids = batch["input_ids"].to(self.acc.device)
-            mask = batch["attention_mask"].to(self.acc.device)
-            with self.acc.autocast():
-                gen = model.generate(
-                    input_ids=ids, attention_mask=mask, max_new_tokens=max_new, do_sample=False,
-                    use_cache=True, eos_token_id=self.encoder.stop_ids,
-                    pad_token_id=self.encoder.pad_id,
-                )
-            for j, i in enumerate(idx):
-                new = gen[j, ids.shape[1]:].tolist()
-                cut = next((k for k, t in enumerate(new) if t in self.encoder.stop_ids), len(new))
-                out[i] = self.encoder.tok.decode(new[:cut], skip_special_tokens=True).strip()
-            bar.update(len(idx))
+        out = decode_batched(model, self.encoder, prompts, self.max_new_tokens(stage),
+                             device=self.acc.device, autocast=self.acc.autocast,
+                             batch_size=self.cfg.batch_size, on_batch=bar.update)
         bar.close()
         return out
 

@@ -16,6 +16,7 @@ from everlearn.data.records import Record
 from everlearn.errors import DataError
 
 MAX_INFERRED_LABELS = 32
+MAX_LABEL_WORDS = 3
 DEFAULT_BUILTIN_SIZES = {"train": 200, "test": 50}
 
 
@@ -92,9 +93,30 @@ def _resolve_metric(sc: StageConfig, train: list[Record], test: list[Record]) ->
         return "perplexity"
     if sc.builtin is not None:
         return get_builtin_task(sc.builtin).metric
-    if sc.labels or all(r.options for r in test):
+    if sc.labels or all(r.options for r in test) or closed_label_set(train, test):
         return "accuracy"
     return "exact_match"
+
+
+def closed_label_set(train: list[Record], test: list[Record]) -> list[str]:
+    """The answers of a classification task, when the data looks like one; else ``[]``.
+
+    A classification task scored by generating text and string-matching it wastes decoding and
+    marks near-misses wrong; scoring the labels by log-likelihood is faster and exact. The data
+    looks like one when every record has one short answer, the distinct answers are few, each
+    recurs (at least four records per label) and every test answer occurs in training.
+    """
+    if not train or not test:
+        return []
+    if any(len(r.answers) != 1 or r.options for r in train + test):
+        return []
+    seen = {r.answers[0] for r in train}
+    labels = sorted(seen | {r.answers[0] for r in test})
+    if (len(labels) > MAX_INFERRED_LABELS or len(labels) < 2 or not set(labels) <= seen
+            or len(train) + len(test) < 4 * len(labels)
+            or any(len(a.split()) > MAX_LABEL_WORDS for a in labels)):
+        return []
+    return labels
 
 
 def _resolve_labels(sc: StageConfig, metric: str, train: list[Record], test: list[Record],

@@ -16,6 +16,7 @@ import torch
 
 from everlearn.data.encode import Encoded, collate
 from everlearn.data.records import Record
+from everlearn.generation import decode_batched
 from everlearn.strategies.base import RunContext
 from everlearn.strategies.replay import Replay, ReplayOptions
 
@@ -138,27 +139,11 @@ def as_kind(records: list[Record], kind: str) -> list[Record]:
 
 def generate(ctx: RunContext, model, prompts: list[Record], max_new_tokens: int, *,
              sample: bool, top_k: int = 0, batch_size: int = 8) -> list[str]:
-    """Batched decoding of records' prompts (left-padded, KV cache on), cut at the first stop.
-
-    Sampling draws from torch's global RNG: call it inside :func:`seeded_torch`.
+    """Answers to records' prompts under the chat template, greedy or sampled (top-k, then
+    temperature 1). Sampling draws from torch's global RNG: call it inside :func:`seeded_torch`.
     """
     enc = ctx.encoder
-    device = device_of(ctx)
     ids = [enc.ids(enc.prompt_text(p))[-enc.max_length:] for p in prompts]
-    out: list[str] = []
-    kwargs = dict(do_sample=True, top_k=top_k, top_p=1.0, temperature=1.0) if sample else dict(
-        do_sample=False)
-    with torch.no_grad(), eval_mode(model):
-        for s in range(0, len(ids), batch_size):
-            chunk = ids[s:s + batch_size]
-            batch = collate([Encoded(x, x) for x in chunk], enc.pad_id, left=True)
-            input_ids = batch["input_ids"].to(device)
-            with ctx.autocast():
-                gen = model.generate(input_ids=input_ids,
-                                     attention_mask=batch["attention_mask"].to(device),
-                                     max_new_tokens=max_new_tokens, use_cache=True,
-                                     eos_token_id=enc.stop_ids, pad_token_id=enc.pad_id, **kwargs)
-            for row in gen[:, input_ids.shape[1]:].tolist():
-                cut = next((k for k, t in enumerate(row) if t in enc.stop_ids), len(row))
-                out.append(enc.tok.decode(row[:cut], skip_special_tokens=True).strip())
-    return out
+    sampling = dict(do_sample=True, top_k=top_k, top_p=1.0, temperature=1.0) if sample else None
+    return decode_batched(model, enc, ids, max_new_tokens, device=device_of(ctx),
+                          autocast=ctx.autocast, batch_size=batch_size, sampling=sampling)

@@ -54,8 +54,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from everlearn.data.encode import Encoded, collate
 from everlearn.data.records import Record
+from everlearn.generation import decode_batched
 from everlearn.strategies._adapters import base_model_only
 from everlearn.strategies._buffer import (
     as_kind,
@@ -368,25 +368,12 @@ def _distinct(texts: list[str], exclude: set[str]) -> list[str]:
 
 def complete(ctx, model, prompts: list[str], max_new_tokens: int, *, top_p: float,
              temperature: float, batch_size: int = 8) -> list[str]:
-    """Raw-text continuations of ``prompts`` (no chat template), batched with left padding and
-    a KV cache; nucleus sampling from torch's global RNG (call inside ``seeded_torch``), greedy
-    when ``temperature`` is 0."""
+    """Raw-text continuations of ``prompts`` (no chat template); nucleus sampling from torch's
+    global RNG (call inside ``seeded_torch``), greedy when ``temperature`` is 0."""
     enc = ctx.encoder
-    device = device_of(ctx)
     ids = [enc.ids(p)[-enc.max_length:] for p in prompts]
-    kwargs = (dict(do_sample=False) if temperature == 0 else
-              dict(do_sample=True, top_p=top_p, temperature=temperature, top_k=0))
-    out: list[str] = []
-    with torch.no_grad(), eval_mode(model):
-        for s in range(0, len(ids), batch_size):
-            batch = collate([Encoded(x, x) for x in ids[s:s + batch_size]], enc.pad_id, left=True)
-            input_ids = batch["input_ids"].to(device)
-            with ctx.autocast():
-                gen = model.generate(input_ids=input_ids,
-                                     attention_mask=batch["attention_mask"].to(device),
-                                     max_new_tokens=max_new_tokens, use_cache=True,
-                                     eos_token_id=enc.stop_ids, pad_token_id=enc.pad_id, **kwargs)
-            for row in gen[:, input_ids.shape[1]:].tolist():
-                cut = next((k for k, t in enumerate(row) if t in enc.stop_ids), len(row))
-                out.append(enc.tok.decode(row[:cut], skip_special_tokens=True))
-    return out
+    sampling = (None if temperature == 0 else
+                dict(do_sample=True, top_p=top_p, temperature=temperature, top_k=0))
+    return decode_batched(model, enc, ids, max_new_tokens, device=device_of(ctx),
+                          autocast=ctx.autocast, batch_size=batch_size, sampling=sampling,
+                          strip=False)
