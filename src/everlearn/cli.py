@@ -1,4 +1,4 @@
-"""Command line: ``everlearn run | eval | ls | validate``.
+"""Command line: ``everlearn run | eval | report | compare | ls | validate``.
 
 Errors from bad input print as one line (``everlearn: error: FILE: FIELD: expected ...``) with
 exit status 2, never a traceback.
@@ -25,6 +25,8 @@ EPILOG = """examples:
   everlearn run --resume runs/mine                # continue after the last finished stage
   everlearn eval stream.yaml --weights runs/mine/checkpoints/phase-02
   everlearn validate stream.yaml
+  everlearn report runs/mine                      # runs/mine/report/index.html with figures
+  everlearn compare runs/a-seed0 runs/a-seed1 runs/b --format csv --out table.csv
   everlearn ls
 """
 
@@ -58,6 +60,19 @@ def _parser() -> argparse.ArgumentParser:
                     help="a run's checkpoints/phase-NN directory whose weights to load")
     ev.add_argument("--json", action="store_true", help="print the scores as JSON")
     ev.add_argument("--quiet", "-q", action="store_true")
+
+    rep = sub.add_parser("report", help="write RUN_DIR/report/index.html from results.json",
+                         description="A self-contained HTML page (figures embedded) plus the "
+                         "PNG figures in RUN_DIR/report/; works on unfinished runs too.")
+    rep.add_argument("run_dir", metavar="RUN_DIR")
+
+    cmp = sub.add_parser("compare", help="runs side by side; seeds and stream orders pooled",
+                         description="A table of runs: AP, BWT, FWT, forgetting, cost. Runs "
+                         "whose configs differ only in seed or stage order are pooled into a "
+                         "mean and 95% confidence interval.")
+    cmp.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
+    cmp.add_argument("--format", default="markdown", help="markdown (default), csv or html")
+    cmp.add_argument("--out", metavar="FILE", help="write the table to FILE instead of stdout")
 
     sub.add_parser("ls", help="list strategies, built-in tasks, embedded models and presets")
 
@@ -104,6 +119,39 @@ def cmd_run(args) -> int:
         path, results = start_run(cfg, args.output, quiet=args.quiet, source=source)
     print(format_summary(results))
     print(f"\nrun directory: {path}")
+    try:  # the run is saved already; a report problem must not turn it into a failure
+        from everlearn.report import write_report
+
+        print(f"report: {write_report(path)}")
+    except Exception as exc:
+        msg = " ".join(str(exc).split()) or type(exc).__name__
+        print(f"everlearn: warning: report not written ({msg}); "
+              f"try `everlearn report {path}`", file=sys.stderr)
+    return 0
+
+
+def cmd_report(args) -> int:
+    from everlearn.report import write_report
+
+    print(write_report(args.run_dir))
+    return 0
+
+
+def cmd_compare(args) -> int:
+    from everlearn.compare import FORMATS, compare_runs, format_comparison
+
+    if args.format not in FORMATS:
+        raise EverlearnError(f"--format: expected one of {', '.join(FORMATS)}, "
+                             f"got {args.format!r}")
+    text = format_comparison(compare_runs(args.run_dirs), args.format)
+    if args.out:
+        try:
+            Path(args.out).write_text(text, encoding="utf-8")
+        except OSError as exc:
+            raise EverlearnError(f"{args.out}: cannot write ({exc.strerror})") from None
+        print(f"wrote {args.out}")
+    else:
+        print(text, end="")
     return 0
 
 
@@ -166,12 +214,13 @@ def main(argv: list[str] | None = None) -> int:
     # PEFT calls a transformers method that v5 deprecates; users cannot act on the warning.
     warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    from transformers.utils import logging as hf_logging
+    if args.command not in ("report", "compare"):  # these two never load torch/transformers
+        from transformers.utils import logging as hf_logging
 
-    hf_logging.set_verbosity_error()
+        hf_logging.set_verbosity_error()
     try:
-        return {"run": cmd_run, "eval": cmd_eval, "ls": cmd_ls,
-                "validate": cmd_validate}[args.command](args)
+        return {"run": cmd_run, "eval": cmd_eval, "report": cmd_report, "compare": cmd_compare,
+                "ls": cmd_ls, "validate": cmd_validate}[args.command](args)
     except EverlearnError as exc:
         print(f"everlearn: error: {exc}", file=sys.stderr)
         return 2

@@ -1,0 +1,240 @@
+"""Runs side by side. Runs whose configs differ only in ``seed`` or in the order of the stream
+are replicates of one experiment, so they are pooled into a mean with a 95% Student-t interval
+(one noisy run says little about a strategy). Pure JSON/YAML/numpy: no torch."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from dataclasses import dataclass, field
+from html import escape
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from everlearn.metrics import mean_ci
+from everlearn.report.data import (
+    ReportError,
+    final_general_delta,
+    is_partial,
+    load_results,
+    main_metrics,
+)
+
+FORMATS = ("markdown", "csv", "html")
+# (key, header, digits): CL metrics from results.json, then cost summed over the run.
+COLUMNS = [("final_ap", "AP", 2), ("bwt", "BWT", 2), ("fwt", "FWT", 2),
+           ("forgetting", "forgetting", 2), ("general_delta", "general delta", 2),
+           ("wall_time_s", "wall s", 1), ("tokens", "tokens", 0),
+           ("peak_memory_mb", "peak MB", 0)]
+
+
+@dataclass
+class RunSummary:
+    path: Path
+    results: dict[str, Any]
+    config: dict[str, Any] | None
+    values: dict[str, float | None]
+
+
+@dataclass
+class Group:
+    """Replicate runs of one experiment and their pooled values: key -> (mean, half, n)."""
+
+    key: dict[str, Any]
+    runs: list[RunSummary]
+    label: str = ""
+    stats: dict[str, tuple[float | None, float | None, int]] = field(default_factory=dict)
+
+    @property
+    def strategy(self) -> str:
+        return "+".join(self.runs[0].results.get("strategies") or [])
+
+    @property
+    def pooled(self) -> str:
+        """What varies inside the group: the seeds and the number of stream orders."""
+        seeds = sorted({r.config.get("seed") for r in self.runs if r.config} - {None})
+        orders = {tuple(s["name"] for s in r.results["stages"]) for r in self.runs}
+        parts = [f"seeds {','.join(str(s) for s in seeds)}"] if seeds else []
+        if len(orders) > 1:
+            parts.append(f"{len(orders)} stream orders")
+        return "; ".join(parts)
+
+
+def summarize_run(run_dir: str | Path) -> RunSummary:
+    """One run's comparable numbers (``None`` where the run does not define them)."""
+    path = Path(run_dir)
+    results = load_results(path)
+    config = None
+    if (path / "config.yaml").is_file():
+        try:
+            config = yaml.safe_load((path / "config.yaml").read_text(encoding="utf-8"))
+        except yaml.YAMLError as exc:
+            msg = " ".join(str(exc).split())
+            raise ReportError(f"{path / 'config.yaml'}: not valid YAML ({msg})") from None
+    m = main_metrics(results)
+    cost = results.get("cost") or []
+    values = {k: (float(m[k]) if isinstance(m.get(k), (int, float)) else None)
+              for k in ("final_ap", "bwt", "fwt", "forgetting")}
+    values["general_delta"] = final_general_delta(results)
+    values["wall_time_s"] = (results.get("base_eval_time_s") or 0.0) + sum(
+        c.get("wall_time_s") or 0.0 for c in cost)
+    values["tokens"] = float(sum(c.get("tokens_trained") or 0 for c in cost))
+    peaks = [c["peak_memory_mb"] for c in cost if c.get("peak_memory_mb") is not None]
+    values["peak_memory_mb"] = max(peaks) if peaks else None
+    return RunSummary(path, results, config if isinstance(config, dict) else None, values)
+
+
+def experiment_key(run: RunSummary) -> dict[str, Any]:
+    """The config without what replicates may vary: seed, output directory, stage order."""
+    res = run.results
+    if run.config is None:
+        key = {"name": res.get("name"), "strategies": res.get("strategies"),
+               "model": res.get("model"), "finetune": res.get("finetune"),
+               "stages": sorted(s["name"] for s in res["stages"])}
+    else:
+        key = {k: v for k, v in run.config.items() if k not in ("seed", "output_dir")}
+        key["stages"] = sorted((key.get("stages") or []),
+                               key=lambda s: json.dumps(s, sort_keys=True, default=str))
+    key["complete"] = not is_partial(res)
+    return key
+
+
+def _compact(value: list[Any]) -> str | None:
+    """A ``strategies`` list as names with their options, for a short label."""
+    if not all(isinstance(v, dict) and "name" in v for v in value):
+        return None
+    return "+".join(str(v["name"]) + (json.dumps(v["options"], sort_keys=True, default=str)
+                                      if v.get("options") else "") for v in value)
+
+
+def _flat(value: Any, prefix: str = "") -> dict[str, str]:
+    if isinstance(value, list) and prefix == "strategies." and value:
+        compact = _compact(value)
+        if compact is not None:
+            return {"strategies": compact}
+    if isinstance(value, list) and prefix == "stages.":
+        value = {str(i): v for i, v in enumerate(value)}
+    if isinstance(value, dict):
+        out: dict[str, str] = {}
+        for k, v in value.items():
+            out.update(_flat(v, f"{prefix}{k}."))
+        return out
+    return {prefix.rstrip("."): json.dumps(value, sort_keys=True, default=str)}
+
+
+def _label(group: Group, differing: list[str]) -> str:
+    """Short name: the config fields that tell this group apart from the others."""
+    flat = _flat(group.key)
+    parts = []
+    for k in differing[:3]:
+        v = flat.get(k, "-")
+        v = v if len(v) <= 40 else v[:37] + "..."
+        parts.append(f"{k}={v.strip(chr(34))}")
+    parts = parts or [str(group.runs[0].results.get("name", group.runs[0].path.name))]
+    return ", ".join(parts + ([] if group.key.get("complete", True) else ["partial"]))
+
+
+def compare_runs(run_dirs: list[str | Path], confidence: float = 0.95) -> list[Group]:
+    """Groups of replicate runs, in the order their first run was given, with pooled stats."""
+    groups: dict[str, Group] = {}
+    for d in run_dirs:
+        run = summarize_run(d)
+        key = experiment_key(run)
+        canon = json.dumps(key, sort_keys=True, default=str)
+        groups.setdefault(canon, Group(key, [])).runs.append(run)
+    out = list(groups.values())
+    flats = [_flat(g.key) for g in out]
+    keys = list(dict.fromkeys(k for f in flats for k in f))
+    differing = [k for k in keys if k != "complete" and len({f.get(k) for f in flats}) > 1]
+    # strategies and names first: they are what a reader compares
+    differing.sort(key=lambda k: (not k.startswith("strategies"), k != "name"))
+    for g in out:
+        g.label = _label(g, differing) if len(out) > 1 else _label(g, [])
+        for key, _, _ in COLUMNS:
+            vals = [r.values[key] for r in g.runs if r.values[key] is not None]
+            if vals:
+                mean, half = mean_ci(vals, confidence)
+                g.stats[key] = (mean, half, len(vals))
+            else:
+                g.stats[key] = (None, None, 0)
+    return out
+
+
+def _columns(groups: list[Group]) -> list[tuple[str, str, int]]:
+    """Every column, less general delta when no run reports it."""
+    return [c for c in COLUMNS if c[0] != "general_delta"
+            or any(g.stats["general_delta"][2] for g in groups)]
+
+
+def _cell(group: Group, key: str, digits: int) -> str:
+    mean, half, n = group.stats[key]
+    if mean is None:
+        return "n/a"
+    text = f"{mean:,.{digits}f}" if digits == 0 else f"{mean:.{digits}f}"
+    if half is not None:
+        text += f" ± {half:,.{digits}f}" if digits == 0 else f" ± {half:.{digits}f}"
+    return text + (f" (n={n})" if n != len(group.runs) else "")
+
+
+def _rows(groups: list[Group]) -> tuple[list[str], list[list[str]]]:
+    cols = _columns(groups)
+    header = ["run", "strategy", "n", "pooled"] + [h for _, h, _ in cols]
+    rows = [[g.label, g.strategy, str(len(g.runs)), g.pooled or "-"]
+            + [_cell(g, k, d) for k, _, d in cols] for g in groups]
+    return header, rows
+
+
+def format_markdown(groups: list[Group]) -> str:
+    header, rows = _rows(groups)
+    esc = lambda s: s.replace("|", "\\|")  # noqa: E731
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(esc(c) for c in r) + " |" for r in rows]
+    lines += ["", "Mean ± half-width of the 95% Student-t confidence interval over the n runs "
+                  "pooled (runs differing only in seed or stream order); wall s, tokens and "
+                  "peak MB are totals per run.",
+              "", "runs:"]
+    lines += [f"- {g.label}: " + ", ".join(str(r.path) for r in g.runs) for g in groups]
+    return "\n".join(lines) + "\n"
+
+
+def format_csv(groups: list[Group]) -> str:
+    """One row per group; each metric as _mean, _ci95 (half-width, empty for n=1) and _n."""
+    cols = _columns(groups)
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["run", "strategy", "n", "pooled", "run_dirs"]
+               + [f"{k}_{s}" for k, _, _ in cols for s in ("mean", "ci95", "n")])
+    for g in groups:
+        row: list[Any] = [g.label, g.strategy, len(g.runs), g.pooled,
+                          ";".join(str(r.path) for r in g.runs)]
+        for k, _, _ in cols:
+            mean, half, n = g.stats[k]
+            row += ["" if mean is None else repr(mean), "" if half is None else repr(half), n]
+        w.writerow(row)
+    return buf.getvalue()
+
+
+def format_html(groups: list[Group]) -> str:
+    from everlearn.report.page import CSS
+
+    header, rows = _rows(groups)
+    head = "".join(f"<th>{escape(h)}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{escape(c)}</td>" for c in r) + "</tr>"
+                   for r in rows)
+    runs = "".join(f"<li>{escape(g.label)}: {escape(', '.join(str(r.path) for r in g.runs))}"
+                   "</li>" for g in groups)
+    return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
+            f"<title>everlearn compare</title><style>{CSS}</style></head><body>"
+            f"<h1>everlearn compare</h1><table><thead><tr>{head}</tr></thead>"
+            f"<tbody>{body}</tbody></table><p class=\"note\">Mean ± half-width of the 95% "
+            "Student-t confidence interval over the n pooled runs (differing only in seed or "
+            f"stream order).</p><ul>{runs}</ul></body></html>\n")
+
+
+def format_comparison(groups: list[Group], fmt: str = "markdown") -> str:
+    if fmt not in FORMATS:
+        raise ReportError(f"--format: expected one of {', '.join(FORMATS)}, got {fmt!r}")
+    return {"markdown": format_markdown, "csv": format_csv, "html": format_html}[fmt](groups)

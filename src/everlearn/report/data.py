@@ -1,0 +1,117 @@
+"""Reading a run directory for the report and ``compare``: pure JSON/YAML, no torch, no plots."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from everlearn.errors import EverlearnError
+
+# Keys the page renders in their own sections; any other key is shown generically, so results
+# added later (by a new stage kind or evaluator) appear without a report change.
+KNOWN_TOP = {"everlearn_version", "status", "name", "scenario", "strategies", "model",
+             "finetune", "stages", "phases", "rows", "R", "base_eval_time_s", "cost",
+             "strategy_metrics", "metrics", "general", "general_ability"}
+CL_KEYS = ("ap", "final_ap", "la", "bwt", "bwt_trace", "forgetting", "fwt")
+KNOWN_METRIC = {*CL_KEYS, "stages", "note", "main", "perplexity", "general_delta"}
+
+
+class ReportError(EverlearnError):
+    """A run directory cannot be reported on (missing or malformed results.json)."""
+
+
+def load_results(run_dir: str | Path) -> dict[str, Any]:
+    """``RUN_DIR/results.json`` checked for the fields every report needs."""
+    path = Path(run_dir)
+    if not path.is_dir():
+        raise ReportError(f"{path}: no such run directory")
+    res_path = path / "results.json"
+    if not res_path.is_file():
+        raise ReportError(f"{res_path}: missing; not an everlearn run directory "
+                          "(or the run stopped before its base row)")
+    try:
+        data = json.loads(res_path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ReportError(f"{res_path}: not valid JSON ({exc})") from None
+    ok = (isinstance(data, dict) and isinstance(data.get("R"), list)
+          and isinstance(data.get("stages"), list) and data["R"]
+          and all(isinstance(r, list) and len(r) == len(data["stages"]) for r in data["R"]))
+    if not ok:
+        raise ReportError(f"{res_path}: expected everlearn results with R (one list per row, "
+                          "one value per stage) and stages")
+    return data
+
+
+def phases_total(results: dict[str, Any]) -> int:
+    return len(results.get("phases") or results["stages"])
+
+
+def phases_done(results: dict[str, Any]) -> int:
+    return len(results["R"]) - 1
+
+
+def is_partial(results: dict[str, Any]) -> bool:
+    return results.get("status") != "complete" or phases_done(results) < phases_total(results)
+
+
+def main_metrics(results: dict[str, Any]) -> dict[str, Any]:
+    """The higher-is-better metric group (``metrics`` itself, or its ``main`` part)."""
+    m = results.get("metrics") or {}
+    if "main" in m or "perplexity" in m:
+        return m.get("main") or {}
+    return m
+
+
+def _series(value: Any) -> list[float] | None:
+    if isinstance(value, list) and value and all(isinstance(v, (int, float)) or v is None
+                                                 for v in value):
+        return [None if v is None else float(v) for v in value]
+    return None
+
+
+def general_ability(results: dict[str, Any]) -> dict[str, dict[str, list[float | None]]]:
+    """General-probe scores per R row and their delta against the base row, by probe name.
+
+    Accepted shapes under ``general_ability`` (or ``general``): a list of scores (one per row);
+    ``{"scores": [...]}`` or ``{"delta": [...]}``; or ``{probe: <either of those>}``.
+    """
+    raw = results.get("general_ability", results.get("general"))
+    if raw is None:
+        return {}
+    probes = {"general": raw} if _series(raw) or (
+        isinstance(raw, dict) and ("scores" in raw or "delta" in raw)) else raw
+    out = {}
+    for name, val in (probes.items() if isinstance(probes, dict) else []):
+        scores = _series(val) or (_series(val.get("scores")) if isinstance(val, dict) else None)
+        delta = _series(val.get("delta")) if isinstance(val, dict) else None
+        if scores and delta is None and scores[0] is not None:
+            delta = [None if s is None else s - scores[0] for s in scores]
+        if scores or delta:
+            out[str(name)] = {"scores": scores or [], "delta": delta or []}
+    return out
+
+
+def final_general_delta(results: dict[str, Any]) -> float | None:
+    """The general-ability change after the last stage (mean over probes), if reported."""
+    m = results.get("metrics") or {}
+    if isinstance(m.get("general_delta"), (int, float)):
+        return float(m["general_delta"])
+    finals = [p["delta"][-1] for p in general_ability(results).values()
+              if p["delta"] and p["delta"][-1] is not None]
+    return sum(finals) / len(finals) if finals else None
+
+
+def extra_metrics(results: dict[str, Any]) -> dict[str, Any]:
+    """Metric keys beyond the CL set (FUAR, editing, preference accuracy...), to show as-is."""
+    m = results.get("metrics") or {}
+    out = {k: v for k, v in m.items() if k not in KNOWN_METRIC}
+    for group in ("main", "perplexity"):
+        if isinstance(m.get(group), dict):
+            out.update({f"{group}.{k}": v for k, v in m[group].items() if k not in KNOWN_METRIC})
+    return out
+
+
+def extra_results(results: dict[str, Any]) -> dict[str, Any]:
+    """Top-level results.json keys the page has no dedicated section for."""
+    return {k: v for k, v in results.items() if k not in KNOWN_TOP}

@@ -1,0 +1,211 @@
+"""The report page: one HTML string with inline CSS and base64 figures, so the single file can be
+mailed, attached to an issue or opened offline."""
+
+from __future__ import annotations
+
+import base64
+from html import escape
+from typing import Any
+
+from everlearn.report import data
+from everlearn.report.generic import fmt, render, table
+
+CSS = """
+body{font-family:system-ui,-apple-system,Segoe UI,Helvetica,Arial,sans-serif;margin:2em auto;
+max-width:1150px;padding:0 1em;color:#222;line-height:1.4}
+h1{font-size:1.6em;margin-bottom:.2em}h2{font-size:1.25em;border-bottom:1px solid #ddd;
+padding-bottom:.2em;margin-top:1.8em}h3{font-size:1.05em}
+table{border-collapse:collapse;margin:.6em 0;font-size:.9em}
+th,td{border:1px solid #ddd;padding:.25em .6em;text-align:left}th{background:#f4f4f4}
+td.num{text-align:right;font-variant-numeric:tabular-nums}
+.banner{background:#fff3cd;border:1px solid #e0c36c;padding:.6em 1em;border-radius:4px}
+.note{color:#555;font-size:.9em}figure{margin:1em 0}img{max-width:100%;height:auto}
+figcaption{color:#555;font-size:.85em}pre{background:#f7f7f7;padding:.8em;overflow:auto}
+dt{font-weight:600;margin-top:.4em}dd{margin-left:1.2em}
+"""
+
+METRIC_LABELS = [("final_ap", "final AP (AP_T)"), ("la", "learning accuracy (LA)"),
+                 ("bwt", "BWT (mean over T-1 stages)"), ("bwt_trace", "BWT (TRACE, divided by T)"),
+                 ("forgetting", "forgetting (F)"), ("fwt", "FWT (vs base model)")]
+COST_COLUMNS = [("stages", "phase"), ("steps", "steps"), ("wall_time_s", "wall s"),
+                ("train_time_s", "train s"), ("strategy_time_s", "strategy s"),
+                ("eval_time_s", "eval s"), ("tokens_trained", "tokens"),
+                ("tokens_per_s", "tok/s"), ("padding_fraction", "padding %"),
+                ("final_loss", "final loss"), ("trainable_params", "trainable params"),
+                ("total_params", "total params"), ("peak_memory_mb", "peak MB"),
+                ("buffer_size", "buffer")]
+
+
+def figure(png: bytes, alt: str, caption: str) -> str:
+    src = "data:image/png;base64," + base64.b64encode(png).decode("ascii")
+    return (f'<figure><img src="{src}" alt="{escape(alt)}">'
+            f"<figcaption>{escape(caption)}</figcaption></figure>")
+
+
+def _header(res: dict[str, Any]) -> str:
+    done, total = data.phases_done(res), data.phases_total(res)
+    meta = [["strategy", "+".join(res.get("strategies") or [])], ["model", res.get("model")],
+            ["fine-tuning", res.get("finetune")], ["scenario", res.get("scenario")],
+            ["status", res.get("status")], ["phases finished", f"{done} of {total}"],
+            ["everlearn", res.get("everlearn_version")]]
+    out = [f"<h1>everlearn report: {escape(str(res.get('name', 'run')))}</h1>",
+           table(None, [r for r in meta if r[1] is not None], "meta")]
+    if data.is_partial(res):
+        out.append(f'<p class="banner" id="partial"><strong>Partial run:</strong> {done} of '
+                   f"{total} phases finished (status: {escape(str(res.get('status')))}). "
+                   "Rows not yet trained are marked pending; the continual-learning metrics "
+                   "are computed when the run completes.</p>")
+    stages = [[s.get("name"), s.get("kind"), s.get("metric"), s.get("n_train"),
+               s.get("n_test"), s.get("task_id")] for s in res["stages"]]
+    out += ["<h2>Stages</h2>",
+            table(["stage", "kind", "metric", "train", "test", "task id"], stages)]
+    return "\n".join(out)
+
+
+def _matrix(res: dict[str, Any], figs: dict[str, bytes]) -> str:
+    rows = res.get("rows") or ["base"] + [f"phase {i}" for i in range(1, len(res["R"]))]
+    names = [s["name"] for s in res["stages"]]
+    out = ["<h2>Accuracy matrix R</h2>",
+           '<p class="note">Row <em>i</em>: the model after training phase <em>i</em> (the first '
+           "row is the untrained base model); column <em>j</em>: score on stage <em>j</em>'s "
+           "test set. Entries above the diagonal give forward transfer.</p>"]
+    if "matrix" in figs:
+        ppl = not all(s.get("higher_is_better", True) for s in res["stages"])
+        out.append(figure(figs["matrix"], "heatmap of the accuracy matrix R",
+                          "R as a heatmap; outlined: the stage just trained"
+                          + ("; perplexity columns: lower is better" if ppl else "")))
+    out.append(table(["after \\ on", *names],
+                     [[label, *row] for label, row in zip(rows, res["R"])], "matrix"))
+    if "scores" in figs:
+        out.append(figure(figs["scores"], "score of each stage after each phase",
+                          "each stage's score over the stream"))
+    return "\n".join(out)
+
+
+def _ap_so_far(res: dict[str, Any]) -> list[float]:
+    stages, R = res["stages"], res["R"]
+    if len(res.get("phases") or stages) != len(stages):
+        return []
+    cols = [j for j, s in enumerate(stages) if s.get("higher_is_better", True)]
+    out = []
+    for t in range(1, len(R)):
+        vals = [R[t][j] for j in cols if j < t and R[t][j] is not None]
+        if vals:
+            out.append(sum(vals) / len(vals))
+    return out
+
+
+def _metric_table(m: dict[str, Any]) -> str:
+    rows = [[label, m[key]] for key, label in METRIC_LABELS if key in m]
+    if isinstance(m.get("ap"), list):
+        rows.insert(0, ["AP after each stage", ", ".join(fmt(a) for a in m["ap"])])
+    note = f'<p class="note">{escape(str(m["note"]))}</p>' if m.get("note") else ""
+    return table(["metric", "value"], rows, "metrics") + note
+
+
+def _metrics(res: dict[str, Any]) -> str:
+    m = res.get("metrics")
+    out = ["<h2>Continual-learning metrics</h2>"]
+    if not m:
+        ap = _ap_so_far(res)
+        out.append('<p class="note">Not computed yet: the run is incomplete.'
+                   + (f" AP after each finished stage so far: "
+                      f"{escape(', '.join(fmt(a) for a in ap))}." if ap else "") + "</p>")
+        return "\n".join(out)
+    groups = [(g, m[g]) for g in ("main", "perplexity") if isinstance(m.get(g), dict)]
+    for name, group in groups or [("", m)]:
+        if name:
+            out.append(f"<h3>{escape(name)}: {escape(', '.join(group.get('stages', [])))}</h3>")
+        out.append(_metric_table(group))
+    return "\n".join(out)
+
+
+def _general(res: dict[str, Any], figs: dict[str, bytes]) -> str:
+    probes = data.general_ability(res)
+    delta = data.final_general_delta(res)
+    if not probes and delta is None:
+        return ""
+    out = ["<h2>General ability</h2>",
+           '<p class="note">Change on held-out general probes against the base model '
+           "(TRACE's X-Delta); negative means general ability was lost.</p>"]
+    if "general" in figs:
+        out.append(figure(figs["general"], "general-ability delta after each phase",
+                          "general-probe delta vs the base model"))
+    rows = res.get("rows") or []
+    for name, p in probes.items():
+        n = max(len(p["scores"]), len(p["delta"]))
+        body = [[rows[i] if i < len(rows) else i,
+                 p["scores"][i] if i < len(p["scores"]) else None,
+                 p["delta"][i] if i < len(p["delta"]) else None] for i in range(n)]
+        out += [f"<h3>{escape(name)}</h3>", table(["after", "score", "delta vs base"], body)]
+    if delta is not None:
+        out.append(f"<p>Final general-ability delta: <strong>{escape(fmt(delta))}</strong></p>")
+    return "\n".join(out)
+
+
+def _generic_section(title: str, note: str, items: dict[str, Any], cls: str) -> str:
+    if not items:
+        return ""
+    parts = [f'<h2 class="{cls}">{escape(title)}</h2>', f'<p class="note">{escape(note)}</p>']
+    for key, value in items.items():
+        parts += [f"<h3>{escape(str(key))}</h3>", render(value)]
+    return "\n".join(parts)
+
+
+def _cost(res: dict[str, Any]) -> str:
+    cost = res.get("cost") or []
+    out = ["<h2>Cost per phase</h2>",
+           f'<p class="note">Base row evaluated in {fmt(res.get("base_eval_time_s"), 1)} s. '
+           "Tokens are non-padding training tokens; peak memory covers training and "
+           "evaluation of the phase.</p>"]
+    if not cost:
+        return "\n".join(out + ["<p>No phase has finished yet.</p>"])
+    known = {k for k, _ in COST_COLUMNS} | {"phase"}
+    extra = [k for k in dict.fromkeys(k for c in cost for k in c) if k not in known
+             and all(isinstance(c.get(k), (int, float, type(None))) for c in cost)]
+    rows = []
+    for c in cost:
+        row = []
+        for key, _ in COST_COLUMNS:
+            v = c.get(key)
+            if key == "stages":
+                v = f"{c.get('phase')}: {'+'.join(v or [])}"
+            elif key == "padding_fraction" and v is not None:
+                v = 100 * v
+            row.append(v)
+        rows.append(row + [c.get(k) for k in extra])
+    total: list[Any] = ["total"] + [""] * (len(COST_COLUMNS) - 1 + len(extra))
+    for key in ("steps", "wall_time_s", "train_time_s", "strategy_time_s", "eval_time_s",
+                "tokens_trained"):
+        total[[k for k, _ in COST_COLUMNS].index(key)] = sum(c.get(key) or 0 for c in cost)
+    total[[k for k, _ in COST_COLUMNS].index("peak_memory_mb")] = max(
+        c.get("peak_memory_mb") or 0 for c in cost)
+    header = [label for _, label in COST_COLUMNS] + extra
+    return "\n".join(out + [table(header, rows + [total], "cost")])
+
+
+def build_page(res: dict[str, Any], figs: dict[str, bytes], config_text: str | None) -> str:
+    """The whole page; every string from the run is escaped."""
+    strategy = res.get("strategy_metrics") or {}
+    sections = [
+        _header(res), _matrix(res, figs), _metrics(res), _general(res, figs),
+        _generic_section("Stage-kind metrics", "Further metrics reported by the evaluation "
+                         "(temporal knowledge, editing, preference...).",
+                         data.extra_metrics(res), "stage-metrics"),
+        _generic_section("Strategy metrics", "Method-specific results (strategy_metrics).",
+                         strategy if isinstance(strategy, dict) else {"strategy": strategy},
+                         "strategy-metrics"),
+        _cost(res),
+        _generic_section("Other results", "results.json keys without a section of their own.",
+                         data.extra_results(res), "other"),
+    ]
+    if config_text:
+        sections.append("<h2>Config</h2><details><summary>config.yaml (resolved)</summary>"
+                        f"<pre>{escape(config_text)}</pre></details>")
+    title = escape(f"everlearn report: {res.get('name', 'run')}")
+    return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
+            f"<title>{title}</title><style>{CSS}</style></head><body>\n"
+            + "\n".join(s for s in sections if s)
+            + f'\n<p class="note">Written by everlearn '
+              f"{escape(str(res.get('everlearn_version', '')))} from results.json.</p>"
+            "\n</body></html>\n")
