@@ -132,14 +132,15 @@ def main(argv: list[str] | None = None) -> int:
             print(f"[methods] {name} ...", file=sys.stderr, flush=True)
             rows.append(run_one(name, args, workdir))
             print(table(rows[-1:]).splitlines()[-1], file=sys.stderr, flush=True)
+            if args.out:  # after every strategy, so that a killed benchmark keeps its rows
+                Path(args.out).write_text(json.dumps({"settings": vars(args), "rows": rows},
+                                                     indent=2))
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     header = (f"{datetime.now(timezone.utc):%Y-%m-%d}, {platform.processor() or platform.machine()}"
               f", train={args.train} test={args.test} steps/stage={args.steps} lr={args.lr}")
     print(header)
     print(table(rows))
-    if args.out:
-        Path(args.out).write_text(json.dumps({"settings": vars(args), "rows": rows}, indent=2))
     return 0
 
 

@@ -8,7 +8,7 @@ import pytest
 from safetensors.torch import load_file
 
 from everlearn.config import build_config, load_config
-from everlearn.errors import ResumeError, TrainingError
+from everlearn.errors import TrainingError
 from everlearn.runner import resume_run, start_run
 from everlearn.trainer import Trainer
 from tests.conftest import tiny_config
@@ -84,15 +84,19 @@ def test_lora_checkpoints_hold_only_the_adapters(tmp_path, three_stages):
     assert res["cost"][0]["trainable_params"] < res["cost"][0]["total_params"]
 
 
-def test_resume_rejects_a_corrupted_checkpoint(tmp_path, three_stages):
-    path, _ = _run(tmp_path, three_stages[:2], train={"steps": 2, "precision": "fp32"})
+def test_resume_falls_back_from_a_corrupted_checkpoint(tmp_path, three_stages, caplog):
+    cfg = {"train": {"steps": 2, "precision": "fp32"}, "keep_stage_weights": "all"}
+    _, full = _run(tmp_path, three_stages, name="full", **cfg)
+    path, _ = _run(tmp_path, three_stages, **cfg)
     data = json.loads((path / "results.json").read_text())
-    data["R"], data["cost"], data["status"] = data["R"][:2], data["cost"][:1], "running"
+    data["R"], data["cost"], data["status"] = data["R"][:3], data["cost"][:2], "running"
     (path / "results.json").write_text(json.dumps(data))
-    state = path / "checkpoints" / "phase-01" / "strategy.json"
-    state.write_text(state.read_text() + " ")
-    with pytest.raises(ResumeError, match="checksum"):
-        resume_run(path, quiet=True)
+    state = path / "checkpoints" / "phase-02" / "strategy.json"
+    state.write_text(state.read_text() + " ")  # phase 2's checkpoint no longer verifies
+    _, resumed = resume_run(path, quiet=True)
+    assert "phase-02/strategy.json: checksum mismatch" in caplog.text
+    assert resumed["R"] == full["R"] and resumed["metrics"] == full["metrics"]
+    assert [c["phase"] for c in resumed["cost"]] == [1, 2, 3]  # phase 2 was trained again
 
 
 def test_joint_trains_once_on_the_union(tmp_path, three_stages):

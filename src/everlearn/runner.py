@@ -134,7 +134,10 @@ class Run:
         self.dir.path.mkdir(parents=True, exist_ok=True)
         _attach_log(self.dir.path)
         done_R, done_cost, base_eval_s = [], [], 0.0
-        if resume:
+        if resume and not self.dir.results.exists():
+            # killed before the base row was written: nothing is lost, start from the base row
+            log.info("no results.json yet; resuming from the start")
+        elif resume:
             prev = _read_results(self.dir)
             done_R, done_cost = prev["R"], prev["cost"]
             base_eval_s = prev.get("base_eval_time_s", 0.0)
@@ -165,11 +168,15 @@ class Run:
         R: list[list[float]] = list(done_R)
         cost: list[dict[str, Any]] = list(done_cost)
         if resume and len(R) > 1:
-            weights, state = self.dir.load_phase(len(R) - 1, need_weights=True)
-            # Strategy state first: a strategy may rebuild structures (adapters) the weights fill.
-            self.strategy.load_state_dict(state)
-            load_trainable_state(model, weights, str(self.dir.phase_dir(len(R) - 1)))
-            log.info("resumed after phase %d of %d", len(R) - 1, len(self.phases))
+            last, loaded = self._last_good_checkpoint(len(R) - 1)
+            del R[last + 1:], cost[last:]
+            if loaded is not None:
+                weights, state = loaded
+                # Strategy state first: a strategy may rebuild structures (adapters) that the
+                # weights fill.
+                self.strategy.load_state_dict(state)
+                load_trainable_state(model, weights, str(self.dir.phase_dir(last)))
+            log.info("resumed after phase %d of %d", last, len(self.phases))
         if not R:
             t0 = time.perf_counter()
             R.append(evaluate_row())
@@ -207,6 +214,18 @@ class Run:
         write_json(self.dir.results, results)
         return results
 
+    def _last_good_checkpoint(self, phase: int):
+        """(phase, its weights and strategy state) of the newest checkpoint that verifies,
+        going back from ``phase``; (0, None) when none does (the run restarts after its base
+        row). A corrupt one is reported and skipped; the phases after the good one are redone.
+        """
+        for k in range(phase, 0, -1):
+            try:
+                return k, self.dir.load_phase(k, need_weights=True)
+            except ResumeError as err:
+                log.warning("%s; falling back to the checkpoint before it", err)
+        return 0, None
+
 
 def routes(strategy: StrategyStack) -> bool:
     """Whether any member chooses adapters per test record (evaluation then groups by it)."""
@@ -216,9 +235,6 @@ def routes(strategy: StrategyStack) -> bool:
 
 
 def _read_results(run_dir: RunDir) -> dict[str, Any]:
-    if not run_dir.results.exists():
-        raise ResumeError(f"{run_dir.results}: missing; nothing to resume "
-                          "(the run stopped before its base row was written)")
     try:
         data = json.loads(run_dir.results.read_text())
         R, cost = data["R"], data["cost"]

@@ -1,0 +1,93 @@
+"""A run killed with SIGKILL at any moment resumes to the results of an uninterrupted run,
+and the same config and seed give the same results twice."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from everlearn.config import build_config
+from everlearn.runner import resume_run, start_run
+from tests.conftest import tiny_config
+
+# Timings and memory differ between any two runs; everything else in results.json must not.
+VOLATILE = {"wall_time_s", "train_time_s", "eval_time_s", "strategy_time_s", "tokens_per_s",
+            "peak_memory_mb", "base_eval_time_s"}
+
+
+def comparable(results: dict) -> dict:
+    out = {k: v for k, v in results.items() if k not in VOLATILE}
+    out["cost"] = [{k: v for k, v in c.items() if k not in VOLATILE} for c in results["cost"]]
+    return out
+
+
+@pytest.fixture
+def replay_config(tmp_path, three_stages) -> dict:
+    return tiny_config(tmp_path, three_stages, strategies=[
+        {"name": "replay", "buffer_size": 12, "mix_ratio": 0.25}])
+
+
+def test_same_config_and_seed_give_identical_results(tmp_path, replay_config):
+    _, first = start_run(build_config(replay_config), tmp_path / "a", quiet=True)
+    _, second = start_run(build_config(replay_config), tmp_path / "b", quiet=True)
+    assert comparable(first) == comparable(second)
+    on_disk = json.loads((tmp_path / "b" / "results.json").read_text())
+    assert comparable(on_disk) == comparable(second)
+
+
+def _exists(path: Path):
+    return lambda run: (run / path).exists()
+
+
+# Moments to kill at: before the base row is written, in the middle of the second phase's
+# training, and right after the second phase's checkpoint (before or after results.json).
+KILL_POINTS = {
+    "at_start": lambda run: (run / "config.yaml").exists(),
+    "mid_phase_2": _exists(Path("checkpoints/phase-01/done.json")),
+    "after_phase_2_checkpoint": _exists(Path("checkpoints/phase-02/done.json")),
+}
+
+
+def kill_when(cmd: list[str], run: Path, ready, delay: float, timeout: float = 120) -> bool:
+    """Start ``cmd``; SIGKILL it ``delay`` s after ``ready(run)`` holds. False if it finished."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + timeout
+    while not ready(run):
+        if proc.poll() is not None:
+            raise AssertionError(f"run ended before the kill point: {proc.stderr.read()!r}")
+        if time.monotonic() > deadline:
+            proc.kill()
+            raise AssertionError("kill point never reached")
+        time.sleep(0.01)
+    time.sleep(delay)
+    finished = proc.poll() is not None
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    return not finished
+
+
+@pytest.mark.parametrize("point, delay", [("at_start", 0.0), ("mid_phase_2", 0.3),
+                                          ("after_phase_2_checkpoint", 0.0)])
+def test_kill_9_then_resume_equals_uninterrupted(tmp_path, replay_config, point, delay):
+    _, full = start_run(build_config(replay_config), tmp_path / "full", quiet=True)
+    cfg_file = tmp_path / "stream.yaml"
+    cfg_file.write_text(yaml.safe_dump(replay_config))
+    run = tmp_path / "killed"
+    cmd = [sys.executable, "-m", "everlearn", "run", str(cfg_file), "--output", str(run), "-q"]
+    assert kill_when(cmd, run, KILL_POINTS[point], delay), "the run finished before the kill"
+    before = json.loads((run / "results.json").read_text()) if (
+        run / "results.json").exists() else None
+    assert before is None or before["status"] == "running"
+    _, resumed = resume_run(run, quiet=True)
+    assert comparable(resumed) == comparable(full)
+    if before is not None:  # rows written before the kill are kept as they were
+        assert resumed["R"][:len(before["R"])] == before["R"]
