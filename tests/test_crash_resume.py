@@ -91,3 +91,24 @@ def test_kill_9_then_resume_equals_uninterrupted(tmp_path, replay_config, point,
     assert comparable(resumed) == comparable(full)
     if before is not None:  # rows written before the kill are kept as they were
         assert resumed["R"][:len(before["R"])] == before["R"]
+
+
+def test_sigterm_exits_cleanly_and_the_run_resumes(tmp_path, replay_config):
+    cfg_file = tmp_path / "stream.yaml"
+    cfg_file.write_text(yaml.safe_dump(replay_config))
+    run = tmp_path / "termed"
+    cmd = [sys.executable, "-m", "everlearn", "run", str(cfg_file), "--output", str(run), "-q"]
+    proc = subprocess.Popen(cmd, env={**os.environ, "OMP_NUM_THREADS": "1"},
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not (run / "checkpoints/phase-01/done.json").exists():
+        assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read()
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert err.strip().splitlines()[-1].startswith("everlearn: interrupted")
+    assert "Traceback" not in err
+    _, full = start_run(build_config(replay_config), tmp_path / "full", quiet=True)
+    _, resumed = resume_run(run, quiet=True)
+    assert comparable(resumed) == comparable(full)
