@@ -122,6 +122,31 @@ def test_replay_keeps_an_earlier_stage_that_seqft_forgets(tmp_path, three_stages
     assert rep["cost"][1]["buffer_size"] == 24
 
 
+def test_nonfinite_loss_can_skip_the_batch_and_count_it(tmp_path, three_stages, monkeypatch):
+    real_forward = None
+
+    def poisoned(self, *args, **kwargs):  # every third forward pass in training gives NaN
+        out = real_forward(self, *args, **kwargs)
+        if self.training and kwargs.get("labels") is not None:
+            poisoned.calls += 1
+            if poisoned.calls % 3 == 0:
+                out.loss = out.loss * float("nan")
+        return out
+
+    poisoned.calls = 0
+    from transformers import LlamaForCausalLM
+
+    real_forward = LlamaForCausalLM.forward
+    monkeypatch.setattr(LlamaForCausalLM, "forward", poisoned)
+    _, res = _run(tmp_path, three_stages[:1], train={
+        "steps": 30, "precision": "fp32", "nonfinite_loss": "skip", "lr": 3e-3,
+        "warmup_ratio": 0.0, "schedule": "constant"})
+    assert res["status"] == "complete"
+    assert res["cost"][0]["skipped_batches"] == 10
+    assert res["cost"][0]["final_loss"] == res["cost"][0]["final_loss"]  # not NaN
+    assert res["R"][1][0] == 100.0  # the 20 good batches still teach the constant answer
+
+
 def test_nonfinite_loss_stops_with_a_clear_error_and_keeps_results(tmp_path, three_stages):
     _run(tmp_path, three_stages[:1], name="ok", train={"steps": 2, "precision": "fp32"})
     with pytest.raises(TrainingError, match="loss is"):

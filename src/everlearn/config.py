@@ -90,6 +90,10 @@ class TrainConfig:
         "auto", "Compute precision: auto = bf16 autocast where the hardware supports it."
     )
     group_by_length: bool = _f(True, "Batch examples of similar length to avoid padding waste.")
+    nonfinite_loss: Literal["stop", "skip"] = _f(
+        "stop", "A NaN or infinite loss: stop the stage with an error (earlier results kept), "
+        "or skip that batch and count it in the cost (skipped_batches)."
+    )
 
 
 @dataclass

@@ -204,6 +204,7 @@ class Run:
                 "trainable_params": trainable, "total_params": total,
                 "peak_memory_mb": max(pc.peak_memory_mb, eval_memory.peak_mb),
                 "buffer_size": self.strategy.buffer_size(),
+                "skipped_batches": pc.skipped_batches,
             })
             self.dir.save_phase(phase, trainable_state(model), self.strategy.state_dict())
             status = "complete" if phase == len(self.phases) else "running"

@@ -64,6 +64,7 @@ class PhaseCost:
     final_loss: float
     peak_memory_mb: float
     strategy_time_s: float = 0.0  # time inside strategy hooks (buffers, Fisher, projections)
+    skipped_batches: int = 0  # batches whose loss was not finite (train.nonfinite_loss: skip)
 
 
 def phase_steps(stages: list[Stage], cfg: TrainConfig, n_examples: int) -> int:
@@ -134,6 +135,7 @@ class Trainer:
         batch_iter = batches()
         used: list[list[int]] = []
         tokens = 0
+        skipped = 0
         loss_value = float("nan")
         memory = PeakMemory(self.acc.device)
         label = "+".join(s.name for s in stages)
@@ -160,8 +162,12 @@ class Trainer:
                         loss = loss + extra
                 value = loss.item()  # the step's one device sync
                 if not math.isfinite(value):
-                    raise TrainingError(f"stage '{label}': step {step + 1}: loss is {value}"
-                                        "; earlier stages' results are kept")
+                    if cfg.nonfinite_loss == "stop":
+                        raise TrainingError(f"stage '{label}': step {step + 1}: loss is {value}"
+                                            "; earlier stages' results are kept (set "
+                                            "train.nonfinite_loss=skip to skip such batches)")
+                    skipped += 1
+                    continue  # no backward: this batch adds nothing to the step's gradient
                 self.acc.backward(loss / cfg.grad_accum)
                 step_loss += value / cfg.grad_accum
             with hooks:
@@ -185,6 +191,7 @@ class Trainer:
             steps=total_steps, train_time_s=time.perf_counter() - start, tokens_trained=tokens,
             padding_fraction=padding_fraction(used, lengths), examples=len(examples),
             final_loss=loss_value, peak_memory_mb=memory.peak_mb, strategy_time_s=hooks.total,
+            skipped_batches=skipped,
         )
 
 
