@@ -229,7 +229,8 @@ def main(argv: list[str] | None = None) -> int:
         return {"run": cmd_run, "eval": cmd_eval, "report": cmd_report, "compare": cmd_compare,
                 "ls": cmd_ls, "validate": cmd_validate}[args.command](args)
     except EverlearnError as exc:
-        print(f"everlearn: error: {exc}", file=sys.stderr)
+        one_line = " ".join(str(exc).splitlines())  # e.g. a parser's message quoting input
+        print(f"everlearn: error: {one_line}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("everlearn: interrupted; finished stages are saved (resume with --resume)",
