@@ -20,6 +20,7 @@ from everlearn.metrics import (
     mean_ci,
     student_t_ppf,
     summarize,
+    summarize_columns,
     validate_matrix,
 )
 
@@ -312,3 +313,43 @@ def test_student_t_ppf_errors():
         student_t_ppf(1.0, 3)
     with pytest.raises(ValueError):
         student_t_ppf(0.9, 0)
+
+
+# --- groups of columns inside a mixed stream -------------------------------------------------
+
+
+def test_summarize_columns_with_every_column_equals_summarize():
+    rng = np.random.default_rng(0)
+    for T in (1, 2, 3, 5):
+        R = rng.uniform(0, 100, size=(T + 1, T))
+        full, grouped = summarize(R), summarize_columns(R, range(T))
+        assert full.keys() == grouped.keys()
+        for key in full:
+            assert grouped[key] == pytest.approx(full[key]), key
+
+
+def test_summarize_columns_reads_the_streams_own_rows():
+    # stages: 0 = task A (accuracy), 1 = text (perplexity), 2 = task B (accuracy)
+    R = [[10, 30.0, 20],   # base
+         [80, 25.0, 30],   # after A
+         [60, 20.0, 50],   # after text: A drops, B gains before it is trained
+         [70, 22.0, 90]]   # after B
+    acc = summarize_columns(R, [0, 2])
+    assert acc["ap"] == pytest.approx([80, 60, 80])  # rows 1..3 over the trained columns
+    assert acc["final_ap"] == pytest.approx(80)
+    assert acc["la"] == pytest.approx((80 + 90) / 2)
+    assert acc["bwt"] == pytest.approx(70 - 80)  # only A precedes the last stage
+    assert acc["bwt_trace"] == pytest.approx((70 - 80) / 2)
+    assert acc["forgetting"] == pytest.approx(max(80, 60) - 70)  # rows 1 and 2 count for A
+    assert acc["fwt"] == pytest.approx(50 - 20)  # B just before training (row 2) vs base
+    ppl = summarize_columns(R, [1], higher_is_better=False)
+    assert ppl["ap"] == pytest.approx([20, 22])
+    assert ppl["la"] == pytest.approx(20)
+    assert ppl["bwt"] == pytest.approx(-(22 - 20))  # perplexity rose by 2: negative BWT
+    assert ppl["forgetting"] == pytest.approx(22 - 20)
+    assert ppl["fwt"] == pytest.approx(-(25 - 30))  # A's training lowered its perplexity
+
+
+def test_summarize_columns_rejects_bad_columns():
+    with pytest.raises(ValueError, match="cols"):
+        summarize_columns([[0, 0], [1, 1], [2, 2]], [2])

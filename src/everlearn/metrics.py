@@ -154,6 +154,40 @@ def summarize(R: np.ndarray | Iterable[Iterable[float]]) -> dict[str, float | li
     }
 
 
+def summarize_columns(R: np.ndarray | Iterable[Iterable[float]], cols: Iterable[int],
+                      higher_is_better: bool = True) -> dict[str, float | list[float] | None]:
+    """The metrics of the stages ``cols`` (0-based) inside the matrix of a whole stream.
+
+    A stream may mix scores that cannot be averaged together (accuracy and perplexity); each
+    group gets its own metrics, but every formula still reads the stream's own rows: FWT takes
+    the row just before a stage was trained, whatever stage that row followed, and forgetting
+    looks at every row after a stage. For lower-is-better scores the differences are negated so
+    that, as for accuracy, negative BWT and positive forgetting mean forgetting. With all
+    columns and ``higher_is_better`` this equals :func:`summarize`.
+    """
+    arr = validate_matrix(R)
+    T = arr.shape[1]
+    cols = sorted(set(cols))
+    if not cols or cols[0] < 0 or cols[-1] >= T:
+        raise ValueError(f"cols must be stage indices in [0, {T - 1}], got {cols}")
+    sign = 1.0 if higher_is_better else -1.0
+    ap = [float(arr[t, [j for j in cols if j < t]].mean()) for t in range(cols[0] + 1, T + 1)]
+    before_last = [j for j in cols if j + 1 < T]
+    bwt_sum = sum(sign * (arr[T, j] - arr[j + 1, j]) for j in before_last)
+    drops = [max(sign * (arr[row, j] - arr[T, j]) for row in range(j + 1, T))
+             for j in before_last]
+    fwt = [sign * (arr[j, j] - arr[0, j]) for j in cols if j >= 1]
+    return {
+        "ap": ap,
+        "final_ap": ap[-1],
+        "la": float(np.mean([arr[j + 1, j] for j in cols])),
+        "bwt": float(bwt_sum / len(before_last)) if before_last else None,
+        "bwt_trace": float(bwt_sum / len(cols)) if before_last else None,
+        "forgetting": float(np.mean(drops)) if drops else None,
+        "fwt": float(np.mean(fwt)) if fwt else None,
+    }
+
+
 # --------------------------------------------------------------------------------------------
 # Student's t quantile without scipy: numeric inversion of the t CDF, which is written with the
 # regularized incomplete beta function I_x(a, b) (continued fraction, modified Lentz method, as in

@@ -23,7 +23,7 @@ from everlearn.config import RunConfig, dump_yaml, load_config
 from everlearn.data.encode import Encoder
 from everlearn.errors import ConfigError, ResumeError
 from everlearn.evaluate import Evaluator
-from everlearn.metrics import summarize
+from everlearn.metrics import summarize_columns
 from everlearn.models import (
     count_parameters,
     load_base_model,
@@ -81,12 +81,11 @@ def compute_metrics(R: list[list[float]], stages: list[Stage], phases: list[list
         cols = [j for j, s in enumerate(stages) if s.higher_is_better == direction]
         if not cols:
             continue
-        rows = [0] + [j + 1 for j in cols]
-        sub = [[R[r][c] for c in cols] for r in rows]
-        summary = summarize(sub)
+        summary = summarize_columns(R, cols, higher_is_better=direction)
         summary["stages"] = [stages[c].name for c in cols]
         if not direction:
-            summary["note"] = "perplexity: lower is better, so positive BWT means forgetting"
+            summary["note"] = ("perplexity: lower is better; BWT, forgetting and FWT are signed "
+                               "as for scores (negative BWT: perplexity rose)")
         out[scope] = summary
     return out["main"] if set(out) == {"main"} else out
 
