@@ -9,7 +9,7 @@ parameters, extra storage) and the raw results as JSON.
 
 Usage::
 
-    .venv/bin/python benchmarks/methods.py                       # all strategies (~1 h, 2 cores)
+    .venv/bin/python benchmarks/methods.py                       # all strategies (~1 h on 2 quiet cores)
     .venv/bin/python benchmarks/methods.py --only seqft,replay,ewc --train 60 --test 30
     .venv/bin/python benchmarks/methods.py --out docs/methods.json
 """
@@ -112,9 +112,9 @@ def table(rows: list[dict]) -> str:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--only", help="comma-separated strategies (default: all, seqft and joint)")
-    p.add_argument("--train", type=int, default=100, help="training examples per task")
-    p.add_argument("--test", type=int, default=50, help="test examples per task")
-    p.add_argument("--steps", type=int, default=24, help="optimizer steps per stage")
+    p.add_argument("--train", type=int, default=64, help="training examples per task")
+    p.add_argument("--test", type=int, default=20, help="test examples per task")
+    p.add_argument("--steps", type=int, default=16, help="optimizer steps per stage")
     p.add_argument("--lr", type=float, default=5e-4)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", help="write raw results as JSON here")

@@ -184,11 +184,12 @@ class Trainer:
                             refresh=False)
             bar.update(1)
         bar.close()
+        train_s = time.perf_counter() - start  # the loop; after_stage hooks count as strategy
         with hooks:
             for st in stages:
                 self.strategy.after_stage(st)
         return PhaseCost(
-            steps=total_steps, train_time_s=time.perf_counter() - start, tokens_trained=tokens,
+            steps=total_steps, train_time_s=train_s, tokens_trained=tokens,
             padding_fraction=padding_fraction(used, lengths), examples=len(examples),
             final_loss=loss_value, peak_memory_mb=memory.peak_mb, strategy_time_s=hooks.total,
             skipped_batches=skipped,
