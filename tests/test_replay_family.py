@@ -390,3 +390,18 @@ def test_agem_updates_never_conflict_with_the_memory_and_reduce_forgetting(strea
                     _flat([r for r in refs if r is not None]))
         assert changed == (dot < 0)
     assert res["cost"][1]["buffer_size"] == 16
+
+
+def test_replayed_instructions_become_text_in_a_cpt_stage():
+    from everlearn.strategies.replay import Replay, ReplayOptions
+
+    replay = Replay(ReplayOptions(buffer_size=10, mix_ratio=0.5))
+    first = _stage(1, 10)
+    replay.after_stage(first)
+    text_stage = _stage(2, 10, kind="cpt")
+    mixed = replay.train_data(text_stage, text_stage.train)
+    replayed = mixed[10:]
+    assert len(replayed) == 10
+    # a cpt stage packs `text` only: without conversion these would train on nothing
+    assert all(r.text.startswith("s1 question ") and r.text.endswith("\nanswer 1")
+               for r in replayed)

@@ -120,23 +120,6 @@ def device_of(ctx: RunContext) -> torch.device:
     return ctx.accelerator.device if ctx.accelerator is not None else torch.device("cpu")
 
 
-def as_kind(records: list[Record], kind: str) -> list[Record]:
-    """Records ready to mix into a stage of ``kind``.
-
-    A cpt stage packs ``text`` only, so instruction records become ``prompt\\nresponse`` text;
-    an sft stage takes raw-text records as they are (the encoder packs them with full loss).
-    """
-    if kind != "cpt":
-        return list(records)
-    out = []
-    for r in records:
-        if r.answers and not r.text:
-            out.append(Record(text=f"{r.prompt}\n{r.response}", task=r.task, meta=dict(r.meta)))
-        else:
-            out.append(r)
-    return out
-
-
 def generate(ctx: RunContext, model, prompts: list[Record], max_new_tokens: int, *,
              sample: bool, top_k: int = 0, batch_size: int = 8) -> list[str]:
     """Answers to records' prompts under the chat template, greedy or sampled (top-k, then

@@ -38,9 +38,9 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 
+from everlearn.data.mixing import as_kind
 from everlearn.data.records import Record
 from everlearn.strategies._buffer import (
-    as_kind,
     device_of,
     generate,
     seeded_torch,

@@ -11,6 +11,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass, field
 
+from everlearn.data.mixing import as_kind
 from everlearn.data.records import Record
 from everlearn.strategies.base import Strategy
 
@@ -69,7 +70,7 @@ class Replay(Strategy):
         wanted = round(ratio / (1 - ratio) * len(records))
         n = min(wanted, len(self.buffer))
         picked = self._rng(stage, "mix").sample(range(len(self.buffer)), n)
-        return records + [self.buffer[i][1] for i in sorted(picked)]
+        return records + as_kind([self.buffer[i][1] for i in sorted(picked)], stage.kind)
 
     def after_stage(self, stage):
         rng = self._rng(stage, "select")

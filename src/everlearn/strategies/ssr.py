@@ -54,11 +54,11 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from everlearn.data.mixing import as_kind
 from everlearn.data.records import Record
 from everlearn.generation import decode_batched
 from everlearn.strategies._adapters import base_model_only
 from everlearn.strategies._buffer import (
-    as_kind,
     device_of,
     eval_mode,
     generate,
