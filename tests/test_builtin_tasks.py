@@ -22,7 +22,7 @@ def test_registry_has_four_distinct_tasks():
     for task in TASKS:
         assert isinstance(task, BuiltinTask)
         assert get_builtin_task(task.name) is task
-        assert task.metric in ("accuracy", "exact_match")
+        assert task.metric in ("accuracy", "exact_match", "preference_accuracy")
         assert task.description and "\n" not in task.description
         assert bool(task.labels) == (task.metric == "accuracy")
 

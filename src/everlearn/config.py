@@ -29,8 +29,8 @@ def _f(default: Any = dataclasses.MISSING, help: str = "", **kw: Any) -> Any:
     return field(default=default, metadata={"help": help}, **kw)
 
 
-StageKind = Literal["sft", "cpt"]
-MetricName = Literal["accuracy", "exact_match", "rouge_l", "perplexity"]
+StageKind = Literal["sft", "cpt", "align"]
+MetricName = Literal["accuracy", "exact_match", "rouge_l", "perplexity", "preference_accuracy"]
 
 
 @dataclass
@@ -115,20 +115,24 @@ class StageConfig:
     """One stage of the stream: what to train on and how to score it."""
 
     name: str = _f("", "Stage name (unique; defaults to the task or file name).")
-    kind: StageKind = _f("sft", "sft = instruction -> response; cpt = raw text, packed.")
+    kind: StageKind | None = _f(
+        None, "sft = instruction -> response; cpt = raw text, packed; align = preference pairs "
+        "(prompt, chosen, rejected), DPO loss. Default: the built-in task's kind, else sft.")
     train: DataSource | None = _f(None, "Training data.")
     test: DataSource | None = _f(None, "Test data (builtin tasks and files may share a path).")
     builtin: str | None = _f(None, "A built-in generated task (see `everlearn ls`).")
     metric: MetricName | None = _f(
         None, "Scorer. Default: accuracy when labels are set or the answers form a small closed "
-        "set (a classification task), perplexity for cpt, the built-in task's metric, else "
-        "exact_match.")
+        "set (a classification task), perplexity for cpt, preference_accuracy for align, the "
+        "built-in task's metric, else exact_match.")
     labels: list[str] = _f([], "Label options for scoring by log-likelihood (accuracy).")
     task_id: str | None = _f(None, "Task identifier (used by task-incremental strategies).")
     max_train: int | None = _f(None, "Sample at most this many training records (by seed).")
     max_test: int | None = _f(None, "Sample at most this many test records (by seed).")
     steps: int | None = _f(None, "Override train.steps for this stage.")
     epochs: float | None = _f(None, "Override train.epochs for this stage.")
+    beta: float = _f(0.1, "DPO temperature of an align stage: the loss is -log sigmoid(beta * "
+                     "margin of policy-to-reference log-ratios).")
 
 
 @dataclass
@@ -349,9 +353,28 @@ def _check_semantics(cfg: RunConfig) -> None:
         for key in ("max_train", "max_test", "steps"):
             v = getattr(st, key)
             need(v is None or v >= 1, f"{p}.{key}", f"expected an integer >= 1 or null, got {v}")
+        if st.kind is None:
+            st.kind = _builtin_kind(st.builtin) if st.builtin else "sft"
+        need(st.beta > 0, f"{p}.beta", f"expected a positive number, got {st.beta}")
+        if st.kind == "align" and st.metric not in (None, "preference_accuracy"):
+            raise _Mismatch(f"{p}.metric", "expected 'preference_accuracy' for an align stage, "
+                            f"got {st.metric!r}")
+        if st.kind != "align" and st.metric == "preference_accuracy":
+            raise _Mismatch(f"{p}.metric", "preference_accuracy scores preference pairs: only "
+                            f"for align stages (this stage is {st.kind})")
         if st.kind == "cpt" and st.metric not in (None, "perplexity"):
             raise _Mismatch(f"{p}.metric",
                             f"expected 'perplexity' for a cpt stage, got {st.metric!r}")
+
+
+def _builtin_kind(name: str) -> str:
+    """The stage kind a built-in task is made for (an unknown name is reported by the stream)."""
+    from everlearn.data.builtin import get_builtin_task
+
+    try:
+        return get_builtin_task(name).kind
+    except KeyError:
+        return "sft"
 
 
 def _name_from_path(path: str) -> str:

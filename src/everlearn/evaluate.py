@@ -3,13 +3,15 @@
 Scorers: ``accuracy`` ranks each record's label options by log-likelihood in batched forward
 passes (no decoding); ``exact_match`` and ``rouge_l`` score batched greedy generations (KV cache
 on, ``max_new_tokens`` derived from the test answers unless set); ``perplexity`` is exp of the
-mean token loss on the test text. Scores are in [0, 100] except perplexity.
+mean token loss on the test text; ``preference_accuracy`` scores held-out preference pairs by
+their implicit reward margin (see ``Evaluator.begin_phase``). Scores are in [0, 100] except
+perplexity.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from tqdm.auto import tqdm
@@ -18,6 +20,7 @@ from everlearn.config import EvalConfig
 from everlearn.data.encode import IGNORE, Encoded, Encoder, collate
 from everlearn.data.records import Record
 from everlearn.generation import decode_batched
+from everlearn.preference import preference_accuracy
 from everlearn.scoring import exact_match, rouge_l
 from everlearn.stream import Stage
 
@@ -27,6 +30,7 @@ class StageScore:
     score: float
     n: int
     predictions: list[str]
+    side: dict[str, float] = field(default_factory=dict)  # per-stage side metrics of this row
 
 
 def _by_length(items: list, key) -> list[int]:
@@ -42,6 +46,10 @@ class Evaluator:
         self.cfg = cfg
         self.quiet = quiet
         self._cache: dict[tuple, object] = {}
+        # preference_accuracy: per stage, log pi(chosen) - log pi(rejected) of every test pair
+        # under the stage's reference model, and under the model scored last
+        self.pref_reference: dict[str, list[float]] = {}
+        self.pref_last: dict[str, list[float]] = {}
 
     def _bar(self, total: int, desc: str):
         return tqdm(total=total, desc=desc, leave=False, dynamic_ncols=True,
@@ -58,6 +66,8 @@ class Evaluator:
             records = [stage.test[i] for i in idx]
             for i, res in zip(idx, self._score_records(model, stage, records, adapter)):
                 results[i] = res
+        if stage.metric == "preference_accuracy":
+            return self._preference(stage, [r[0] for r in results])
         if stage.metric == "perplexity":
             value = results[0][0]
         else:
@@ -70,6 +80,8 @@ class Evaluator:
         if stage.metric == "perplexity":
             ppl = self._perplexity(model, stage, records)
             return [(ppl, "")] * len(records)
+        if stage.metric == "preference_accuracy":
+            return [(d, "") for d in self._pair_logratios(model, stage, records)]
         preds = self._generate(model, stage, records)
         fn = exact_match if stage.metric == "exact_match" else rouge_l
         return [(fn(p, r.answers), p) for p, r in zip(preds, records)]
@@ -101,8 +113,10 @@ class Evaluator:
             out.append((exact_match(choice, rec.answers), choice))
         return out
 
-    def _sequence_logprobs(self, model, examples: list[Encoded], desc: str) -> list[float]:
+    def _sequence_logprobs(self, model, examples: list[Encoded], desc: str,
+                           normalize: bool | None = None) -> list[float]:
         """Summed (or mean) log-probability of each example's labelled tokens."""
+        normalize = self.cfg.length_normalize if normalize is None else normalize
         order = _by_length(examples, lambda e: len(e.input_ids))
         scores = [0.0] * len(examples)
         bs = self.cfg.batch_size
@@ -113,7 +127,7 @@ class Evaluator:
                      collate([examples[i] for i in idx], self.encoder.pad_id).items()}
             lp, counts = self._token_logprobs(model, batch)
             for j, i in enumerate(idx):
-                scores[i] = lp[j] / counts[j] if self.cfg.length_normalize else lp[j]
+                scores[i] = lp[j] / counts[j] if normalize else lp[j]
             bar.update(len(idx))
         bar.close()
         return scores
@@ -128,6 +142,56 @@ class Evaluator:
         logp = torch.log_softmax(logits, dim=-1)
         picked = logp.gather(-1, target.clamp(min=0).unsqueeze(-1)).squeeze(-1) * mask
         return picked.sum(-1).tolist(), mask.sum(-1).tolist()
+
+    # --- preference accuracy ------------------------------------------------------------
+    def _pair_logratios(self, model, stage, records) -> list[float]:
+        """log pi(chosen) - log pi(rejected) per pair, summed over answer tokens (as in DPO)."""
+        key = (stage.name, "pairs", tuple(map(id, records)))
+        if key not in self._cache:
+            examples = []
+            for rec in records:
+                prompt_ids = self.encoder.ids(self.encoder.prompt_text(rec))
+                examples += [self.encoder.encode_pair(
+                    prompt_ids, self.encoder.ids(self.encoder.response_text(rec, answer)))
+                    for answer in (rec.chosen, rec.rejected)]
+            self._cache[key] = examples
+        lp = self._sequence_logprobs(model, self._cache[key], f"eval {stage.name}",
+                                     normalize=False)
+        return [lp[2 * i] - lp[2 * i + 1] for i in range(len(records))]
+
+    def _preference(self, stage: Stage, logratios: list[float]) -> StageScore:
+        """Preference accuracy: a pair counts when its implicit reward margin
+        ``(log pi(c) - log ref(c)) - (log pi(r) - log ref(r))`` is above 0, half when it is
+        exactly 0 (:func:`everlearn.preference.credit`). The first model scored, the base row,
+        is every stage's reference until ``begin_phase`` moves it, so the base row scores 50."""
+        reference = self.pref_reference.setdefault(stage.name, list(logratios))
+        self.pref_last[stage.name] = list(logratios)
+        margins = [d - ref for d, ref in zip(logratios, reference)]
+        return StageScore(preference_accuracy(margins), len(margins),
+                          [f"{m:+.4f}" for m in margins],
+                          {"mean_margin": sum(margins) / max(1, len(margins))})
+
+    def begin_phase(self, stages: list[Stage]) -> None:
+        """The phase training ``stages`` starts: their reference becomes the model as it enters
+        the phase, i.e. the one scored in the row just before (rows before keep the base)."""
+        for st in stages:
+            if st.name in self.pref_last:
+                self.pref_reference[st.name] = self.pref_last[st.name]
+
+    def restore_preference(self, rows: list[dict[str, list[float]]],
+                           phases: list[list[Stage]]) -> None:
+        """Rebuild the references of a resumed run from ``pref_last`` of every row kept (row 0 =
+        base, row k = after phase k): a stage of phase p <= k has row p - 1 as reference, a
+        later stage still the base row."""
+        if not rows:
+            return
+        k = len(rows) - 1
+        self.pref_last = dict(rows[k])
+        for p, stages in enumerate(phases, 1):
+            for st in stages:
+                row = rows[p - 1] if p <= k else rows[0]
+                if st.name in row:
+                    self.pref_reference[st.name] = list(row[st.name])
 
     # --- perplexity -------------------------------------------------------------------
     def _perplexity(self, model, stage, records) -> float:

@@ -3,6 +3,8 @@
 A checkpoint directory (``RUN_DIR/checkpoints/phase-NN``) is restored the way ``--resume`` does
 it: the run's strategies are rebuilt from the config and given their saved state first (they
 may re-create adapters and route test records), then the trainable weights are loaded.
+Preference accuracy (align stages) is scored against the base model as reference (a run scores
+each stage against the model that entered it), so the base model alone scores 50.
 """
 
 from __future__ import annotations
@@ -35,6 +37,10 @@ def evaluate_config(cfg: RunConfig, weights: str | None = None, quiet: bool = Fa
     model = make_trainable(model, cfg.model)
     model.to(acc.device)
     encoder = Encoder(tok, cfg.train.max_length, cfg.model.chat_template == "auto")
+    evaluator = Evaluator(acc, encoder, cfg.eval, quiet)
+    for st in stream:  # preference pairs are scored against the base model, scored here first
+        if st.metric == "preference_accuracy" and weights is not None:
+            evaluator.score(model, st)
     router = None
     if weights is not None:
         path = Path(weights)
@@ -52,7 +58,6 @@ def evaluate_config(cfg: RunConfig, weights: str | None = None, quiet: bool = Fa
                 raise ResumeError(f"{weights}: trainable.safetensors: not found")
             tensors = load_file(f)
         load_trainable_state(model, tensors, str(path))
-    evaluator = Evaluator(acc, encoder, cfg.eval, quiet)
     out = {}
     for st in stream:
         s = evaluator.score(model, st, router)

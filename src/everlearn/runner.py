@@ -103,6 +103,8 @@ class Run:
                                                       cfg.model.finetune)
         stages = self.stream.stages
         self.phases: list[list[Stage]] = self.strategy.plan(stages) or [[s] for s in stages]
+        self.side_rows: list[dict[str, dict[str, float]]] = []  # per row: stage -> side metrics
+        self.pref_rows: list[dict[str, list[float]]] = []  # per row: align stage -> log-ratios
 
     def _results(self, R, cost, status, base_eval_s) -> dict[str, Any]:
         stages = self.stream.stages
@@ -124,6 +126,10 @@ class Run:
             "cost": cost,
             "strategy_metrics": self.strategy.metrics(),
         }
+        if any(self.side_rows):
+            res["side_metrics"] = self.side_rows[:len(R)]
+        if any(self.pref_rows):  # log pi(chosen) - log pi(rejected) per test pair: resume state
+            res["preference_logratios"] = self.pref_rows[:len(R)]
         if status == "complete":
             res["metrics"] = compute_metrics(R, stages, self.phases)
         return res
@@ -162,7 +168,11 @@ class Run:
 
         def evaluate_row() -> list[float]:
             router = self.strategy.route if routes(self.strategy) else None
-            return [evaluator.score(model, st, router).score for st in self.stream.stages]
+            scores = [evaluator.score(model, st, router) for st in self.stream.stages]
+            self.side_rows.append({st.name: s.side for st, s in zip(self.stream.stages, scores)
+                                   if s.side})
+            self.pref_rows.append(dict(evaluator.pref_last))
+            return [s.score for s in scores]
 
         R: list[list[float]] = list(done_R)
         cost: list[dict[str, Any]] = list(done_cost)
@@ -176,6 +186,10 @@ class Run:
                 self.strategy.load_state_dict(state)
                 load_trainable_state(model, weights, str(self.dir.phase_dir(last)))
             log.info("resumed after phase %d of %d", last, len(self.phases))
+        if R:  # resumed: side metrics and preference references of the rows kept
+            self.side_rows = (prev.get("side_metrics", []) + [{}] * len(R))[:len(R)]
+            self.pref_rows = (prev.get("preference_logratios", []) + [{}] * len(R))[:len(R)]
+            evaluator.restore_preference(self.pref_rows, self.phases)
         if not R:
             t0 = time.perf_counter()
             R.append(evaluate_row())
@@ -186,6 +200,7 @@ class Run:
             stages = self.phases[phase - 1]
             seed_everything(cfg.seed + phase)
             t0 = time.perf_counter()
+            evaluator.begin_phase(stages)  # align stages: the model entering is the reference
             pc = trainer.train_phase(model, stages, phase)
             eval_memory = PeakMemory(acc.device)
             t1 = time.perf_counter()

@@ -34,6 +34,7 @@ class Stage:
     task_id: str | None = None
     steps: int | None = None
     epochs: float | None = None
+    beta: float = 0.1  # DPO temperature (align stages)
 
     @property
     def higher_is_better(self) -> bool:
@@ -91,6 +92,8 @@ def _resolve_metric(sc: StageConfig, train: list[Record], test: list[Record]) ->
         return sc.metric
     if sc.kind == "cpt":
         return "perplexity"
+    if sc.kind == "align":
+        return "preference_accuracy"
     if sc.builtin is not None:
         return get_builtin_task(sc.builtin).metric
     if sc.labels or all(r.options for r in test) or closed_label_set(train, test):
@@ -147,11 +150,16 @@ def build_stream(cfg: RunConfig, source_name: str = "config") -> Stream:
         metric = _resolve_metric(sc, train, test)
         if sc.kind == "sft" and any(not r.answers for r in train):
             raise DataError(f"{where}: train: every sft record needs a response")
+        for split, records in (("train", train), ("test", test)):
+            if sc.kind == "align" and any(not (r.chosen and r.rejected) for r in records):
+                raise DataError(f"{where}: {split}: an align stage needs preference pairs "
+                                f"(prompt, chosen, rejected); '{sc.builtin or sc.name}' has "
+                                "records without them")
         labels = _resolve_labels(sc, metric, train, test, where)
         for r in test:
             if metric == "accuracy" and not r.options:
                 r.options = labels
         stages.append(Stage(index=i, name=sc.name, kind=sc.kind, metric=metric, train=train,
                             test=test, labels=labels, task_id=sc.task_id or sc.name,
-                            steps=sc.steps, epochs=sc.epochs))
+                            steps=sc.steps, epochs=sc.epochs, beta=sc.beta))
     return Stream(stages=stages, scenario=cfg.scenario)

@@ -20,8 +20,8 @@ def format_matrix(results: dict[str, Any]) -> str:
     """R with one row per phase (base first) and one column per stage."""
     names = [s["name"] for s in results["stages"]]
     metrics = [s["metric"] for s in results["stages"]]
-    header = ["after \\ on"] + [f"{n} ({m[:3] if m != 'exact_match' else 'em'})"
-                               for n, m in zip(names, metrics)]
+    short = {"exact_match": "em", "preference_accuracy": "pref"}
+    header = ["after \\ on"] + [f"{n} ({short.get(m, m[:3])})" for n, m in zip(names, metrics)]
     rows = [[label] + [_num(v) for v in row] for label, row in zip(results["rows"], results["R"])]
     return _table(header, rows)
 

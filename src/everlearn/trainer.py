@@ -17,14 +17,9 @@ from tqdm.auto import tqdm
 from transformers import get_scheduler
 
 from everlearn.config import TrainConfig
-from everlearn.data.encode import (
-    Encoded,
-    Encoder,
-    collate,
-    length_grouped_batches,
-    padding_fraction,
-)
+from everlearn.data.encode import Encoded, Encoder, collate, length_grouped_batches
 from everlearn.errors import TrainingError
+from everlearn.preference import Pair, batch_loss, collate_pairs, encode_pairs, fill_reference
 from everlearn.resources import PeakMemory
 from everlearn.strategies.base import Strategy
 from everlearn.stream import Stage
@@ -58,9 +53,9 @@ class PhaseCost:
 
     steps: int
     train_time_s: float
-    tokens_trained: int
+    tokens_trained: int  # real tokens of the training batches (align: both answers' rows)
     padding_fraction: float
-    examples: int
+    examples: int  # training examples (align: pairs; their reference pass is in train_time_s)
     final_loss: float
     peak_memory_mb: float
     strategy_time_s: float = 0.0  # time inside strategy hooks (buffers, Fisher, projections)
@@ -93,17 +88,25 @@ class Trainer:
         self.seed = seed
         self.quiet = quiet
 
-    def encode(self, stage: Stage, records: list) -> list[Encoded]:
-        """The stage's training examples from the records ``train_data`` returned.
+    def encode(self, stage: Stage, records: list) -> list[Encoded] | list[Pair]:
+        """The stage's training examples from the records ``train_data`` returned (preference
+        pairs for an align stage).
 
         ``Encoded.record`` indexes that list, so a strategy can tell which records a batch
         holds (``batch["record_index"]``).
         """
+        if stage.kind == "align":
+            return encode_pairs(self.encoder, records, stage.beta, stage.name)
         examples = self.encoder.encode_stage(stage.kind, records)
         return [e for e in examples if any(lab != -100 for lab in e.labels)]
 
     def train_phase(self, model, stages: list[Stage], phase: int) -> PhaseCost:
         cfg = self.cfg
+        align = any(st.kind == "align" for st in stages)  # DPO on pairs instead of token loss
+        if align and not all(st.kind == "align" for st in stages):
+            raise TrainingError(f"stages {', '.join(s.name for s in stages)}: an align stage "
+                                "cannot train in one phase with sft or cpt stages (a strategy "
+                                "such as joint grouped them)")
         hooks = _Stopwatch()
         with hooks:
             for st in stages:
@@ -122,7 +125,7 @@ class Trainer:
         scheduler = get_scheduler(name, optimizer, num_warmup_steps=warmup,
                                   num_training_steps=total_steps)
 
-        lengths = [len(e.input_ids) for e in examples]
+        lengths = [e.length if align else len(e.input_ids) for e in examples]
         rng = random.Random(f"{self.seed}:{phase}:order")
         rank, world = self.acc.process_index, self.acc.num_processes
 
@@ -133,8 +136,7 @@ class Trainer:
                 yield from epoch[rank::world]
 
         batch_iter = batches()
-        used: list[list[int]] = []
-        tokens = 0
+        tokens = cells = 0  # real and padded positions of the batches trained on
         skipped = 0
         loss_value = float("nan")
         memory = PeakMemory(self.acc.device)
@@ -143,19 +145,26 @@ class Trainer:
                    self.acc.is_local_main_process, dynamic_ncols=True, leave=False)
         model.train()
         start = time.perf_counter()
+        if align:  # the reference: the model as it enters the stage, once, for every pair
+            ref_bar = tqdm(total=len(examples), desc=f"reference {label}", disable=bar.disable,
+                           dynamic_ncols=True, leave=False)
+            fill_reference(model, examples, self.encoder.pad_id, cfg.batch_size, self.acc.device,
+                           self.acc.autocast, ref_bar.update)
+            ref_bar.close()
         for step in range(total_steps):
             step_loss = 0.0
             for _ in range(cfg.grad_accum):
                 idx = next(batch_iter)
-                used.append(idx)
-                cpu_batch = collate([examples[i] for i in idx], self.encoder.pad_id)
+                cpu_batch = (collate_pairs if align else collate)([examples[i] for i in idx],
+                                                                  self.encoder.pad_id)
                 tokens += int(cpu_batch["attention_mask"].sum())  # before .to(): no device sync
+                cells += cpu_batch["attention_mask"].numel()
                 batch = {k: v.to(self.acc.device) for k, v in cpu_batch.items()}
                 with self.acc.autocast():
                     outputs = model(input_ids=batch["input_ids"],
                                     attention_mask=batch["attention_mask"],
-                                    labels=batch["labels"])
-                    loss = outputs.loss
+                                    labels=None if align else batch["labels"])
+                    loss = batch_loss(outputs.logits, batch) if align else outputs.loss
                     with hooks:
                         extra = self.strategy.extra_loss(model, batch, outputs)
                     if extra is not None:
@@ -190,7 +199,7 @@ class Trainer:
                 self.strategy.after_stage(st)
         return PhaseCost(
             steps=total_steps, train_time_s=train_s, tokens_trained=tokens,
-            padding_fraction=padding_fraction(used, lengths), examples=len(examples),
+            padding_fraction=1.0 - tokens / max(cells, 1), examples=len(examples),
             final_loss=loss_value, peak_memory_mb=memory.peak_mb, strategy_time_s=hooks.total,
             skipped_batches=skipped,
         )

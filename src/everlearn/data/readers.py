@@ -56,7 +56,7 @@ def read_source(path: str, fmt: str, kind: str, fields: dict[str, str], split: s
         return [_to_record(r, kind, fields, path, i, task) for i, r in enumerate(rows)]
     data = _read_json(p)
     if fmt == "superni" or (fmt == "json" and isinstance(data, dict) and "Instances" in data):
-        if kind == "cpt":
+        if kind != "sft":
             raise DataError(f"{path}: a SuperNI task is instruction data, only for sft stages "
                             f"(this stage is {kind})")
         return _read_superni(data, path, task)
@@ -148,6 +148,8 @@ def _to_record(row: Any, kind: str, fields: dict[str, str], path: str, i: int,
         if not isinstance(text, str) or not text.strip():
             raise DataError(f"{where}: text: expected a non-empty string for a cpt stage")
         return Record(text=text, task=task)
+    if kind == "align":
+        return _pair_record(row, where, task, i)
 
     options = _str_list(row.get("options", []), f"{where}: options")
     system = row.get("system")
@@ -199,6 +201,39 @@ def _chat_record(messages: Any, where: str, task: str, options: list[str],
     context = [dict(role=m["role"], content=m["content"]) for m in body[:-2]]
     return Record(prompt=body[-2]["content"], answers=[body[-1]["content"]], system=system,
                   context=context, options=options, image=image, task=task)
+
+
+def _pair_record(row: dict, where: str, task: str, i: int) -> Record:
+    """A preference pair: ``prompt``, ``chosen``, ``rejected``. The answers may be strings or
+    chat message lists ending with the assistant's turn (UltraFeedback-style exports); the
+    prompt may then be left out and is taken from the chosen conversation."""
+    answers, convo = {}, None
+    for key in ("chosen", "rejected"):
+        value = row.get(key)
+        if isinstance(value, list) and value:
+            parsed = _chat_record(value, f"{where}: {key}", task, [], None)
+            value = parsed.answers[0]
+            convo = convo or parsed
+        if not isinstance(value, str) or not value.strip():
+            raise DataError(f"{where}: {key}: expected a non-empty string (or a list of chat "
+                            "messages ending with the assistant's answer)")
+        answers[key] = value
+    if answers["chosen"] == answers["rejected"]:
+        raise DataError(f"{where}: rejected: identical to chosen, so the pair states no "
+                        "preference")
+    prompt, system, context = row.get("prompt"), row.get("system"), []
+    if isinstance(prompt, list) and prompt:  # the prompt as chat messages, ending with the user
+        convo = _chat_record(prompt + [{"role": "assistant", "content": answers["chosen"]}],
+                             f"{where}: prompt", task, [], None)
+        prompt = None
+    if prompt is None and convo is not None:
+        prompt, system, context = convo.prompt, convo.system, convo.context
+    if not isinstance(prompt, str) or not prompt.strip():
+        raise DataError(f"{where}: prompt: expected a non-empty string (align records have "
+                        "prompt, chosen and rejected)")
+    return Record(prompt=prompt, chosen=answers["chosen"], rejected=answers["rejected"],
+                  system=system if isinstance(system, str) else None, context=context,
+                  task=task, meta={"id": row.get("id", str(i))})
 
 
 def _str_list(value: Any, where: str) -> list[str]:

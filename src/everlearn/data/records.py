@@ -17,7 +17,10 @@ class Record:
 
     ``sft`` records use ``prompt``/``response`` (``answers`` lists every acceptable output; the
     first is the training target). ``cpt`` records use ``text``. ``context`` holds earlier chat
-    turns (``[{"role": ..., "content": ...}]``) that precede ``prompt``.
+    turns (``[{"role": ..., "content": ...}]``) that precede ``prompt``. ``align`` records are
+    preference pairs: ``chosen`` and ``rejected`` answers to ``prompt``; ``chosen`` is also
+    their ``response``, so outside an align stage (replayed into an sft stage, in a strategy's
+    buffer) a pair trains as an instruction whose target is the chosen answer.
     """
 
     prompt: str = ""
@@ -30,8 +33,12 @@ class Record:
     image: str | None = None
     task: str = ""
     meta: dict[str, Any] = field(default_factory=dict)
+    chosen: str = ""
+    rejected: str = ""
 
     def __post_init__(self) -> None:
+        if self.chosen and not self.answers and not self.response:
+            self.answers = [self.chosen]
         if self.response and not self.answers:
             self.answers = [self.response]
         if self.answers and not self.response:

@@ -18,15 +18,17 @@ from everlearn.data.records import Record
 
 SPLITS = ("train", "test")
 _MAX_MISSES = 1000
-METRICS = ("accuracy", "exact_match")
+METRICS = ("accuracy", "exact_match", "preference_accuracy")
 
 
 class Item(NamedTuple):
-    """One drawn example; ``group`` is the split key (defaults to the prompt)."""
+    """One drawn example; ``group`` is the split key (defaults to the prompt). A preference
+    task (metric ``preference_accuracy``) sets ``rejected``; ``answer`` is then the chosen one."""
 
     prompt: str
     answer: str
     group: str = ""
+    rejected: str = ""
 
 
 def stable_unit(key: str) -> float:
@@ -54,6 +56,11 @@ class BuiltinTask:
     def __post_init__(self) -> None:
         if self.metric not in METRICS:
             raise ValueError(f"metric must be one of {METRICS}, got {self.metric!r}")
+
+    @property
+    def kind(self) -> str:
+        """The stage kind the task is made for: preference tasks are ``align`` stages."""
+        return "align" if self.metric == "preference_accuracy" else "sft"
 
     def generate(self, n: int, seed: int = 0, split: str = "train") -> list[Record]:
         """``n`` records of ``split``; the same arguments always give the same records.
@@ -91,6 +98,8 @@ class BuiltinTask:
                     response=item.answer,
                     options=list(self.labels),
                     task=self.name,
+                    chosen=item.answer if item.rejected else "",
+                    rejected=item.rejected,
                 )
             )
         return records
