@@ -1,4 +1,4 @@
-"""Command line: ``everlearn run | eval | report | compare | ls | validate``.
+"""Command line: ``everlearn run | eval | report | compare | sweep | ls | validate``.
 
 Errors from bad input print as one line (``everlearn: error: FILE: FIELD: expected ...``) with
 exit status 2, never a traceback.
@@ -28,6 +28,8 @@ EPILOG = """examples:
   everlearn validate stream.yaml
   everlearn report runs/mine                      # runs/mine/report/index.html with figures
   everlearn compare runs/a-seed0 runs/a-seed1 runs/b --format csv --out table.csv
+  everlearn sweep stream.yaml strategy=[seqft,replay] seed=[0,1,2] --jobs 2 -o runs/sw
+  everlearn sweep --resume runs/sw                # after a kill: finish what is missing
   everlearn ls
 """
 
@@ -74,6 +76,27 @@ def _parser() -> argparse.ArgumentParser:
     cmp.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
     cmp.add_argument("--format", default="markdown", help="markdown (default), csv or html")
     cmp.add_argument("--out", metavar="FILE", help="write the table to FILE instead of stdout")
+
+    sw = sub.add_parser("sweep", help="run a grid of configs, then compare them",
+                        description="Run the cartesian product of the axes key=[a,b,...] "
+                        "(strategies x seeds x stream orders x any field), each point a run "
+                        "directory SWEEP_DIR/NN-key=value_.../, then write SWEEP_DIR/compare.md, "
+                        ".csv and .html. key=value (no brackets) fixes a field for every point; "
+                        "order=[0,1,2] permutes the stages (0: as configured, k: the k-th "
+                        "seeded permutation) or order=[[a,b],[b,a]] names them.")
+    sw.add_argument("config", nargs="?", help="stream YAML (omit for the quickstart)")
+    sw.add_argument("grid", nargs="*", metavar="key=[a,b]",
+                    help="axes, e.g. strategy=[seqft,replay] seed=[0,1] order=[0,1]")
+    sw.add_argument("--preset", help="a built-in config instead of CONFIG")
+    sw.add_argument("--jobs", "-j", type=int, default=1, metavar="N",
+                    help="points run at once, each in its own process with cores/N threads "
+                    "(default 1)")
+    sw.add_argument("--output", "-o", metavar="SWEEP_DIR",
+                    help="sweep directory (default: OUTPUT_DIR/NAME-sweep-TIMESTAMP)")
+    sw.add_argument("--resume", metavar="SWEEP_DIR", help="finish a stopped sweep: complete "
+                    "points are kept, half-done ones resumed, the rest started")
+    sw.add_argument("--quiet", "-q", action="store_true", help="print only where the "
+                    "comparison went")
 
     sub.add_parser("ls", help="list strategies, built-in tasks, embedded models and presets")
 
@@ -156,6 +179,21 @@ def cmd_compare(args) -> int:
     return 0
 
 
+def cmd_sweep(args) -> int:
+    from everlearn.sweep import plan_sweep, run_sweep
+
+    if args.jobs < 1:
+        raise EverlearnError(f"--jobs: expected an integer >= 1, got {args.jobs}")
+    if args.resume:
+        if args.config or args.grid or args.preset or args.output:
+            raise EverlearnError("--resume takes the grid from the sweep directory; "
+                                 "do not pass CONFIG, axes or --output with it")
+        sweep_dir = args.resume
+    else:
+        sweep_dir = plan_sweep(args.config, args.grid, args.preset, args.output)
+    return run_sweep(sweep_dir, args.jobs, args.quiet)
+
+
 def cmd_eval(args) -> int:
     from everlearn.evaluate_only import evaluate_config
 
@@ -219,7 +257,7 @@ def main(argv: list[str] | None = None) -> int:
     # PEFT calls a transformers method that v5 deprecates; users cannot act on the warning.
     warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    if args.command not in ("report", "compare"):  # these two never load torch/transformers
+    if args.command not in ("report", "compare", "sweep"):  # these never load transformers
         from transformers.utils import logging as hf_logging
 
         hf_logging.set_verbosity_error()
@@ -227,7 +265,7 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, _interrupt)
     try:
         return {"run": cmd_run, "eval": cmd_eval, "report": cmd_report, "compare": cmd_compare,
-                "ls": cmd_ls, "validate": cmd_validate}[args.command](args)
+                "sweep": cmd_sweep, "ls": cmd_ls, "validate": cmd_validate}[args.command](args)
     except EverlearnError as exc:
         one_line = " ".join(str(exc).splitlines())  # e.g. a parser's message quoting input
         print(f"everlearn: error: {one_line}", file=sys.stderr)

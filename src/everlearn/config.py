@@ -157,6 +157,25 @@ class EvalConfig:
 
 
 @dataclass
+class TrackerConfig:
+    """Experiment tracking through accelerate (``tracker: NAME`` is short for ``backend: NAME``)."""
+
+    backend: Literal["none", "tensorboard", "mlflow", "wandb"] = _f(
+        "none", "Tracker: none (off), tensorboard, mlflow or wandb (each needs its package: "
+        "pip install 'everlearn[trackers]' for the first two, wandb for W&B). Logs training "
+        "loss and learning rate every `log_every` steps and, after each phase, the row of R, "
+        "AP so far and the phase's cost, against the run's optimizer step.")
+    dir: str | None = _f(
+        None, "tensorboard: event-file directory (default RUN_DIR/tensorboard); mlflow: "
+        "tracking URI (sqlite:///..., http://..., file:...) or a directory for a local file "
+        "store (default MLFLOW_TRACKING_URI, else RUN_DIR/mlruns); wandb: local files "
+        "directory (default RUN_DIR). Relative paths are from the working directory.")
+    project: str | None = _f(
+        None, "MLflow experiment / W&B project name (default: the run name).")
+    log_every: int = _f(10, "Log training loss and learning rate every this many steps.")
+
+
+@dataclass
 class RunConfig:
     """A whole continual-learning run."""
 
@@ -174,11 +193,13 @@ class RunConfig:
     keep_stage_weights: Literal["auto", "all", "last"] = _f(
         "auto", "Keep trainable weights of every stage or only the last (auto: all for LoRA)."
     )
+    tracker: TrackerConfig = _f(None, "Experiment tracker (off by default).")
 
     def __post_init__(self) -> None:
         self.model = self.model or ModelConfig()
         self.train = self.train or TrainConfig()
         self.eval = self.eval or EvalConfig()
+        self.tracker = self.tracker or TrackerConfig()
         if not self.strategies:
             self.strategies = [StrategySpec()]
 
@@ -279,6 +300,8 @@ def _shorthand(cls: type, value: Any) -> Any:
         return {"path": value}
     if cls is StrategySpec and isinstance(value, str):
         return {"name": value}
+    if cls is TrackerConfig and isinstance(value, str):
+        return {"backend": value}
     if cls is StrategySpec and isinstance(value, dict) and "options" not in value:
         value = dict(value)
         name = value.pop("name", None)
@@ -334,6 +357,8 @@ def _check_semantics(cfg: RunConfig) -> None:
         "expected steps or epochs to be set",
     )
     need(cfg.eval.batch_size >= 1, "eval.batch_size", "expected an integer >= 1")
+    need(cfg.tracker.log_every >= 1, "tracker.log_every",
+         f"expected an integer >= 1, got {cfg.tracker.log_every}")
     need(cfg.model.lora.r >= 1, "model.lora.r", f"expected an integer >= 1, got {cfg.model.lora.r}")
     need(bool(cfg.stages), "stages", "expected at least one stage")
     seen: set[str] = set()
@@ -450,6 +475,8 @@ def _shorthand_for_path(keys: list[str], value: Any) -> Any:
         return {}
     if keys and keys[0] == "strategies":
         return {"name": value}
+    if keys == ["tracker"]:
+        return {"backend": value}
     return {"path": value}
 
 

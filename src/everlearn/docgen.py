@@ -19,6 +19,7 @@ from everlearn.config import (
     RunConfig,
     StageConfig,
     StrategySpec,
+    TrackerConfig,
     TrainConfig,
     _type_name,
 )
@@ -32,6 +33,7 @@ SECTIONS = [
     ("stages[]", StageConfig),
     ("stages[].train / stages[].test", DataSource),
     ("strategies[]", StrategySpec),
+    ("tracker", TrackerConfig),
 ]
 
 

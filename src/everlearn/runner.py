@@ -35,6 +35,7 @@ from everlearn.resources import PeakMemory
 from everlearn.strategies import StrategyStack, build_strategy
 from everlearn.strategies.base import RunContext
 from everlearn.stream import Stage, Stream, build_stream
+from everlearn.tracking import Tracker
 from everlearn.trainer import Trainer, resolve_precision
 
 log = logging.getLogger("everlearn")
@@ -56,9 +57,10 @@ def new_run_dir(cfg: RunConfig) -> Path:
     return path
 
 
-def make_accelerator(precision: str):
+def make_accelerator(precision: str, **kwargs: Any):
     """An Accelerator for this run. accelerate keeps one shared state per process; a run with
-    another precision in the same process (an API user, a benchmark) resets it first."""
+    another precision in the same process (an API user, a benchmark) resets it first.
+    ``kwargs`` go to ``Accelerator`` (``log_with``/``project_dir`` of a tracker)."""
     from accelerate import Accelerator
     from accelerate.state import AcceleratorState
 
@@ -66,7 +68,7 @@ def make_accelerator(precision: str):
     mixed = resolve_precision(precision, device)
     if AcceleratorState._shared_state and AcceleratorState().mixed_precision != mixed:
         AcceleratorState._reset_state(True)
-    return Accelerator(mixed_precision=mixed, cpu=device.type == "cpu")
+    return Accelerator(mixed_precision=mixed, cpu=device.type == "cpu", **kwargs)
 
 
 def compute_metrics(R: list[list[float]], stages: list[Stage], phases: list[list[Stage]]):
@@ -105,6 +107,7 @@ class Run:
         self.phases: list[list[Stage]] = self.strategy.plan(stages) or [[s] for s in stages]
         self.side_rows: list[dict[str, dict[str, float]]] = []  # per row: stage -> side metrics
         self.pref_rows: list[dict[str, list[float]]] = []  # per row: align stage -> log-ratios
+        self.tracker = Tracker(cfg, self.dir.path)  # a missing tracker package fails here
 
     def _results(self, R, cost, status, base_eval_s) -> dict[str, Any]:
         stages = self.stream.stages
@@ -135,6 +138,12 @@ class Run:
         return res
 
     def execute(self, resume: bool = False) -> dict[str, Any]:
+        try:
+            return self._execute(resume)
+        finally:  # flush and close the tracker run, also when training fails or is interrupted
+            self.tracker.finish()
+
+    def _execute(self, resume: bool) -> dict[str, Any]:
         cfg = self.cfg
         self.dir.path.mkdir(parents=True, exist_ok=True)
         _attach_log(self.dir.path)
@@ -153,7 +162,8 @@ class Run:
             write_atomic(self.dir.config, dump_yaml(cfg))
 
         seed_everything(cfg.seed)
-        acc = make_accelerator(cfg.train.precision)
+        acc = make_accelerator(cfg.train.precision, **self.tracker.accelerator_kwargs())
+        self.tracker.start(acc, resume)
         model, tok = load_base_model(cfg.model)
         model = make_trainable(model, cfg.model)
         model.to(acc.device)
@@ -162,6 +172,7 @@ class Run:
         self.strategy.setup(RunContext(model=model, tokenizer=tok, encoder=encoder, config=cfg,
                                        stream=self.stream, seed=cfg.seed, accelerator=acc))
         trainer = Trainer(acc, encoder, cfg.train, self.strategy, cfg.seed, self.quiet)
+        trainer.on_step = self.tracker.on_step
         evaluator = Evaluator(acc, encoder, cfg.eval, self.quiet)
         keep_all = cfg.keep_stage_weights == "all" or (
             cfg.keep_stage_weights == "auto" and cfg.model.finetune == "lora")
@@ -190,10 +201,12 @@ class Run:
             self.side_rows = (prev.get("side_metrics", []) + [{}] * len(R))[:len(R)]
             self.pref_rows = (prev.get("preference_logratios", []) + [{}] * len(R))[:len(R)]
             evaluator.restore_preference(self.pref_rows, self.phases)
+        self.tracker.step = sum(c.get("steps") or 0 for c in cost)
         if not R:
             t0 = time.perf_counter()
             R.append(evaluate_row())
             base_eval_s = time.perf_counter() - t0
+            self.tracker.log_row(0, R[0], self.stream.stages, set())
             write_json(self.dir.results, self._results(R, cost, "running", base_eval_s))
 
         for phase in range(len(R), len(self.phases) + 1):
@@ -223,6 +236,8 @@ class Run:
             self.dir.save_phase(phase, trainable_state(model), self.strategy.state_dict())
             status = "complete" if phase == len(self.phases) else "running"
             write_json(self.dir.results, self._results(R, cost, status, base_eval_s))
+            self.tracker.log_row(phase, R[-1], self.stream.stages,
+                                 {s.name for p in self.phases[:phase] for s in p}, cost[-1])
             if not keep_all and phase > 1:  # only once results.json points past it
                 self.dir.drop_weights(phase - 1)
         results = self._results(R, cost, "complete", base_eval_s)

@@ -87,6 +87,7 @@ class Trainer:
         self.strategy = strategy
         self.seed = seed
         self.quiet = quiet
+        self.on_step = None  # called with (loss, lr) after every optimizer step (trackers)
 
     def encode(self, stage: Stage, records: list) -> list[Encoded] | list[Pair]:
         """The stage's training examples from the records ``train_data`` returned (preference
@@ -188,6 +189,8 @@ class Trainer:
             optimizer.zero_grad(set_to_none=True)
             memory.sample()
             loss_value = step_loss
+            if self.on_step is not None:
+                self.on_step(loss_value, scheduler.get_last_lr()[0])
             elapsed = time.perf_counter() - start
             bar.set_postfix(loss=f"{loss_value:.3f}", tok_s=f"{tokens / max(elapsed, 1e-9):.0f}",
                             refresh=False)
