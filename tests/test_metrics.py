@@ -16,6 +16,8 @@ from everlearn.metrics import (
     final_average_performance,
     forgetting,
     forward_transfer,
+    fuar,
+    knowledge_gaps,
     learning_accuracy,
     mean_ci,
     student_t_ppf,
@@ -353,3 +355,46 @@ def test_summarize_columns_reads_the_streams_own_rows():
 def test_summarize_columns_rejects_bad_columns():
     with pytest.raises(ValueError, match="cols"):
         summarize_columns([[0, 0], [1, 1], [2, 2]], [2])
+
+
+# --------------------------------------------------------------------------------------------
+# FUAR (CKL). Scores are split accuracies in %, before and after one training step.
+#
+# Step 1: invariant 80 -> 60 (forgotten 20), updated 10 -> 50 (+40), new 0 -> 30 (+30)
+#         FUAR = 20 / (40 + 30) = 2/7
+# Step 2: invariant 50 -> 70 (improved: forgotten clips to 0), updated 40 -> 30 (lost: gain
+#         clips to 0), new 20 -> 60 (+40); alone FUAR = 0 / 40 = 0
+# Both:   (20 + 0) / (70 + 40) = 2/11
+# --------------------------------------------------------------------------------------------
+STEP_1 = ({"invariant": 80.0, "updated": 10.0, "new": 0.0},
+          {"invariant": 60.0, "updated": 50.0, "new": 30.0})
+STEP_2 = ({"invariant": 50.0, "updated": 40.0, "new": 20.0},
+          {"invariant": 70.0, "updated": 30.0, "new": 60.0})
+
+
+def test_knowledge_gaps_by_hand():
+    assert knowledge_gaps(*STEP_1) == pytest.approx((20.0, 40.0, 30.0))
+    assert knowledge_gaps(*STEP_2) == pytest.approx((0.0, 0.0, 40.0))
+
+
+def test_fuar_by_hand():
+    assert fuar([STEP_1]) == pytest.approx(2 / 7)
+    assert fuar([STEP_2]) == 0.0  # gained without forgetting
+    assert fuar([STEP_1, STEP_2]) == pytest.approx(20 / 110)
+
+
+def test_fuar_not_defined_when_nothing_gained():
+    no_gain = ({"invariant": 90.0, "updated": 40.0, "new": 30.0},
+               {"invariant": 50.0, "updated": 40.0, "new": 10.0})
+    assert knowledge_gaps(*no_gain) == pytest.approx((40.0, 0.0, 0.0))
+    assert fuar([no_gain]) is None  # "n.d.": forgetting without any gain
+    assert fuar([]) is None
+
+
+def test_fuar_missing_splits_count_zero():
+    # the first period of a stream has only new facts: no invariant or updated probes
+    first = ({"new": 12.5, "invariant": None}, {"new": 62.5, "invariant": None})
+    assert knowledge_gaps(*first) == (0.0, 0.0, 50.0)
+    assert fuar([first]) == 0.0
+    with pytest.raises(ValueError, match="finite"):
+        knowledge_gaps({"invariant": float("nan")}, {"invariant": 1.0})

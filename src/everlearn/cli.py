@@ -223,6 +223,13 @@ def cmd_ls(args) -> int:
     print("\nbuilt-in tasks (stage field `builtin:`):")
     for t in list_builtin_tasks():
         print(f"  {t.name:<14} [{t.metric}] {t.description}")
+    from everlearn.data.builtin.suites import SUITES
+
+    print("\nbuilt-in suites (`builtin:` + `periods: N` -> N stages; `builtin_options:`):")
+    for s in SUITES.values():
+        print(f"  {s.name:<14} [{s.kind}, {s.metric}] {s.description}")
+        for opt, default, help_ in option_fields(s):
+            print(f"  {'':<14}   {opt}={default!r}: {help_}")
     print("\nembedded models (model.name):")
     for name, desc in EMBEDDED_MODELS.items():
         print(f"  {name:<22} {desc}")

@@ -129,6 +129,12 @@ class StageConfig:
     task_id: str | None = _f(None, "Task identifier (used by task-incremental strategies).")
     max_train: int | None = _f(None, "Sample at most this many training records (by seed).")
     max_test: int | None = _f(None, "Sample at most this many test records (by seed).")
+    periods: int | None = _f(
+        None, "Periods of a built-in suite (`builtin: worldline`): the entry becomes this many "
+        "stages, NAME-01 .. NAME-N (default: the suite's, 4 for worldline).")
+    builtin_options: dict[str, Any] = _f(
+        {}, "Options of a built-in suite, e.g. {people: 24, change_rate: 0.25} (see `everlearn "
+        "ls` and docs/temporal.md).")
     steps: int | None = _f(None, "Override train.steps for this stage.")
     epochs: float | None = _f(None, "Override train.epochs for this stage.")
     beta: float = _f(0.1, "DPO temperature of an align stage: the loss is -log sigmoid(beta * "
@@ -154,6 +160,13 @@ class EvalConfig:
     length_normalize: bool = _f(
         False, "Rank label options by mean instead of summed token log-likelihood."
     )
+    general_probes: list[Literal["kl", "labelled"]] = _f(
+        [], "General-ability probes after every stage (vertical forgetting; empty: off): 'kl' = "
+        "KL(base || current) along the base model's greedy answers to built-in general prompts "
+        "and the rate of unchanged greedy answers; 'labelled' = accuracy on built-in general "
+        "questions the base model answers correctly. See docs/temporal.md.")
+    general_max_new_tokens: int = _f(
+        16, "Length cap of the greedy answers the 'kl' probe follows and compares.")
 
 
 @dataclass
@@ -337,6 +350,32 @@ def _build(cls: type, value: Any, path: str) -> Any:
     return cls(**kwargs)
 
 
+def _check_suite(st: StageConfig, p: str) -> None:
+    """A built-in suite entry (``builtin: worldline``): its kind, ``periods`` and options."""
+    from everlearn.data.builtin.suites import get_suite  # here: the suites import this module
+
+    suite = get_suite(st.builtin)
+    if suite is None:
+        if st.periods is not None:
+            raise _Mismatch(f"{p}.periods", "expected only with a built-in suite "
+                            "(e.g. builtin: worldline)")
+        if st.builtin_options:
+            raise _Mismatch(f"{p}.builtin_options", "expected only with a built-in suite "
+                            "(e.g. builtin: worldline)")
+        return
+    if st.kind not in (None, suite.kind):
+        raise _Mismatch(f"{p}.kind", f"expected '{suite.kind}' (or nothing) for the "
+                        f"{suite.name} suite, got {st.kind!r}")
+    st.kind = suite.kind
+    st.periods = suite.default_periods if st.periods is None else st.periods
+    if st.periods < 1:
+        raise _Mismatch(f"{p}.periods", f"expected an integer >= 1, got {st.periods}")
+    options = _build(suite.Options, st.builtin_options, f"{p}.builtin_options")
+    problem = options.check() if hasattr(options, "check") else None
+    if problem:
+        raise _Mismatch(f"{p}.builtin_options.{problem[0]}", problem[1])
+
+
 def _check_semantics(cfg: RunConfig) -> None:
     """Checks that need more than types: ranges and cross-field rules."""
 
@@ -359,11 +398,14 @@ def _check_semantics(cfg: RunConfig) -> None:
     need(cfg.eval.batch_size >= 1, "eval.batch_size", "expected an integer >= 1")
     need(cfg.tracker.log_every >= 1, "tracker.log_every",
          f"expected an integer >= 1, got {cfg.tracker.log_every}")
+    need(cfg.eval.general_max_new_tokens >= 1, "eval.general_max_new_tokens",
+         f"expected an integer >= 1, got {cfg.eval.general_max_new_tokens}")
     need(cfg.model.lora.r >= 1, "model.lora.r", f"expected an integer >= 1, got {cfg.model.lora.r}")
     need(bool(cfg.stages), "stages", "expected at least one stage")
     seen: set[str] = set()
     for i, st in enumerate(cfg.stages):
         p = f"stages.{i}"
+        _check_suite(st, p)
         if st.builtin is None:
             need(st.train is not None and bool(st.train.path), f"{p}.train",
                  "expected a data path (or set `builtin`)")

@@ -23,6 +23,7 @@ from everlearn.config import (
     TrainConfig,
     _type_name,
 )
+from everlearn.data.builtin.worldline import WorldlineOptions
 
 SECTIONS = [
     ("top level", RunConfig),
@@ -33,6 +34,7 @@ SECTIONS = [
     ("stages[]", StageConfig),
     ("stages[].train / stages[].test", DataSource),
     ("strategies[]", StrategySpec),
+    ("stages[].builtin_options (builtin: worldline)", WorldlineOptions),
     ("tracker", TrackerConfig),
 ]
 

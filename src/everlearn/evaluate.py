@@ -91,10 +91,14 @@ class Evaluator:
         key = (stage.name, "options", tuple(map(id, records)))  # routing may pick subsets
         if key not in self._cache:
             examples, owners = [], []
+            cloze = stage.kind == "cpt"  # raw-text stage: options continue the prompt as is
             for r_i, rec in enumerate(records):
-                prompt_ids = self.encoder.ids(self.encoder.prompt_text(rec))
+                prompt_ids = self.encoder.ids(rec.prompt if cloze else
+                                              self.encoder.prompt_text(rec))
                 for o_i, option in enumerate(rec.options):
-                    answer_ids = self.encoder.ids(self.encoder.response_text(rec, option))
+                    answer_ids = self.encoder.ids(
+                        (" " + option if rec.prompt[-1:] not in (" ", "\n") else option)
+                        if cloze else self.encoder.response_text(rec, option))
                     examples.append(self.encoder.encode_pair(prompt_ids, answer_ids))
                     owners.append((r_i, o_i))
             self._cache[key] = (examples, owners)

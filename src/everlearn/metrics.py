@@ -15,7 +15,7 @@ stages (BWT, forgetting, FWT) return ``None`` when ``T == 1``.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Literal
 
 import numpy as np
@@ -26,6 +26,8 @@ __all__ = [
     "final_average_performance",
     "forgetting",
     "forward_transfer",
+    "fuar",
+    "knowledge_gaps",
     "learning_accuracy",
     "mean_ci",
     "student_t_ppf",
@@ -301,3 +303,60 @@ def mean_ci(values: Iterable[float], confidence: float = 0.95) -> tuple[float, f
     sd = float(arr.std(ddof=1))
     t = student_t_ppf(0.5 * (1.0 + confidence), n - 1)
     return mean, float(t * sd / math.sqrt(n))
+
+
+# --------------------------------------------------------------------------------------------
+# Temporal knowledge: FUAR (Jang et al., ICLR 2022, "Towards Continual Knowledge Learning of
+# Language Models", the Forgotten / (Updated + Acquired) Ratio).
+# --------------------------------------------------------------------------------------------
+
+KnowledgeScores = Mapping[str, "float | None"]
+
+
+def knowledge_gaps(before: KnowledgeScores, after: KnowledgeScores) -> tuple[float, float, float]:
+    """CKL's three gaps for one training step, as ``(forgotten, updated, acquired)``.
+
+    ``before`` and ``after`` map the probe splits ``invariant``, ``updated`` and ``new`` to the
+    score (accuracy in [0, 100]) on one fixed probe set, measured before and after the step
+    (for worldline: the probes of period *t*, after stage *t - 1* and after stage *t*)::
+
+        forgotten = max(0, before[invariant] - after[invariant])
+        updated   = max(0, after[updated]    - before[updated])
+        acquired  = max(0, after[new]        - before[new])
+
+    This is CKL's ``Gap(T, D_a, D_b) = score of T after D_a - score of T after D_b``, clipped at
+    zero. On a fixed probe set a gap is the *net* share of probes that flipped, e.g.
+    ``100 * (right->wrong - wrong->right) / n`` for the invariant split. A split that is
+    missing or None (no probes of that kind) contributes 0.
+    """
+
+    def score(m: KnowledgeScores, split: str) -> float | None:
+        v = m.get(split)
+        if v is not None and not math.isfinite(v):
+            raise ValueError(f"knowledge score {split!r} must be finite, got {v}")
+        return v
+
+    def gap(a: float | None, b: float | None) -> float:
+        return 0.0 if a is None or b is None else max(0.0, float(a) - float(b))
+
+    return (gap(score(before, "invariant"), score(after, "invariant")),
+            gap(score(after, "updated"), score(before, "updated")),
+            gap(score(after, "new"), score(before, "new")))
+
+
+def fuar(steps: Iterable[tuple[KnowledgeScores, KnowledgeScores]]) -> float | None:
+    """FUAR = sum of forgotten / (sum of updated + sum of acquired) over the steps given.
+
+    Each step is a ``(before, after)`` pair for :func:`knowledge_gaps`. CKL sums the gaps over
+    its probe tasks; a stream of periods contributes one step per period (the probes of period
+    *t* across the training of stage *t*). Lower is better: 0 = nothing forgotten; 1 = as much
+    invariant knowledge lost as updated and new knowledge gained. Returns ``None`` — reported
+    as "n.d." (not defined) — when nothing was gained (the denominator is 0).
+    """
+    forgotten = gained = 0.0
+    for before, after in steps:
+        f, u, a = knowledge_gaps(before, after)
+        forgotten += f
+        gained += u + a
+    return forgotten / gained if gained > 0 else None
+

@@ -35,8 +35,27 @@ def smoke() -> dict[str, Any]:
     return cfg
 
 
+def worldline() -> dict[str, Any]:
+    """Continual pre-training on a fictional world whose facts change over 4 periods, on the
+    embedded model with LoRA: per-split probe accuracy (invariant / updated / new facts), FUAR
+    and the general-ability probes after every period (see docs/temporal.md)."""
+    return {
+        "name": "worldline",
+        "model": {"name": "smollm2-135m-instruct", "finetune": "lora",
+                  "lora": {"r": 16, "alpha": 32}},
+        "train": {"lr": 2e-3, "batch_size": 8, "steps": 30, "max_length": 128,
+                  "warmup_ratio": 0.1, "schedule": "cosine"},
+        "eval": {"batch_size": 32, "general_probes": ["kl", "labelled"]},
+        "stages": [{"builtin": "worldline", "periods": 4, "max_test": 48,
+                    "builtin_options": {"people": 16, "new_people": 4, "companies": 4,
+                                        "cities": 6, "roles": 6}}],
+    }
+
+
 PRESETS = {
     "quickstart": ("4 built-in tasks, SmolLM2-135M-Instruct, LoRA, replay (a few minutes)",
                    quickstart),
     "smoke": ("the quickstart stream on a random tiny model (seconds)", smoke),
+    "worldline": ("4 periods of a changing fictional world (cpt), FUAR and general-ability "
+                  "probes, SmolLM2-135M-Instruct, LoRA", worldline),
 }

@@ -31,10 +31,12 @@ from everlearn.models import (
     make_trainable,
     trainable_state,
 )
+from everlearn.probes import GeneralProbes, general_sections, rows_from_results
 from everlearn.resources import PeakMemory
 from everlearn.strategies import StrategyStack, build_strategy
 from everlearn.strategies.base import RunContext
 from everlearn.stream import Stage, Stream, build_stream
+from everlearn.temporal import row_counts, temporal_section
 from everlearn.tracking import Tracker
 from everlearn.trainer import Trainer, resolve_precision
 
@@ -105,6 +107,9 @@ class Run:
                                                       cfg.model.finetune)
         stages = self.stream.stages
         self.phases: list[list[Stage]] = self.strategy.plan(stages) or [[s] for s in stages]
+        self.temporal_rows: list[dict] = []  # per row: temporal stage -> split -> [correct, n]
+        self.general_rows: list[dict] = []  # per row: general probe -> value
+        self.probe_info: dict[str, Any] = {}
         self.side_rows: list[dict[str, dict[str, float]]] = []  # per row: stage -> side metrics
         self.pref_rows: list[dict[str, list[float]]] = []  # per row: align stage -> log-ratios
         self.tracker = Tracker(cfg, self.dir.path)  # a missing tracker package fails here
@@ -135,6 +140,7 @@ class Run:
             res["preference_logratios"] = self.pref_rows[:len(R)]
         if status == "complete":
             res["metrics"] = compute_metrics(R, stages, self.phases)
+        self._add_knowledge_sections(res, len(R))
         return res
 
     def execute(self, resume: bool = False) -> dict[str, Any]:
@@ -174,12 +180,18 @@ class Run:
         trainer = Trainer(acc, encoder, cfg.train, self.strategy, cfg.seed, self.quiet)
         trainer.on_step = self.tracker.on_step
         evaluator = Evaluator(acc, encoder, cfg.eval, self.quiet)
+        # general probes take their reference from the base model: before any resumed weights
+        probes = (GeneralProbes.prepare(cfg.eval, self.dir.path, model, encoder, evaluator, acc)
+                  if cfg.eval.general_probes else None)
+        self.probe_info = probes.info() if probes else {}
         keep_all = cfg.keep_stage_weights == "all" or (
             cfg.keep_stage_weights == "auto" and cfg.model.finetune == "lora")
 
         def evaluate_row() -> list[float]:
             router = self.strategy.route if routes(self.strategy) else None
+            self.general_rows.append(probes.measure(model) if probes else {})
             scores = [evaluator.score(model, st, router) for st in self.stream.stages]
+            self.temporal_rows.append(row_counts(self.stream.stages, scores))
             self.side_rows.append({st.name: s.side for st, s in zip(self.stream.stages, scores)
                                    if s.side})
             self.pref_rows.append(dict(evaluator.pref_last))
@@ -201,6 +213,9 @@ class Run:
             self.side_rows = (prev.get("side_metrics", []) + [{}] * len(R))[:len(R)]
             self.pref_rows = (prev.get("preference_logratios", []) + [{}] * len(R))[:len(R)]
             evaluator.restore_preference(self.pref_rows, self.phases)
+            self.temporal_rows = ((prev.get("temporal") or {}).get("rows", [])
+                                  + [{}] * len(R))[:len(R)]
+            self.general_rows = rows_from_results(prev, len(R))
         self.tracker.step = sum(c.get("steps") or 0 for c in cost)
         if not R:
             t0 = time.perf_counter()
@@ -243,6 +258,19 @@ class Run:
         results = self._results(R, cost, "complete", base_eval_s)
         write_json(self.dir.results, results)
         return results
+
+    def _add_knowledge_sections(self, res: dict[str, Any], n_rows: int) -> None:
+        """``temporal`` (per-split probe accuracy, FUAR) and ``general`` / ``general_kl``
+        (general-ability probes against the base row), when the run has them."""
+        temporal = self.temporal_rows[:n_rows]
+        if any(temporal):
+            res["temporal"] = temporal_section(self.stream.names,
+                                               [[s.name for s in p] for p in self.phases],
+                                               temporal)
+            if "metrics" in res:
+                res["metrics"]["fuar"] = res["temporal"]["fuar"]
+        if any(self.general_rows[:n_rows]):
+            res.update(general_sections(self.general_rows[:n_rows], self.probe_info))
 
     def _last_good_checkpoint(self, phase: int):
         """(phase, its weights and strategy state) of the newest checkpoint that verifies,

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 
 from everlearn.config import RunConfig, StageConfig
 from everlearn.data.builtin import get_builtin_task
+from everlearn.data.builtin.suites import get_suite
 from everlearn.data.readers import read_source
 from everlearn.data.records import Record
 from everlearn.errors import DataError
@@ -140,11 +141,55 @@ def _resolve_labels(sc: StageConfig, metric: str, train: list[Record], test: lis
     return answers
 
 
+def _suite_stages(sc: StageConfig, seed: int, where: str) -> list[Stage]:
+    """The stages one suite entry expands into (``builtin: worldline, periods: N``): named
+    ``NAME-01 .. NAME-N``, each with its own ``max_train`` / ``max_test`` sample."""
+    from everlearn.config import _build
+
+    suite = get_suite(sc.builtin)
+    if sc.metric not in (None, suite.metric):
+        raise DataError(f"{where}: metric: the {suite.name} suite is scored by {suite.metric}, "
+                        f"got {sc.metric!r}")
+    options = _build(suite.Options, sc.builtin_options, "builtin_options")  # checked by config
+    try:
+        periods = suite.build(sc.periods or suite.default_periods, seed, options)
+    except ValueError as exc:
+        raise DataError(f"{where}: {exc}") from None
+    width = max(2, len(str(len(periods))))
+    stages = []
+    for k, (train, test) in enumerate(periods, 1):
+        name = f"{sc.name}-{k:0{width}d}"
+        task = sc.task_id or name
+        train = _sample(train, sc.max_train, seed, f"{name}:train")
+        test = suite.sample_test(test, sc.max_test, seed, name)
+        for r in train + test:
+            r.task = task
+        stages.append(Stage(index=k, name=name, kind=suite.kind, metric=suite.metric,
+                            train=train, test=test, task_id=task, steps=sc.steps,
+                            epochs=sc.epochs))
+    return stages
+
+
+def _numbered(stages: list[Stage], source_name: str) -> list[Stage]:
+    """Positions 1..T after suites expanded; expanded names must not clash."""
+    seen: set[str] = set()
+    for k, st in enumerate(stages, 1):
+        st.index = k
+        if st.name in seen:
+            raise DataError(f"{source_name}: stages: stage name '{st.name}' repeats (a suite "
+                            "entry NAME makes stages NAME-01 .. NAME-N)")
+        seen.add(st.name)
+    return stages
+
+
 def build_stream(cfg: RunConfig, source_name: str = "config") -> Stream:
     """Read and sample every stage's data; resolve metrics and labels."""
     stages = []
     for i, sc in enumerate(cfg.stages, 1):
         where = f"{source_name}: stages.{i - 1}"
+        if get_suite(sc.builtin) is not None:
+            stages.extend(_suite_stages(sc, cfg.seed, where))
+            continue
         train = _load_split(sc, "train", cfg.seed, where)
         test = _load_split(sc, "test", cfg.seed, where)
         metric = _resolve_metric(sc, train, test)
@@ -162,4 +207,4 @@ def build_stream(cfg: RunConfig, source_name: str = "config") -> Stream:
         stages.append(Stage(index=i, name=sc.name, kind=sc.kind, metric=metric, train=train,
                             test=test, labels=labels, task_id=sc.task_id or sc.name,
                             steps=sc.steps, epochs=sc.epochs, beta=sc.beta))
-    return Stream(stages=stages, scenario=cfg.scenario)
+    return Stream(stages=_numbered(stages, source_name), scenario=cfg.scenario)

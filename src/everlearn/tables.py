@@ -65,11 +65,52 @@ def format_cost(results: dict[str, Any]) -> str:
     return _table(header, rows)
 
 
+def _ratio(x: Any) -> str:
+    return x if isinstance(x, str) else _num(x, 2)
+
+
+def format_temporal(results: dict[str, Any]) -> str:
+    """Per temporal stage: probe accuracy per split right after it, CKL's gaps and FUAR."""
+    t = results["temporal"]
+    header = ["stage", "invariant %", "updated %", "new %", "forgotten", "+updated", "+new",
+              "FUAR"]
+    rows = [[s["stage"], _num(s["after"]["invariant"]), _num(s["after"]["updated"]),
+             _num(s["after"]["new"]), _num(s["forgotten"]), _num(s["updated"]),
+             _num(s["acquired"]), _ratio(s["fuar"])] for s in t["steps"]]
+    return "\n".join([_table(header, rows),
+                      f"FUAR over the stream: {_ratio(t['fuar'])} (forgotten invariant / "
+                      "(gained updated + gained new), in accuracy points; n.d. = nothing "
+                      "gained)"])
+
+
+def format_general(results: dict[str, Any]) -> str:
+    """General-probe values on every row and their change against the base row."""
+    general = results.get("general") or {}
+    kl = (results.get("general_kl") or {}).get("scores")
+    header, cols = ["after"], []
+    for key, label in (("agreement", "same answer %"), ("labelled", "labelled acc %")):
+        if isinstance(general.get(key), dict):
+            header += [label, "delta"]
+            cols += [general[key]["scores"], general[key]["delta"]]
+    if kl:
+        header.append("KL(base||cur)")
+        cols.append(kl)
+    rows = [[label] + [_num(c[i], 3 if c is kl else 1) if i < len(c) else "n/a" for c in cols]
+            for i, label in enumerate(results["rows"])]
+    return _table(header, rows)
+
+
 def format_summary(results: dict[str, Any]) -> str:
     parts = [f"Accuracy matrix R (strategy: {'+'.join(results['strategies'])}; "
              f"rows: after training, columns: stage scored)", format_matrix(results)]
     if results.get("metrics"):
         parts += ["", "Metrics", format_metrics(results)]
+    if (results.get("temporal") or {}).get("steps"):
+        parts += ["", "Temporal knowledge (accuracy on each stage's probes right after it)",
+                  format_temporal(results)]
+    if results.get("general") or results.get("general_kl"):
+        parts += ["", "General ability against the base model (delta < 0: ability lost)",
+                  format_general(results)]
     if results.get("cost"):
         parts += ["", f"Cost per phase (base row evaluated in "
                       f"{results.get('base_eval_time_s', 0):.1f} s)", format_cost(results)]
