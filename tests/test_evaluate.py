@@ -38,3 +38,31 @@ def test_rouge_l_scores_partial_answers(tmp_path):
     cfg = build_config(tiny_config(tmp_path, [stage], eval={"max_new_tokens": 24}))
     _, res = start_run(cfg, tmp_path / "run", quiet=True)
     assert res["R"][1][0] >= res["R"][0][0] + 50  # ROUGE-L credits the learned words
+
+
+def test_shared_prompt_option_scores_equal_separate_sequences():
+    """One prompt pass plus cached option passes gives each option's separate-sequence
+    log-likelihood (prompts of different lengths, options of 1 to 4 tokens)."""
+    from contextlib import nullcontext
+
+    import torch
+
+    from everlearn.models import build_tiny_model, build_tiny_tokenizer
+    from everlearn.option_scoring import OptionItem, score_options
+
+    tok = build_tiny_tokenizer()
+    model = build_tiny_model(tok, seed=3).eval()
+    g = torch.Generator().manual_seed(0)
+    items = [OptionItem(torch.randint(5, 200, (n,), generator=g).tolist(),
+                        [torch.randint(5, 200, (m,), generator=g).tolist() for m in (1, 4, 2)])
+             for n in (3, 9, 6)]
+    fast = score_options(model, items, tok.pad_token_id, "cpu", nullcontext)
+    for item, scored in zip(items, fast):
+        for option, (lp, n) in zip(item.options, scored):
+            ids = torch.tensor([item.prompt + option])
+            with torch.no_grad():
+                logp = torch.log_softmax(model(input_ids=ids).logits[0, :-1].float(), -1)
+            start = len(item.prompt) - 1
+            want = sum(float(logp[start + k, t]) for k, t in enumerate(option))
+            assert n == len(option)
+            assert abs(lp - want) < 1e-4, (lp, want)

@@ -128,11 +128,11 @@ def test_cloze_probes_are_scored_without_the_chat_template(tmp_path):
     stage = build_stream(cfg).stages[0]
     tok = build_tiny_tokenizer()
     ev = Evaluator(None, Encoder(tok, 64), cfg.eval, quiet=True)
-    examples, owners = ev._option_examples(stage, stage.test)
+    items = ev._option_items(stage, stage.test)
     rec = stage.test[0]
-    first = tok.decode(examples[0].input_ids)
+    first = tok.decode(items[0].prompt + items[0].options[0])
     assert first == f"{rec.prompt} {rec.options[0]}"  # raw text, no <|im_start|> turn markers
-    assert len(examples) == sum(len(r.options) for r in stage.test)
+    assert [len(it.options) for it in items] == [len(r.options) for r in stage.test]
 
 
 def test_three_periods_end_to_end_with_fuar(tmp_path):

@@ -20,6 +20,7 @@ from everlearn.config import EvalConfig
 from everlearn.data.encode import IGNORE, Encoded, Encoder, collate
 from everlearn.data.records import Record
 from everlearn.generation import decode_batched
+from everlearn.option_scoring import OptionItem, score_options
 from everlearn.preference import preference_accuracy
 from everlearn.scoring import exact_match, rouge_l
 from everlearn.stream import Stage
@@ -87,34 +88,50 @@ class Evaluator:
         return [(fn(p, r.answers), p) for p, r in zip(preds, records)]
 
     # --- accuracy by option log-likelihood ------------------------------------------------
-    def _option_examples(self, stage, records) -> tuple[list[Encoded], list[tuple[int, int]]]:
+    def _option_items(self, stage, records) -> list[OptionItem]:
+        """Each record's prompt and option token ids; a long prompt loses its beginning so
+        that the longest option fits ``max_length`` (every option sees the same prompt)."""
         key = (stage.name, "options", tuple(map(id, records)))  # routing may pick subsets
         if key not in self._cache:
-            examples, owners = [], []
+            items = []
             cloze = stage.kind == "cpt"  # raw-text stage: options continue the prompt as is
-            for r_i, rec in enumerate(records):
+            for rec in records:
                 prompt_ids = self.encoder.ids(rec.prompt if cloze else
                                               self.encoder.prompt_text(rec))
-                for o_i, option in enumerate(rec.options):
-                    answer_ids = self.encoder.ids(
-                        (" " + option if rec.prompt[-1:] not in (" ", "\n") else option)
-                        if cloze else self.encoder.response_text(rec, option))
-                    examples.append(self.encoder.encode_pair(prompt_ids, answer_ids))
-                    owners.append((r_i, o_i))
-            self._cache[key] = (examples, owners)
+                options = [self.encoder.ids(
+                    (" " + option if rec.prompt[-1:] not in (" ", "\n") else option)
+                    if cloze else self.encoder.response_text(rec, option))[
+                        : self.encoder.max_length - 1] for option in rec.options]
+                room = self.encoder.max_length - max(len(o) for o in options)
+                items.append(OptionItem(prompt_ids[-room:], options))
+            self._cache[key] = items
         return self._cache[key]
 
     def _accuracy(self, model, stage, records):
-        examples, owners = self._option_examples(stage, records)
-        scores = self._sequence_logprobs(model, examples, f"eval {stage.name}")
-        best: dict[int, tuple[float, int]] = {}
-        for (r_i, o_i), s in zip(owners, scores):
-            if r_i not in best or s > best[r_i][0]:
-                best[r_i] = (s, o_i)
+        items = self._option_items(stage, records)
+        normalize = self.cfg.length_normalize
+        # one batch holds records with the same number of options, similar prompt lengths
+        order = sorted(range(len(items)), key=lambda i: (len(items[i].options),
+                                                         len(items[i].prompt), i))
+        choice = [0] * len(items)
+        bar = self._bar(len(items), f"eval {stage.name}")
+        s = 0
+        while s < len(order):
+            n_opt = len(items[order[s]].options)
+            idx = [i for i in order[s:s + self.cfg.batch_size]
+                   if len(items[i].options) == n_opt]
+            scored = score_options(model, [items[i] for i in idx], self.encoder.pad_id,
+                                   self.acc.device, self.acc.autocast)
+            for i, per_option in zip(idx, scored):
+                values = [lp / n if normalize else lp for lp, n in per_option]
+                choice[i] = max(range(len(values)), key=values.__getitem__)
+            s += len(idx)
+            bar.update(len(idx))
+        bar.close()
         out = []
-        for r_i, rec in enumerate(records):
-            choice = rec.options[best[r_i][1]]
-            out.append((exact_match(choice, rec.answers), choice))
+        for i, rec in enumerate(records):
+            picked = rec.options[choice[i]]
+            out.append((exact_match(picked, rec.answers), picked))
         return out
 
     def _sequence_logprobs(self, model, examples: list[Encoded], desc: str,

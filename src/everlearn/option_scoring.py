@@ -1,0 +1,89 @@
+"""Log-likelihood of several answer options after one shared prompt, with one prompt pass.
+
+Scoring a label task by options is the evaluation a CL run repeats most: every stage's test set
+after every stage. Scored as separate sequences, a prompt of P tokens with K options costs K
+forward passes over P tokens, and the logits of every prompt position are computed only to be
+thrown away. Here the prompts of a batch run once (left-padded, KV cache kept, logits of the last
+position only), then each option's tokens run on top of the cache, which is cropped back to the
+prompt before the next option. transformers' ``generate`` relies on the same cache operations
+(``DynamicCache.crop``), which is what keeps this portable across causal LMs.
+
+The result per option equals the summed log-probability of the option's tokens after the prompt,
+as the separate-sequence scorer gives (``Evaluator._sequence_logprobs``), up to float rounding.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass
+class OptionItem:
+    """One record to score: its prompt and the token ids of each option (each non-empty)."""
+
+    prompt: list[int]
+    options: list[list[int]]
+
+
+def _left_pad(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, r in enumerate(rows):
+        if r:
+            ids[i, width - len(r):] = torch.tensor(r)
+            mask[i, width - len(r):] = 1
+    return ids, mask
+
+
+def _right_pad(rows: list[list[int]], pad_id: int, width: int) -> tuple[torch.Tensor, torch.Tensor]:
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, r in enumerate(rows):
+        ids[i, :len(r)] = torch.tensor(r, dtype=torch.long)
+        mask[i, :len(r)] = 1
+    return ids, mask
+
+
+@torch.no_grad()
+def score_options(model, items: list[OptionItem], pad_id: int, device, autocast) -> list[
+        list[tuple[float, int]]]:
+    """Per item, per option: (summed log-probability of the option's tokens, token count).
+
+    All items of one call must have the same number of options (callers group by it).
+    """
+    n_opt = len(items[0].options)
+    assert all(len(it.options) == n_opt for it in items), "group items by option count"
+    ids, mask = _left_pad([it.prompt for it in items], pad_id)
+    ids, mask = ids.to(device), mask.to(device)
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    with autocast():
+        out = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True,
+                    logits_to_keep=1)
+    first = torch.log_softmax(out.logits[:, -1].float(), dim=-1)
+    cache = out.past_key_values
+    prompt_width = cache.get_seq_length()  # what the model cached (a soft prompt adds to it)
+    lengths = mask.sum(-1)
+    results: list[list[tuple[float, int]]] = [[] for _ in items]
+    for k in range(n_opt):
+        opts = [it.options[k] for it in items]
+        scores = [float(first[b, o[0]]) for b, o in enumerate(opts)]
+        rest = max(len(o) for o in opts) - 1
+        if rest > 0:  # tokens 2..m of each option, predicted from tokens 1..m-1 on the cache
+            feed, feed_mask = _right_pad([o[:-1] for o in opts], pad_id, rest)
+            feed, feed_mask = feed.to(device), feed_mask.to(device)
+            pos = lengths[:, None] + torch.arange(rest, device=device)[None, :]
+            with autocast():
+                logits = model(input_ids=feed, attention_mask=torch.cat([mask, feed_mask], -1),
+                               position_ids=pos, past_key_values=cache, use_cache=True).logits
+            logp = torch.log_softmax(logits.float(), dim=-1)
+            for b, o in enumerate(opts):
+                if len(o) > 1:
+                    target = torch.tensor(o[1:], device=device)
+                    scores[b] += float(logp[b, :len(o) - 1].gather(-1, target[:, None]).sum())
+            cache.crop(-(cache.get_seq_length() - prompt_width))  # negative: drop n tokens
+        for b, o in enumerate(opts):
+            results[b].append((scores[b], len(o)))
+    return results
