@@ -19,6 +19,7 @@ from transformers import get_scheduler
 from everlearn.config import TrainConfig
 from everlearn.data.encode import Encoded, Encoder, collate, length_grouped_batches
 from everlearn.errors import TrainingError
+from everlearn.losses import labelled_token_loss, supports_logits_to_keep
 from everlearn.preference import Pair, batch_loss, collate_pairs, encode_pairs, fill_reference
 from everlearn.resources import PeakMemory
 from everlearn.strategies.base import Strategy
@@ -152,6 +153,10 @@ class Trainer:
             fill_reference(model, examples, self.encoder.pad_id, cfg.batch_size, self.acc.device,
                            self.acc.autocast, ref_bar.update)
             ref_bar.close()
+        # logits at labelled positions only, unless a strategy reads them all (or DPO, which
+        # scores whole answers through its own loss)
+        sparse_logits = (not align and not self.strategy.needs_full_logits
+                         and supports_logits_to_keep(model))
         for step in range(total_steps):
             step_loss = 0.0
             for _ in range(cfg.grad_accum):
@@ -162,10 +167,14 @@ class Trainer:
                 cells += cpu_batch["attention_mask"].numel()
                 batch = {k: v.to(self.acc.device) for k, v in cpu_batch.items()}
                 with self.acc.autocast():
-                    outputs = model(input_ids=batch["input_ids"],
-                                    attention_mask=batch["attention_mask"],
-                                    labels=None if align else batch["labels"])
-                    loss = batch_loss(outputs.logits, batch) if align else outputs.loss
+                    if sparse_logits:
+                        loss, outputs = labelled_token_loss(
+                            model, batch["input_ids"], batch["attention_mask"], batch["labels"])
+                    else:
+                        outputs = model(input_ids=batch["input_ids"],
+                                        attention_mask=batch["attention_mask"],
+                                        labels=None if align else batch["labels"])
+                        loss = batch_loss(outputs.logits, batch) if align else outputs.loss
                     with hooks:
                         extra = self.strategy.extra_loss(model, batch, outputs)
                     if extra is not None:

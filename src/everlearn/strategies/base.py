@@ -60,6 +60,9 @@ class Strategy:
     paper: ClassVar[str] = ""
     Options: ClassVar[type] = NoOptions
     requires_finetune: ClassVar[str | None] = None  # "lora" or "full" when only one works
+    # True when extra_loss reads outputs.logits at every position, or the strategy changes the
+    # model's input sequence; otherwise training computes logits at labelled positions only.
+    needs_full_logits: ClassVar[bool] = False
 
     def __init__(self, options: Any = None):
         self.options = options if options is not None else self.Options()
@@ -117,6 +120,10 @@ class StrategyStack(Strategy):
     def __init__(self, members: list[Strategy]):
         super().__init__()
         self.members = members
+
+    @property
+    def needs_full_logits(self) -> bool:
+        return any(m.needs_full_logits for m in self.members)
 
     @property
     def names(self) -> list[str]:

@@ -60,6 +60,7 @@ Key = tuple[int, ...]
 class LwF(Strategy):
     name = "lwf"
     summary = "learning without forgetting: distil the previous model on the new stage's inputs"
+    needs_full_logits = True  # distils the teacher at every response position
     paper = "Li & Hoiem 2017, Learning without Forgetting (TPAMI)"
     Options = LwFOptions
 

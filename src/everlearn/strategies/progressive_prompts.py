@@ -137,6 +137,7 @@ class ProgressivePrompts(Strategy):
     name = "progressive_prompts"
     summary = ("a new soft prompt per stage in front of the frozen earlier ones; the model frozen "
                "(needs finetune: full)")
+    needs_full_logits = True  # puts its soft prompt in front of the input
     paper = ("Razdaibiedina et al. 2023, Progressive Prompts: Continual Learning for Language "
              "Models (ICLR)")
     Options = ProgressivePromptsOptions

@@ -1,0 +1,39 @@
+"""The sparse-logit training loss equals the model's own loss, value and gradient."""
+
+from __future__ import annotations
+
+import torch
+
+from everlearn.config import ModelConfig
+from everlearn.data.encode import IGNORE
+from everlearn.losses import labelled_token_loss, supports_logits_to_keep
+from everlearn.models import build_tiny_model, build_tiny_tokenizer, make_trainable
+
+
+def test_labelled_token_loss_equals_the_models_loss_and_gradient():
+    tok = build_tiny_tokenizer()
+    model = make_trainable(build_tiny_model(tok, seed=1), ModelConfig(finetune="lora"))
+    assert supports_logits_to_keep(model)
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(5, 200, (3, 12), generator=g)
+    mask = torch.ones_like(ids)
+    mask[2, 9:] = 0  # a right-padded row
+    labels = torch.full_like(ids, IGNORE)
+    labels[0, 8:] = ids[0, 8:]  # answers at different places in each row
+    labels[1, 5:7] = ids[1, 5:7]
+    labels[2, 6:9] = ids[2, 6:9]
+
+    def grads():
+        return {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+
+    ours, out = labelled_token_loss(model, ids, mask, labels)
+    ours.backward()
+    g_ours = grads()
+    model.zero_grad()
+    theirs = model(input_ids=ids, attention_mask=mask, labels=labels).loss
+    theirs.backward()
+    g_theirs = grads()
+    assert torch.allclose(ours, theirs, atol=1e-6)
+    assert out.logits.shape[1] < ids.shape[1] - 1  # the head ran on fewer positions
+    for name, grad in g_ours.items():
+        assert torch.allclose(grad, g_theirs[name], atol=1e-6), name
