@@ -66,3 +66,29 @@ def test_shared_prompt_option_scores_equal_separate_sequences():
             want = sum(float(logp[start + k, t]) for k, t in enumerate(option))
             assert n == len(option)
             assert abs(lp - want) < 1e-4, (lp, want)
+
+
+def test_perplexity_pools_every_adapter_group(tmp_path):
+    """A router that sends the test texts to two (identical) adapters must give the perplexity
+    of all the texts, not of one group's."""
+    from everlearn.config import EvalConfig, ModelConfig
+    from everlearn.data.encode import Encoder
+    from everlearn.data.records import Record
+    from everlearn.evaluate import Evaluator
+    from everlearn.models import build_tiny_model, build_tiny_tokenizer, make_trainable
+    from everlearn.runner import make_accelerator
+    from everlearn.stream import Stage
+
+    tok = build_tiny_tokenizer()
+    model = make_trainable(build_tiny_model(tok, seed=2), ModelConfig(finetune="lora"))
+    model.add_adapter("other", model.peft_config["default"])  # B = 0: same function
+    docs = [Record(text="short text " * n) for n in (2, 9, 4, 12)]
+    stage = Stage(index=1, name="t", kind="cpt", metric="perplexity", train=docs, test=docs)
+    ev = Evaluator(make_accelerator("fp32"), Encoder(tok, 64), EvalConfig(batch_size=2), True)
+    pooled = ev.score(model, stage).score
+    split = ev.score(model, stage, router=lambda r: "default" if len(r.text) < 40 else "other")
+    # packing per group moves block boundaries a little; one group alone is far off
+    assert abs(split.score - pooled) < 5e-3 * pooled
+    alone = ev.score(model, Stage(index=1, name="t2", kind="cpt", metric="perplexity",
+                                  train=docs, test=[d for d in docs if len(d.text) < 40])).score
+    assert abs(alone - pooled) > 2e-2 * pooled

@@ -61,26 +61,28 @@ class Evaluator:
         model.eval()
         groups = _route(stage.test, router)
         results: list[tuple[float, str]] = [(0.0, "")] * len(stage.test)
+        logprob, tokens = 0.0, 0  # perplexity pools the tokens of every adapter group
         for adapter, idx in groups.items():
             if adapter is not None:
                 model.set_adapter(adapter)
             records = [stage.test[i] for i in idx]
-            for i, res in zip(idx, self._score_records(model, stage, records, adapter)):
+            if stage.metric == "perplexity":
+                lp, n = self._log_likelihood(model, stage, records)
+                logprob, tokens = logprob + lp, tokens + n
+                continue
+            for i, res in zip(idx, self._score_records(model, stage, records)):
                 results[i] = res
         if stage.metric == "preference_accuracy":
             return self._preference(stage, [r[0] for r in results])
         if stage.metric == "perplexity":
-            value = results[0][0]
+            value = math.exp(-logprob / max(1, tokens))
         else:
             value = 100.0 * sum(r[0] for r in results) / max(1, len(results))
         return StageScore(value, len(stage.test), [r[1] for r in results])
 
-    def _score_records(self, model, stage, records, adapter):
+    def _score_records(self, model, stage, records):
         if stage.metric == "accuracy":
             return self._accuracy(model, stage, records)
-        if stage.metric == "perplexity":
-            ppl = self._perplexity(model, stage, records)
-            return [(ppl, "")] * len(records)
         if stage.metric == "preference_accuracy":
             return [(d, "") for d in self._pair_logratios(model, stage, records)]
         preds = self._generate(model, stage, records)
@@ -215,7 +217,8 @@ class Evaluator:
                     self.pref_reference[st.name] = list(row[st.name])
 
     # --- perplexity -------------------------------------------------------------------
-    def _perplexity(self, model, stage, records) -> float:
+    def _log_likelihood(self, model, stage, records) -> tuple[float, int]:
+        """Summed token log-likelihood of the records' packed text, and its token count."""
         key = (stage.name, "ppl", tuple(map(id, records)))
         if key not in self._cache:
             self._cache[key] = self.encoder.encode_stage(stage.kind, records)
@@ -228,7 +231,7 @@ class Evaluator:
             lp, counts = self._token_logprobs(model, batch)
             total_lp += sum(lp)
             total_n += sum(counts)
-        return math.exp(-total_lp / max(1, total_n))
+        return total_lp, total_n
 
     # --- greedy generation ------------------------------------------------------------
     def max_new_tokens(self, stage: Stage) -> int:
