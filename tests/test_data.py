@@ -447,3 +447,20 @@ def test_collate_left_and_right_padding():
     assert left["attention_mask"].tolist() == [[1, 1, 1], [0, 0, 1]]
     assert left["labels"].tolist() == [[IGNORE, 2, 3], [IGNORE, IGNORE, 4]]
     assert left["input_ids"].dtype == torch.long
+
+
+def test_cil_pools_the_label_options_of_every_label_stage(tmp_path: Path):
+    a_train = write_jsonl(tmp_path / "a_train.jsonl", qa_rows(12, ["cat", "dog"]))
+    a_test = write_jsonl(tmp_path / "a_test.jsonl", qa_rows(4, ["cat", "dog"]))
+    b_train = write_jsonl(tmp_path / "b_train.jsonl", qa_rows(12, ["red", "blue"]))
+    b_test = write_jsonl(tmp_path / "b_test.jsonl", qa_rows(4, ["red", "blue"]))
+    stages = [{"name": "a", "train": str(a_train), "test": str(a_test)},
+              {"name": "b", "train": str(b_train), "test": str(b_test)},
+              {"name": "c", "train": str(a_train), "test": str(a_test), "metric": "exact_match"}]
+    for scenario, want in (("TIL", [["cat", "dog"], ["blue", "red"]]),
+                           ("CIL", [["cat", "dog", "blue", "red"]] * 2)):
+        cfg = build_config({"scenario": scenario, "stages": stages}, "s.yaml")
+        stream = build_stream(cfg, "s.yaml")
+        assert [st.labels for st in stream.stages[:2]] == want
+        assert [st.test[0].options for st in stream.stages[:2]] == want
+        assert stream.stages[2].labels == [] and stream.stages[2].test[0].options == []

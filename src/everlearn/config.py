@@ -100,7 +100,8 @@ class TrainConfig:
 class DataSource:
     """Where a split comes from. In YAML a plain string is shorthand for ``{path: ...}``."""
 
-    path: str = _f("", "File, directory, `hf:<dataset name>`, or `builtin:<task>`.")
+    path: str = _f("", "File, directory, or `hf:<dataset name or saved directory>` (built-in "
+                   "tasks: the stage's `builtin`).")
     format: Literal["auto", "jsonl", "json", "superni", "text", "hf"] = _f(
         "auto", "File format; auto guesses from the path and content."
     )
@@ -196,7 +197,8 @@ class RunConfig:
     output_dir: str = _f("runs", "Parent directory of run directories.")
     seed: int = _f(0, "Seed for sampling, shuffling and initialisation.")
     scenario: Literal["TIL", "DIL", "CIL"] = _f(
-        "TIL", "TIL: task id known at test time; DIL: shifting domain; CIL: pooled labels."
+        "TIL", "TIL: task id known at test time; DIL: shifting domain, no task id; CIL: the "
+        "label options of all label stages pooled at test time, no task id."
     )
     model: ModelConfig = _f(None, "The model.")
     train: TrainConfig = _f(None, "The training loop.")

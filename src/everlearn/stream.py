@@ -207,4 +207,21 @@ def build_stream(cfg: RunConfig, source_name: str = "config") -> Stream:
         stages.append(Stage(index=i, name=sc.name, kind=sc.kind, metric=metric, train=train,
                             test=test, labels=labels, task_id=sc.task_id or sc.name,
                             steps=sc.steps, epochs=sc.epochs, beta=sc.beta))
+    if cfg.scenario == "CIL":
+        _pool_labels(stages)
     return Stream(stages=_numbered(stages, source_name), scenario=cfg.scenario)
+
+
+def _pool_labels(stages: list[Stage]) -> None:
+    """Class-incremental: every label task is scored against the labels of all of them, so the
+    model must also tell which stage's classes an input belongs to."""
+    pooled: list[str] = []
+    for st in stages:
+        if st.metric == "accuracy" and st.labels:
+            pooled += [lab for lab in st.labels if lab not in pooled]
+    for st in stages:
+        if st.metric == "accuracy" and st.labels:
+            for r in st.test:
+                if r.options == st.labels:
+                    r.options = list(pooled)
+            st.labels = list(pooled)
