@@ -9,7 +9,7 @@ parameters, extra storage) and the raw results as JSON.
 
 Usage::
 
-    .venv/bin/python benchmarks/methods.py                       # all strategies (~1 h on 2 quiet cores)
+    .venv/bin/python benchmarks/methods.py          # all strategies (~1 h on 2 quiet cores)
     .venv/bin/python benchmarks/methods.py --only seqft,replay,ewc --train 60 --test 30
     .venv/bin/python benchmarks/methods.py --out docs/methods.json
 """

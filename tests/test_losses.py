@@ -37,3 +37,26 @@ def test_labelled_token_loss_equals_the_models_loss_and_gradient():
     assert out.logits.shape[1] < ids.shape[1] - 1  # the head ran on fewer positions
     for name, grad in g_ours.items():
         assert torch.allclose(grad, g_theirs[name], atol=1e-6), name
+
+
+def test_frozen_linears_in_bf16_give_the_same_logits_under_autocast():
+    import copy
+
+    from everlearn.models import store_frozen_linears_in_bf16
+
+    tok = build_tiny_tokenizer()
+    model = make_trainable(build_tiny_model(tok, seed=4), ModelConfig(finetune="lora"))
+    for n, p in model.named_parameters():  # non-zero LoRA B so the adapters take part
+        if "lora_B" in n:
+            torch.nn.init.normal_(p, std=0.05, generator=torch.Generator().manual_seed(1))
+    stored = copy.deepcopy(model)
+    assert store_frozen_linears_in_bf16(stored) > 0
+    dtypes = {n: p.dtype for n, p in stored.named_parameters()}
+    assert all(d == torch.float32 for n, d in dtypes.items() if "lora_" in n or "embed" in n)
+    assert any(d == torch.bfloat16 for d in dtypes.values())
+    ids = torch.randint(5, 200, (2, 10), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        want, got = model(input_ids=ids).logits, stored(input_ids=ids).logits
+    assert torch.equal(want, got)
+    with torch.no_grad():  # outside autocast the inputs are cast, nothing breaks
+        assert torch.isfinite(stored(input_ids=ids).logits).all()

@@ -20,7 +20,12 @@ from everlearn.config import RunConfig
 from everlearn.data.encode import Encoder
 from everlearn.errors import ResumeError
 from everlearn.evaluate import Evaluator
-from everlearn.models import load_base_model, load_trainable_state, make_trainable
+from everlearn.models import (
+    load_base_model,
+    load_trainable_state,
+    make_trainable,
+    store_frozen_linears_in_bf16,
+)
 from everlearn.runner import make_accelerator, routes, seed_everything
 from everlearn.strategies import build_strategy
 from everlearn.strategies.base import RunContext
@@ -36,6 +41,8 @@ def evaluate_config(cfg: RunConfig, weights: str | None = None, quiet: bool = Fa
     model, tok = load_base_model(cfg.model)
     model = make_trainable(model, cfg.model)
     model.to(acc.device)
+    if acc.mixed_precision == "bf16" and cfg.model.finetune == "lora":
+        store_frozen_linears_in_bf16(model)  # same numbers under autocast, less copying
     encoder = Encoder(tok, cfg.train.max_length, cfg.model.chat_template == "auto")
     evaluator = Evaluator(acc, encoder, cfg.eval, quiet)
     for st in stream:  # preference pairs are scored against the base model, scored here first

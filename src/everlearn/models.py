@@ -216,3 +216,32 @@ def load_trainable_state(model, state: dict[str, torch.Tensor], where: str) -> N
                 raise ModelError(f"{where}: weight '{n}' has shape {tuple(t.shape)}, "
                                  f"expected {tuple(params[n].shape)}")
             params[n].copy_(t)
+
+
+def store_frozen_linears_in_bf16(model) -> int:
+    """Keep the frozen ``nn.Linear`` weights in bf16 (for runs under bf16 autocast); returns how
+    many were converted.
+
+    Autocast casts every Linear weight to bf16 on every forward pass anyway; storing the frozen
+    ones in bf16 gives the same products without that copy and halves their memory. Trainable
+    weights (LoRA A and B) stay fp32, and so do embeddings and any weight tied to one (autocast
+    does not cast a lookup). A pre-hook casts a Linear's input to bf16, so a forward pass that
+    runs outside autocast still works.
+    """
+    import torch.nn as nn
+
+    tied = {id(m.weight) for m in model.modules() if isinstance(m, nn.Embedding)}
+    converted = 0
+    for module in model.modules():
+        if (type(module) is not nn.Linear or module.weight.requires_grad
+                or id(module.weight) in tied):
+            continue
+        module.to(torch.bfloat16)
+        module.register_forward_pre_hook(_inputs_to_bf16)
+        converted += 1
+    return converted
+
+
+def _inputs_to_bf16(module, args):
+    return tuple(a.to(torch.bfloat16) if torch.is_tensor(a) and a.is_floating_point() else a
+                 for a in args)

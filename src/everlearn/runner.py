@@ -29,6 +29,7 @@ from everlearn.models import (
     load_base_model,
     load_trainable_state,
     make_trainable,
+    store_frozen_linears_in_bf16,
     trainable_state,
 )
 from everlearn.probes import GeneralProbes, general_sections, rows_from_results
@@ -173,6 +174,8 @@ class Run:
         model, tok = load_base_model(cfg.model)
         model = make_trainable(model, cfg.model)
         model.to(acc.device)
+        if acc.mixed_precision == "bf16" and cfg.model.finetune == "lora":
+            store_frozen_linears_in_bf16(model)  # same numbers under autocast, less copying
         self.model = model  # kept for callers that inspect the trained model (tests, APIs)
         encoder = Encoder(tok, cfg.train.max_length, cfg.model.chat_template == "auto")
         self.strategy.setup(RunContext(model=model, tokenizer=tok, encoder=encoder, config=cfg,
