@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
 
@@ -53,3 +54,24 @@ def tiny_config(tmp: Path, stages: list[dict], **overrides) -> dict:
 def three_stages(tmp_path: Path) -> list[dict]:
     return [constant_task(tmp_path, "red", "alpha"), constant_task(tmp_path, "green", "bravo"),
             constant_task(tmp_path, "blue", "charlie")]
+
+
+@contextlib.contextmanager
+def killed_at_phase(monkeypatch, phase: int):
+    """Inside the block, training phase ``phase`` raises KeyboardInterrupt - a killed run seen
+    from the inside - and the block expects it; the trainer is restored afterwards."""
+    from everlearn.trainer import Trainer
+
+    original = Trainer.train_phase
+
+    def crash(self, model, stages, p):
+        if p == phase:
+            raise KeyboardInterrupt
+        return original(self, model, stages, p)
+
+    monkeypatch.setattr(Trainer, "train_phase", crash)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            yield
+    finally:
+        monkeypatch.setattr(Trainer, "train_phase", original)

@@ -15,8 +15,7 @@ from everlearn.strategies import build_strategy
 from everlearn.strategies._adapters import adapter_parameters
 from everlearn.strategies.olora import orthogonality_loss, subspace_overlap
 from everlearn.strategies.routed_lora import masked_mean, nearest_prototype
-from everlearn.trainer import Trainer
-from tests.conftest import constant_task, tiny_config, write_jsonl
+from tests.conftest import constant_task, killed_at_phase, tiny_config, write_jsonl
 
 
 def _task(tmp, name: str, prompt, answer: str, n_train: int = 12, n_test: int = 4) -> dict:
@@ -163,17 +162,8 @@ def test_routed_lora_routes_separable_stages_by_prototype_and_resumes(tmp_path, 
     # Isolation: while a stage trains, its adapter alone computes.
     assert {tuple(a) for a in active_while_training} == {("stage1",), ("stage2",), ("stage3",)}
     # Crash before stage 3, resume: same matrix, same routing record.
-    original = Trainer.train_phase
-
-    def crash(self, model, stages, phase):
-        if phase == 3:
-            raise KeyboardInterrupt
-        return original(self, model, stages, phase)
-
-    monkeypatch.setattr(Trainer, "train_phase", crash)
-    with pytest.raises(KeyboardInterrupt):
+    with killed_at_phase(monkeypatch, 3):
         Run(cfg, tmp_path / "cut", quiet=True).execute()
-    monkeypatch.setattr(Trainer, "train_phase", original)
     _, resumed = resume_run(tmp_path / "cut", quiet=True)
     assert resumed["R"] == result["R"]
     _, state = RunDir(tmp_path / "cut").load_phase(3, need_weights=False)

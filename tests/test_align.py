@@ -18,8 +18,7 @@ from everlearn.evaluate import Evaluator
 from everlearn.preference import credit, dpo_loss, preference_accuracy, sequence_logprobs
 from everlearn.runner import resume_run, start_run
 from everlearn.stream import Stage, build_stream
-from everlearn.trainer import Trainer
-from tests.conftest import constant_task, tiny_config, write_jsonl
+from tests.conftest import constant_task, killed_at_phase, tiny_config, write_jsonl
 
 PREF_STREAM = ("pref_concise", "pref_format", "pref_refuse")
 
@@ -205,17 +204,8 @@ def test_resume_after_crash_equals_uninterrupted(tmp_path, monkeypatch):
     train = {"lr": 1e-3, "steps": 6, "precision": "fp32", "max_length": 96}
     _, full = _run(tmp_path, stages, name="full", train=train)
 
-    original = Trainer.train_phase
-
-    def crash_on_phase_3(self, model, phase_stages, phase):
-        if phase == 3:
-            raise KeyboardInterrupt
-        return original(self, model, phase_stages, phase)
-
-    monkeypatch.setattr(Trainer, "train_phase", crash_on_phase_3)
-    with pytest.raises(KeyboardInterrupt):
+    with killed_at_phase(monkeypatch, 3):
         _run(tmp_path, stages, name="crashed", train=train)
-    monkeypatch.setattr(Trainer, "train_phase", original)
     _, resumed = resume_run(tmp_path / "crashed", quiet=True)
     for key in ("R", "metrics", "side_metrics", "preference_logratios"):
         assert resumed[key] == full[key], key

@@ -21,8 +21,7 @@ from everlearn.probes import (
 )
 from everlearn.runner import make_accelerator, resume_run, start_run
 from everlearn.tables import format_summary
-from everlearn.trainer import Trainer
-from tests.conftest import tiny_config
+from tests.conftest import killed_at_phase, tiny_config
 
 PROBES = {"batch_size": 16, "max_new_tokens": 8, "general_probes": ["kl", "labelled"],
           "general_max_new_tokens": 6}
@@ -95,17 +94,8 @@ def test_resume_reuses_the_cached_probe_answers(tmp_path, three_stages, monkeypa
     stages = three_stages[:2]
     _, full = _run(tmp_path, stages, "full")
 
-    original = Trainer.train_phase
-
-    def crash_on_phase_2(self, model, stages, phase):
-        if phase == 2:
-            raise KeyboardInterrupt
-        return original(self, model, stages, phase)
-
-    monkeypatch.setattr(Trainer, "train_phase", crash_on_phase_2)
-    with pytest.raises(KeyboardInterrupt):
+    with killed_at_phase(monkeypatch, 2):
         _run(tmp_path, stages, "crashed")
-    monkeypatch.setattr(Trainer, "train_phase", original)
     cache = tmp_path / "crashed" / CACHE_FILE
     before = cache.read_text()
 

@@ -18,8 +18,7 @@ from everlearn.config import build_config
 from everlearn.models import build_tiny_model, build_tiny_tokenizer
 from everlearn.runner import Run, resume_run, start_run
 from everlearn.strategies import STRATEGIES, build_strategy
-from everlearn.trainer import Trainer
-from tests.conftest import constant_task, tiny_config
+from tests.conftest import constant_task, killed_at_phase, tiny_config
 
 # Options that keep every strategy small enough for a seconds-long test.
 SMALL_OPTIONS: dict[str, dict] = {
@@ -78,17 +77,8 @@ def test_strategy_contract(tmp_path, name, monkeypatch):
     phases = len(full["R"]) - 1
     if phases < 2:
         return
-    original = Trainer.train_phase
-
-    def crash_on_last(self, model, stages, phase):
-        if phase == phases:
-            raise KeyboardInterrupt  # what a killed run looks like from the inside
-        return original(self, model, stages, phase)
-
-    monkeypatch.setattr(Trainer, "train_phase", crash_on_last)
-    with pytest.raises(KeyboardInterrupt):
+    with killed_at_phase(monkeypatch, phases):
         start_run(_config(tmp_path, name), tmp_path / "cut", quiet=True)
-    monkeypatch.setattr(Trainer, "train_phase", original)
     _, resumed = resume_run(tmp_path / "cut", quiet=True)
     assert resumed["R"] == full["R"]
     assert resumed["metrics"] == full["metrics"]

@@ -21,7 +21,7 @@ from everlearn.errors import ConfigError
 from everlearn.runner import start_run
 from everlearn.stream import build_stream
 from everlearn.tables import format_summary
-from tests.conftest import tiny_config
+from tests.conftest import killed_at_phase, tiny_config
 
 SMALL = {"people": 8, "new_people": 2, "companies": 3, "cities": 4, "roles": 4}
 
@@ -167,21 +167,11 @@ def test_three_periods_end_to_end_with_fuar(tmp_path):
 
 def test_resumed_worldline_run_continues_the_temporal_rows(tmp_path, monkeypatch):
     from everlearn.runner import resume_run
-    from everlearn.trainer import Trainer
 
     stages = [{"builtin": "worldline", "periods": 2, "builtin_options": SMALL}]
     _, full = start_run(build_config(tiny_config(tmp_path, stages)), tmp_path / "full",
                         quiet=True)
-    original = Trainer.train_phase
-
-    def crash_on_phase_2(self, model, stages, phase):
-        if phase == 2:
-            raise KeyboardInterrupt
-        return original(self, model, stages, phase)
-
-    monkeypatch.setattr(Trainer, "train_phase", crash_on_phase_2)
-    with pytest.raises(KeyboardInterrupt):
+    with killed_at_phase(monkeypatch, 2):
         start_run(build_config(tiny_config(tmp_path, stages)), tmp_path / "cut", quiet=True)
-    monkeypatch.setattr(Trainer, "train_phase", original)
     _, resumed = resume_run(tmp_path / "cut", quiet=True)
     assert resumed["temporal"] == full["temporal"]
