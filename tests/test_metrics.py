@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from everlearn.metrics import (
+    ap_estimated_rows,
     average_performance,
     backward_transfer,
     final_average_performance,
@@ -398,3 +399,107 @@ def test_fuar_missing_splits_count_zero():
     assert fuar([first]) == 0.0
     with pytest.raises(ValueError, match="finite"):
         knowledge_gaps({"invariant": float("nan")}, {"invariant": 1.0})
+
+
+# --------------------------------------------------------------------------------------------
+# Partial matrices (an evaluation schedule skipped cells: NaN or None, allow_missing=True).
+# Matrix C without the cells a sampled schedule did not score ("-"):
+#
+#            s1   s2   s3   s4
+#   row 0:    1    2    3    4    (base: always full)
+#   row 1:   40    5    -    -    (just trained s1, next s2)
+#   row 2:    -   60    8    -    (s2, next s3; s1 not sampled)
+#   row 3:    -   55   70   10    (s3, next s4; s2 sampled, s1 not)
+#   row 4:   30   50   60   80    (last row: always full)
+#
+# AP_1 = 40;  AP_2 = mean(60) = 60 (estimate; full: 55);  AP_3 = (55 + 70) / 2 = 62.5
+# (estimate; full: 63.33);  AP_4 = 55;  ap_estimated = [2, 3]
+# LA = 62.5, BWT = -10, TRACE = -7.5, FWT = 14/3: the cells they read are all scored (as in C)
+# F:   j=1: max(R11) - R41 = 40 - 30 = 10 (rows 2, 3 not scored; full: 35)
+#      j=2: max(60, 55) - 50 = 10;  j=3: 70 - 60 = 10;  F = 10, a lower bound of 18.33
+# --------------------------------------------------------------------------------------------
+_ = None
+C_PARTIAL = [
+    [1.0, 2.0, 3.0, 4.0],
+    [40.0, 5.0, _, _],
+    [_, 60.0, 8.0, _],
+    [_, 55.0, 70.0, 10.0],
+    [30.0, 50.0, 60.0, 80.0],
+]
+
+
+def test_partial_matrix_by_hand():
+    m = summarize(C_PARTIAL, allow_missing=True)
+    assert m["ap"] == pytest.approx([40.0, 60.0, 62.5, 55.0])
+    assert m["final_ap"] == pytest.approx(55.0)
+    assert m["la"] == pytest.approx(62.5)
+    assert m["bwt"] == pytest.approx(-10.0)
+    assert m["bwt_trace"] == pytest.approx(-7.5)
+    assert m["forgetting"] == pytest.approx(10.0)
+    assert m["fwt"] == pytest.approx(14.0 / 3)
+    assert m["ap_estimated"] == [2, 3]
+    assert m["forgetting_lower_bound"] is True
+    assert ap_estimated_rows(C_PARTIAL) == [2, 3]
+    grouped = summarize_columns(C_PARTIAL, range(4), allow_missing=True)
+    assert grouped.keys() == m.keys()
+    for key in m:
+        assert grouped[key] == pytest.approx(m[key]), key
+    nan = np.array(C_PARTIAL, dtype=float)  # NaN and None mean the same
+    assert summarize(nan, allow_missing=True) == m
+
+
+def test_partial_matrix_is_rejected_unless_allowed():
+    with pytest.raises(ValueError, match="NaN"):
+        summarize(C_PARTIAL)
+    with pytest.raises(ValueError, match="NaN"):
+        summarize_columns(C_PARTIAL, range(4))
+
+
+@pytest.mark.parametrize("M", [A, C, P])
+def test_full_matrix_gives_the_same_results_with_allow_missing(M):
+    assert summarize(M, allow_missing=True) == summarize(M)
+    cols = range(M.shape[1])
+    assert summarize_columns(M, cols, allow_missing=True) == summarize_columns(M, cols)
+
+
+@pytest.mark.parametrize("cell, what", [((2, 1), "learning accuracy"), ((4, 0), "BWT"),
+                                        ((1, 1), "FWT"), ((0, 2), "FWT")])
+def test_cells_a_schedule_always_scores_are_required(cell, what):
+    R = C.copy()
+    R[cell] = math.nan  # the diagonal, the last row, the next stage, the base row
+    with pytest.raises(ValueError, match="not scored"):
+        summarize(R, allow_missing=True)
+    with pytest.raises(ValueError, match="not scored"):
+        summarize_columns(R, range(4), allow_missing=True)
+    fn = {"learning accuracy": learning_accuracy, "BWT": backward_transfer,
+          "FWT": forward_transfer}[what]
+    with pytest.raises(ValueError, match=what):
+        fn(R, allow_missing=True)
+
+
+def test_infinite_entries_are_rejected_even_when_missing_cells_are_allowed():
+    R = C.copy()
+    R[1, 3] = math.inf
+    with pytest.raises(ValueError, match="infinite"):
+        summarize(R, allow_missing=True)
+
+
+def test_partial_group_columns_by_hand():
+    # the mixed stream of test_summarize_columns_reads_the_streams_own_rows, with task A not
+    # scored after the text stage: the accuracy group's row 2 has no scored cell among the
+    # stages trained by then (A), so AP_2 is None, and A's forgetting max is over row 1 only
+    R = [[10, 30.0, 20],
+         [80, 25.0, 30],
+         [None, 20.0, 50],
+         [70, 22.0, 90]]
+    acc = summarize_columns(R, [0, 2], allow_missing=True)
+    assert acc["ap"] == [80.0, None, 80.0]
+    assert acc["ap_estimated"] == [2]
+    assert acc["la"] == pytest.approx((80 + 90) / 2)
+    assert acc["bwt"] == pytest.approx(70 - 80)
+    assert acc["forgetting"] == pytest.approx(80 - 70)  # = the full value here (80 > 60)
+    assert acc["forgetting_lower_bound"] is True
+    assert acc["fwt"] == pytest.approx(50 - 20)
+    ppl = summarize_columns(R, [1], higher_is_better=False, allow_missing=True)
+    assert "ap_estimated" not in ppl  # the perplexity column is fully scored
+    assert ppl["forgetting"] == pytest.approx(22 - 20)

@@ -132,7 +132,8 @@ class StageConfig:
     max_test: int | None = _f(None, "Sample at most this many test records (by seed).")
     periods: int | None = _f(
         None, "Periods of a built-in suite (`builtin: worldline`): the entry becomes this many "
-        "stages, NAME-01 .. NAME-N (default: the suite's, 4 for worldline).")
+        "stages, NAME-01 .. NAME-N (default: the suite's, 4 for worldline, 100 for "
+        "long_stream).")
     builtin_options: dict[str, Any] = _f(
         {}, "Options of a built-in suite, e.g. {people: 24, change_rate: 0.25} (see `everlearn "
         "ls` and docs/temporal.md).")
@@ -168,6 +169,17 @@ class EvalConfig:
         "questions the base model answers correctly. See docs/temporal.md.")
     general_max_new_tokens: int = _f(
         16, "Length cap of the greedy answers the 'kl' probe follows and compares.")
+    every: int | None = _f(
+        None, "Evaluation schedule for long streams: a full row of R (every stage scored) after "
+        "every k-th phase and always after the last; the rows in between score only the stages "
+        "just trained and the next phase's (the cells LA, BWT and FWT need), plus "
+        "`sample_earlier`. Default (null): every row full (the whole matrix), or only the last "
+        "when `sample_earlier` is set. Unscored cells are null in results.json.")
+    sample_earlier: int | None = _f(
+        None, "On rows that are not full, also score this many stages trained before the phase, "
+        "drawn from the run seed and the row (0: none; null: no sampling, every row full unless "
+        "`every` is set). AP_t then averages the scored stages (the rows are listed in "
+        "`ap_estimated`) and forgetting's max runs over the scored rows.")
 
 
 @dataclass
@@ -402,6 +414,10 @@ def _check_semantics(cfg: RunConfig) -> None:
          f"expected an integer >= 1, got {cfg.tracker.log_every}")
     need(cfg.eval.general_max_new_tokens >= 1, "eval.general_max_new_tokens",
          f"expected an integer >= 1, got {cfg.eval.general_max_new_tokens}")
+    need(cfg.eval.every is None or cfg.eval.every >= 1, "eval.every",
+         f"expected an integer >= 1 or null, got {cfg.eval.every}")
+    need(cfg.eval.sample_earlier is None or cfg.eval.sample_earlier >= 0, "eval.sample_earlier",
+         f"expected an integer >= 0 or null, got {cfg.eval.sample_earlier}")
     need(cfg.model.lora.r >= 1, "model.lora.r", f"expected an integer >= 1, got {cfg.model.lora.r}")
     need(bool(cfg.stages), "stages", "expected at least one stage")
     seen: set[str] = set()

@@ -34,6 +34,9 @@ class StageScore:
     side: dict[str, float] = field(default_factory=dict)  # per-stage side metrics of this row
 
 
+SUBSETS_KEPT = 8  # cached test-set parts per stage and scorer (see Evaluator._subset_key)
+
+
 def _by_length(items: list, key) -> list[int]:
     return sorted(range(len(items)), key=lambda i: -key(items[i]))
 
@@ -47,10 +50,23 @@ class Evaluator:
         self.cfg = cfg
         self.quiet = quiet
         self._cache: dict[tuple, object] = {}
+        self._subsets: dict[tuple, list[tuple]] = {}  # (stage, kind) -> its cached subset keys
         # preference_accuracy: per stage, log pi(chosen) - log pi(rejected) of every test pair
         # under the stage's reference model, and under the model scored last
         self.pref_reference: dict[str, list[float]] = {}
         self.pref_last: dict[str, list[float]] = {}
+
+    def _subset_key(self, stage: Stage, kind: str, records: list[Record]) -> tuple:
+        """Cache key of ``records`` (a stage's test set, or the part routing sends to one
+        adapter). Routing may pick other parts in every row, so a stage keeps the last
+        ``SUBSETS_KEPT`` of them: the cache does not grow with the rows of a long stream."""
+        key = (stage.name, kind, tuple(map(id, records)))
+        if key not in self._cache:
+            kept = self._subsets.setdefault(key[:2], [])
+            kept.append(key)
+            while len(kept) > SUBSETS_KEPT:
+                self._cache.pop(kept.pop(0), None)
+        return key
 
     def _bar(self, total: int, desc: str):
         return tqdm(total=total, desc=desc, leave=False, dynamic_ncols=True,
@@ -93,7 +109,7 @@ class Evaluator:
     def _option_items(self, stage, records) -> list[OptionItem]:
         """Each record's prompt and option token ids; a long prompt loses its beginning so
         that the longest option fits ``max_length`` (every option sees the same prompt)."""
-        key = (stage.name, "options", tuple(map(id, records)))  # routing may pick subsets
+        key = self._subset_key(stage, "options", records)  # routing may pick subsets
         if key not in self._cache:
             items = []
             cloze = stage.kind == "cpt"  # raw-text stage: options continue the prompt as is
@@ -169,7 +185,7 @@ class Evaluator:
     # --- preference accuracy ------------------------------------------------------------
     def _pair_logratios(self, model, stage, records) -> list[float]:
         """log pi(chosen) - log pi(rejected) per pair, summed over answer tokens (as in DPO)."""
-        key = (stage.name, "pairs", tuple(map(id, records)))
+        key = self._subset_key(stage, "pairs", records)
         if key not in self._cache:
             examples = []
             for rec in records:
@@ -219,7 +235,7 @@ class Evaluator:
     # --- perplexity -------------------------------------------------------------------
     def _log_likelihood(self, model, stage, records) -> tuple[float, int]:
         """Summed token log-likelihood of the records' packed text, and its token count."""
-        key = (stage.name, "ppl", tuple(map(id, records)))
+        key = self._subset_key(stage, "ppl", records)
         if key not in self._cache:
             self._cache[key] = self.encoder.encode_stage(stage.kind, records)
         examples = self._cache[key]

@@ -7,9 +7,20 @@ test set after training stage ``t``. Row 0 is the untrained base model, rows ``1
 stage, columns are stages ``1..T``. The formulas below use the design doc's 1-based stage indices,
 writing ``R[t][j]`` for ``R[t, j - 1]``.
 
-Every entry must be finite (the base row and the upper triangle included), so matrices with
-missing evaluations are rejected rather than silently averaged. Metrics that need at least two
-stages (BWT, forgetting, FWT) return ``None`` when ``T == 1``.
+By default every entry must be finite (the base row and the upper triangle included), so
+matrices with missing evaluations are rejected rather than silently averaged. With
+``allow_missing=True`` a NaN (or ``None``) entry is a cell an evaluation schedule did not score
+(``eval.every`` / ``eval.sample_earlier``), and every metric reads the scored cells only:
+
+* ``AP_t`` averages the scored cells of row ``t`` among stages ``1..t`` (``None`` when none is
+  scored); a row with unscored cells gives an *estimate*, listed in ``ap_estimated``;
+* forgetting takes its max over the scored rows ``l in [j, T-1]``: a lower bound of the full
+  matrix's value when some of them were skipped (``forgetting_lower_bound``);
+* LA, BWT and FWT read only cells that a schedule always scores (the diagonal ``R[j][j]``, the
+  next stage ``R[j-1][j]``, the base row and the last row); a missing one raises ValueError.
+
+On a full matrix the results are the same with or without ``allow_missing``. Metrics that need
+at least two stages (BWT, forgetting, FWT) return ``None`` when ``T == 1``.
 """
 
 from __future__ import annotations
@@ -21,6 +32,7 @@ from typing import Literal
 import numpy as np
 
 __all__ = [
+    "ap_estimated_rows",
     "average_performance",
     "backward_transfer",
     "final_average_performance",
@@ -36,10 +48,13 @@ __all__ = [
 ]
 
 
-def validate_matrix(R: np.ndarray | Iterable[Iterable[float]]) -> np.ndarray:
+def validate_matrix(R: np.ndarray | Iterable[Iterable[float]],
+                    allow_missing: bool = False) -> np.ndarray:
     """Return ``R`` as a float array of shape ``(T + 1, T)`` with ``T >= 1``; else ValueError.
 
-    Raises ValueError on a non-numeric input, a wrong shape, or any NaN/infinite entry.
+    Raises ValueError on a non-numeric input, a wrong shape, or any NaN/infinite entry. With
+    ``allow_missing`` NaN and ``None`` entries are accepted (as NaN: cells not scored); infinite
+    ones are still rejected.
     """
     try:
         arr = np.asarray(R, dtype=float)
@@ -55,42 +70,82 @@ def validate_matrix(R: np.ndarray | Iterable[Iterable[float]]) -> np.ndarray:
             f"accuracy matrix must have shape (T+1, T) with T >= 1 (row 0 = base model, one row "
             f"per stage after it), got shape {arr.shape}"
         )
-    bad = ~np.isfinite(arr)
+    bad = np.isinf(arr) if allow_missing else ~np.isfinite(arr)
     if bad.any():
         where = [(int(r), int(c)) for r, c in np.argwhere(bad)[:5]]
+        what = "infinite" if allow_missing else "NaN or infinite"
         raise ValueError(
-            f"accuracy matrix contains NaN or infinite entries at (row, col) {where}"
+            f"accuracy matrix contains {what} entries at (row, col) {where}"
             + (" ..." if int(bad.sum()) > 5 else "")
         )
     return arr
 
 
-def average_performance(R: np.ndarray | Iterable[Iterable[float]]) -> list[float]:
+def _nanmean(values: np.ndarray) -> float | None:
+    """Mean of the scored (non-NaN) values; None when there are none."""
+    scored = values[~np.isnan(values)]
+    return float(scored.mean()) if scored.size else None
+
+
+def _need(arr: np.ndarray, cells: Iterable[tuple[int, int]], what: str) -> None:
+    """ValueError unless every ``(row, col)`` cell is scored (0-based array indices)."""
+    missing = [(r, c) for r, c in cells if math.isnan(arr[r, c])]
+    if missing:
+        raise ValueError(
+            f"{what} needs the cells (row, col) {missing[:5]}{' ...' if len(missing) > 5 else ''}"
+            " of the accuracy matrix, which were not scored (an evaluation schedule always "
+            "scores the base row, the last row, the stage just trained and the next one)")
+
+
+def ap_estimated_rows(R: np.ndarray | Iterable[Iterable[float]],
+                      cols: Iterable[int] | None = None) -> list[int]:
+    """Rows ``t`` (1-based, as in ``AP_t``) whose AP averages only some of the stages ``<= t``
+    (of ``cols``, 0-based; default all) because the others were not scored."""
+    arr = validate_matrix(R, allow_missing=True)
+    T = arr.shape[1]
+    cols = sorted(set(range(T) if cols is None else cols))
+    return [t for t in range(1, T + 1)
+            if any(math.isnan(arr[t, j]) for j in cols if j < t)]
+
+
+def _forgetting_lower_bound(arr: np.ndarray, cols: Iterable[int]) -> bool:
+    """Whether some row between a stage's own training and the last was not scored for it."""
+    T = arr.shape[1]
+    return any(math.isnan(arr[row, j]) for j in cols if j + 1 < T for row in range(j + 1, T))
+
+
+def average_performance(R: np.ndarray | Iterable[Iterable[float]],
+                        allow_missing: bool = False) -> list[float | None]:
     """Average performance after every stage: ``AP_t = mean_{j<=t} R[t][j]`` for ``t = 1..T``.
 
-    Returns a list of length ``T``; ``AP_t`` averages the stages seen so far, after stage ``t``.
+    Returns a list of length ``T``; ``AP_t`` averages the stages seen so far, after stage ``t``
+    (with ``allow_missing``: those of them scored in row ``t``; None when none is).
     """
-    arr = validate_matrix(R)
+    arr = validate_matrix(R, allow_missing)
     T = arr.shape[1]
-    return [float(arr[t, :t].mean()) for t in range(1, T + 1)]
+    return [_nanmean(arr[t, :t]) for t in range(1, T + 1)]
 
 
-def final_average_performance(R: np.ndarray | Iterable[Iterable[float]]) -> float:
+def final_average_performance(R: np.ndarray | Iterable[Iterable[float]],
+                              allow_missing: bool = False) -> float | None:
     """Final average performance ``AP_T = mean_{j<=T} R[T][j]`` (last row, all stages)."""
-    arr = validate_matrix(R)
-    return float(arr[-1].mean())
+    arr = validate_matrix(R, allow_missing)
+    return _nanmean(arr[-1])
 
 
-def learning_accuracy(R: np.ndarray | Iterable[Iterable[float]]) -> float:
+def learning_accuracy(R: np.ndarray | Iterable[Iterable[float]],
+                      allow_missing: bool = False) -> float:
     """Learning accuracy ``LA = mean_{j=1..T} R[j][j]`` (score on each stage right after it)."""
-    arr = validate_matrix(R)
+    arr = validate_matrix(R, allow_missing)
     T = arr.shape[1]
+    _need(arr, [(j, j - 1) for j in range(1, T + 1)], "learning accuracy")
     return float(np.mean([arr[j, j - 1] for j in range(1, T + 1)]))
 
 
 def backward_transfer(
     R: np.ndarray | Iterable[Iterable[float]],
     denominator: Literal["T-1", "T"] = "T-1",
+    allow_missing: bool = False,
 ) -> float | None:
     """Backward transfer ``BWT = sum_{j=1..T-1} (R[T][j] - R[j][j]) / D``.
 
@@ -100,64 +155,78 @@ def backward_transfer(
     """
     if denominator not in ("T-1", "T"):
         raise ValueError(f"denominator must be 'T-1' or 'T', got {denominator!r}")
-    arr = validate_matrix(R)
+    arr = validate_matrix(R, allow_missing)
     T = arr.shape[1]
     if T < 2:
         return None
+    _need(arr, [c for j in range(1, T) for c in ((T, j - 1), (j, j - 1))], "BWT")
     total = sum(arr[T, j - 1] - arr[j, j - 1] for j in range(1, T))
     return float(total / (T - 1 if denominator == "T-1" else T))
 
 
-def forgetting(R: np.ndarray | Iterable[Iterable[float]]) -> float | None:
+def forgetting(R: np.ndarray | Iterable[Iterable[float]],
+               allow_missing: bool = False) -> float | None:
     """Forgetting ``F = mean_{j=1..T-1} max_{l in [j, T-1]} (R[l][j] - R[T][j])``.
 
     For each earlier stage ``j``, the drop from its best score at any point from its own training
     (``l = j``) up to before the last stage (``l = T - 1``) to its final score. The base row is
-    never a candidate. Returns ``None`` when ``T == 1``.
+    never a candidate. Returns ``None`` when ``T == 1``. With ``allow_missing`` the max runs over
+    the scored rows only (``R[j][j]`` and the last row must be scored).
     """
-    arr = validate_matrix(R)
+    arr = validate_matrix(R, allow_missing)
     T = arr.shape[1]
     if T < 2:
         return None
-    drops = [arr[j:T, j - 1].max() - arr[T, j - 1] for j in range(1, T)]
+    _need(arr, [c for j in range(1, T) for c in ((T, j - 1), (j, j - 1))], "forgetting")
+    drops = [np.nanmax(arr[j:T, j - 1]) - arr[T, j - 1] for j in range(1, T)]
     return float(np.mean(drops))
 
 
-def forward_transfer(R: np.ndarray | Iterable[Iterable[float]]) -> float | None:
+def forward_transfer(R: np.ndarray | Iterable[Iterable[float]],
+                     allow_missing: bool = False) -> float | None:
     """Forward transfer ``FWT = mean_{j=2..T} (R[j-1][j] - R[0][j])``.
 
     Score on stage ``j`` just before training on it, relative to the untrained base model (row 0).
     Returns ``None`` when ``T == 1``.
     """
-    arr = validate_matrix(R)
+    arr = validate_matrix(R, allow_missing)
     T = arr.shape[1]
     if T < 2:
         return None
+    _need(arr, [c for j in range(2, T + 1) for c in ((j - 1, j - 1), (0, j - 1))], "FWT")
     return float(np.mean([arr[j - 1, j - 1] - arr[0, j - 1] for j in range(2, T + 1)]))
 
 
-def summarize(R: np.ndarray | Iterable[Iterable[float]]) -> dict[str, float | list[float] | None]:
+def summarize(R: np.ndarray | Iterable[Iterable[float]],
+              allow_missing: bool = False) -> dict[str, float | list[float] | None]:
     """All metrics of ``R`` as plain Python values.
 
     Keys: ``ap`` (list of ``AP_t``, t = 1..T), ``final_ap`` (``AP_T``), ``la``, ``bwt``
     (denominator ``T - 1``), ``bwt_trace`` (denominator ``T``), ``forgetting``, ``fwt``. The last
-    four are ``None`` when ``T == 1``.
+    four are ``None`` when ``T == 1``. When ``allow_missing`` and some cell is not scored, also
+    ``ap_estimated`` (:func:`ap_estimated_rows`) and ``forgetting_lower_bound`` (whether the
+    forgetting max skipped unscored rows).
     """
-    arr = validate_matrix(R)
-    ap = average_performance(arr)
-    return {
+    arr = validate_matrix(R, allow_missing)
+    ap = average_performance(arr, allow_missing)
+    out = {
         "ap": ap,
         "final_ap": ap[-1],
-        "la": learning_accuracy(arr),
-        "bwt": backward_transfer(arr, "T-1"),
-        "bwt_trace": backward_transfer(arr, "T"),
-        "forgetting": forgetting(arr),
-        "fwt": forward_transfer(arr),
+        "la": learning_accuracy(arr, allow_missing),
+        "bwt": backward_transfer(arr, "T-1", allow_missing),
+        "bwt_trace": backward_transfer(arr, "T", allow_missing),
+        "forgetting": forgetting(arr, allow_missing),
+        "fwt": forward_transfer(arr, allow_missing),
     }
+    if np.isnan(arr).any():
+        out["ap_estimated"] = ap_estimated_rows(arr)
+        out["forgetting_lower_bound"] = _forgetting_lower_bound(arr, range(arr.shape[1]))
+    return out
 
 
 def summarize_columns(R: np.ndarray | Iterable[Iterable[float]], cols: Iterable[int],
-                      higher_is_better: bool = True) -> dict[str, float | list[float] | None]:
+                      higher_is_better: bool = True,
+                      allow_missing: bool = False) -> dict[str, float | list[float] | None]:
     """The metrics of the stages ``cols`` (0-based) inside the matrix of a whole stream.
 
     A stream may mix scores that cannot be averaged together (accuracy and perplexity); each
@@ -166,20 +235,28 @@ def summarize_columns(R: np.ndarray | Iterable[Iterable[float]], cols: Iterable[
     looks at every row after a stage. For lower-is-better scores the differences are negated so
     that, as for accuracy, negative BWT and positive forgetting mean forgetting. With all
     columns and ``higher_is_better`` this equals :func:`summarize`.
+
+    With ``allow_missing`` the group's cells that were not scored (NaN or None) are left out as
+    in :func:`summarize`: AP_t over the group's scored cells of row t (None when none is),
+    forgetting's max over the scored rows; ``ap_estimated`` (rows t, 1-based) and
+    ``forgetting_lower_bound`` are added when some of the group's cells are missing.
     """
-    arr = validate_matrix(R)
+    arr = validate_matrix(R, allow_missing)
     T = arr.shape[1]
     cols = sorted(set(cols))
     if not cols or cols[0] < 0 or cols[-1] >= T:
         raise ValueError(f"cols must be stage indices in [0, {T - 1}], got {cols}")
     sign = 1.0 if higher_is_better else -1.0
-    ap = [float(arr[t, [j for j in cols if j < t]].mean()) for t in range(cols[0] + 1, T + 1)]
+    _need(arr, [c for j in cols for c in ((j + 1, j), (T, j))], "LA, BWT and forgetting")
+    _need(arr, [c for j in cols if j >= 1 for c in ((j, j), (0, j))], "FWT")
+    ap = [_nanmean(arr[t, [j for j in cols if j < t]]) for t in range(cols[0] + 1, T + 1)]
     before_last = [j for j in cols if j + 1 < T]
     bwt_sum = sum(sign * (arr[T, j] - arr[j + 1, j]) for j in before_last)
-    drops = [max(sign * (arr[row, j] - arr[T, j]) for row in range(j + 1, T))
+    drops = [max(sign * (arr[row, j] - arr[T, j]) for row in range(j + 1, T)
+                 if not math.isnan(arr[row, j]))
              for j in before_last]
     fwt = [sign * (arr[j, j] - arr[0, j]) for j in cols if j >= 1]
-    return {
+    out = {
         "ap": ap,
         "final_ap": ap[-1],
         "la": float(np.mean([arr[j + 1, j] for j in cols])),
@@ -188,6 +265,10 @@ def summarize_columns(R: np.ndarray | Iterable[Iterable[float]], cols: Iterable[
         "forgetting": float(np.mean(drops)) if drops else None,
         "fwt": float(np.mean(fwt)) if fwt else None,
     }
+    if np.isnan(arr[:, cols]).any():
+        out["ap_estimated"] = [t for t in ap_estimated_rows(arr, cols) if t > cols[0]]
+        out["forgetting_lower_bound"] = _forgetting_lower_bound(arr, cols)
+    return out
 
 
 # --------------------------------------------------------------------------------------------

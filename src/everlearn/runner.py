@@ -34,6 +34,8 @@ from everlearn.models import (
 )
 from everlearn.probes import GeneralProbes, general_sections, rows_from_results
 from everlearn.resources import PeakMemory
+from everlearn.schedule import describe as describe_schedule
+from everlearn.schedule import scored_columns
 from everlearn.strategies import StrategyStack, build_strategy
 from everlearn.strategies.base import RunContext
 from everlearn.stream import Stage, Stream, build_stream
@@ -74,8 +76,10 @@ def make_accelerator(precision: str, **kwargs: Any):
     return Accelerator(mixed_precision=mixed, cpu=device.type == "cpu", **kwargs)
 
 
-def compute_metrics(R: list[list[float]], stages: list[Stage], phases: list[list[Stage]]):
-    """CL metrics on R; one phase per stage gives the full set, joint gives final AP only."""
+def compute_metrics(R: list[list[float | None]], stages: list[Stage],
+                    phases: list[list[Stage]]):
+    """CL metrics on R; one phase per stage gives the full set, joint gives final AP only.
+    Cells an evaluation schedule skipped (None) are left out (see everlearn.metrics)."""
     if len(phases) != len(stages):
         last = R[-1]
         cols = [j for j, s in enumerate(stages) if s.higher_is_better]
@@ -86,7 +90,7 @@ def compute_metrics(R: list[list[float]], stages: list[Stage], phases: list[list
         cols = [j for j, s in enumerate(stages) if s.higher_is_better == direction]
         if not cols:
             continue
-        summary = summarize_columns(R, cols, higher_is_better=direction)
+        summary = summarize_columns(R, cols, higher_is_better=direction, allow_missing=True)
         summary["stages"] = [stages[c].name for c in cols]
         if not direction:
             summary["note"] = ("perplexity: lower is better; BWT, forgetting and FWT are signed "
@@ -135,6 +139,9 @@ class Run:
             "cost": cost,
             "strategy_metrics": self.strategy.metrics(),
         }
+        schedule = describe_schedule(self.cfg.eval.every, self.cfg.eval.sample_earlier)
+        if schedule:
+            res["eval_schedule"] = schedule
         if any(self.side_rows):
             res["side_metrics"] = self.side_rows[:len(R)]
         if any(self.pref_rows):  # log pi(chosen) - log pi(rejected) per test pair: resume state
@@ -190,15 +197,22 @@ class Run:
         keep_all = cfg.keep_stage_weights == "all" or (
             cfg.keep_stage_weights == "auto" and cfg.model.finetune == "lora")
 
-        def evaluate_row() -> list[float]:
+        phase_cols = [[st.index - 1 for st in p] for p in self.phases]
+
+        def evaluate_row(row: int) -> list[float | None]:
+            """Row ``row`` of R; the stages the eval schedule skips are None."""
             router = self.strategy.route if routes(self.strategy) else None
             self.general_rows.append(probes.measure(model) if probes else {})
-            scores = [evaluator.score(model, st, router) for st in self.stream.stages]
+            cols = scored_columns(cfg.eval.every, cfg.eval.sample_earlier, cfg.seed,
+                                  phase_cols, row)
+            scores = [evaluator.score(model, st, router) if cols is None or j in cols else None
+                      for j, st in enumerate(self.stream.stages)]
             self.temporal_rows.append(row_counts(self.stream.stages, scores))
             self.side_rows.append({st.name: s.side for st, s in zip(self.stream.stages, scores)
-                                   if s.side})
-            self.pref_rows.append(dict(evaluator.pref_last))
-            return [s.score for s in scores]
+                                   if s is not None and s.side})
+            scored = {st.name for st, s in zip(self.stream.stages, scores) if s is not None}
+            self.pref_rows.append({k: v for k, v in evaluator.pref_last.items() if k in scored})
+            return [None if s is None else s.score for s in scores]
 
         R: list[list[float]] = list(done_R)
         cost: list[dict[str, Any]] = list(done_cost)
@@ -222,7 +236,7 @@ class Run:
         self.tracker.step = sum(c.get("steps") or 0 for c in cost)
         if not R:
             t0 = time.perf_counter()
-            R.append(evaluate_row())
+            R.append(evaluate_row(0))
             base_eval_s = time.perf_counter() - t0
             self.tracker.log_row(0, R[0], self.stream.stages, set())
             write_json(self.dir.results, self._results(R, cost, "running", base_eval_s))
@@ -235,7 +249,7 @@ class Run:
             pc = trainer.train_phase(model, stages, phase)
             eval_memory = PeakMemory(acc.device)
             t1 = time.perf_counter()
-            R.append(evaluate_row())
+            R.append(evaluate_row(phase))
             eval_s = time.perf_counter() - t1
             trainable, total = count_parameters(model)
             cost.append({

@@ -17,12 +17,14 @@ def _num(x: Any, digits: int = 1) -> str:
 
 
 def format_matrix(results: dict[str, Any]) -> str:
-    """R with one row per phase (base first) and one column per stage."""
+    """R with one row per phase (base first) and one column per stage; "–" marks a cell the
+    evaluation schedule did not score."""
     names = [s["name"] for s in results["stages"]]
     metrics = [s["metric"] for s in results["stages"]]
     short = {"exact_match": "em", "preference_accuracy": "pref"}
     header = ["after \\ on"] + [f"{n} ({short.get(m, m[:3])})" for n, m in zip(names, metrics)]
-    rows = [[label] + [_num(v) for v in row] for label, row in zip(results["rows"], results["R"])]
+    rows = [[label] + ["–" if v is None else _num(v) for v in row]
+            for label, row in zip(results["rows"], results["R"])]
     return _table(header, rows)
 
 
@@ -36,6 +38,11 @@ def _metric_lines(m: dict[str, Any], indent: str = "") -> list[str]:
     for key, label in labels:
         if key in m:
             lines.append(f"{indent}{label}: {_num(m[key], 2)}")
+    if m.get("ap_estimated"):
+        lines.append(f"{indent}AP estimated from the scored stages (eval schedule) after: "
+                     + ", ".join(map(str, m["ap_estimated"])))
+    if m.get("forgetting_lower_bound"):
+        lines.append(f"{indent}forgetting: max over the scored rows only (a lower bound)")
     if m.get("note"):
         lines.append(f"{indent}note: {m['note']}")
     return lines
@@ -103,6 +110,8 @@ def format_general(results: dict[str, Any]) -> str:
 def format_summary(results: dict[str, Any]) -> str:
     parts = [f"Accuracy matrix R (strategy: {'+'.join(results['strategies'])}; "
              f"rows: after training, columns: stage scored)", format_matrix(results)]
+    if (results.get("eval_schedule") or {}).get("note"):
+        parts.append(f"eval schedule: {results['eval_schedule']['note']} (–)")
     if results.get("metrics"):
         parts += ["", "Metrics", format_metrics(results)]
     if (results.get("temporal") or {}).get("steps"):

@@ -39,9 +39,10 @@ def split_counts(records, predictions: list[str]) -> dict[str, list[int]]:
 
 
 def row_counts(stages, scores) -> Counts:
-    """The split counts of every temporal stage in one row of R (``scores``: StageScores)."""
+    """The split counts of every temporal stage in one row of R (``scores``: StageScores; None
+    for a stage the evaluation schedule skipped in this row)."""
     return {st.name: split_counts(st.test, sc.predictions)
-            for st, sc in zip(stages, scores) if is_temporal(st)}
+            for st, sc in zip(stages, scores) if sc is not None and is_temporal(st)}
 
 
 def accuracy(counts: dict[str, list[int]]) -> dict[str, float | None]:

@@ -157,9 +157,10 @@ class Tracker:
             return
         values: dict[str, float] = {"phase": float(phase)}
         for st, score in zip(stages, row):
-            values[metric_name(f"R/{st.name}")] = float(score)
+            if score is not None:  # None: a stage the eval schedule skipped in this row
+                values[metric_name(f"R/{st.name}")] = float(score)
         seen = [score for st, score in zip(stages, row)
-                if st.name in trained and st.higher_is_better]
+                if st.name in trained and st.higher_is_better and score is not None]
         if seen:
             values["AP"] = sum(seen) / len(seen)
         for key, value in (cost or {}).items():

@@ -12,9 +12,10 @@ from everlearn.errors import EverlearnError
 # added later (by a new stage kind or evaluator) appear without a report change.
 KNOWN_TOP = {"everlearn_version", "status", "name", "scenario", "strategies", "model",
              "finetune", "stages", "phases", "rows", "R", "base_eval_time_s", "cost",
-             "strategy_metrics", "metrics", "general", "general_ability"}
+             "strategy_metrics", "metrics", "general", "general_ability", "eval_schedule"}
 CL_KEYS = ("ap", "final_ap", "la", "bwt", "bwt_trace", "forgetting", "fwt")
-KNOWN_METRIC = {*CL_KEYS, "stages", "note", "main", "perplexity", "general_delta"}
+KNOWN_METRIC = {*CL_KEYS, "stages", "note", "main", "perplexity", "general_delta",
+                "ap_estimated", "forgetting_lower_bound"}
 
 
 class ReportError(EverlearnError):

@@ -64,7 +64,7 @@ def heatmap_png(results: dict[str, Any]) -> bytes:
                     continue
                 v = results["R"][r][c]
                 dark = not math.isnan(colours[r, c]) and colours[r, c] < 0.55
-                ax.text(c, r, "n/a" if v is None else f"{v:.1f}", ha="center", va="center",
+                ax.text(c, r, "–" if v is None else f"{v:.1f}", ha="center", va="center",
                         fontsize=size, color="white" if dark else "black")
     ax.set_xticks(range(n_cols), [f"{n}\n({s['metric']})" for n, s in
                                   zip(names, results["stages"])], fontsize=8)
@@ -113,7 +113,8 @@ def scores_png(results: dict[str, Any]) -> bytes:
         ax.set_ylabel(title)
         ax.set_xticks(xs, labels, rotation=20, ha="right", fontsize=8)
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
+        if len(cols) <= 20:  # a long stream: a legend of every stage would hide the plot
+            ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
     fig.suptitle("score on each stage after each phase", fontsize=10)
     return _png(fig)
 

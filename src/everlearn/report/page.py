@@ -74,8 +74,13 @@ def _matrix(res: dict[str, Any], figs: dict[str, bytes]) -> str:
         out.append(figure(figs["matrix"], "heatmap of the accuracy matrix R",
                           "R as a heatmap; outlined: the stage just trained"
                           + ("; perplexity columns: lower is better" if ppl else "")))
+    schedule = res.get("eval_schedule") if isinstance(res.get("eval_schedule"), dict) else {}
+    if schedule.get("note"):
+        out.append(f'<p class="note">Evaluation schedule: {escape(str(schedule["note"]))} '
+                   "(shown as –).</p>")
     out.append(table(["after \\ on", *names],
-                     [[label, *row] for label, row in zip(rows, res["R"])], "matrix"))
+                     [[label, *("–" if v is None else v for v in row)]
+                      for label, row in zip(rows, res["R"])], "matrix"))
     if "scores" in figs:
         out.append(figure(figs["scores"], "score of each stage after each phase",
                           "each stage's score over the stream"))
@@ -99,6 +104,11 @@ def _metric_table(m: dict[str, Any]) -> str:
     rows = [[label, m[key]] for key, label in METRIC_LABELS if key in m]
     if isinstance(m.get("ap"), list):
         rows.insert(0, ["AP after each stage", ", ".join(fmt(a) for a in m["ap"])])
+    if m.get("ap_estimated"):
+        rows.append(["AP estimated from the scored stages (eval schedule), after",
+                     ", ".join(map(str, m["ap_estimated"]))])
+    if m.get("forgetting_lower_bound"):
+        rows.append(["forgetting", "max over the scored rows only (a lower bound)"])
     note = f'<p class="note">{escape(str(m["note"]))}</p>' if m.get("note") else ""
     return table(["metric", "value"], rows, "metrics") + note
 

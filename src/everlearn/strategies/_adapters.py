@@ -40,11 +40,20 @@ def stable_seed(*parts: Any) -> int:
 
 def adapter_parameters(model, name: str) -> dict[str, torch.nn.Parameter]:
     """The parameters of adapter ``name`` by full name (``...q_proj.lora_A.<name>.weight``)."""
-    out = {}
+    return adapters_parameters(model, [name]).get(name, {})
+
+
+def adapters_parameters(model, names) -> dict[str, dict[str, torch.nn.Parameter]]:
+    """:func:`adapter_parameters` of every adapter in ``names`` in one pass over the model's
+    parameters (one pass per adapter would cost adapters^2 on a long stream)."""
+    wanted = set(names)
+    out: dict[str, dict[str, torch.nn.Parameter]] = {}
     for pname, p in model.named_parameters():
         parts = pname.split(".")
-        if any(a.startswith("lora_") and b == name for a, b in zip(parts, parts[1:])):
-            out[pname] = p
+        for a, b in zip(parts, parts[1:]):
+            if a.startswith("lora_") and b in wanted:
+                out.setdefault(b, {})[pname] = p
+                break
     return out
 
 
@@ -64,8 +73,8 @@ def arrange(model, active: list[str], trainable: list[str]) -> None:
     """
     model.set_adapter(active[-1])
     model.base_model.set_adapter(list(active))
-    for name in list(model.peft_config):
-        for p in adapter_parameters(model, name).values():
+    for name, params in adapters_parameters(model, list(model.peft_config)).items():
+        for p in params.values():
             p.requires_grad_(name in trainable)
 
 
@@ -197,8 +206,9 @@ class StageAdapters(Strategy):
         if self.model is None:
             return dict(self._saved)
         out = {}
+        by_name = adapters_parameters(self.model, self.names)
         for name in self.names:
-            for pname, p in adapter_parameters(self.model, name).items():
+            for pname, p in by_name.get(name, {}).items():
                 out[TENSOR_PREFIX + pname] = p.detach().cpu().clone().contiguous()
         return out
 
@@ -208,7 +218,9 @@ class StageAdapters(Strategy):
         for name in self.names:
             if name not in model.peft_config:
                 self._add(name)
-            params = adapter_parameters(model, name)
+        by_name = adapters_parameters(model, self.names)
+        for name in self.names:
+            params = by_name.get(name, {})
             with torch.no_grad():
                 for pname, p in params.items():
                     saved = self._saved.get(TENSOR_PREFIX + pname)

@@ -1,8 +1,8 @@
 """Built-in suites: generated benchmarks that expand into several stages of a stream.
 
-A built-in *task* (``builtin: cipher``) is one stage; a *suite* (``builtin: worldline``) is a
-stream of its own: one config entry with ``periods: N`` becomes N stages named
-``<name>-01 .. <name>-N``, with suite options under ``builtin_options``.
+A built-in *task* (``builtin: cipher``) is one stage; a *suite* (``builtin: worldline``,
+``builtin: long_stream``) is a stream of its own: one config entry with ``periods: N`` becomes
+N stages named ``<name>-01 .. <name>-N``, with suite options under ``builtin_options``.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from everlearn.data.builtin import worldline
+from everlearn.data.builtin import long_stream, worldline
 from everlearn.data.records import Record
 
 
@@ -38,6 +38,14 @@ SUITES: dict[str, BuiltinSuite] = {
                     "cloze probes split into invariant/updated/new facts, FUAR",
         kind="cpt", metric="accuracy", Options=worldline.WorldlineOptions, default_periods=4,
         build=worldline.build_periods, sample_test=worldline.sample_probes),
+    "long_stream": BuiltinSuite(
+        name="long_stream",
+        description="many cheap classification stages (default 100): words or numbers sorted "
+                    "under labels invented per stage, short prompts, scored by option "
+                    "log-likelihood; for long-stream cost and behaviour",
+        kind="sft", metric="accuracy", Options=long_stream.LongStreamOptions,
+        default_periods=100, build=long_stream.build_stages,
+        sample_test=long_stream.sample_test),
 }
 
 
