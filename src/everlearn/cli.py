@@ -251,6 +251,12 @@ def cmd_validate(args) -> int:
     for st in stream:
         print(f"  {st.index}. {st.name} [{st.kind}, {st.metric}] train={len(st.train)} "
               f"test={len(st.test)}" + (f" labels={st.labels}" if st.labels else ""))
+    if cfg.recycle is not None:
+        rc = cfg.recycle
+        update = (f"new base {rc.new_base}" if rc.new_base else
+                  f"stage {stream.stages[-1].name} ({rc.update})")
+        print(f"  recycle: adapters carried over the update ({update}) by "
+              f"{', '.join(rc.policies)}")
     return 0
 
 

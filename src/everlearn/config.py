@@ -201,6 +201,50 @@ class TrackerConfig:
     log_every: int = _f(10, "Log training loss and learning rate every this many steps.")
 
 
+RecyclePolicy = Literal["reapply", "retune", "distill", "scratch"]
+
+
+@dataclass
+class RecycleConfig:
+    """Recyclable tuning (a run with a `recycle` section; see docs/recycling.md): one LoRA adapter
+    per sft stage on the old base, then the base is updated (the last stage, `cpt`, or
+    `new_base`) and every adapter is carried over to the new base by each policy."""
+
+    policies: list[RecyclePolicy] = _f(
+        ["reapply", "retune", "distill", "scratch"],
+        "Policies compared per adapter: reapply = the old adapter's weights on the new base as "
+        "they are; retune = start from the old adapter, train `retune_steps` on the task; "
+        "distill = train an adapter on the new base to match the old base + adapter (KL on the "
+        "answer tokens of the adapter's own training inputs); scratch = a fresh adapter trained "
+        "with the stage's full budget. reapply is measured in any case (one evaluation).")
+    new_base: str | None = _f(
+        None, "A new base checkpoint of the same architecture and tokenizer (local directory, "
+        ".gguf file or Hub id) instead of a last `cpt` stage.")
+    update: Literal["full", "lora"] = _f(
+        "full", "How the last `cpt` stage updates the base: full = every weight trains (the "
+        "vendor's continual pre-training); lora = a LoRA adapter trained and merged into the "
+        "base weights.")
+    update_lr: float | None = _f(
+        None, "Learning rate of the base update (default: train.lr).")
+    retune_steps: int | None = _f(
+        None, "Optimizer steps of retune (default: a quarter of the adapter's own budget, at "
+        "least 1).")
+    distill_steps: int | None = _f(
+        None, "Optimizer steps of distill (default: as retune).")
+    lr: float | None = _f(
+        None, "Peak learning rate of retune and distill, which start from a trained adapter "
+        "(default: train.lr; scratch always uses train.lr).")
+    distill_init: Literal["old", "fresh"] = _f(
+        "old", "Where distill starts: the old adapter's weights, or a fresh adapter.")
+    distill_task_weight: float = _f(
+        0.0, "Weight of the task loss (on the data's answers) added to distill's KL; 0: "
+        "distillation alone, the data's answers are not read.")
+    temperature: float = _f(1.0, "Softmax temperature of distill's teacher and student.")
+    top_k: int = _f(
+        50, "Teacher tokens kept per answer position (the rest is one bucket), for distill and "
+        "for the kl_to_old measure.")
+
+
 @dataclass
 class RunConfig:
     """A whole continual-learning run."""
@@ -221,6 +265,11 @@ class RunConfig:
         "auto", "Keep trainable weights of every stage or only the last (auto: all for LoRA)."
     )
     tracker: TrackerConfig = _f(None, "Experiment tracker (off by default).")
+    recycle: RecycleConfig | None = _f(
+        None, "Recyclable tuning instead of a continual stream (`recycle: {}` for the defaults; "
+        "see docs/recycling.md): per-task adapters on the old base, a base update, and each "
+        "adapter carried over to the new base by every policy.")
+
 
     def __post_init__(self) -> None:
         self.model = self.model or ModelConfig()
@@ -450,6 +499,76 @@ def _check_semantics(cfg: RunConfig) -> None:
         if st.kind == "cpt" and st.metric not in (None, "perplexity"):
             raise _Mismatch(f"{p}.metric",
                             f"expected 'perplexity' for a cpt stage, got {st.metric!r}")
+    if cfg.recycle is not None:
+        _check_recycle(cfg)
+
+
+def _check_recycle(cfg: RunConfig) -> None:
+    """A recycle run: sft stages (one adapter each), then the update (a last cpt stage or
+    ``recycle.new_base``), LoRA, and none of the stream-only features."""
+    rc = cfg.recycle
+    if cfg.model.finetune != "lora":
+        raise _Mismatch("model.finetune", "expected 'lora': a recycle run trains one LoRA "
+                        f"adapter per task, got {cfg.model.finetune!r}")
+    if [s.name for s in cfg.strategies] != ["seqft"] or cfg.strategies[0].options:
+        raise _Mismatch("strategies", "a recycle run trains each task's adapter on its own; "
+                        "strategies are not used (remove them)")
+    if cfg.tracker.backend != "none":
+        raise _Mismatch("tracker", "a recycle run does not log to a tracker; expected none")
+    if cfg.eval.general_probes:
+        raise _Mismatch("eval.general_probes", "not measured in a recycle run; expected []")
+    if not rc.policies or len(set(rc.policies)) != len(rc.policies):
+        raise _Mismatch("recycle.policies", f"expected a non-empty list without repeats, got "
+                        f"{rc.policies}")
+    *tasks, last = cfg.stages
+    update = last if last.kind == "cpt" else None
+    if rc.new_base is not None and update is not None:
+        raise _Mismatch("recycle.new_base", "expected either a last cpt stage (the update) or "
+                        "new_base, not both")
+    if rc.new_base is None and update is None:
+        raise _Mismatch(f"stages.{len(cfg.stages) - 1}.kind", "a recycle run updates the base "
+                        f"with a last cpt stage (or recycle.new_base); got {last.kind!r}")
+    if rc.new_base is not None:
+        tasks.append(last)
+        if not rc.new_base.strip():
+            raise _Mismatch("recycle.new_base", "expected a model path or Hub id")
+    if update is not None and (update.periods or 1) != 1:
+        raise _Mismatch(f"stages.{len(cfg.stages) - 1}.periods",
+                        f"expected 1: the update is one cpt stage, got {update.periods}")
+    if not tasks:
+        raise _Mismatch("stages", "expected at least one sft stage before the update")
+    for i, st in enumerate(tasks):
+        if st.kind != "sft":
+            raise _Mismatch(f"stages.{i}.kind", "expected 'sft': the stages before the update "
+                            f"are downstream tasks with one adapter each, got {st.kind!r}")
+    for key in ("retune_steps", "distill_steps", "top_k"):
+        v = getattr(rc, key)
+        if v is not None and v < 1:
+            raise _Mismatch(f"recycle.{key}", f"expected an integer >= 1, got {v}")
+    for key in ("update_lr", "lr", "temperature"):
+        v = getattr(rc, key)
+        if v is not None and v <= 0:
+            raise _Mismatch(f"recycle.{key}", f"expected a positive number, got {v}")
+    if rc.distill_task_weight < 0:
+        raise _Mismatch("recycle.distill_task_weight",
+                        f"expected a number >= 0, got {rc.distill_task_weight}")
+
+
+def _check_edit(cfg: RunConfig) -> None:
+    """The ``edit`` section: bounds that need a positive number and full fine-tuning."""
+    e = cfg.edit
+    if e.max_change is not None:
+        if e.max_change <= 0:
+            raise _Mismatch("edit.max_change", f"expected a positive number or null, got "
+                            f"{e.max_change}")
+        if cfg.model.finetune != "full":
+            raise _Mismatch("edit.max_change", "bounds the change of full weights: needs "
+                            f"model.finetune: full, got {cfg.model.finetune!r}")
+    if e.lr is not None and e.lr <= 0:
+        raise _Mismatch("edit.lr", f"expected a positive number or null, got {e.lr}")
+    if e.layers is not None and (not e.layers or len(set(e.layers)) != len(e.layers)):
+        raise _Mismatch("edit.layers", f"expected a non-empty list of layer indices without "
+                        f"repeats, or null, got {e.layers}")
 
 
 def _builtin_kind(name: str) -> str:
@@ -624,6 +743,11 @@ def _resolve_paths(cfg: RunConfig, root: Path) -> None:
     if name.startswith((".", "/", "~")) or name.endswith(".gguf"):
         p = Path(name).expanduser()
         cfg.model.name = str(p if p.is_absolute() else root / p)
+    new_base = cfg.recycle.new_base if cfg.recycle is not None else None
+    if new_base and (new_base.startswith((".", "/", "~")) or new_base.endswith(".gguf")):
+        p = Path(new_base).expanduser()
+        cfg.recycle.new_base = str(p if p.is_absolute() else root / p)
+
 
 
 def to_dict(cfg: Any) -> Any:

@@ -16,6 +16,7 @@ from everlearn.config import (
     EvalConfig,
     LoraConfig,
     ModelConfig,
+    RecycleConfig,
     RunConfig,
     StageConfig,
     StrategySpec,
@@ -36,6 +37,7 @@ SECTIONS = [
     ("strategies[]", StrategySpec),
     ("stages[].builtin_options (builtin: worldline)", WorldlineOptions),
     ("tracker", TrackerConfig),
+    ("recycle", RecycleConfig),
 ]
 
 

@@ -52,10 +52,34 @@ def worldline() -> dict[str, Any]:
     }
 
 
+def recycle() -> dict[str, Any]:
+    """Recyclable tuning on the embedded model: three generated tasks, one LoRA adapter each on
+    the old base; then the base is updated by continual pre-training (every weight) on new
+    text - one period of the generated worldline world, scored by its cloze probes; then every
+    adapter is carried over to the new base by each policy (see docs/recycling.md)."""
+    return {
+        "name": "recycle",
+        "model": {"name": "smollm2-135m-instruct", "finetune": "lora",
+                  "lora": {"r": 8, "alpha": 16}},
+        "train": {"lr": 1e-3, "batch_size": 8, "steps": 30, "max_length": 96,
+                  "warmup_ratio": 0.1, "schedule": "cosine"},
+        "eval": {"batch_size": 32},
+        "stages": [{"builtin": name, "max_train": 240, "max_test": 40}
+                   for name in ("arithmetic", "cipher", "classify")]
+        + [{"name": "update", "builtin": "worldline", "periods": 1, "max_test": 48, "steps": 30,
+            "builtin_options": {"people": 16, "companies": 4, "cities": 6, "roles": 6}}],
+        "recycle": {"policies": ["reapply", "retune", "distill", "scratch"], "update": "full",
+                    "update_lr": 5e-5, "retune_steps": 8, "lr": 5e-4},
+    }
+
+
 PRESETS = {
     "quickstart": ("4 built-in tasks, SmolLM2-135M-Instruct, LoRA, replay (a few minutes)",
                    quickstart),
     "smoke": ("the quickstart stream on a random tiny model (seconds)", smoke),
     "worldline": ("4 periods of a changing fictional world (cpt), FUAR and general-ability "
                   "probes, SmolLM2-135M-Instruct, LoRA", worldline),
+    "recycle": ("recyclable tuning: 3 task adapters, a full cpt update of the base, then "
+                "reapply / retune / distill / scratch per adapter, SmolLM2-135M-Instruct",
+                recycle),
 }

@@ -343,6 +343,10 @@ def start_run(cfg: RunConfig, run_dir: str | Path | None = None, quiet: bool = F
     path = Path(run_dir) if run_dir else new_run_dir(cfg)
     if (path / "results.json").exists():
         raise ConfigError(f"{path}: already holds a run; use --resume {path} or another --output")
+    if cfg.recycle is not None:  # recyclable tuning (everlearn.recycle) instead of a stream
+        from everlearn.recycle import RecycleRun
+
+        return path, RecycleRun(cfg, path, quiet, source).execute(resume=False)
     run = Run(cfg, path, quiet, source)
     return path, run.execute(resume=False)
 
@@ -353,5 +357,9 @@ def resume_run(run_dir: str | Path, quiet: bool = False) -> tuple[Path, dict[str
     if not (path / "config.yaml").exists():
         raise ResumeError(f"{path}: config.yaml: missing; not an everlearn run directory")
     cfg = load_config(path / "config.yaml")
+    if cfg.recycle is not None:
+        from everlearn.recycle import RecycleRun
+
+        return path, RecycleRun(cfg, path, quiet, str(path / "config.yaml")).execute(resume=True)
     run = Run(cfg, path, quiet, str(path / "config.yaml"))
     return path, run.execute(resume=True)

@@ -107,6 +107,52 @@ def format_general(results: dict[str, Any]) -> str:
     return _table(header, rows)
 
 
+RECYCLE_POLICIES = ("reapply", "retune", "distill", "scratch")
+
+
+def recycling_update_line(rec: dict[str, Any]) -> str:
+    """How the base was updated, in one line."""
+    u = rec.get("update") or {}
+    if not u:
+        return "update: not yet done"
+    if u.get("source") == "cpt":
+        what = (f"cpt stage '{u.get('stage')}' ({u.get('finetune')}, {u.get('steps')} steps, "
+                f"lr {u.get('lr')})")
+    else:
+        what = f"new base checkpoint {u.get('new_base')}"
+    return f"update: {what}; relative weight change {_num(u.get('relative_change'), 4)}"
+
+
+def format_recycling(results: dict[str, Any]) -> str:
+    """Recyclable tuning: per task the old base, old base + adapter, new base alone and each
+    policy's adapter on the new base; then per policy the mean score, the change against the
+    old base + adapter, the KL to the old system and the steps and wall time spent."""
+    rec = results["recycling"]
+    tasks = rec.get("tasks") or {}
+    policies = [p for p in RECYCLE_POLICIES
+                if any(p in (t.get("policies") or {}) for t in tasks.values())]
+    short = {"exact_match": "em", "accuracy": "acc", "rouge_l": "rouge"}
+
+    def score(entry: Any) -> str:
+        return _num(entry.get("score")) if isinstance(entry, dict) else "n/a"
+
+    header = ["task", "metric", "old base", "old+adapter", "new base", *policies]
+    rows = [[name, short.get(t.get("metric"), t.get("metric")), _num(t.get("old_base")),
+             score(t.get("old_adapter")), score(t.get("new_base")),
+             *(score((t.get("policies") or {}).get(p)) for p in policies)]
+            for name, t in tasks.items()]
+    parts = [recycling_update_line(rec), _table(header, rows)]
+    summary = rec.get("summary") or {}
+    if summary:
+        labels = {"old_adapter": "old+adapter", "new_base": "new base"}
+        rows = [[labels.get(name, name), _num(s.get("mean_score")),
+                 _num(s.get("mean_delta_vs_old")), _num(s.get("mean_kl_to_old"), 4),
+                 s.get("steps", 0), _num(s.get("wall_time_s"))] for name, s in summary.items()]
+        parts += ["", _table(["policy", "mean score", "vs old+adapter", "KL to old", "steps",
+                              "wall s"], rows)]
+    return "\n".join(parts)
+
+
 def format_summary(results: dict[str, Any]) -> str:
     parts = [f"Accuracy matrix R (strategy: {'+'.join(results['strategies'])}; "
              f"rows: after training, columns: stage scored)", format_matrix(results)]
@@ -120,6 +166,9 @@ def format_summary(results: dict[str, Any]) -> str:
     if results.get("general") or results.get("general_kl"):
         parts += ["", "General ability against the base model (delta < 0: ability lost)",
                   format_general(results)]
+    if (results.get("recycling") or {}).get("tasks"):
+        parts += ["", "Recycling adapters over the base update (scores on each task; KL to old: "
+                      "to the old base + adapter on the test inputs)", format_recycling(results)]
     if results.get("cost"):
         parts += ["", f"Cost per phase (base row evaluated in "
                       f"{results.get('base_eval_time_s', 0):.1f} s)", format_cost(results)]

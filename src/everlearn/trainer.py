@@ -175,6 +175,8 @@ class Trainer:
                                         attention_mask=batch["attention_mask"],
                                         labels=None if align else batch["labels"])
                         loss = batch_loss(outputs.logits, batch) if align else outputs.loss
+                    if self.strategy.task_loss_weight != 1.0:  # 0: distillation alone
+                        loss = loss * self.strategy.task_loss_weight
                     with hooks:
                         extra = self.strategy.extra_loss(model, batch, outputs)
                     if extra is not None:

@@ -13,6 +13,7 @@ from everlearn.errors import EverlearnError
 KNOWN_TOP = {"everlearn_version", "status", "name", "scenario", "strategies", "model",
              "finetune", "stages", "phases", "rows", "R", "base_eval_time_s", "cost",
              "strategy_metrics", "metrics", "general", "general_ability", "eval_schedule"}
+KNOWN_TOP |= {"recycling"}  # recycle runs (page._recycling)
 CL_KEYS = ("ap", "final_ap", "la", "bwt", "bwt_trace", "forgetting", "fwt")
 KNOWN_METRIC = {*CL_KEYS, "stages", "note", "main", "perplexity", "general_delta",
                 "ap_estimated", "forgetting_lower_bound"}

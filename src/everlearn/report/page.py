@@ -153,6 +153,42 @@ def _general(res: dict[str, Any], figs: dict[str, bytes]) -> str:
     return "\n".join(out)
 
 
+def _recycling(res: dict[str, Any]) -> str:
+    """Recyclable tuning (a recycle run): each task's score with the old base + adapter, the
+    new base alone and every policy's adapter on the new base, then cost per policy."""
+    from everlearn.tables import RECYCLE_POLICIES, recycling_update_line
+
+    rec = res.get("recycling")
+    if not isinstance(rec, dict) or not isinstance(rec.get("tasks"), dict):
+        return ""
+    tasks = rec["tasks"]
+    policies = [p for p in RECYCLE_POLICIES
+                if any(p in (t.get("policies") or {}) for t in tasks.values())]
+
+    def score(entry: Any) -> Any:
+        return entry.get("score") if isinstance(entry, dict) else None
+
+    rows = [[name, t.get("metric"), t.get("old_base"), score(t.get("old_adapter")),
+             score(t.get("new_base")), *(score((t.get("policies") or {}).get(p))
+                                         for p in policies)] for name, t in tasks.items()]
+    out = ['<h2 class="recycling">Recycling adapters over the base update</h2>',
+           f'<p class="note">{escape(recycling_update_line(rec))}. Each downstream adapter was '
+           "trained on the old base; every policy carries it to the new base (reapply: as is; "
+           "retune: a short re-training from it; distill: matching the old base + adapter; "
+           "scratch: a fresh adapter, full budget). See docs/recycling.md.</p>",
+           table(["task", "metric", "old base", "old base + adapter", "new base", *policies],
+                 rows, "recycling")]
+    summary = rec.get("summary")
+    if isinstance(summary, dict) and summary:
+        out.append(table(["policy", "mean score", "mean change vs old base + adapter",
+                          "mean KL to old (test inputs)", "steps", "wall s"],
+                         [[name, s.get("mean_score"), s.get("mean_delta_vs_old"),
+                           s.get("mean_kl_to_old"), s.get("steps"), s.get("wall_time_s")]
+                          for name, s in summary.items() if isinstance(s, dict)],
+                         "recycling-cost"))
+    return "\n".join(out)
+
+
 def _generic_section(title: str, note: str, items: dict[str, Any], cls: str) -> str:
     if not items:
         return ""
@@ -198,7 +234,7 @@ def build_page(res: dict[str, Any], figs: dict[str, bytes], config_text: str | N
     """The whole page; every string from the run is escaped."""
     strategy = res.get("strategy_metrics") or {}
     sections = [
-        _header(res), _matrix(res, figs), _metrics(res), _general(res, figs),
+        _header(res), _matrix(res, figs), _metrics(res), _general(res, figs), _recycling(res),
         _generic_section("Stage-kind metrics", "Further metrics reported by the evaluation "
                          "(temporal knowledge, editing, preference...).",
                          data.extra_metrics(res), "stage-metrics"),

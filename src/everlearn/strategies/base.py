@@ -63,6 +63,9 @@ class Strategy:
     # True when extra_loss reads outputs.logits at every position, or the strategy changes the
     # model's input sequence; otherwise training computes logits at labelled positions only.
     needs_full_logits: ClassVar[bool] = False
+    # Factor on the task loss (the data's labels) before extra_loss is added: 0 trains on
+    # extra_loss alone (distillation without labels, as recycle's distill policy does).
+    task_loss_weight: float = 1.0
 
     def __init__(self, options: Any = None):
         self.options = options if options is not None else self.Options()
@@ -124,6 +127,13 @@ class StrategyStack(Strategy):
     @property
     def needs_full_logits(self) -> bool:
         return any(m.needs_full_logits for m in self.members)
+
+    @property
+    def task_loss_weight(self) -> float:
+        weight = 1.0
+        for m in self.members:
+            weight *= m.task_loss_weight
+        return weight
 
     @property
     def names(self) -> list[str]:

@@ -1,0 +1,581 @@
+"""Recyclable tuning: keep downstream adapters useful when the base model is updated.
+
+In the LLM supply chain a vendor keeps pre-training the base model and releases new versions,
+while every consumer's adapters were trained against the old one. A run with a ``recycle``
+config section measures what carrying the adapters over costs and keeps:
+
+1. every ``sft`` stage (a downstream task) gets its own LoRA adapter, trained on the *old* base
+   with the stage's budget and scored (old base + adapter);
+2. the base is updated: the last stage (``cpt``, new text) trains the base itself (every weight,
+   or a LoRA adapter merged into it: ``recycle.update``), or ``recycle.new_base`` names a new
+   checkpoint of the same architecture and tokenizer;
+3. each adapter is carried over to the new base by each policy and scored:
+
+   - ``reapply``: the old adapter's tensors loaded onto the new base as they are (no training);
+   - ``retune``: start from the old adapter, train ``retune_steps`` on the task's data;
+   - ``distill``: train an adapter on the new base to match the old base + adapter:
+     KL(old || new) on the answer tokens of the adapter's own training inputs (the ``lwf``
+     strategy's compressed teacher and loss, with a fixed teacher computed before the swap),
+     plus ``distill_task_weight`` x the task loss;
+   - ``scratch`` (the baseline): a fresh adapter trained on the new base with the full budget.
+
+Everything trains through the one :class:`~everlearn.trainer.Trainer` and scores through the
+:class:`~everlearn.evaluate.Evaluator`. The consumer model is one PEFT model with one adapter
+slot; changing the base copies the old or the new base weights into it in place, and changing
+the adapter loads saved adapter tensors (``load_trainable_state``).
+
+``results.json`` is a normal run's (R, metrics, cost per phase, so ``report`` and ``compare``
+work) plus a ``recycling`` section. R reads as the consumer's system over time, each task
+scored with its own adapter (task id known): row 0 the old base, row k after task k's adapter
+(earlier tasks keep their adapter's score, later ones the base's), and, when the update is a
+stage, a last row: the new base with every old adapter re-applied as is. No cell of R needs an
+evaluation of its own beyond those the recycling section reports.
+
+Each unit of work (base row, one adapter, the update, one task x policy) is seeded from the run
+seed and its position and is followed by a checkpoint and a rewritten ``results.json``, so
+``--resume`` ends with the same scores as an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import logging
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from everlearn import __version__
+from everlearn.checkpoint import RunDir, save_tensors, write_atomic, write_json
+from everlearn.config import RunConfig, dump_yaml
+from everlearn.data.encode import IGNORE, Encoder, collate
+from everlearn.errors import ConfigError, ModelError, ResumeError
+from everlearn.evaluate import Evaluator
+from everlearn.models import (
+    count_parameters,
+    load_base_model,
+    load_trainable_state,
+    make_trainable,
+    store_frozen_linears_in_bf16,
+    trainable_state,
+)
+from everlearn.resources import PeakMemory
+from everlearn.strategies import _penalty as P
+from everlearn.strategies.base import RunContext, Strategy
+from everlearn.strategies.lwf import LwF, LwFOptions
+from everlearn.stream import Stage, build_stream
+from everlearn.trainer import PhaseCost, Trainer
+
+log = logging.getLogger("everlearn")
+
+TRAINED_POLICIES = ("retune", "distill", "scratch")  # reapply is measured with the update
+
+
+# --- base weights in a PEFT model -----------------------------------------------------------
+def plain_state(model) -> dict[str, torch.Tensor]:
+    """Every weight of a plain (unwrapped) model by name, tied names included, as CPU copies."""
+    return {n: p.detach().cpu().clone().contiguous()
+            for n, p in model.named_parameters(remove_duplicate=False)}
+
+
+def base_parameters(model) -> dict[str, torch.nn.Parameter]:
+    """The base weights inside a PEFT-wrapped model, by their plain-model names (PEFT moves an
+    adapted ``q_proj.weight`` to ``q_proj.base_layer.weight``); LoRA weights are left out."""
+    inner = model.get_base_model()
+    return {n.replace(".base_layer", ""): p
+            for n, p in inner.named_parameters(remove_duplicate=False) if "lora_" not in n}
+
+
+@torch.no_grad()
+def load_base_weights(model, state: dict[str, torch.Tensor], where: str) -> None:
+    """Copy a base checkpoint (plain names) into the PEFT model's base weights, in place (each
+    weight keeps its dtype, e.g. bf16 storage); the adapters are left as they are."""
+    params = base_parameters(model)
+    missing = sorted(set(params) - set(state))
+    if missing:
+        raise ModelError(f"{where}: weight '{missing[0]}' is missing")
+    for name, p in params.items():
+        p.copy_(state[name])
+
+
+def architecture_problem(old: dict[str, torch.Tensor], new: dict[str, torch.Tensor]) -> str | None:
+    """Why ``new`` cannot replace ``old`` under the same adapters (None when it can)."""
+    for name in old:
+        if name not in new:
+            return f"it has no weight '{name}'"
+        if new[name].shape != old[name].shape:
+            return (f"weight '{name}' has shape {tuple(new[name].shape)}, expected "
+                    f"{tuple(old[name].shape)}")
+    extra = sorted(set(new) - set(old))
+    return f"it has an extra weight '{extra[0]}'" if extra else None
+
+
+def relative_change(old: dict[str, torch.Tensor], new: dict[str, torch.Tensor]) -> float:
+    """||new - old|| / ||old|| over every base weight (how far the update moved the base)."""
+    diff = norm = 0.0
+    for name, t in old.items():
+        diff += float((new[name].float() - t.float()).pow(2).sum())
+        norm += float(t.float().pow(2).sum())
+    return math.sqrt(diff / max(norm, 1e-30))
+
+
+# --- distillation from the old base + adapter -------------------------------------------------
+class Distill(LwF):
+    """``lwf``'s distillation with a fixed teacher: the old base + old adapter, its outputs
+    computed before the swap (:meth:`set_teacher`), on the adapter's own training inputs."""
+
+    name = "recycle_distill"
+
+    def __init__(self, ctx: RunContext, temperature: float, top_k: int,
+                 task_weight: float = 0.0):
+        super().__init__(LwFOptions(alpha=1.0, temperature=temperature, top_k=top_k))
+        self.ctx = ctx
+        self.task_loss_weight = task_weight
+
+    def set_teacher(self, records) -> None:
+        """The teacher's compressed outputs at every answer position of ``records``, from the
+        model as it is now."""
+        self.cache = self.teacher_outputs("sft", records)
+
+    def before_stage(self, stage) -> None:
+        """The teacher stays (lwf would clear it)."""
+
+    def train_data(self, stage, records):
+        return records
+
+    def after_stage(self, stage) -> None:
+        """The teacher stays."""
+
+    @torch.no_grad()
+    def mean_kl(self, model, records) -> float:
+        """Mean over the answer positions of ``records`` of the bucketed KL(teacher || model):
+        >= 0, 0 when the model reproduces the teacher (at ``temperature``)."""
+        ctx = self.ctx
+        examples = [e for e in ctx.encoder.encode_stage("sft", records)
+                    if any(lab != IGNORE for lab in e.labels)]
+        device = next(model.parameters()).device
+        size = ctx.config.train.batch_size
+        total, count = 0.0, 0
+        was_training = model.training
+        model.eval()
+        try:
+            for s in range(0, len(examples), size):
+                batch = {k: v.to(device) for k, v in
+                         collate(examples[s:s + size], ctx.encoder.pad_id).items()}
+                with ctx.autocast():
+                    outputs = model(input_ids=batch["input_ids"],
+                                    attention_mask=batch["attention_mask"])
+                kl = self.extra_loss(model, batch, outputs)
+                n = int(P.answer_mask(batch["labels"]).sum())
+                if kl is not None:
+                    T = self.options.temperature
+                    total += float(kl) / (T * T) * n
+                    count += n
+        finally:
+            model.train(was_training)
+        return total / max(count, 1)
+
+
+# --- the run ----------------------------------------------------------------------------------
+def _phase_cost(phase: int, names: list[str], pc: PhaseCost, wall: float, eval_s: float,
+                params: tuple[int, int], eval_peak: float) -> dict[str, Any]:
+    trainable, total = params
+    return {"phase": phase, "stages": names, "steps": pc.steps, "examples": pc.examples,
+            "wall_time_s": wall, "train_time_s": pc.train_time_s, "eval_time_s": eval_s,
+            "strategy_time_s": pc.strategy_time_s, "tokens_trained": pc.tokens_trained,
+            "tokens_per_s": pc.tokens_trained / max(pc.train_time_s, 1e-9),
+            "padding_fraction": pc.padding_fraction, "final_loss": pc.final_loss,
+            "trainable_params": trainable, "total_params": total,
+            "peak_memory_mb": max(pc.peak_memory_mb, eval_peak), "buffer_size": 0,
+            "skipped_batches": pc.skipped_batches}
+
+
+def _no_training() -> PhaseCost:
+    return PhaseCost(steps=0, train_time_s=0.0, tokens_trained=0, padding_fraction=0.0,
+                     examples=0, final_loss=float("nan"), peak_memory_mb=0.0)
+
+
+class RecycleRun:
+    """One recycle run directory being filled (see the module docstring)."""
+
+    def __init__(self, cfg: RunConfig, run_dir: Path, quiet: bool = False,
+                 source: str = "config"):
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            raise ConfigError(f"{source}: recycle: a recycle run uses one process; run it "
+                              "without torchrun")
+        self.cfg = cfg
+        self.rc = cfg.recycle
+        self.dir = RunDir(run_dir)
+        self.quiet = quiet
+        self.source = source
+        self.stream = build_stream(cfg, source)
+        stages = self.stream.stages
+        if self.rc.new_base is None:
+            *self.tasks, self.update = stages
+        else:
+            self.tasks, self.update = list(stages), None
+        self.phases = [[s] for s in stages]
+        self.policies = [p for p in TRAINED_POLICIES if p in self.rc.policies]
+        # unit numbers (seeds, trainer phases): base row 0, adapters 1..N, update N + 1, then
+        # every task x trained policy in order
+        self.units = {(t.name, p): len(self.tasks) + 2 + i for i, (t, p) in enumerate(
+            (t, p) for t in self.tasks for p in self.policies)}
+        self.R: list[list[float]] = []
+        self.cost: list[dict[str, Any]] = []
+        self.base_eval_s = 0.0
+        self.recycling: dict[str, Any] = {}
+        self.model = None
+
+    # --- results ----------------------------------------------------------------------------
+    def _results(self, status: str) -> dict[str, Any]:
+        from everlearn.runner import compute_metrics
+
+        stages = self.stream.stages
+        n_rows = len(self.R)
+        res: dict[str, Any] = {
+            "everlearn_version": __version__, "status": status, "name": self.cfg.name,
+            "scenario": self.stream.scenario, "strategies": ["recycle"],
+            "model": self.cfg.model.name, "finetune": self.cfg.model.finetune,
+            "stages": [{"name": s.name, "kind": s.kind, "metric": s.metric,
+                        "higher_is_better": s.higher_is_better, "n_train": len(s.train),
+                        "n_test": len(s.test), "task_id": s.task_id} for s in stages],
+            "phases": [[s.name for s in p] for p in self.phases],
+            "rows": ["base"] + [p[0].name for p in self.phases[:n_rows - 1]],
+            "R": self.R, "base_eval_time_s": self.base_eval_s, "cost": self.cost,
+            "strategy_metrics": {}, "recycling": self.recycling,
+        }
+        if status == "complete":
+            res["metrics"] = compute_metrics(self.R, stages, self.phases)
+            self.recycling["summary"] = self._summary()
+        return res
+
+    def _write(self, status: str = "running") -> dict[str, Any]:
+        res = self._results(status)
+        write_json(self.dir.results, res)
+        return res
+
+    def _summary(self) -> dict[str, Any]:
+        """Per policy over the tasks: mean score, mean change against old base + adapter, mean
+        KL to the old system, and the total steps and wall time spent."""
+        tasks = list(self.recycling.get("tasks", {}).values())
+
+        def mean(values):
+            values = [v for v in values if v is not None]
+            return sum(values) / len(values) if values else None
+
+        out = {}
+        rows = [("old_adapter", [t["old_adapter"] for t in tasks]),
+                ("new_base", [t["new_base"] for t in tasks])]
+        rows += [(p, [t["policies"][p] for t in tasks if p in t["policies"]])
+                 for p in ("reapply", *self.policies)]
+        for name, entries in rows:
+            if not entries:
+                continue
+            out[name] = {
+                "mean_score": mean(e["score"] for e in entries),
+                "mean_delta_vs_old": mean(e.get("delta_vs_old") for e in entries),
+                "mean_kl_to_old": mean(e.get("kl_to_old") for e in entries),
+                "steps": sum(e.get("steps", 0) for e in entries),
+                "wall_time_s": sum(e.get("wall_time_s", 0.0) for e in entries),
+            }
+        return out
+
+    # --- running ----------------------------------------------------------------------------
+    def execute(self, resume: bool = False) -> dict[str, Any]:
+        from everlearn.runner import _attach_log, make_accelerator, seed_everything
+
+        cfg = self.cfg
+        self.dir.path.mkdir(parents=True, exist_ok=True)
+        _attach_log(self.dir.path)
+        if resume and self.dir.results.exists():
+            self._restore()
+        elif not resume:
+            write_atomic(self.dir.config, dump_yaml(cfg))
+        seed_everything(cfg.seed)
+        acc = make_accelerator(cfg.train.precision)
+        self.acc = acc
+        model, tok = load_base_model(cfg.model)
+        self.old_base = plain_state(model)
+        self.new_base: dict[str, torch.Tensor] | None = None
+        if self.rc.new_base is not None:  # checked before any training
+            self.new_base = self._load_new_base(model, tok)
+        model = make_trainable(model, cfg.model)
+        model.to(acc.device)
+        if acc.mixed_precision == "bf16":
+            store_frozen_linears_in_bf16(model)  # same numbers under autocast, less copying
+        self.model = model
+        self.fresh = trainable_state(model)  # the initial adapter (LoRA B = 0: the base itself)
+        self.on_base = "old"
+        self.encoder = Encoder(tok, cfg.train.max_length, cfg.model.chat_template == "auto")
+        self.ctx = RunContext(model=model, tokenizer=tok, encoder=self.encoder, config=cfg,
+                              stream=self.stream, seed=cfg.seed, accelerator=acc)
+        self.evaluator = Evaluator(acc, self.encoder, cfg.eval, self.quiet)
+        self._test_teachers: dict[str, Distill] = {}
+        self.adapters = [self._adapter(k) for k in range(1, len(self.R))
+                         if k <= len(self.tasks)]
+
+        if not self.R:
+            seed_everything(cfg.seed)
+            t0 = time.perf_counter()
+            self._use("old", self.fresh)
+            self.R.append([self._score(st) for st in self.stream.stages])
+            self.base_eval_s = time.perf_counter() - t0
+            self.recycling = {"policies": ["reapply", *self.policies], "update": None,
+                              "tasks": {}}
+            self._write()
+        for k in range(len(self.adapters) + 1, len(self.tasks) + 1):
+            self._train_adapter(k)
+        if self.recycling.get("update") is None:
+            self._do_update()
+        elif self.new_base is None:
+            self.new_base = self._saved_new_base()
+        for task in self.tasks:
+            for policy in self.policies:
+                if policy not in self.recycling["tasks"][task.name]["policies"]:
+                    self._recycle(task, policy)
+        return self._write("complete")
+
+    def _restore(self) -> None:
+        """What a resumed run already has: R, cost, the recycling entries so far."""
+        from everlearn.runner import _read_results
+
+        prev = _read_results(self.dir)
+        if prev.get("phases") != [[s.name for s in p] for p in self.phases]:
+            raise ResumeError(f"{self.dir.results}: phases: the stream no longer matches the "
+                              "run's config.yaml")
+        self.R, self.cost = prev["R"], prev["cost"]
+        self.base_eval_s = prev.get("base_eval_time_s", 0.0)
+        self.recycling = prev.get("recycling") or {}
+        if self.R and not self.recycling:
+            raise ResumeError(f"{self.dir.results}: recycling: missing; not a recycle run")
+        self.recycling.pop("summary", None)
+        log.info("resuming the recycle run after %d phases", len(self.R) - 1)
+
+    # --- units ------------------------------------------------------------------------------
+    def _train_adapter(self, k: int) -> None:
+        """Task k's adapter on the old base, its score, R row k, checkpoint phase k."""
+        from everlearn.runner import seed_everything
+
+        stage = self.tasks[k - 1]
+        seed_everything(self.cfg.seed + k)
+        t0 = time.perf_counter()
+        self._use("old", self.fresh)
+        pc = self._trainer().train_phase(self.model, [stage], k)
+        train_wall = time.perf_counter() - t0
+        memory = PeakMemory(self.acc.device)
+        t1 = time.perf_counter()
+        score = self._score(stage)
+        eval_s = time.perf_counter() - t1
+        adapter = trainable_state(self.model)
+        self.adapters.append(adapter)
+        row = list(self.R[-1])
+        row[k - 1] = score
+        self.R.append(row)
+        self.cost.append(_phase_cost(k, [stage.name], pc, time.perf_counter() - t0, eval_s,
+                                     count_parameters(self.model), memory.peak_mb))
+        self.dir.save_phase(k, adapter, {"meta": {}, "tensors": {}})
+        self.recycling["tasks"][stage.name] = {
+            "metric": stage.metric, "old_base": self.R[0][k - 1],
+            "old_adapter": {"score": score, "steps": pc.steps, "wall_time_s": train_wall,
+                            "train_time_s": pc.train_time_s,
+                            "eval_time_s": eval_s, "delta_vs_old": 0.0, "kl_to_old": 0.0},
+            "policies": {}}
+        self._write()
+
+    def _do_update(self) -> None:
+        """The new base (trained on the cpt stage, or loaded), the new base's scores without
+        and with each old adapter (reapply), R's last row when the update is a stage."""
+        from everlearn.runner import seed_everything
+
+        n = len(self.tasks)
+        for task in self.tasks:  # the old system's outputs, while the old base is loaded
+            self._test_teacher(task)
+        seed_everything(self.cfg.seed + n + 1)
+        t0 = time.perf_counter()
+        info: dict[str, Any]
+        if self.update is not None:
+            pc = self._train_base(self.update, n + 1)
+            info = {"source": "cpt", "stage": self.update.name, "finetune": self.rc.update,
+                    "lr": self.rc.update_lr or self.cfg.train.lr, "steps": pc.steps,
+                    "train_time_s": pc.train_time_s, "tokens_trained": pc.tokens_trained}
+            changed = {k: v for k, v in self.new_base.items()
+                       if not torch.equal(v, self.old_base[k])}
+            self.dir.save_phase(n + 1, changed, {"meta": {"changed": len(changed)},
+                                                 "tensors": {}})
+        else:
+            pc = _no_training()
+            info = {"source": "checkpoint", "new_base": self.rc.new_base, "steps": 0}
+        update_s = time.perf_counter() - t0
+        info["relative_change"] = relative_change(self.old_base, self.new_base)
+        memory = PeakMemory(self.acc.device)
+        t1 = time.perf_counter()
+        self._use("new", self.fresh)
+        new_scores = {t.name: self._score(t) for t in self.tasks}
+        update_score = self._score(self.update) if self.update is not None else None
+        for task in self.tasks:
+            entry = self.recycling["tasks"][task.name]
+            entry["new_base"] = {"score": new_scores[task.name], "steps": 0, "wall_time_s": 0.0,
+                                 "delta_vs_old": new_scores[task.name]
+                                 - entry["old_adapter"]["score"],
+                                 "kl_to_old": self._test_teacher(task).mean_kl(
+                                     self.model, task.test)}
+        reapplied = {}
+        for k, task in enumerate(self.tasks, 1):
+            t2 = time.perf_counter()
+            self._use("new", self.adapters[k - 1])
+            wall = time.perf_counter() - t2
+            reapplied[task.name] = self._policy_entry(task, 0, wall, 0.0, "reapply")
+        eval_s = time.perf_counter() - t1
+        if self.update is not None:
+            info["scores"] = {"old_base": self.R[0][n], "new_base": update_score}
+            self.R.append([reapplied[t.name]["score"] for t in self.tasks] + [update_score])
+            self.cost.append(_phase_cost(n + 1, [self.update.name], pc, update_s + eval_s,
+                                         eval_s, self.vendor_params, memory.peak_mb))
+        info["wall_time_s"] = update_s
+        self.recycling["update"] = info
+        for name, entry in reapplied.items():
+            self.recycling["tasks"][name]["policies"]["reapply"] = entry
+        self._write()
+
+    def _recycle(self, task: Stage, policy: str) -> None:
+        """One task x trained policy: the adapter it gives on the new base, its score and cost."""
+        from everlearn.runner import seed_everything
+
+        k = self.tasks.index(task) + 1
+        unit = self.units[(task.name, policy)]
+        rc = self.rc
+        self._test_teacher(task)  # for kl_to_old: measured, not part of the policy's cost
+        seed_everything(self.cfg.seed + unit)
+        old_steps = self.recycling["tasks"][task.name]["old_adapter"]["steps"]
+        retune_steps = rc.retune_steps or max(1, round(old_steps / 4))
+        t0 = time.perf_counter()
+        strategy: Strategy = Strategy()
+        if policy == "retune":
+            stage, init = dataclasses.replace(task, steps=retune_steps), self.adapters[k - 1]
+        elif policy == "scratch":
+            stage, init = dataclasses.replace(task, steps=old_steps), self.fresh
+        else:  # distill: the old base + old adapter's outputs on the task's training inputs
+            strategy = Distill(self.ctx, rc.temperature, rc.top_k, rc.distill_task_weight)
+            self._use("old", self.adapters[k - 1])
+            strategy.set_teacher(task.train)
+            stage = dataclasses.replace(task, steps=rc.distill_steps or retune_steps)
+            init = self.adapters[k - 1] if rc.distill_init == "old" else self.fresh
+        self._use("new", init)
+        train_cfg = (self.cfg.train if policy == "scratch" or rc.lr is None
+                     else dataclasses.replace(self.cfg.train, lr=rc.lr))
+        pc = self._trainer(strategy, train_cfg).train_phase(self.model, [stage], unit)
+        wall = time.perf_counter() - t0
+        entry = self._policy_entry(task, pc.steps, wall, pc.train_time_s, policy)
+        self.recycling["tasks"][task.name]["policies"][policy] = entry
+        self._write()
+
+    def _policy_entry(self, task: Stage, steps: int, wall: float, train_s: float,
+                      policy: str) -> dict[str, Any]:
+        """Score, change against old base + adapter, KL to the old system and cost of the
+        adapter now in the model; its tensors go to checkpoints/recycled/."""
+        k = self.tasks.index(task) + 1
+        save_tensors(self.dir.path / "checkpoints" / "recycled" / f"task{k:02d}-{policy}"
+                     ".safetensors", trainable_state(self.model))
+        t0 = time.perf_counter()
+        score = self._score(task)
+        eval_s = time.perf_counter() - t0
+        old = self.recycling["tasks"][task.name]["old_adapter"]["score"]
+        return {"score": score, "delta_vs_old": score - old, "steps": steps,
+                "wall_time_s": wall, "train_time_s": train_s, "eval_time_s": eval_s,
+                "kl_to_old": self._test_teacher(task).mean_kl(self.model, task.test)}
+
+    # --- helpers ----------------------------------------------------------------------------
+    def _trainer(self, strategy: Strategy | None = None, train_cfg=None) -> Trainer:
+        return Trainer(self.acc, self.encoder, train_cfg or self.cfg.train,
+                       strategy or Strategy(), self.cfg.seed, self.quiet)
+
+    def _score(self, stage: Stage) -> float:
+        return self.evaluator.score(self.model, stage).score
+
+    def _use(self, base: str, adapter: dict[str, torch.Tensor]) -> None:
+        """Put the old or new base and the given adapter tensors into the model."""
+        if base != self.on_base:
+            load_base_weights(self.model, self.old_base if base == "old" else self.new_base,
+                              f"recycle: {base} base")
+            self.on_base = base
+        load_trainable_state(self.model, adapter, "recycle: adapter")
+
+    def _test_teacher(self, task: Stage) -> Distill:
+        """The old system's (old base + the task's adapter) outputs on the task's test inputs,
+        at temperature 1: what ``kl_to_old`` compares every carried-over adapter with."""
+        if task.name not in self._test_teachers:
+            k = self.tasks.index(task) + 1
+            back = self.on_base, trainable_state(self.model)
+            teacher = Distill(self.ctx, 1.0, self.rc.top_k)
+            self._use("old", self.adapters[k - 1])
+            teacher.set_teacher(task.test)
+            self._use(*back)
+            self._test_teachers[task.name] = teacher
+        return self._test_teachers[task.name]
+
+    def _adapter(self, k: int) -> dict[str, torch.Tensor]:
+        """Task k's adapter from its phase checkpoint (a resumed run)."""
+        weights, _ = self.dir.load_phase(k, need_weights=True)
+        return weights
+
+    def _train_base(self, stage: Stage, phase: int) -> PhaseCost:
+        """The vendor's update: a plain copy of the old base trained on the cpt stage (every
+        weight, or a LoRA adapter merged in); sets ``self.new_base``."""
+        vendor, _ = load_base_model(self.cfg.model)
+        with torch.no_grad():  # exactly the old base the consumer holds
+            for n, p in vendor.named_parameters(remove_duplicate=False):
+                p.copy_(self.old_base[n])
+        mcfg = copy.deepcopy(self.cfg.model)
+        mcfg.finetune = self.rc.update
+        vendor = make_trainable(vendor, mcfg).to(self.acc.device)
+        train_cfg = dataclasses.replace(self.cfg.train, lr=self.rc.update_lr or self.cfg.train.lr)
+        pc = self._trainer(train_cfg=train_cfg).train_phase(vendor, [stage], phase)
+        self.vendor_params = count_parameters(vendor)
+        if self.rc.update == "lora":
+            vendor = vendor.merge_and_unload()
+        self.new_base = plain_state(vendor)
+        del vendor
+        return pc
+
+    def _saved_new_base(self) -> dict[str, torch.Tensor]:
+        """A resumed run's new base: the old base with the update's changed weights."""
+        changed, _ = self.dir.load_phase(len(self.tasks) + 1, need_weights=True)
+        return {n: changed.get(n, t) for n, t in self.old_base.items()}
+
+    def _load_new_base(self, old_model, old_tok) -> dict[str, torch.Tensor]:
+        """``recycle.new_base`` loaded and checked against the old base: same weights, shapes,
+        model type and tokenizer (adapters and data encodings carry over only then)."""
+        where = "recycle.new_base"
+        mcfg = dataclasses.replace(self.cfg.model, name=self.rc.new_base, gguf_file=None)
+        name = self.rc.new_base
+        if name.startswith((".", "/", "~")) and not Path(name).expanduser().exists():
+            raise ModelError(f"{self.source}: {where}: path '{name}' not found")
+        try:
+            new_model, new_tok = load_base_model(mcfg)
+        except ModelError as exc:
+            raise ModelError(f"{self.source}: {where}: "
+                             f"{str(exc).removeprefix('model.name: ')}") from None
+        old_type = getattr(old_model.config, "model_type", None)
+        new_type = getattr(new_model.config, "model_type", None)
+        state = plain_state(new_model)
+        problem = (f"model type {new_type!r}, expected {old_type!r}" if new_type != old_type
+                   else architecture_problem(self.old_base, state))
+        if problem is None and new_tok.get_vocab() != old_tok.get_vocab():
+            problem = "its tokenizer's vocabulary differs"
+        if problem:
+            raise ModelError(f"{self.source}: {where}: '{name}' is not the architecture of "
+                             f"model.name '{self.cfg.model.name}': {problem}")
+        del new_model
+        return state
+
+
+def is_recycle(cfg: RunConfig) -> bool:
+    return getattr(cfg, "recycle", None) is not None
+
+
+__all__ = ["Distill", "RecycleRun", "architecture_problem", "base_parameters", "is_recycle",
+           "load_base_weights", "plain_state", "relative_change"]
