@@ -72,7 +72,7 @@ def test_everlearn_validate_accepts_example(path: Path, capsys):
 def test_example_data_and_strategy_files_exist(path: Path):
     skip_without_shared(path)
     cfg, stream = check_example(path)
-    assert len(stream) == len(cfg.stages) >= 2
+    assert len(stream) >= max(2, len(cfg.stages))  # a built-in suite entry makes several
     for stage in stream:
         assert stage.train and stage.test, f"{path}: {stage.name}: empty split"
 

@@ -29,8 +29,9 @@ def _f(default: Any = dataclasses.MISSING, help: str = "", **kw: Any) -> Any:
     return field(default=default, metadata={"help": help}, **kw)
 
 
-StageKind = Literal["sft", "cpt", "align"]
-MetricName = Literal["accuracy", "exact_match", "rouge_l", "perplexity", "preference_accuracy"]
+StageKind = Literal["sft", "cpt", "align", "edit"]
+MetricName = Literal["accuracy", "exact_match", "rouge_l", "perplexity", "preference_accuracy",
+                     "reliability"]
 
 
 @dataclass
@@ -118,14 +119,16 @@ class StageConfig:
     name: str = _f("", "Stage name (unique; defaults to the task or file name).")
     kind: StageKind | None = _f(
         None, "sft = instruction -> response; cpt = raw text, packed; align = preference pairs "
-        "(prompt, chosen, rejected), DPO loss. Default: the built-in task's kind, else sft.")
+        "(prompt, chosen, rejected), DPO loss; edit = one batch of fact edits (prompt, "
+        "target_new, rephrase_prompt, locality_prompt; see `edit` and docs/editing.md). "
+        "Default: the built-in task's kind, else sft.")
     train: DataSource | None = _f(None, "Training data.")
     test: DataSource | None = _f(None, "Test data (builtin tasks and files may share a path).")
     builtin: str | None = _f(None, "A built-in generated task (see `everlearn ls`).")
     metric: MetricName | None = _f(
         None, "Scorer. Default: accuracy when labels are set or the answers form a small closed "
-        "set (a classification task), perplexity for cpt, preference_accuracy for align, the "
-        "built-in task's metric, else exact_match.")
+        "set (a classification task), perplexity for cpt, preference_accuracy for align, "
+        "reliability for edit, the built-in task's metric, else exact_match.")
     labels: list[str] = _f([], "Label options for scoring by log-likelihood (accuracy).")
     task_id: str | None = _f(None, "Task identifier (used by task-incremental strategies).")
     max_train: int | None = _f(None, "Sample at most this many training records (by seed).")
@@ -201,6 +204,29 @@ class TrackerConfig:
     log_every: int = _f(10, "Log training loss and learning rate every this many steps.")
 
 
+@dataclass
+class EditConfig:
+    """Edit stages (``kind: edit``): how their prompts are written and how the default editor,
+    constrained fine-tuning, trains. The `grace` strategy edits through a codebook instead
+    (docs/editing.md)."""
+
+    format: Literal["raw", "chat"] = _f(
+        "raw", "How an edit is written: raw = the prompt, a space, target_new (cloze style, as "
+        "EasyEdit and CounterFact do; no chat template, no end-of-turn); chat = the prompt as "
+        "a user turn and target_new as the assistant's whole answer (chat template).")
+    layers: list[int] | None = _f(
+        None, "Constrained fine-tuning: decoder layers whose MLP weights an edit stage trains "
+        "(0-based; negative counts from the end, -1 = last); every other weight is frozen "
+        "during edit stages. Null: the MLPs of every layer. With LoRA, the LoRA weights inside "
+        "those MLPs.")
+    max_change: float | None = _f(
+        None, "Constrained fine-tuning: L-inf bound on how far each trained weight may move "
+        "during one edit stage, abs(w - w_entering_the_stage) <= max_change, enforced by "
+        "projection after every optimizer step (Zhu et al. 2020). Null: unbounded. Needs "
+        "model.finetune: full.")
+    lr: float | None = _f(None, "Learning rate of edit stages (default: train.lr).")
+
+
 RecyclePolicy = Literal["reapply", "retune", "distill", "scratch"]
 
 
@@ -265,17 +291,19 @@ class RunConfig:
         "auto", "Keep trainable weights of every stage or only the last (auto: all for LoRA)."
     )
     tracker: TrackerConfig = _f(None, "Experiment tracker (off by default).")
+    edit: EditConfig = _f(None, "Edit stages: prompt format and the constrained fine-tuning "
+                          "editor (docs/editing.md).")
     recycle: RecycleConfig | None = _f(
         None, "Recyclable tuning instead of a continual stream (`recycle: {}` for the defaults; "
         "see docs/recycling.md): per-task adapters on the old base, a base update, and each "
         "adapter carried over to the new base by every policy.")
-
 
     def __post_init__(self) -> None:
         self.model = self.model or ModelConfig()
         self.train = self.train or TrainConfig()
         self.eval = self.eval or EvalConfig()
         self.tracker = self.tracker or TrackerConfig()
+        self.edit = self.edit or EditConfig()
         if not self.strategies:
             self.strategies = [StrategySpec()]
 
@@ -499,6 +527,13 @@ def _check_semantics(cfg: RunConfig) -> None:
         if st.kind == "cpt" and st.metric not in (None, "perplexity"):
             raise _Mismatch(f"{p}.metric",
                             f"expected 'perplexity' for a cpt stage, got {st.metric!r}")
+        if st.kind == "edit" and st.metric not in (None, "reliability"):
+            raise _Mismatch(f"{p}.metric", "expected 'reliability' for an edit stage, got "
+                            f"{st.metric!r}")
+        if st.kind != "edit" and st.metric == "reliability":
+            raise _Mismatch(f"{p}.metric", "reliability scores fact edits: only for edit "
+                            f"stages (this stage is {st.kind})")
+    _check_edit(cfg)
     if cfg.recycle is not None:
         _check_recycle(cfg)
 
@@ -747,7 +782,6 @@ def _resolve_paths(cfg: RunConfig, root: Path) -> None:
     if new_base and (new_base.startswith((".", "/", "~")) or new_base.endswith(".gguf")):
         p = Path(new_base).expanduser()
         cfg.recycle.new_base = str(p if p.is_absolute() else root / p)
-
 
 
 def to_dict(cfg: Any) -> Any:

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from everlearn.config import (
     DataSource,
+    EditConfig,
     EvalConfig,
     LoraConfig,
     ModelConfig,
@@ -24,6 +25,7 @@ from everlearn.config import (
     TrainConfig,
     _type_name,
 )
+from everlearn.data.builtin.counterfactual import CounterfactualOptions
 from everlearn.data.builtin.worldline import WorldlineOptions
 
 SECTIONS = [
@@ -37,6 +39,8 @@ SECTIONS = [
     ("strategies[]", StrategySpec),
     ("stages[].builtin_options (builtin: worldline)", WorldlineOptions),
     ("tracker", TrackerConfig),
+    ("edit", EditConfig),
+    ("stages[].builtin_options (builtin: edits_counterfactual)", CounterfactualOptions),
     ("recycle", RecycleConfig),
 ]
 

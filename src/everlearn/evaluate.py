@@ -4,8 +4,9 @@ Scorers: ``accuracy`` ranks each record's label options by log-likelihood in bat
 passes (no decoding); ``exact_match`` and ``rouge_l`` score batched greedy generations (KV cache
 on, ``max_new_tokens`` derived from the test answers unless set); ``perplexity`` is exp of the
 mean token loss on the test text; ``preference_accuracy`` scores held-out preference pairs by
-their implicit reward margin (see ``Evaluator.begin_phase``). Scores are in [0, 100] except
-perplexity.
+their implicit reward margin (see ``Evaluator.begin_phase``); ``reliability`` scores an edit
+stage's edits teacher-forced, with generalisation and locality beside it (see
+:mod:`everlearn.editing`). Scores are in [0, 100] except perplexity.
 """
 
 from __future__ import annotations
@@ -55,6 +56,9 @@ class Evaluator:
         # under the stage's reference model, and under the model scored last
         self.pref_reference: dict[str, list[float]] = {}
         self.pref_last: dict[str, list[float]] = {}
+        # edit stages: per stage, per edit, per locality prompt, the base model's top-1 tokens
+        # along the prompt's answer (see prepare_edits)
+        self.edit_reference: dict[str, list[list[list[int]]]] = {}
 
     def _subset_key(self, stage: Stage, kind: str, records: list[Record]) -> tuple:
         """Cache key of ``records`` (a stage's test set, or the part routing sends to one
@@ -75,6 +79,8 @@ class Evaluator:
     @torch.no_grad()
     def score(self, model, stage: Stage, router=None) -> StageScore:
         model.eval()
+        if stage.kind == "edit":
+            return self._edit(model, stage, router)
         groups = _route(stage.test, router)
         results: list[tuple[float, str]] = [(0.0, "")] * len(stage.test)
         logprob, tokens = 0.0, 0  # perplexity pools the tokens of every adapter group
@@ -269,6 +275,130 @@ class Evaluator:
                              batch_size=self.cfg.batch_size, on_batch=bar.update)
         bar.close()
         return out
+
+
+    # --- edit stages: reliability, generalisation, locality ------------------------------
+    @torch.no_grad()
+    def prepare_edits(self, model, stages: list[Stage]) -> None:
+        """Score the locality prompts of every edit stage with ``model``, the base model
+        (before any training or resumed weights): their top-1 tokens along each prompt's answer
+        are the reference that locality compares with in every row. The answer is
+        ``locality_ground_truth`` when given, else the base model's greedy continuation."""
+        model.eval()
+        for st in stages:
+            if st.kind != "edit" or st.name in self.edit_reference:
+                continue
+            enc, owners, greedy = self.encoder, [], []
+            examples: list[Encoded | None] = []
+            for i, rec in enumerate(st.test):
+                for j, (lp, truth) in enumerate(zip(rec.locality_prompt,
+                                                    rec.locality_ground_truth)):
+                    owners.append((i, j))
+                    if truth:
+                        examples.append(enc.encode_edit(rec, lp, truth))
+                    else:
+                        examples.append(None)
+                        greedy.append((len(examples) - 1, enc.edit_prompt_ids(rec, lp)))
+            if greedy:
+                n = min(self.max_new_tokens(st), enc.max_length // 2)
+                conts = self._greedy_ids(model, [p[-(enc.max_length - n):] for _, p in greedy],
+                                         n)
+                for (k, prompt), cont in zip(greedy, conts):
+                    examples[k] = enc.encode_pair(prompt, cont)
+            preds = self._argmax_along(model, examples, f"locality reference {st.name}")
+            reference: list[list[list[int]]] = [[[] for _ in r.locality_prompt] for r in st.test]
+            for (i, j), pred in zip(owners, preds):
+                reference[i][j] = pred
+            self.edit_reference[st.name] = reference
+            self._cache[(st.name, "edit_locality")] = list(zip(owners, examples))
+
+    def _greedy_ids(self, model, prompts: list[list[int]], n: int) -> list[list[int]]:
+        """Greedy continuation token ids of each prompt, up to and including a stop token."""
+        out = []
+        stops = set(self.encoder.stop_ids)
+        for s in range(0, len(prompts), self.cfg.batch_size):
+            part = prompts[s:s + self.cfg.batch_size]
+            batch = collate([Encoded(p, p) for p in part], self.encoder.pad_id, left=True)
+            ids = batch["input_ids"].to(self.acc.device)
+            with self.acc.autocast():
+                gen = model.generate(input_ids=ids,
+                                     attention_mask=batch["attention_mask"].to(self.acc.device),
+                                     max_new_tokens=n, do_sample=False, use_cache=True,
+                                     eos_token_id=self.encoder.stop_ids,
+                                     pad_token_id=self.encoder.pad_id)
+            for row in gen[:, ids.shape[1]:].tolist():
+                cut = next((k + 1 for k, t in enumerate(row) if t in stops), len(row))
+                out.append(row[:cut])
+        return out
+
+    def _argmax_along(self, model, examples: list[Encoded], desc: str) -> list[list[int]]:
+        """Each example's top-1 predicted tokens at its labelled positions (teacher-forced,
+        batched by length)."""
+        order = _by_length(examples, lambda e: len(e.input_ids))
+        out: list[list[int]] = [[] for _ in examples]
+        bar = self._bar(len(examples), desc)
+        for s in range(0, len(order), self.cfg.batch_size):
+            idx = order[s:s + self.cfg.batch_size]
+            batch = {k: v.to(self.acc.device) for k, v in
+                     collate([examples[i] for i in idx], self.encoder.pad_id).items()}
+            with self.acc.autocast():
+                logits = model(input_ids=batch["input_ids"],
+                               attention_mask=batch["attention_mask"]).logits
+            pred = logits[:, :-1].argmax(-1).cpu()
+            mask = (batch["labels"][:, 1:] != IGNORE).cpu()
+            for j, i in enumerate(idx):
+                out[i] = pred[j][mask[j]].tolist()
+            bar.update(len(idx))
+        bar.close()
+        return out
+
+    def _edit(self, model, stage: Stage, router=None) -> StageScore:
+        """Reliability (the score), generalisation and locality of an edit stage's edits; see
+        :mod:`everlearn.editing` for the definitions."""
+        from everlearn.editing import all_hit, edit_metrics
+
+        if stage.name not in self.edit_reference:  # not prepared: this model is the reference
+            self.prepare_edits(model, [stage])
+        key = (stage.name, "edit_prompts")
+        if key not in self._cache:
+            items = []  # (which, edit index, prompt index, example)
+            for i, rec in enumerate(stage.test):
+                items.append(("edit", i, 0, self.encoder.encode_edit(rec, rec.prompt,
+                                                                     rec.response)))
+                items += [("rephrase", i, j, self.encoder.encode_edit(rec, rp, rec.response))
+                          for j, rp in enumerate(rec.rephrase_prompt)]
+            self._cache[key] = items
+        items = self._cache[key]
+        # the locality prompts in the very batches that made the reference (prepare_edits): a
+        # model that did not change there gives bit-identical predictions, even under bf16
+        loc_items = [("locality", i, j, e) for (i, j), e in
+                     self._cache[(stage.name, "edit_locality")]]
+        reference = self.edit_reference[stage.name]
+        reliable = [False] * len(stage.test)
+        predictions = [""] * len(stage.test)
+        general = [[False] * len(r.rephrase_prompt) for r in stage.test]
+        local = [[False] * len(r.locality_prompt) for r in stage.test]
+        for adapter, idx in _route(stage.test, router).items():
+            if adapter is not None:
+                model.set_adapter(adapter)
+            mine = set(idx)
+            part = [it for it in items if it[1] in mine]
+            local_part = [it for it in loc_items if it[1] in mine]
+            preds = self._argmax_along(model, [it[3] for it in part], f"eval {stage.name}")
+            preds += self._argmax_along(model, [it[3] for it in local_part],
+                                        f"locality {stage.name}")
+            for (which, i, j, ex), pred in zip(part + local_part, preds):
+                if which == "locality":
+                    local[i][j] = all_hit(pred, reference[i][j])
+                    continue
+                target = [t for t in ex.labels[1:] if t != IGNORE]
+                if which == "edit":
+                    reliable[i] = all_hit(pred, target)
+                    predictions[i] = self.encoder.tok.decode(pred, skip_special_tokens=True)
+                else:
+                    general[i][j] = all_hit(pred, target)
+        side = edit_metrics(reliable, general, local)  # reliability too: pooled by editing
+        return StageScore(side["reliability"], len(stage.test), predictions, side)
 
 
 def _route(records: list[Record], router) -> dict[str | None, list[int]]:

@@ -4,7 +4,8 @@ A checkpoint directory (``RUN_DIR/checkpoints/phase-NN``) is restored the way ``
 it: the run's strategies are rebuilt from the config and given their saved state first (they
 may re-create adapters and route test records), then the trainable weights are loaded.
 Preference accuracy (align stages) is scored against the base model as reference (a run scores
-each stage against the model that entered it), so the base model alone scores 50.
+each stage against the model that entered it), so the base model alone scores 50. Edit
+locality compares with the base model's predictions, as in a run.
 """
 
 from __future__ import annotations
@@ -44,7 +45,9 @@ def evaluate_config(cfg: RunConfig, weights: str | None = None, quiet: bool = Fa
     if acc.mixed_precision == "bf16" and cfg.model.finetune == "lora":
         store_frozen_linears_in_bf16(model)  # same numbers under autocast, less copying
     encoder = Encoder(tok, cfg.train.max_length, cfg.model.chat_template == "auto")
+    encoder.edit_format = cfg.edit.format
     evaluator = Evaluator(acc, encoder, cfg.eval, quiet)
+    evaluator.prepare_edits(model, stream.stages)  # edit locality: against the base model
     for st in stream:  # preference pairs are scored against the base model, scored here first
         if st.metric == "preference_accuracy" and weights is not None:
             evaluator.score(model, st)

@@ -21,6 +21,7 @@ from everlearn import __version__
 from everlearn.checkpoint import RunDir, write_atomic, write_json
 from everlearn.config import RunConfig, dump_yaml, load_config
 from everlearn.data.encode import Encoder
+from everlearn.editing import editing_section
 from everlearn.errors import ConfigError, ResumeError
 from everlearn.evaluate import Evaluator
 from everlearn.metrics import summarize_columns
@@ -185,6 +186,7 @@ class Run:
             store_frozen_linears_in_bf16(model)  # same numbers under autocast, less copying
         self.model = model  # kept for callers that inspect the trained model (tests, APIs)
         encoder = Encoder(tok, cfg.train.max_length, cfg.model.chat_template == "auto")
+        encoder.edit_format = cfg.edit.format
         self.strategy.setup(RunContext(model=model, tokenizer=tok, encoder=encoder, config=cfg,
                                        stream=self.stream, seed=cfg.seed, accelerator=acc))
         trainer = Trainer(acc, encoder, cfg.train, self.strategy, cfg.seed, self.quiet)
@@ -194,6 +196,7 @@ class Run:
         probes = (GeneralProbes.prepare(cfg.eval, self.dir.path, model, encoder, evaluator, acc)
                   if cfg.eval.general_probes else None)
         self.probe_info = probes.info() if probes else {}
+        evaluator.prepare_edits(model, self.stream.stages)  # locality: the base's predictions
         keep_all = cfg.keep_stage_weights == "all" or (
             cfg.keep_stage_weights == "auto" and cfg.model.finetune == "lora")
 
@@ -252,6 +255,8 @@ class Run:
             R.append(evaluate_row(phase))
             eval_s = time.perf_counter() - t1
             trainable, total = count_parameters(model)
+            if pc.trainable_params is not None:  # an edit phase trained fewer (edit.layers)
+                trainable = pc.trainable_params
             cost.append({
                 "phase": phase, "stages": [s.name for s in stages], "steps": pc.steps,
                 "examples": pc.examples, "wall_time_s": time.perf_counter() - t0,
@@ -288,6 +293,10 @@ class Run:
                 res["metrics"]["fuar"] = res["temporal"]["fuar"]
         if any(self.general_rows[:n_rows]):
             res.update(general_sections(self.general_rows[:n_rows], self.probe_info))
+        if any(st.kind == "edit" for st in self.stream.stages):
+            res["editing"] = editing_section(self.stream.stages,
+                                             [[s.name for s in p] for p in self.phases],
+                                             self.side_rows[:n_rows])
 
     def _last_good_checkpoint(self, phase: int):
         """(phase, its weights and strategy state) of the newest checkpoint that verifies,

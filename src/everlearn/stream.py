@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass, field
+from typing import Any
 
 from everlearn.config import RunConfig, StageConfig
 from everlearn.data.builtin import get_builtin_task
@@ -36,6 +37,7 @@ class Stage:
     steps: int | None = None
     epochs: float | None = None
     beta: float = 0.1  # DPO temperature (align stages)
+    edit: Any = None  # the run's EditConfig (edit stages): layers, max_change, lr
 
     @property
     def higher_is_better(self) -> bool:
@@ -95,6 +97,8 @@ def _resolve_metric(sc: StageConfig, train: list[Record], test: list[Record]) ->
         return "perplexity"
     if sc.kind == "align":
         return "preference_accuracy"
+    if sc.kind == "edit":
+        return "reliability"
     if sc.builtin is not None:
         return get_builtin_task(sc.builtin).metric
     if sc.labels or all(r.options for r in test) or closed_label_set(train, test):
@@ -207,6 +211,9 @@ def build_stream(cfg: RunConfig, source_name: str = "config") -> Stream:
         stages.append(Stage(index=i, name=sc.name, kind=sc.kind, metric=metric, train=train,
                             test=test, labels=labels, task_id=sc.task_id or sc.name,
                             steps=sc.steps, epochs=sc.epochs, beta=sc.beta))
+    for st in stages:
+        if st.kind == "edit":
+            st.edit = cfg.edit
     if cfg.scenario == "CIL":
         _pool_labels(stages)
     return Stream(stages=_numbered(stages, source_name), scenario=cfg.scenario)

@@ -61,6 +61,7 @@ class PhaseCost:
     peak_memory_mb: float
     strategy_time_s: float = 0.0  # time inside strategy hooks (buffers, Fisher, projections)
     skipped_batches: int = 0  # batches whose loss was not finite (train.nonfinite_loss: skip)
+    trainable_params: int | None = None  # edit phases: what the editor trained (else: the model)
 
 
 def phase_steps(stages: list[Stage], cfg: TrainConfig, n_examples: int) -> int:
@@ -103,17 +104,75 @@ class Trainer:
         return [e for e in examples if any(lab != -100 for lab in e.labels)]
 
     def train_phase(self, model, stages: list[Stage], phase: int) -> PhaseCost:
+        try:
+            return self._train_phase(model, stages, phase)
+        finally:  # an edit phase froze the weights outside its layers: thaw them, also on error
+            for p in self._edit_frozen:
+                p.requires_grad_(True)
+            self._edit_frozen = []
+
+    _edit_frozen: list = []
+    _edit_trained = 0
+
+    def _edit_setup(self, model, stages: list[Stage]):
+        """Constrained fine-tuning of an edit phase (see everlearn.editing): the trainable MLP
+        weights of ``edit.layers`` (the rest frozen until the phase ends), the learning rate,
+        and the L-inf bound around the weights entering the phase (or None)."""
+        from everlearn.config import EditConfig
+        from everlearn.editing import ChangeBound, edit_parameters
+
+        edit = stages[0].edit or EditConfig()
+        params = [p for _, p in edit_parameters(model, edit.layers)]
+        keep = {id(p) for p in params}
+        self._edit_frozen = [p for p in model.parameters() if p.requires_grad and id(p) not in keep]
+        for p in self._edit_frozen:
+            p.requires_grad_(False)
+        bound = ChangeBound(params, edit.max_change) if edit.max_change is not None else None
+        return params, edit.lr if edit.lr is not None else self.cfg.lr, bound
+
+    def _apply_edits(self, stages: list[Stage], records: dict, hooks) -> PhaseCost | None:
+        """An editor strategy (``grace``) applies the phase's edits itself; None when none
+        does, and the stages are fine-tuned."""
+        memory = PeakMemory(self.acc.device)
+        start = time.perf_counter()
+        done = [self.strategy.apply_edits(st, records[st.name]) for st in stages]
+        if all(d is None for d in done):
+            return None
+        if any(d is None for d in done):
+            raise TrainingError(f"stages {', '.join(s.name for s in stages)}: an editor "
+                                "strategy edited some of the phase's stages but not all")
+        memory.sample()
+        train_s = time.perf_counter() - start
+        with hooks:
+            for st in stages:
+                self.strategy.after_stage(st)
+        return PhaseCost(
+            steps=sum(d.get("steps", 0) for d in done), train_time_s=train_s,
+            tokens_trained=sum(d.get("tokens", 0) for d in done), padding_fraction=0.0,
+            examples=sum(d.get("edits", 0) for d in done),
+            final_loss=sum(d.get("loss", 0.0) for d in done) / len(done),
+            peak_memory_mb=memory.peak_mb, strategy_time_s=hooks.total,
+            trainable_params=sum(d.get("trainable_params", 0) for d in done))
+
+    def _train_phase(self, model, stages: list[Stage], phase: int) -> PhaseCost:
         cfg = self.cfg
         align = any(st.kind == "align" for st in stages)  # DPO on pairs instead of token loss
         if align and not all(st.kind == "align" for st in stages):
             raise TrainingError(f"stages {', '.join(s.name for s in stages)}: an align stage "
                                 "cannot train in one phase with sft or cpt stages (a strategy "
                                 "such as joint grouped them)")
+        edit = any(st.kind == "edit" for st in stages)  # constrained fine-tuning or an editor
+        if edit and not all(st.kind == "edit" for st in stages):
+            raise TrainingError(f"stages {', '.join(s.name for s in stages)}: an edit stage "
+                                "cannot train in one phase with other kinds of stages (a "
+                                "strategy such as joint grouped them)")
         hooks = _Stopwatch()
         with hooks:
             for st in stages:
                 self.strategy.before_stage(st)
             records = {st.name: self.strategy.train_data(st, st.train) for st in stages}
+        if edit and (edited := self._apply_edits(stages, records, hooks)) is not None:
+            return edited
         examples = [e for st in stages for e in self.encode(st, records[st.name])]
         if not examples:
             raise TrainingError(f"stage '{stages[0].name}': no training examples after encoding")
@@ -121,7 +180,11 @@ class Trainer:
         params = [p for p in model.parameters() if p.requires_grad]
         if not params:
             raise TrainingError(f"stage '{stages[0].name}': the model has no trainable weights")
-        optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        lr, bound = cfg.lr, None
+        if edit:
+            params, lr, bound = self._edit_setup(model, stages)
+            self._edit_trained = sum(p.numel() for p in params)
+        optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=cfg.weight_decay)
         warmup = int(round(cfg.warmup_ratio * total_steps))
         name = {"constant": "constant_with_warmup"}.get(cfg.schedule, cfg.schedule)
         scheduler = get_scheduler(name, optimizer, num_warmup_steps=warmup,
@@ -196,6 +259,8 @@ class Trainer:
             if cfg.max_grad_norm is not None:
                 self.acc.clip_grad_norm_(params, cfg.max_grad_norm)
             optimizer.step()
+            if bound is not None:  # edit stage: back into the L-inf ball (Zhu et al. 2020)
+                bound.project()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
             memory.sample()
@@ -215,7 +280,7 @@ class Trainer:
             steps=total_steps, train_time_s=train_s, tokens_trained=tokens,
             padding_fraction=1.0 - tokens / max(cells, 1), examples=len(examples),
             final_loss=loss_value, peak_memory_mb=memory.peak_mb, strategy_time_s=hooks.total,
-            skipped_batches=skipped,
+            skipped_batches=skipped, trainable_params=self._edit_trained if edit else None,
         )
 
 

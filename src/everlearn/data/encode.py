@@ -37,6 +37,7 @@ class Encoder:
             tokenizer.pad_token = tokenizer.eos_token
         self.pad_id = tokenizer.pad_token_id
         self.stop_ids = self._stop_ids()
+        self.edit_format = "raw"  # how edit records are written (config `edit.format`)
 
     # --- text formatting -----------------------------------------------------------------
     def _messages(self, record: Record) -> list[dict[str, str]]:
@@ -110,12 +111,39 @@ class Encoder:
                 blocks.append(Encoded(block, list(block)))
         return blocks
 
+    def encode_edit(self, record: Record, prompt: str, target: str) -> Encoded:
+        """One edit (or a paraphrase or locality prompt of it) with the loss on ``target``:
+        raw = ``prompt``, a space, ``target`` (no end-of-turn, as in EasyEdit); chat = the
+        prompt as a user turn (with the record's system prompt) and ``target`` as the whole
+        answer, end-of-turn marker included."""
+        if self.edit_format == "chat":
+            turn = Record(prompt=prompt, system=record.system, context=record.context)
+            target_ids = self.ids(self.response_text(turn, target))
+        else:
+            target_ids = self.ids(("" if prompt[-1:] in (" ", "\n") else " ") + target)
+        return self.encode_pair(self.edit_prompt_ids(record, prompt), target_ids)
+
+    def edit_prompt_ids(self, record: Record, prompt: str) -> list[int]:
+        """The tokens of an edit's prompt as :meth:`encode_edit` writes them."""
+        if self.edit_format == "chat":
+            turn = Record(prompt=prompt, system=record.system, context=record.context)
+            return self.ids(self.prompt_text(turn))
+        return self.ids(prompt)
+
     def encode_stage(self, kind: str, records: list[Record]) -> list[Encoded]:
         """A stage's records as examples. Raw-text records inside an sft stage (general data
         mixed in by a strategy) are packed like cpt text; the rest get response-only loss."""
         if kind == "cpt":
             return self.pack_cpt(records)
         text_only = [r for r in records if r.text and not r.answers]
+        if kind == "edit":  # every record with an answer is an edit: prompt -> target_new
+            edits = []
+            for i, r in enumerate(records):
+                if r.answers:
+                    e = self.encode_edit(r, r.prompt, r.response)
+                    e.record = i
+                    edits.append(e)
+            return edits + self.pack_cpt(text_only)
         sft = []
         for i, r in enumerate(records):
             if r.answers:

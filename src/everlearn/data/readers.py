@@ -150,6 +150,8 @@ def _to_record(row: Any, kind: str, fields: dict[str, str], path: str, i: int,
         return Record(text=text, task=task)
     if kind == "align":
         return _pair_record(row, where, task, i)
+    if kind == "edit":
+        return _edit_record(row, where, task, i)
 
     options = _str_list(row.get("options", []), f"{where}: options")
     system = row.get("system")
@@ -234,6 +236,42 @@ def _pair_record(row: dict, where: str, task: str, i: int) -> Record:
     return Record(prompt=prompt, chosen=answers["chosen"], rejected=answers["rejected"],
                   system=system if isinstance(system, str) else None, context=context,
                   task=task, meta={"id": row.get("id", str(i))})
+
+
+def _edit_record(row: dict, where: str, task: str, i: int) -> Record:
+    """A fact edit, with the field names of EasyEdit's CounterFact/ZsRE files: ``prompt``,
+    ``target_new`` (a string, or CounterFact's ``{"str": ...}``), optional ``rephrase_prompt``
+    and ``locality_prompt`` (a string or a list of strings) and ``locality_ground_truth`` (one
+    per locality prompt); ``ground_truth`` and ``subject`` are kept in ``meta``."""
+    prompt = row.get("prompt")
+    if not isinstance(prompt, str) or not prompt.strip():
+        raise DataError(f"{where}: prompt: expected a non-empty string (edit records have "
+                        "prompt and target_new)")
+    target = row.get("target_new")
+    if isinstance(target, dict):
+        target = target.get("str")
+    if not isinstance(target, str) or not target.strip():
+        raise DataError(f"{where}: target_new: expected a non-empty string (the new answer)")
+    lists = {}
+    for key in ("rephrase_prompt", "locality_prompt", "locality_ground_truth"):
+        value = row.get(key)
+        value = [] if value is None else _str_list(value, f"{where}: {key}")
+        if any(not v.strip() for v in value) and key != "locality_ground_truth":
+            raise DataError(f"{where}: {key}: expected non-empty strings")
+        lists[key] = value
+    truth = lists["locality_ground_truth"]
+    if truth and len(truth) != len(lists["locality_prompt"]):
+        raise DataError(f"{where}: locality_ground_truth: expected one answer per locality "
+                        f"prompt ({len(lists['locality_prompt'])}), got {len(truth)}")
+    meta = {"id": row.get("id", row.get("case_id", str(i)))}
+    for key in ("ground_truth", "subject"):
+        if isinstance(row.get(key), (str, list)):
+            meta[key] = row[key]
+    return Record(prompt=prompt, response=target.strip(), task=task, meta=meta,
+                  system=row["system"] if isinstance(row.get("system"), str) else None,
+                  rephrase_prompt=lists["rephrase_prompt"],
+                  locality_prompt=lists["locality_prompt"],
+                  locality_ground_truth=truth or [""] * len(lists["locality_prompt"]))
 
 
 def _str_list(value: Any, where: str) -> list[str]:

@@ -20,7 +20,11 @@ class Record:
     turns (``[{"role": ..., "content": ...}]``) that precede ``prompt``. ``align`` records are
     preference pairs: ``chosen`` and ``rejected`` answers to ``prompt``; ``chosen`` is also
     their ``response``, so outside an align stage (replayed into an sft stage, in a strategy's
-    buffer) a pair trains as an instruction whose target is the chosen answer.
+    buffer) a pair trains as an instruction whose target is the chosen answer. ``edit``
+    records are fact edits (EasyEdit/CounterFact field names): ``prompt`` and its new target
+    (``target_new``, kept as ``response``), paraphrases of the prompt (``rephrase_prompt``) and
+    unrelated prompts whose answers must not change (``locality_prompt``, with
+    ``locality_ground_truth`` where known, "" where not).
     """
 
     prompt: str = ""
@@ -35,6 +39,9 @@ class Record:
     meta: dict[str, Any] = field(default_factory=dict)
     chosen: str = ""
     rejected: str = ""
+    rephrase_prompt: list[str] = field(default_factory=list)
+    locality_prompt: list[str] = field(default_factory=list)
+    locality_ground_truth: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if self.chosen and not self.answers and not self.response:

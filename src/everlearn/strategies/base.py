@@ -1,7 +1,8 @@
 """The strategy interface: a continual-learning method is a small plugin on a few hooks.
 
 Hooks *return* values instead of mutating shared state, so strategies compose: ``train_data``
-chains, ``extra_loss`` terms add up, ``plan`` and ``route`` take the first answer given.
+chains, ``extra_loss`` terms add up, ``plan``, ``route`` and ``apply_edits`` take the first
+answer given.
 A strategy's options are a dataclass, validated like the rest of the config. ``state_dict``
 returns ``{"meta": <JSON-able>, "tensors": {name: tensor}}``, stored without pickle.
 """
@@ -96,6 +97,13 @@ class Strategy:
     def after_stage(self, stage: Stage) -> None:
         """Called after a stage trains (fill buffers, compute importances, merge)."""
 
+    def apply_edits(self, stage: Stage, records: list[Record]) -> dict[str, Any] | None:
+        """An editor (``grace``) applies an ``edit`` stage's edits (``records``, after
+        ``train_data``) itself and returns what it cost ({steps, tokens, edits, loss,
+        trainable_params}); the stage's weights are then not fine-tuned. None: not an editor,
+        fine-tune as usual."""
+        return None
+
     def route(self, record: Record) -> str | None:
         """The adapter to evaluate ``record`` with; None leaves the active adapter."""
         return None
@@ -171,6 +179,13 @@ class StrategyStack(Strategy):
     def after_stage(self, stage):
         for m in self.members:
             m.after_stage(stage)
+
+    def apply_edits(self, stage, records):
+        for m in self.members:
+            done = m.apply_edits(stage, records)
+            if done is not None:
+                return done
+        return None
 
     def route(self, record):
         for m in self.members:

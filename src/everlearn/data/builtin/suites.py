@@ -11,7 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from everlearn.data.builtin import long_stream, worldline
+from everlearn.data.builtin import counterfactual, long_stream, worldline
 from everlearn.data.records import Record
 
 
@@ -46,6 +46,14 @@ SUITES: dict[str, BuiltinSuite] = {
         kind="sft", metric="accuracy", Options=long_stream.LongStreamOptions,
         default_periods=100, build=long_stream.build_stages,
         sample_test=long_stream.sample_test),
+    "edits_counterfactual": BuiltinSuite(
+        name="edits_counterfactual",
+        description="batches of counterfactual edits to facts the embedded model knows "
+                    "(capitals, languages, landmarks...): edit stages with paraphrases and "
+                    "locality prompts, reliability in R (docs/editing.md)",
+        kind="edit", metric="reliability", Options=counterfactual.CounterfactualOptions,
+        default_periods=4, build=counterfactual.build_batches,
+        sample_test=counterfactual.sample_edits),
 }
 
 
