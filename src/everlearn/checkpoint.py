@@ -8,7 +8,9 @@ Layout::
                                    done.json (written last: names the files and their sha256)
 
 Every file is written to a temporary name and renamed, so a killed run never leaves a
-half-written file that a resume would trust.
+half-written file that a resume would trust. In a multi-process run (torchrun, accelerate
+launch) only rank 0 writes: on the other ranks, which hold the same values, the writers here
+return without touching the disk.
 """
 
 from __future__ import annotations
@@ -24,10 +26,13 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
+from everlearn import distributed as dist
 from everlearn.errors import ResumeError
 
 
 def write_atomic(path: Path, data: bytes | str) -> None:
+    if not dist.is_main():
+        return
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
@@ -47,6 +52,8 @@ def write_json(path: Path, obj: Any) -> None:
 
 def save_tensors(path: Path, tensors: dict[str, torch.Tensor]) -> None:
     """safetensors, written atomically (an empty dict still writes a valid file)."""
+    if not dist.is_main():
+        return
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     os.close(fd)
@@ -86,6 +93,8 @@ class RunDir:
     def save_phase(self, phase: int, weights: dict[str, torch.Tensor] | None,
                    strategy_state: dict[str, Any]) -> None:
         """Checkpoint a finished phase; ``done.json`` is written last and marks it complete."""
+        if not dist.is_main():
+            return
         d = self.phase_dir(phase)
         if d.exists():
             shutil.rmtree(d)
@@ -101,6 +110,8 @@ class RunDir:
 
     def drop_weights(self, phase: int) -> None:
         """Remove a phase's weights (keep_stage_weights: last) but keep its strategy state."""
+        if not dist.is_main():
+            return
         d = self.phase_dir(phase)
         done = d / "done.json"
         if not done.exists():

@@ -141,6 +141,10 @@ def cmd_run(args) -> int:
     else:
         cfg, source = _load(args.config, args.overrides, args.preset)
         path, results = start_run(cfg, args.output, quiet=args.quiet, source=source)
+    from everlearn import distributed
+
+    if not distributed.is_main():  # several processes: rank 0 prints and writes the report
+        return 0
     print(format_summary(results))
     print(f"\nrun directory: {path}")
     try:  # the run is saved already; a report problem must not turn it into a failure
@@ -199,6 +203,10 @@ def cmd_eval(args) -> int:
 
     cfg, source = _load(args.config, args.overrides, args.preset)
     scores = evaluate_config(cfg, args.weights, quiet=args.quiet, source=source)
+    from everlearn import distributed
+
+    if not distributed.is_main():  # several processes: every rank has the scores; one prints
+        return 0
     if args.json:
         print(json.dumps(scores, indent=2))
     else:
@@ -287,6 +295,11 @@ def main(argv: list[str] | None = None) -> int:
         print("everlearn: interrupted; finished stages are saved (resume with --resume)",
               file=sys.stderr)
         return 130
+    finally:
+        if args.command in ("run", "eval"):  # torchrun: leave the process group before exit
+            from everlearn import distributed
+
+            distributed.shutdown()
 
 
 if __name__ == "__main__":

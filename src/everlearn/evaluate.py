@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 import torch
 from tqdm.auto import tqdm
 
+from everlearn import distributed as dist
 from everlearn.config import EvalConfig
 from everlearn.data.encode import IGNORE, Encoded, Encoder, collate
 from everlearn.data.records import Record
@@ -84,16 +85,29 @@ class Evaluator:
         groups = _route(stage.test, router)
         results: list[tuple[float, str]] = [(0.0, "")] * len(stage.test)
         logprob, tokens = 0.0, 0  # perplexity pools the tokens of every adapter group
+        rank, world = self.acc.process_index, self.acc.num_processes
+        mine: dict[int, tuple[float, str]] = {}  # the records this rank scored
         for adapter, idx in groups.items():
             if adapter is not None:
                 model.set_adapter(adapter)
-            records = [stage.test[i] for i in idx]
-            if stage.metric == "perplexity":
-                lp, n = self._log_likelihood(model, stage, records)
+            if stage.metric == "perplexity":  # packs every record; ranks share the blocks
+                lp, n = self._log_likelihood(model, stage, [stage.test[i] for i in idx])
                 logprob, tokens = logprob + lp, tokens + n
                 continue
+            idx = idx[rank::world]  # several processes: each scores its share of the records
+            if not idx:
+                continue
+            records = [stage.test[i] for i in idx]
             for i, res in zip(idx, self._score_records(model, stage, records)):
                 results[i] = res
+                mine[i] = res
+        if world > 1:  # every rank ends with the whole row
+            if stage.metric == "perplexity":
+                logprob, tokens = dist.sum_values([logprob, tokens], self.acc.device)
+            else:
+                for part in dist.gather_objects(mine):
+                    for i, res in part.items():
+                        results[i] = res
         if stage.metric == "preference_accuracy":
             return self._preference(stage, [r[0] for r in results])
         if stage.metric == "perplexity":
@@ -245,6 +259,9 @@ class Evaluator:
         if key not in self._cache:
             self._cache[key] = self.encoder.encode_stage(stage.kind, records)
         examples = self._cache[key]
+        world = self.acc.num_processes
+        if world > 1:  # the same packed blocks as one process; the caller sums the ranks
+            examples = examples[self.acc.process_index::world]
         total_lp, total_n = 0.0, 0
         bs = self.cfg.batch_size
         for s in range(0, len(examples), bs):

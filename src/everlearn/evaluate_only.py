@@ -16,6 +16,7 @@ from typing import Any
 
 from safetensors.torch import load_file
 
+from everlearn import distributed as dist
 from everlearn.checkpoint import RunDir
 from everlearn.config import RunConfig
 from everlearn.data.encode import Encoder
@@ -39,7 +40,8 @@ def evaluate_config(cfg: RunConfig, weights: str | None = None, quiet: bool = Fa
     stream = build_stream(cfg, source)
     seed_everything(cfg.seed)
     acc = make_accelerator(cfg.train.precision)
-    model, tok = load_base_model(cfg.model)
+    with dist.main_first():  # several processes: rank 0 fills a model cache first
+        model, tok = load_base_model(cfg.model)
     model = make_trainable(model, cfg.model)
     model.to(acc.device)
     if acc.mixed_precision == "bf16" and cfg.model.finetune == "lora":

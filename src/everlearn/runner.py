@@ -18,6 +18,7 @@ from typing import Any
 import torch
 
 from everlearn import __version__
+from everlearn import distributed as dist
 from everlearn.checkpoint import RunDir, write_atomic, write_json
 from everlearn.config import RunConfig, dump_yaml, load_config
 from everlearn.data.encode import Encoder
@@ -66,15 +67,20 @@ def new_run_dir(cfg: RunConfig) -> Path:
 def make_accelerator(precision: str, **kwargs: Any):
     """An Accelerator for this run. accelerate keeps one shared state per process; a run with
     another precision in the same process (an API user, a benchmark) resets it first.
-    ``kwargs`` go to ``Accelerator`` (``log_with``/``project_dir`` of a tracker)."""
+    ``kwargs`` go to ``Accelerator`` (``log_with``/``project_dir`` of a tracker). Under
+    torchrun or ``accelerate launch`` it joins the process group (data parallel, see
+    everlearn.distributed); FSDP and DeepSpeed configs are refused."""
     from accelerate import Accelerator
     from accelerate.state import AcceleratorState
 
+    dist.check_launcher()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     mixed = resolve_precision(precision, device)
     if AcceleratorState._shared_state and AcceleratorState().mixed_precision != mixed:
         AcceleratorState._reset_state(True)
-    return Accelerator(mixed_precision=mixed, cpu=device.type == "cpu", **kwargs)
+    acc = Accelerator(mixed_precision=mixed, cpu=device.type == "cpu", **kwargs)
+    dist.check_accelerator(acc)
+    return acc
 
 
 def compute_metrics(R: list[list[float | None]], stages: list[Stage],
@@ -160,6 +166,7 @@ class Run:
 
     def _execute(self, resume: bool) -> dict[str, Any]:
         cfg = self.cfg
+        dist.init()  # several processes: before anything is written (rank 0 writes alone)
         self.dir.path.mkdir(parents=True, exist_ok=True)
         _attach_log(self.dir.path)
         done_R, done_cost, base_eval_s = [], [], 0.0
@@ -179,7 +186,8 @@ class Run:
         seed_everything(cfg.seed)
         acc = make_accelerator(cfg.train.precision, **self.tracker.accelerator_kwargs())
         self.tracker.start(acc, resume)
-        model, tok = load_base_model(cfg.model)
+        with dist.main_first():  # rank 0 fills a model cache (embedded model) before the others
+            model, tok = load_base_model(cfg.model)
         model = make_trainable(model, cfg.model)
         model.to(acc.device)
         if acc.mixed_precision == "bf16" and cfg.model.finetune == "lora":
@@ -236,6 +244,7 @@ class Run:
             self.temporal_rows = ((prev.get("temporal") or {}).get("rows", [])
                                   + [{}] * len(R))[:len(R)]
             self.general_rows = rows_from_results(prev, len(R))
+        dist.barrier()  # every rank has read the run directory before rank 0 writes to it
         self.tracker.step = sum(c.get("steps") or 0 for c in cost)
         if not R:
             t0 = time.perf_counter()
@@ -270,7 +279,12 @@ class Run:
                 "buffer_size": self.strategy.buffer_size(),
                 "skipped_batches": pc.skipped_batches,
             })
-            self.dir.save_phase(phase, trainable_state(model), self.strategy.state_dict())
+            weights, state = trainable_state(model), self.strategy.state_dict()
+            # several processes: every rank must hold the same weights and strategy state
+            dist.check_consistent(f"phase {phase}", {**weights, **{
+                f"strategy/{k}": v for k, v in state.get("tensors", {}).items()}},
+                state.get("meta"))
+            self.dir.save_phase(phase, weights, state)
             status = "complete" if phase == len(self.phases) else "running"
             write_json(self.dir.results, self._results(R, cost, status, base_eval_s))
             self.tracker.log_row(phase, R[-1], self.stream.stages,
@@ -331,6 +345,9 @@ def _read_results(run_dir: RunDir) -> dict[str, Any]:
 
 def _attach_log(path: Path) -> None:
     """Append log records of this run to RUN_DIR/log.txt."""
+    if not dist.is_main():  # one log file, written by rank 0; the others log errors only
+        log.setLevel(logging.ERROR)
+        return
     target = str(path / "log.txt")
     if any(getattr(h, "baseFilename", None) == target for h in log.handlers):
         return
@@ -349,8 +366,13 @@ def _attach_log(path: Path) -> None:
 def start_run(cfg: RunConfig, run_dir: str | Path | None = None, quiet: bool = False,
               source: str = "config") -> tuple[Path, dict[str, Any]]:
     """A new run; ``run_dir`` must not already hold results."""
-    path = Path(run_dir) if run_dir else new_run_dir(cfg)
-    if (path / "results.json").exists():
+    dist.init()
+    # several processes: rank 0 names the directory (a timestamp), every rank looks at it
+    # before rank 0 writes there
+    path = dist.broadcast_object(Path(run_dir) if run_dir else new_run_dir(cfg))
+    taken = (path / "results.json").exists()
+    dist.barrier()
+    if taken:
         raise ConfigError(f"{path}: already holds a run; use --resume {path} or another --output")
     if cfg.recycle is not None:  # recyclable tuning (everlearn.recycle) instead of a stream
         from everlearn.recycle import RecycleRun
@@ -362,6 +384,7 @@ def start_run(cfg: RunConfig, run_dir: str | Path | None = None, quiet: bool = F
 
 def resume_run(run_dir: str | Path, quiet: bool = False) -> tuple[Path, dict[str, Any]]:
     """Continue a run after its last finished phase, from its own resolved config."""
+    dist.init()
     path = Path(run_dir)
     if not (path / "config.yaml").exists():
         raise ResumeError(f"{path}: config.yaml: missing; not an everlearn run directory")

@@ -16,8 +16,9 @@ import torch
 from tqdm.auto import tqdm
 from transformers import get_scheduler
 
+from everlearn import distributed as dist
 from everlearn.config import TrainConfig
-from everlearn.data.encode import Encoded, Encoder, collate, length_grouped_batches
+from everlearn.data.encode import IGNORE, Encoded, Encoder, collate, length_grouped_batches
 from everlearn.errors import TrainingError
 from everlearn.losses import labelled_token_loss, supports_logits_to_keep
 from everlearn.preference import Pair, batch_loss, collate_pairs, encode_pairs, fill_reference
@@ -193,12 +194,20 @@ class Trainer:
         lengths = [e.length if align else len(e.input_ids) for e in examples]
         rng = random.Random(f"{self.seed}:{phase}:order")
         rank, world = self.acc.process_index, self.acc.num_processes
+        # Several processes (torchrun / accelerate launch): every rank draws the batch plan of a
+        # one-process run and trains on rows rank::world of each batch; the gradients are summed
+        # across ranks by hand (distributed.all_reduce_gradients) before the strategies'
+        # after_backward hooks and clipping. accelerate's prepare() (a DDP wrapper) does not fit:
+        # strategies add adapters, prompts and blocks to the model between stages and read and
+        # rewrite gradients themselves, and DDP would also sync each micro-batch.
+        share = _ShardPlan(examples, align, rank, world) if world > 1 else None
+        if share is not None:
+            dist.broadcast_parameters(params)  # as DDP does: every rank starts from rank 0's
 
         def batches():
             while True:  # epochs of freshly shuffled, length-grouped batches
-                epoch = length_grouped_batches(lengths, cfg.batch_size, rng, cfg.group_by_length)
-                epoch = epoch[: len(epoch) - len(epoch) % world] or epoch
-                yield from epoch[rank::world]
+                yield from length_grouped_batches(lengths, cfg.batch_size, rng,
+                                                  cfg.group_by_length)
 
         batch_iter = batches()
         tokens = cells = 0  # real and padded positions of the batches trained on
@@ -224,10 +233,16 @@ class Trainer:
             step_loss = 0.0
             for _ in range(cfg.grad_accum):
                 idx = next(batch_iter)
+                weight = 1.0  # this rank's share of the batch's loss (its labelled tokens)
+                if share is not None:
+                    n_tokens, n_cells = share.cost(idx)  # global: every rank knows the batch
+                    tokens, cells = tokens + n_tokens, cells + n_cells
+                    idx, weight = share.rows(idx)
                 cpu_batch = (collate_pairs if align else collate)([examples[i] for i in idx],
                                                                   self.encoder.pad_id)
-                tokens += int(cpu_batch["attention_mask"].sum())  # before .to(): no device sync
-                cells += cpu_batch["attention_mask"].numel()
+                if share is None:
+                    tokens += int(cpu_batch["attention_mask"].sum())  # before .to(): no sync
+                    cells += cpu_batch["attention_mask"].numel()
                 batch = {k: v.to(self.acc.device) for k, v in cpu_batch.items()}
                 with self.acc.autocast():
                     if sparse_logits:
@@ -244,7 +259,11 @@ class Trainer:
                         extra = self.strategy.extra_loss(model, batch, outputs)
                     if extra is not None:
                         loss = loss + extra
-                value = loss.item()  # the step's one device sync
+                if share is not None:  # the batch's loss: the ranks' token-weighted sum
+                    loss = loss * weight
+                    value = dist.sum_values([loss.detach().float().item()])[0]
+                else:
+                    value = loss.item()  # the step's one device sync
                 if not math.isfinite(value):
                     if cfg.nonfinite_loss == "stop":
                         raise TrainingError(f"stage '{label}': step {step + 1}: loss is {value}"
@@ -254,6 +273,8 @@ class Trainer:
                     continue  # no backward: this batch adds nothing to the step's gradient
                 self.acc.backward(loss / cfg.grad_accum)
                 step_loss += value / cfg.grad_accum
+            if share is not None:  # the one-process gradient, on every rank, before any hook
+                dist.all_reduce_gradients(params)
             with hooks:
                 self.strategy.after_backward(model)
             if cfg.max_grad_norm is not None:
@@ -282,6 +303,50 @@ class Trainer:
             final_loss=loss_value, peak_memory_mb=memory.peak_mb, strategy_time_s=hooks.total,
             skipped_batches=skipped, trainable_params=self._edit_trained if edit else None,
         )
+
+
+class _ShardPlan:
+    """How a batch of a multi-process run splits: rank r trains rows r::world.
+
+    The loss of a batch is the mean over its labelled tokens (align: over its pairs). A rank
+    scales its own mean by its share of the batch's labelled tokens, so the sum of the ranks'
+    gradients is the one-process gradient (extra loss terms are weighted the same way: a
+    term that does not depend on the rows, like EWC's penalty, adds up to itself).
+    """
+
+    def __init__(self, examples: list, align: bool, rank: int, world: int):
+        self.rank, self.world = rank, world
+        if align:  # DPO: a mean over pairs; a pair is two rows (chosen, rejected)
+            self.weights = [1] * len(examples)
+            self.tokens = [len(p.chosen.input_ids) + len(p.rejected.input_ids)
+                           for p in examples]
+            self.widths = [p.length for p in examples]
+            self.per_item = 2
+        else:  # positions whose next token is labelled (what the token loss averages over)
+            self.weights = [sum(lab != IGNORE for lab in e.labels[1:]) for e in examples]
+            self.tokens = [len(e.input_ids) for e in examples]
+            self.widths = self.tokens
+            self.per_item = 1
+
+    def rows(self, idx: list[int]) -> tuple[list[int], float]:
+        """This rank's rows of batch ``idx`` and its share of the batch's loss. A rank left
+        without rows (a batch smaller than the world) runs the batch's first row at weight 0,
+        so every rank calls the same hooks (and draws the same strategy RNG)."""
+        mine = idx[self.rank::self.world]
+        total = sum(self.weights[i] for i in idx)
+        if not mine or not total:
+            return idx[:1], 0.0
+        return mine, sum(self.weights[i] for i in mine) / total
+
+    def cost(self, idx: list[int]) -> tuple[int, int]:
+        """Real tokens and padded positions of the whole batch as the ranks pad their rows."""
+        tokens = sum(self.tokens[i] for i in idx)
+        cells = 0
+        for r in range(self.world):
+            rows = idx[r::self.world]
+            if rows:
+                cells += self.per_item * len(rows) * max(self.widths[i] for i in rows)
+        return tokens, cells
 
 
 class _Stopwatch:
