@@ -188,6 +188,7 @@ class Grace(Strategy):
         self._handle = None
         self._capture: list | None = None
         self._override: tuple[int, torch.Tensor] | None = None
+        self._pending: dict[str, Any] | None = None  # state loaded before setup
 
     def setup(self, ctx) -> None:
         super().setup(ctx)
@@ -207,6 +208,9 @@ class Grace(Strategy):
         if self._handle is not None:
             self._handle.remove()
         self._handle = layers[j].register_forward_hook(self._hook, with_kwargs=True)
+        if self._pending is not None:
+            pending, self._pending = self._pending, None
+            self.load_state_dict(pending)
 
     # --- the layer hook ---------------------------------------------------------------------
     def _hook(self, module, args, kwargs, output):
@@ -290,10 +294,15 @@ class Grace(Strategy):
                 "mean_key_norm": float(cb.keys.norm(dim=-1).mean())}
 
     def state_dict(self) -> dict[str, Any]:
+        if self.codebook is None and self._pending is not None:
+            return self._pending
         tensors, meta = self.codebook.state() if self.codebook is not None else ({}, {})
         return {"meta": {**meta, "layer": self.layer}, "tensors": tensors}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        if self.codebook is None:  # before setup: kept until setup has placed the codebook
+            self._pending = state
+            return
         meta = state.get("meta", {})
         if meta.get("layer", self.layer) != self.layer:
             raise TrainingError(f"grace: the checkpoint's codebook sits at layer {meta['layer']}"
