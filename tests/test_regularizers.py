@@ -460,3 +460,21 @@ def test_sampled_fisher_protects_more_than_the_empirical_fisher(two_stage_runs):
     """Why ``fisher: sampled`` is the default: the labels of a stage the model fits well give
     near-zero gradients, so the empirical Fisher under-weights the weights that matter."""
     assert two_stage_runs["ewc"][0] < two_stage_runs["ewc_empirical"][0] - 1.0
+
+
+@pytest.mark.parametrize("name", ["ewc", "mas"])
+def test_no_importance_passes_after_the_last_stage(tmp_path, three_stages, name):
+    from everlearn.runner import Run
+    from tests.conftest import tiny_config
+
+    cfg = build_config(tiny_config(tmp_path, three_stages[:2], strategies=[
+        {"name": name, "fisher_samples" if name == "ewc" else "mas_samples": 4}],
+        train={"steps": 2, "precision": "fp32"}))
+    run = Run(cfg, tmp_path / name, quiet=True)
+    res = run.execute()
+    strategy = run.strategy.members[0]
+    if name == "ewc":
+        assert [idx for idx, _, _ in strategy.terms] == [1]  # stage 2 is the last: no Fisher
+    else:
+        assert strategy.stages_seen == 1
+    assert res["cost"][1]["strategy_time_s"] < res["cost"][0]["strategy_time_s"]

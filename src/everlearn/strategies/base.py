@@ -76,6 +76,13 @@ class Strategy:
         """Called once, after the model is loaded and before the base row is evaluated."""
         self.ctx = ctx
 
+    def is_last_stage(self, stage) -> bool:
+        """Whether ``stage`` ends the stream: what only later stages would use (a Fisher, an
+        importance estimate) need not be computed after it."""
+        stream = self.ctx.stream if self.ctx is not None else None
+        return bool(stream is not None and stream.stages
+                    and stage.index == stream.stages[-1].index)
+
     def plan(self, stages: list[Stage]) -> list[list[Stage]] | None:
         """Group stages into training phases (one row of R each); None keeps one per stage."""
         return None

@@ -22,7 +22,8 @@ Choices:
   log-likelihood of an example's answer (or of a packed text block for cpt stages), so the
   Fisher has the scale of the training loss, whatever the answer length.
 - Per-example gradients (batch size 1), eval mode, over ``fisher_samples`` of the stage's own
-  training examples; cost: that many forward+backward passes after each stage.
+  training examples; cost: that many forward+backward passes after each stage but the last
+  (whose Fisher no later stage would use).
 - Scale: with this Fisher, ``1/2 * sum_i F_i d_i^2`` is the quadratic estimate of how much the
   earlier stage's mean token loss rises, so ``ewc_lambda = 1`` would weigh it like the new loss.
   That estimate is optimistic far from the anchor (a confident model has a small Fisher), and
@@ -98,6 +99,8 @@ class EWC(Strategy):
                              generator=gen, autocast=ctx.autocast)
 
     def after_stage(self, stage):
+        if self.is_last_stage(stage):
+            return  # no later stage would be pulled towards it: skip the Fisher passes
         fisher = self.fisher_of(stage)
         anchor = P.snapshot(P.trainable(self.ctx.model))
         if self.options.online:

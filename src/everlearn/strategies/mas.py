@@ -74,6 +74,8 @@ class MAS(Strategy):
         return P.mas_importance(ctx.model, params, batches, autocast=ctx.autocast)
 
     def after_stage(self, stage):
+        if self.is_last_stage(stage):
+            return  # no later stage would use this importance: skip its passes
         new = self.importance_of(stage)
         self.stages_seen += 1
         self.omega = P.accumulate(self.omega, new, self.options.accumulate, self.stages_seen)
