@@ -26,7 +26,7 @@ def test_labelled_token_loss_equals_the_models_loss_and_gradient():
     def grads():
         return {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
 
-    ours, out = labelled_token_loss(model, ids, mask, labels)
+    ours, out, kept = labelled_token_loss(model, ids, mask, labels)
     ours.backward()
     g_ours = grads()
     model.zero_grad()
@@ -34,7 +34,8 @@ def test_labelled_token_loss_equals_the_models_loss_and_gradient():
     theirs.backward()
     g_theirs = grads()
     assert torch.allclose(ours, theirs, atol=1e-6)
-    assert out.logits.shape[1] < ids.shape[1] - 1  # the head ran on fewer positions
+    assert out.logits.shape[1] == len(kept) < ids.shape[1] - 1  # the head ran on fewer
+    assert kept.tolist() == list(range(4, 11))  # positions whose next token is labelled
     for name, grad in g_ours.items():
         assert torch.allclose(grad, g_theirs[name], atol=1e-6), name
 

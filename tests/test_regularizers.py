@@ -348,6 +348,14 @@ def test_lwf_is_a_noop_in_stage_one_then_distils_the_previous_model():
     out = ctx.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
     kl = lwf.extra_loss(ctx.model, batch, out)
     assert kl.item() > 1e-3
+    # The trainer's sparse forward (logits at labelled positions only) gives the same KL.
+    from everlearn.losses import labelled_token_loss
+
+    sparse_batch = dict(batch)
+    _, sparse_out, sparse_batch["logit_positions"] = labelled_token_loss(
+        ctx.model, batch["input_ids"], batch["attention_mask"], batch["labels"])
+    assert lwf.extra_loss(ctx.model, sparse_batch, sparse_out).item() == pytest.approx(
+        kl.item(), rel=1e-5)
     grads = torch.autograd.grad(kl, params)
     with torch.no_grad():
         for p, gr in zip(params, grads):

@@ -246,7 +246,7 @@ class Trainer:
                 batch = {k: v.to(self.acc.device) for k, v in cpu_batch.items()}
                 with self.acc.autocast():
                     if sparse_logits:
-                        loss, outputs = labelled_token_loss(
+                        loss, outputs, batch["logit_positions"] = labelled_token_loss(
                             model, batch["input_ids"], batch["attention_mask"], batch["labels"])
                     else:
                         outputs = model(input_ids=batch["input_ids"],

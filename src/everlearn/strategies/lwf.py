@@ -60,7 +60,6 @@ Key = tuple[int, ...]
 class LwF(Strategy):
     name = "lwf"
     summary = "learning without forgetting: distil the previous model on the new stage's inputs"
-    needs_full_logits = True  # distils the teacher at every response position
     paper = "Li & Hoiem 2017, Learning without Forgetting (TPAMI)"
     Options = LwFOptions
 
@@ -112,6 +111,9 @@ class LwF(Strategy):
         if not self.cache:
             return None
         mask = P.answer_mask(batch["labels"])
+        kept = batch.get("logit_positions")  # the trainer computed logits at these only
+        if kept is not None:
+            mask = mask[:, kept]
         lengths = batch["attention_mask"].sum(-1).tolist()
         ids = batch["input_ids"]
         logits, idx, logp = [], [], []
@@ -119,7 +121,7 @@ class LwF(Strategy):
             hit = self.cache.get(tuple(ids[i, :n].tolist()))
             if hit is None:
                 continue
-            student = outputs.logits[i, :-1][mask[i]]
+            student = (outputs.logits[i] if kept is not None else outputs.logits[i, :-1])[mask[i]]
             if student.shape[0] != hit[0].shape[0]:
                 continue  # not the example the entry was made for (cannot happen unpadded)
             logits.append(student)
