@@ -57,20 +57,15 @@ def recycle() -> dict[str, Any]:
     the old base; then the base is updated by continual pre-training (every weight) on new
     text - one period of the generated worldline world, scored by its cloze probes; then every
     adapter is carried over to the new base by each policy (see docs/recycling.md)."""
-    return {
-        "name": "recycle",
-        "model": {"name": "smollm2-135m-instruct", "finetune": "lora",
-                  "lora": {"r": 8, "alpha": 16}},
-        "train": {"lr": 1e-3, "batch_size": 8, "steps": 30, "max_length": 96,
-                  "warmup_ratio": 0.1, "schedule": "cosine"},
-        "eval": {"batch_size": 32},
-        "stages": [{"builtin": name, "max_train": 240, "max_test": 40}
-                   for name in ("arithmetic", "cipher", "classify")]
-        + [{"name": "update", "builtin": "worldline", "periods": 1, "max_test": 48, "steps": 30,
-            "builtin_options": {"people": 16, "companies": 4, "cities": 6, "roles": 6}}],
-        "recycle": {"policies": ["reapply", "retune", "distill", "scratch"], "update": "full",
-                    "update_lr": 5e-5, "retune_steps": 8, "lr": 5e-4},
-    }
+    cfg = quickstart()  # the same model, training and tasks, without replay and dates
+    del cfg["strategies"]
+    cfg["name"] = "recycle"
+    cfg["stages"] = cfg["stages"][:3] + [
+        {"name": "update", "builtin": "worldline", "periods": 1, "max_test": 48, "steps": 30,
+         "builtin_options": {"people": 16, "companies": 4, "cities": 6, "roles": 6}}]
+    cfg["recycle"] = {"policies": ["reapply", "retune", "distill", "scratch"], "update": "full",
+                      "update_lr": 5e-5, "retune_steps": 8, "lr": 5e-4}
+    return cfg
 
 
 PRESETS = {
