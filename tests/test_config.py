@@ -397,3 +397,9 @@ def test_strategy_path_options_resolve_against_the_config_file(tmp_path: Path):
         "strategy:\n  - {name: general_mix, path: corpus.txt}\n")
     cfg = load_config(sub / "run.yaml")
     assert cfg.strategies[0].options["path"] == str(sub / "corpus.txt")
+
+
+def test_stage_name_with_control_characters_is_refused(tmp_path: Path):
+    data = {"stages": [{"name": "bad\x1ename", "builtin": "dates"}]}
+    msg = config_error(tmp_path / "s.yaml", data=data)
+    assert "stages.0.name: expected a name without control characters" in msg

@@ -511,6 +511,8 @@ def _check_semantics(cfg: RunConfig) -> None:
         if not st.name:
             st.name = st.builtin or _name_from_path(st.train.path)
         need(st.name not in seen, f"{p}.name", f"expected a unique stage name, '{st.name}' repeats")
+        need(st.name.isprintable(), f"{p}.name",
+             f"expected a name without control characters, got {st.name!r}")
         seen.add(st.name)
         for key in ("max_train", "max_test", "steps"):
             v = getattr(st, key)
