@@ -18,6 +18,8 @@ from dataclasses import dataclass
 
 import torch
 
+from everlearn.data.encode import Encoded, collate
+
 
 @dataclass
 class OptionItem:
@@ -27,24 +29,9 @@ class OptionItem:
     options: list[list[int]]
 
 
-def _left_pad(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    width = max(len(r) for r in rows)
-    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for i, r in enumerate(rows):
-        if r:
-            ids[i, width - len(r):] = torch.tensor(r)
-            mask[i, width - len(r):] = 1
-    return ids, mask
-
-
-def _right_pad(rows: list[list[int]], pad_id: int, width: int) -> tuple[torch.Tensor, torch.Tensor]:
-    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for i, r in enumerate(rows):
-        ids[i, :len(r)] = torch.tensor(r, dtype=torch.long)
-        mask[i, :len(r)] = 1
-    return ids, mask
+def _padded(rows: list[list[int]], pad_id: int, left: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    batch = collate([Encoded(r, r) for r in rows], pad_id, left=left)
+    return batch["input_ids"], batch["attention_mask"]
 
 
 @torch.no_grad()
@@ -56,7 +43,7 @@ def score_options(model, items: list[OptionItem], pad_id: int, device, autocast)
     """
     n_opt = len(items[0].options)
     assert all(len(it.options) == n_opt for it in items), "group items by option count"
-    ids, mask = _left_pad([it.prompt for it in items], pad_id)
+    ids, mask = _padded([it.prompt for it in items], pad_id, left=True)
     ids, mask = ids.to(device), mask.to(device)
     positions = (mask.cumsum(-1) - 1).clamp(min=0)
     with autocast():
@@ -72,7 +59,7 @@ def score_options(model, items: list[OptionItem], pad_id: int, device, autocast)
         scores = [float(first[b, o[0]]) for b, o in enumerate(opts)]
         rest = max(len(o) for o in opts) - 1
         if rest > 0:  # tokens 2..m of each option, predicted from tokens 1..m-1 on the cache
-            feed, feed_mask = _right_pad([o[:-1] for o in opts], pad_id, rest)
+            feed, feed_mask = _padded([o[:-1] for o in opts], pad_id, left=False)
             feed, feed_mask = feed.to(device), feed_mask.to(device)
             pos = lengths[:, None] + torch.arange(rest, device=device)[None, :]
             with autocast():
