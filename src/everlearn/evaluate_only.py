@@ -25,8 +25,7 @@ from everlearn.evaluate import Evaluator
 from everlearn.models import (
     load_base_model,
     load_trainable_state,
-    make_trainable,
-    store_frozen_linears_in_bf16,
+    trainable_on_device,
 )
 from everlearn.runner import make_accelerator, routes, seed_everything
 from everlearn.strategies import build_strategy
@@ -42,10 +41,8 @@ def evaluate_config(cfg: RunConfig, weights: str | None = None, quiet: bool = Fa
     acc = make_accelerator(cfg.train.precision)
     with dist.main_first():  # several processes: rank 0 fills a model cache first
         model, tok = load_base_model(cfg.model)
-    model = make_trainable(model, cfg.model)
-    model.to(acc.device)
-    if acc.mixed_precision == "bf16" and cfg.model.finetune == "lora":
-        store_frozen_linears_in_bf16(model)  # same numbers under autocast, less copying
+    model = trainable_on_device(model, cfg.model, acc.device,
+                                acc.mixed_precision == "bf16")
     encoder = Encoder(tok, cfg.train.max_length, cfg.model.chat_template == "auto")
     encoder.edit_format = cfg.edit.format
     evaluator = Evaluator(acc, encoder, cfg.eval, quiet)

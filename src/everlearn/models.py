@@ -184,6 +184,16 @@ def make_trainable(model, cfg: ModelConfig, adapter_name: str = "default"):
     return get_peft_model(model, lora, adapter_name=adapter_name)
 
 
+def trainable_on_device(model, cfg: ModelConfig, device, bf16: bool):
+    """``make_trainable``, moved to ``device``; under bf16 autocast the frozen Linear weights
+    are stored in bf16 (same numbers under autocast, less copying)."""
+    model = make_trainable(model, cfg)
+    model.to(device)
+    if bf16:
+        store_frozen_linears_in_bf16(model)  # converts nothing under full fine-tuning
+    return model
+
+
 def count_parameters(model) -> tuple[int, int]:
     """(trainable, total) parameter counts; tied weights are counted once."""
     seen: set[int] = set()

@@ -60,7 +60,7 @@ from everlearn.models import (
     load_base_model,
     load_trainable_state,
     make_trainable,
-    store_frozen_linears_in_bf16,
+    trainable_on_device,
     trainable_state,
 )
 from everlearn.resources import PeakMemory
@@ -303,10 +303,8 @@ class RecycleRun:
         self.new_base: dict[str, torch.Tensor] | None = None
         if self.rc.new_base is not None:  # checked before any training
             self.new_base = self._load_new_base(model, tok)
-        model = make_trainable(model, cfg.model)
-        model.to(acc.device)
-        if acc.mixed_precision == "bf16":
-            store_frozen_linears_in_bf16(model)  # same numbers under autocast, less copying
+        model = trainable_on_device(model, cfg.model, acc.device,
+                                    acc.mixed_precision == "bf16")
         self.model = model
         self.fresh = trainable_state(model)  # the initial adapter (LoRA B = 0: the base itself)
         self.on_base = "old"

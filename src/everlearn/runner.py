@@ -30,8 +30,7 @@ from everlearn.models import (
     count_parameters,
     load_base_model,
     load_trainable_state,
-    make_trainable,
-    store_frozen_linears_in_bf16,
+    trainable_on_device,
     trainable_state,
 )
 from everlearn.probes import GeneralProbes, general_sections, rows_from_results
@@ -188,10 +187,8 @@ class Run:
         self.tracker.start(acc, resume)
         with dist.main_first():  # rank 0 fills a model cache (embedded model) before the others
             model, tok = load_base_model(cfg.model)
-        model = make_trainable(model, cfg.model)
-        model.to(acc.device)
-        if acc.mixed_precision == "bf16" and cfg.model.finetune == "lora":
-            store_frozen_linears_in_bf16(model)  # same numbers under autocast, less copying
+        model = trainable_on_device(model, cfg.model, acc.device,
+                                    acc.mixed_precision == "bf16")
         self.model = model  # kept for callers that inspect the trained model (tests, APIs)
         encoder = Encoder(tok, cfg.train.max_length, cfg.model.chat_template == "auto")
         encoder.edit_format = cfg.edit.format
