@@ -107,6 +107,16 @@ def format_general(results: dict[str, Any]) -> str:
     return _table(header, rows)
 
 
+def format_editing(results: dict[str, Any]) -> str:
+    """Per row of R: reliability, generalisation and locality over every edit made so far."""
+    ed = results["editing"]
+    rows = [[label, str(r["edits"]), *(_num(r.get(m)) for m in
+                                       ("reliability", "generalisation", "locality"))]
+            for label, r in zip(results["rows"], ed["rows"]) if r]
+    return _table(["after", "edits so far", "reliability %", "generalisation %", "locality %"],
+                  rows)
+
+
 RECYCLE_POLICIES = ("reapply", "retune", "distill", "scratch")
 
 
@@ -163,6 +173,9 @@ def format_summary(results: dict[str, Any]) -> str:
     if (results.get("temporal") or {}).get("steps"):
         parts += ["", "Temporal knowledge (accuracy on each stage's probes right after it)",
                   format_temporal(results)]
+    if any((results.get("editing") or {}).get("rows") or []):
+        parts += ["", "Edits so far (reliability: edit prompts; generalisation: rephrased; "
+                      "locality: unrelated prompts unchanged)", format_editing(results)]
     if results.get("general") or results.get("general_kl"):
         parts += ["", "General ability against the base model (delta < 0: ability lost)",
                   format_general(results)]
