@@ -120,7 +120,7 @@ class Run:
         self.phases: list[list[Stage]] = self.strategy.plan(stages) or [[s] for s in stages]
         self.temporal_rows: list[dict] = []  # per row: temporal stage -> split -> [correct, n]
         self.general_rows: list[dict] = []  # per row: general probe -> value
-        self.probe_info: dict[str, Any] = {}
+        self.probes: GeneralProbes | None = None
         self.side_rows: list[dict[str, dict[str, float]]] = []  # per row: stage -> side metrics
         self.pref_rows: list[dict[str, list[float]]] = []  # per row: align stage -> log-ratios
         self.tracker = Tracker(cfg, self.dir.path)  # a missing tracker package fails here
@@ -199,8 +199,8 @@ class Run:
         evaluator = Evaluator(acc, encoder, cfg.eval, self.quiet)
         # general probes take their reference from the base model: before any resumed weights
         probes = (GeneralProbes.prepare(cfg.eval, self.dir.path, model, encoder, evaluator, acc)
-                  if cfg.eval.general_probes else None)
-        self.probe_info = probes.info() if probes else {}
+                  if cfg.eval.general_probes or cfg.eval.lm_eval.tasks else None)
+        self.probes = probes
         evaluator.prepare_edits(model, self.stream.stages)  # locality: the base's predictions
         keep_all = cfg.keep_stage_weights == "all" or (
             cfg.keep_stage_weights == "auto" and cfg.model.finetune == "lora")
@@ -241,6 +241,8 @@ class Run:
             self.temporal_rows = ((prev.get("temporal") or {}).get("rows", [])
                                   + [{}] * len(R))[:len(R)]
             self.general_rows = rows_from_results(prev, len(R))
+            if probes is not None:
+                probes.restore(prev)
         dist.barrier()  # every rank has read the run directory before rank 0 writes to it
         self.tracker.step = sum(c.get("steps") or 0 for c in cost)
         if not R:
@@ -303,7 +305,8 @@ class Run:
             if "metrics" in res:
                 res["metrics"]["fuar"] = res["temporal"]["fuar"]
         if any(self.general_rows[:n_rows]):
-            res.update(general_sections(self.general_rows[:n_rows], self.probe_info))
+            res.update(general_sections(self.general_rows[:n_rows],
+                                        self.probes.info() if self.probes else {}))
         if any(st.kind == "edit" for st in self.stream.stages):
             res["editing"] = editing_section(self.stream.stages,
                                              [[s.name for s in p] for p in self.phases],

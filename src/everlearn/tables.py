@@ -95,7 +95,8 @@ def format_general(results: dict[str, Any]) -> str:
     general = results.get("general") or {}
     kl = (results.get("general_kl") or {}).get("scores")
     header, cols = ["after"], []
-    for key, label in (("agreement", "same answer %"), ("labelled", "labelled acc %")):
+    harness = [(k, f"{k.split('/', 1)[1]} %") for k in general if k.startswith("lm_eval/")]
+    for key, label in (("agreement", "same answer %"), ("labelled", "labelled acc %"), *harness):
         if isinstance(general.get(key), dict):
             header += [label, "delta"]
             cols += [general[key]["scores"], general[key]["delta"]]
