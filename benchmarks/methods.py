@@ -42,6 +42,8 @@ OPTIONS: dict[str, dict] = {
     "replay": {"buffer_size": 100, "mix_ratio": 0.2},
 }
 NEEDS_FULL_FINETUNE = {"block_expansion"}
+# Editors act on edit stages only; on this sft stream grace would fine-tune exactly like seqft.
+NOT_ON_THIS_STREAM = {"grace"}
 
 
 def stream_config(name: str, args) -> dict:
@@ -124,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"methods.py: {DATA}: SuperNI data not found", file=sys.stderr)
         return 2
     names = args.only.split(",") if args.only else (
-        ["seqft", "joint"] + sorted(set(STRATEGIES) - {"seqft", "joint"}))
+        ["seqft", "joint"] + sorted(set(STRATEGIES) - {"seqft", "joint"} - NOT_ON_THIS_STREAM))
     workdir = Path(tempfile.mkdtemp(prefix="everlearn-methods-"))
     rows = []
     try:
