@@ -18,6 +18,7 @@ with them stops at once with a one-line error. See docs/distributed.md.
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass
 
@@ -164,6 +165,10 @@ def shard(model, cfg: Settings):
     # transformers' generate() then keeps every rank stepping until all have finished
     # (synced_gpus), should their continuations ever differ in length
     base._is_fsdp_managed_module = True
+    logging.getLogger("everlearn").info(
+        "FSDP: model sharded over %d processes in %d units (%d by the wrap policy, then the "
+        "model), reshard_after_forward=%s", torch.distributed.get_world_size(), units + 1, units,
+        cfg.reshard_after_forward)
     return units + 1
 
 
