@@ -14,6 +14,11 @@ scores are kept; checkpoints gather full tensors, so they are the one-process fi
 Only strategies that work on data (and forward passes every rank makes alike) are supported;
 the others read or rewrite whole weights or gradients, or change the parameter set, and a run
 with them stops at once with a one-line error. See docs/distributed.md.
+
+Checkpoints with optimizer state (step checkpoints): the AdamW state is sharded like the
+weights; ``torch.distributed.checkpoint.state_dict.get_optimizer_state_dict`` with
+``StateDictOptions(full_state_dict=True, cpu_offload=True)`` on every rank gives whole tensors
+on rank 0, and ``set_optimizer_state_dict`` loads them back into any world size.
 """
 
 from __future__ import annotations
@@ -143,8 +148,9 @@ def shard(model, cfg: Settings):
     from everlearn import distributed as dist
 
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    # every rank starts from rank 0's weights (LoRA initialisation is seeded anyway)
-    dist.broadcast_parameters(list(base.parameters()))
+    # every rank starts from rank 0's trainable weights, as in the replicated design (they are
+    # seeded anyway; frozen weights come from the same files)
+    dist.broadcast_parameters([p for p in base.parameters() if p.requires_grad])
     try:
         policy = fsdp2_prepare_auto_wrap_policy(cfg.plugin, base)
     except ValueError as exc:
