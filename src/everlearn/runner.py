@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from everlearn import __version__
+from everlearn import __version__, fsdp
 from everlearn import distributed as dist
 from everlearn.checkpoint import RunDir, write_atomic, write_json
 from everlearn.config import RunConfig, dump_yaml, load_config
@@ -68,7 +68,7 @@ def make_accelerator(precision: str, **kwargs: Any):
     another precision in the same process (an API user, a benchmark) resets it first.
     ``kwargs`` go to ``Accelerator`` (``log_with``/``project_dir`` of a tracker). Under
     torchrun or ``accelerate launch`` it joins the process group (data parallel, see
-    everlearn.distributed); FSDP and DeepSpeed configs are refused."""
+    everlearn.distributed; FSDP, see everlearn.fsdp); DeepSpeed configs are refused."""
     from accelerate import Accelerator
     from accelerate.state import AcceleratorState
 
@@ -117,6 +117,7 @@ class Run:
         self.strategy: StrategyStack = build_strategy(cfg.strategies, source,
                                                       cfg.model.finetune)
         stages = self.stream.stages
+        fsdp.check_run(self.strategy.names, [s.kind for s in stages], False, source)
         self.phases: list[list[Stage]] = self.strategy.plan(stages) or [[s] for s in stages]
         self.temporal_rows: list[dict] = []  # per row: temporal stage -> split -> [correct, n]
         self.general_rows: list[dict] = []  # per row: general probe -> value
@@ -189,6 +190,8 @@ class Run:
             model, tok = load_base_model(cfg.model)
         model = trainable_on_device(model, cfg.model, acc.device,
                                     acc.mixed_precision == "bf16")
+        if fsdp.requested():  # accelerate FSDP config: shard it (everlearn.fsdp)
+            fsdp.shard(model, fsdp.settings())
         self.model = model  # kept for callers that inspect the trained model (tests, APIs)
         encoder = Encoder(tok, cfg.train.max_length, cfg.model.chat_template == "auto")
         encoder.edit_format = cfg.edit.format
@@ -377,6 +380,8 @@ def start_run(cfg: RunConfig, run_dir: str | Path | None = None, quiet: bool = F
     if cfg.recycle is not None:  # recyclable tuning (everlearn.recycle) instead of a stream
         from everlearn.recycle import RecycleRun
 
+        fsdp.check_run([], [], True, source)
+
         return path, RecycleRun(cfg, path, quiet, source).execute(resume=False)
     run = Run(cfg, path, quiet, source)
     return path, run.execute(resume=False)
@@ -392,6 +397,7 @@ def resume_run(run_dir: str | Path, quiet: bool = False) -> tuple[Path, dict[str
     if cfg.recycle is not None:
         from everlearn.recycle import RecycleRun
 
+        fsdp.check_run([], [], True, str(path / "config.yaml"))
         return path, RecycleRun(cfg, path, quiet, str(path / "config.yaml")).execute(resume=True)
     run = Run(cfg, path, quiet, str(path / "config.yaml"))
     return path, run.execute(resume=True)
