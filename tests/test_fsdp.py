@@ -144,6 +144,16 @@ def test_fsdp_refuses_a_strategy_it_cannot_run(tmp_path, monkeypatch, three_stag
     assert not (tmp_path / "run").exists()  # nothing written
 
 
+def test_fsdp_refuses_step_checkpoints(tmp_path, monkeypatch, three_stages):
+    cfg = tiny_config(tmp_path, three_stages)
+    cfg["train"]["checkpoint_every"] = 5
+    _fsdp_env(monkeypatch)
+    with pytest.raises(ConfigError, match=r"^stream.yaml: train.checkpoint_every: step "
+                                          r"checkpoints are not supported under FSDP"):
+        Run(build_config(cfg), tmp_path / "run", source="stream.yaml")
+    assert not (tmp_path / "run").exists()
+
+
 def test_fsdp_refuses_edit_stages_and_recycle(monkeypatch):
     _fsdp_env(monkeypatch)
     with pytest.raises(ConfigError, match="stages: edit stages are not supported under FSDP"):
