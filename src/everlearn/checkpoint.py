@@ -6,6 +6,11 @@ Layout::
     RUN_DIR/results.json           R so far, metrics, cost per phase (rewritten after each phase)
     RUN_DIR/checkpoints/phase-01/  trainable.safetensors, strategy.safetensors, strategy.json,
                                    done.json (written last: names the files and their sha256)
+    RUN_DIR/checkpoints/steps/phase-02-step-000040/
+                                   a step checkpoint inside a phase (train.checkpoint_every,
+                                   or an interrupt): trainable.safetensors,
+                                   optimizer.safetensors, state.safetensors, state.json,
+                                   done.json; only the newest is kept
 
 Every file is written to a temporary name and renamed, so a killed run never leaves a
 half-written file that a resume would trust. In a multi-process run (torchrun, accelerate
@@ -17,17 +22,21 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save, save_file
 
 from everlearn import distributed as dist
 from everlearn.errors import ResumeError
+
+log = logging.getLogger("everlearn")
 
 
 def write_atomic(path: Path, data: bytes | str) -> None:
@@ -141,3 +150,97 @@ class RunDir:
         meta = json.loads((d / "strategy.json").read_text())
         tensors = load_file(d / "strategy.safetensors")
         return weights, {"meta": meta, "tensors": tensors}
+
+    # --- step checkpoints (inside a phase) -----------------------------------------------------
+    @property
+    def steps_dir(self) -> Path:
+        return self.path / "checkpoints" / "steps"
+
+    def step_dir(self, phase: int, step: int) -> Path:
+        return self.steps_dir / f"phase-{phase:02d}-step-{step:06d}"
+
+    def step_checkpoints(self) -> list[tuple[int, int, Path]]:
+        """(phase, step, directory) of the step checkpoints on disk, newest first."""
+        if not self.steps_dir.is_dir():
+            return []
+        found = []
+        for d in self.steps_dir.iterdir():
+            m = _STEP_DIR.fullmatch(d.name)
+            if m and d.is_dir():
+                found.append((int(m[1]), int(m[2]), d))
+        return sorted(found, reverse=True)
+
+    def save_step(self, phase: int, step: int, tensors: dict[str, dict[str, torch.Tensor]],
+                  meta: dict[str, Any]) -> Path:
+        """Write a step checkpoint, then delete every older one (the newest is kept alone).
+
+        ``tensors`` maps a file stem to its tensors (``trainable`` -> weights, ...); ``meta``
+        goes to ``state.json``. The checksums are taken from the bytes in memory (no re-read);
+        ``done.json`` is written last and marks the checkpoint complete.
+        """
+        d = self.step_dir(phase, step)
+        if not dist.is_main():
+            return d
+        if d.exists():
+            shutil.rmtree(d)
+        files = {}
+        for stem, group in tensors.items():
+            data = save({k: v.contiguous() for k, v in group.items()})
+            write_atomic(d / f"{stem}.safetensors", data)
+            files[f"{stem}.safetensors"] = hashlib.sha256(data).hexdigest()
+        text = json.dumps(meta, allow_nan=False) + "\n"
+        write_atomic(d / "state.json", text)
+        files["state.json"] = hashlib.sha256(text.encode("utf-8")).hexdigest()
+        write_json(d / "done.json", {"phase": phase, "step": step, "files": files})
+        for _, _, old in self.step_checkpoints():
+            if old != d:
+                shutil.rmtree(old, ignore_errors=True)
+        return d
+
+    def load_step(self, phase: int) -> dict[str, Any] | None:
+        """The newest step checkpoint of ``phase`` that verifies, as {"meta": state.json,
+        "tensors": {file stem: tensors}, "where": its directory}; None when there is none. A
+        corrupt one is reported and skipped (the caller then trains the phase from its stage
+        checkpoint)."""
+        for p, step, d in self.step_checkpoints():
+            if p != phase:
+                continue
+            try:
+                return {**self._read_step(d, phase, step), "where": str(d)}
+            except ResumeError as err:
+                log.warning("%s; falling back to the stage checkpoint", err)
+        return None
+
+    def _read_step(self, d: Path, phase: int, step: int) -> dict[str, Any]:
+        done = d / "done.json"
+        if not done.exists():
+            raise ResumeError(f"{d}: done.json: missing; the step checkpoint is incomplete")
+        try:
+            info = json.loads(done.read_text())
+            files = info["files"]
+            assert info["phase"] == phase and info["step"] == step and isinstance(files, dict)
+        except (json.JSONDecodeError, KeyError, TypeError, AssertionError):
+            raise ResumeError(f"{done}: expected a JSON object with phase {phase}, step {step} "
+                              "and 'files'") from None
+        if "state.json" not in files:
+            raise ResumeError(f"{done}: files: state.json is not listed")
+        for name, digest in files.items():
+            f = d / name
+            if not f.exists() or sha256(f) != digest:
+                raise ResumeError(f"{f}: checksum mismatch or missing; the step checkpoint is "
+                                  "corrupt")
+        tensors = {name[:-len(".safetensors")]: load_file(d / name) for name in files
+                   if name.endswith(".safetensors")}
+        return {"meta": json.loads((d / "state.json").read_text()), "tensors": tensors}
+
+    def drop_steps(self, keep: int | None = None) -> None:
+        """Delete the step checkpoints of every phase but ``keep`` (after a stage checkpoint,
+        which supersedes them, all of them)."""
+        if not dist.is_main():
+            return
+        for phase, _, d in self.step_checkpoints():
+            if phase != keep:
+                shutil.rmtree(d, ignore_errors=True)
+
+
+_STEP_DIR = re.compile(r"phase-(\d+)-step-(\d+)")

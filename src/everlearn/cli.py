@@ -282,7 +282,8 @@ def main(argv: list[str] | None = None) -> int:
         from transformers.utils import logging as hf_logging
 
         hf_logging.set_verbosity_error()
-    # SIGTERM (a scheduler or `kill`) stops a run like Ctrl-C: finished phases stay saved.
+    # SIGTERM (a scheduler or `kill`) stops a run like Ctrl-C: finished phases stay saved, and
+    # during training the trainer first finishes the step and writes a step checkpoint.
     signal.signal(signal.SIGTERM, _interrupt)
     try:
         return {"run": cmd_run, "eval": cmd_eval, "report": cmd_report, "compare": cmd_compare,
@@ -292,8 +293,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"everlearn: error: {one_line}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("everlearn: interrupted; finished stages are saved (resume with --resume)",
-              file=sys.stderr)
+        print("everlearn: interrupted; finished stages (and, during training, the step "
+              "reached) are saved (resume with --resume)", file=sys.stderr)
         return 130
     finally:
         if args.command in ("run", "eval"):  # torchrun: leave the process group before exit

@@ -96,6 +96,13 @@ class TrainConfig:
         "stop", "A NaN or infinite loss: stop the stage with an error (earlier results kept), "
         "or skip that batch and count it in the cost (skipped_batches)."
     )
+    checkpoint_every: int = _f(
+        0, "Write a step checkpoint every this many optimizer steps inside a stage (0: off; "
+        "stage checkpoints are written either way). It holds the trainable weights, the "
+        "optimizer, learning-rate schedule, RNG and batch-order state and the strategies' "
+        "in-stage state, so `--resume` continues mid-stage exactly; only the latest is kept. "
+        "Ctrl-C or SIGTERM during training writes one at the next step boundary, also when 0."
+    )
 
 
 @dataclass
@@ -500,6 +507,8 @@ def _check_semantics(cfg: RunConfig) -> None:
     need(t.lr > 0, "train.lr", f"expected a positive number, got {t.lr}")
     need(t.batch_size >= 1, "train.batch_size", f"expected an integer >= 1, got {t.batch_size}")
     need(t.grad_accum >= 1, "train.grad_accum", f"expected an integer >= 1, got {t.grad_accum}")
+    need(t.checkpoint_every >= 0, "train.checkpoint_every",
+         f"expected an integer >= 0 (0: off), got {t.checkpoint_every}")
     need(t.max_length >= 8, "train.max_length", f"expected an integer >= 8, got {t.max_length}")
     need(0 <= t.warmup_ratio < 1, "train.warmup_ratio",
          f"expected 0 <= x < 1, got {t.warmup_ratio}")

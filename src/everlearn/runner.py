@@ -3,7 +3,8 @@
 After each phase the run directory gets the phase checkpoint and a rewritten ``results.json``,
 so ``--resume`` continues after the last finished phase and ends with the same results as an
 uninterrupted run (every phase is seeded from the run seed and its index, not from leftover
-random state).
+random state). Inside a phase, step checkpoints (``train.checkpoint_every``, or Ctrl-C /
+SIGTERM) let ``--resume`` continue the phase in progress from its latest saved step.
 """
 
 from __future__ import annotations
@@ -199,6 +200,7 @@ class Run:
                                        stream=self.stream, seed=cfg.seed, accelerator=acc))
         trainer = Trainer(acc, encoder, cfg.train, self.strategy, cfg.seed, self.quiet)
         trainer.on_step = self.tracker.on_step
+        trainer.save_step = self.dir.save_step
         evaluator = Evaluator(acc, encoder, cfg.eval, self.quiet)
         # general probes take their reference from the base model: before any resumed weights
         probes = (GeneralProbes.prepare(cfg.eval, self.dir.path, model, encoder, evaluator, acc)
@@ -237,6 +239,8 @@ class Run:
                 self.strategy.load_state_dict(state)
                 load_trainable_state(model, weights, str(self.dir.phase_dir(last)))
             log.info("resumed after phase %d of %d", last, len(self.phases))
+        # the phase in progress when the run stopped: its newest step checkpoint that verifies
+        step_ckpt = self.dir.load_step(len(R)) if resume and R else None
         if R:  # resumed: side metrics and preference references of the rows kept
             self.side_rows = (prev.get("side_metrics", []) + [{}] * len(R))[:len(R)]
             self.pref_rows = (prev.get("preference_logratios", []) + [{}] * len(R))[:len(R)]
@@ -247,6 +251,8 @@ class Run:
             if probes is not None:
                 probes.restore(prev)
         dist.barrier()  # every rank has read the run directory before rank 0 writes to it
+        if resume:  # step checkpoints of other phases are stale (or would be, once written)
+            self.dir.drop_steps(keep=len(R) if R else None)
         self.tracker.step = sum(c.get("steps") or 0 for c in cost)
         if not R:
             t0 = time.perf_counter()
@@ -260,7 +266,10 @@ class Run:
             seed_everything(cfg.seed + phase)
             t0 = time.perf_counter()
             evaluator.begin_phase(stages)  # align stages: the model entering is the reference
-            pc = trainer.train_phase(model, stages, phase)
+            resume_at, step_ckpt = step_ckpt, None  # only the first phase trained here
+            if resume_at is not None:
+                self.tracker.step += resume_at["meta"].get("step", 0)
+            pc = trainer.train_phase(model, stages, phase, resume=resume_at)
             eval_memory = PeakMemory(acc.device)
             t1 = time.perf_counter()
             R.append(evaluate_row(phase))
@@ -287,6 +296,7 @@ class Run:
                 f"strategy/{k}": v for k, v in state.get("tensors", {}).items()}},
                 state.get("meta"))
             self.dir.save_phase(phase, weights, state)
+            self.dir.drop_steps()  # the stage checkpoint supersedes them
             status = "complete" if phase == len(self.phases) else "running"
             write_json(self.dir.results, self._results(R, cost, status, base_eval_s))
             self.tracker.log_row(phase, R[-1], self.stream.stages,

@@ -2,30 +2,39 @@
 
 Built on accelerate (mixed-precision autocast, backward, gradient clipping, process layout).
 Per phase it builds a fresh AdamW and a re-warmed learning-rate schedule, iterates length-grouped
-batches for a fixed number of optimizer steps, and returns the phase's cost.
+batches for a fixed number of optimizer steps, and returns the phase's cost. With a step
+checkpoint writer it saves the phase in progress every ``train.checkpoint_every`` steps and when
+Ctrl-C or SIGTERM arrives (at the end of the step), and it continues a phase from such a
+checkpoint exactly (see everlearn.stepstate).
 """
 
 from __future__ import annotations
 
+import logging
 import math
 import random
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from tqdm.auto import tqdm
 from transformers import get_scheduler
 
 from everlearn import distributed as dist
-from everlearn import fsdp
+from everlearn import fsdp, stepstate
 from everlearn.config import TrainConfig
-from everlearn.data.encode import IGNORE, Encoded, Encoder, collate, length_grouped_batches
-from everlearn.errors import TrainingError
+from everlearn.data.encode import IGNORE, Encoded, Encoder, collate
+from everlearn.errors import ResumeError, TrainingError
+from everlearn.interrupt import DeferredSignals
 from everlearn.losses import labelled_token_loss, supports_logits_to_keep
 from everlearn.preference import Pair, batch_loss, collate_pairs, encode_pairs, fill_reference
 from everlearn.resources import PeakMemory
 from everlearn.strategies.base import Strategy
 from everlearn.stream import Stage
+
+log = logging.getLogger("everlearn")
 
 
 def bf16_supported(device: torch.device) -> bool:
@@ -92,6 +101,9 @@ class Trainer:
         self.seed = seed
         self.quiet = quiet
         self.on_step = None  # called with (loss, lr) after every optimizer step (trackers)
+        # Writes a step checkpoint: (phase, step, {file stem: tensors}, meta) -> its directory
+        # (RunDir.save_step). None: no step checkpoints, and signals are not deferred.
+        self.save_step: Callable[[int, int, dict, dict], Any] | None = None
 
     def encode(self, stage: Stage, records: list) -> list[Encoded] | list[Pair]:
         """The stage's training examples from the records ``train_data`` returned (preference
@@ -105,9 +117,12 @@ class Trainer:
         examples = self.encoder.encode_stage(stage.kind, records)
         return [e for e in examples if any(lab != -100 for lab in e.labels)]
 
-    def train_phase(self, model, stages: list[Stage], phase: int) -> PhaseCost:
+    def train_phase(self, model, stages: list[Stage], phase: int,
+                    resume: dict[str, Any] | None = None) -> PhaseCost:
+        """Train one phase; ``resume`` (a step checkpoint of this phase, as
+        ``RunDir.load_step`` reads it) continues it from that step instead of its start."""
         try:
-            return self._train_phase(model, stages, phase)
+            return self._train_phase(model, stages, phase, resume)
         finally:  # an edit phase froze the weights outside its layers: thaw them, also on error
             for p in self._edit_frozen:
                 p.requires_grad_(True)
@@ -156,7 +171,28 @@ class Trainer:
             peak_memory_mb=memory.peak_mb, strategy_time_s=hooks.total,
             trainable_params=sum(d.get("trainable_params", 0) for d in done))
 
-    def _train_phase(self, model, stages: list[Stage], phase: int) -> PhaseCost:
+    def _loss(self, model, batch: dict, align: bool, sparse_logits: bool, hooks) -> torch.Tensor:
+        """A micro-batch's training loss: the task loss (token loss, or DPO on pairs) times the
+        strategies' task weight, plus their extra terms."""
+        with self.acc.autocast():
+            if sparse_logits:
+                loss, outputs, batch["logit_positions"] = labelled_token_loss(
+                    model, batch["input_ids"], batch["attention_mask"], batch["labels"])
+            else:
+                outputs = model(input_ids=batch["input_ids"],
+                                attention_mask=batch["attention_mask"],
+                                labels=None if align else batch["labels"])
+                loss = batch_loss(outputs.logits, batch) if align else outputs.loss
+            if self.strategy.task_loss_weight != 1.0:  # 0: distillation alone
+                loss = loss * self.strategy.task_loss_weight
+            with hooks:
+                extra = self.strategy.extra_loss(model, batch, outputs)
+            if extra is not None:
+                loss = loss + extra
+        return loss
+
+    def _train_phase(self, model, stages: list[Stage], phase: int,
+                     resume: dict[str, Any] | None) -> PhaseCost:
         cfg = self.cfg
         align = any(st.kind == "align" for st in stages)  # DPO on pairs instead of token loss
         if align and not all(st.kind == "align" for st in stages):
@@ -209,23 +245,18 @@ class Trainer:
         if share is not None and not sharded:
             dist.broadcast_parameters(params)  # as DDP does: every rank starts from rank 0's
 
-        def batches():
-            while True:  # epochs of freshly shuffled, length-grouped batches
-                yield from length_grouped_batches(lengths, cfg.batch_size, rng,
-                                                  cfg.group_by_length)
-
-        batch_iter = batches()
+        # epochs of freshly shuffled, length-grouped batches
+        batch_iter = stepstate.BatchStream(lengths, cfg.batch_size, rng, cfg.group_by_length)
         tokens = cells = 0  # real and padded positions of the batches trained on
         skipped = 0
         loss_value = float("nan")
         memory = PeakMemory(self.acc.device)
         label = "+".join(s.name for s in stages)
-        bar = tqdm(total=total_steps, desc=f"train {label}", disable=self.quiet or not
-                   self.acc.is_local_main_process, dynamic_ncols=True, leave=False)
         model.train()
         start = time.perf_counter()
+        quiet = self.quiet or not self.acc.is_local_main_process
         if align:  # the reference: the model as it enters the stage, once, for every pair
-            ref_bar = tqdm(total=len(examples), desc=f"reference {label}", disable=bar.disable,
+            ref_bar = tqdm(total=len(examples), desc=f"reference {label}", disable=quiet,
                            dynamic_ncols=True, leave=False)
             fill_reference(model, examples, self.encoder.pad_id, cfg.batch_size, self.acc.device,
                            self.acc.autocast, ref_bar.update)
@@ -234,71 +265,99 @@ class Trainer:
         # scores whole answers through its own loss)
         sparse_logits = (not align and not self.strategy.needs_full_logits
                          and supports_logits_to_keep(model))
-        for step in range(total_steps):
-            step_loss = 0.0
-            for _ in range(cfg.grad_accum):
-                idx = next(batch_iter)
-                weight = 1.0  # this rank's share of the batch's loss (its labelled tokens)
-                if share is not None:
-                    n_tokens, n_cells = share.cost(idx)  # global: every rank knows the batch
-                    tokens, cells = tokens + n_tokens, cells + n_cells
-                    idx, weight = share.rows(idx)
-                cpu_batch = (collate_pairs if align else collate)([examples[i] for i in idx],
-                                                                  self.encoder.pad_id)
-                if share is None:
-                    tokens += int(cpu_batch["attention_mask"].sum())  # before .to(): no sync
-                    cells += cpu_batch["attention_mask"].numel()
-                batch = {k: v.to(self.acc.device) for k, v in cpu_batch.items()}
-                with self.acc.autocast():
-                    if sparse_logits:
-                        loss, outputs, batch["logit_positions"] = labelled_token_loss(
-                            model, batch["input_ids"], batch["attention_mask"], batch["labels"])
+        names = {id(p): n for n, p in model.named_parameters()}
+        phase_info = {"phase": phase, "stages": [s.name for s in stages],
+                      "total_steps": total_steps, "params": [names[id(p)] for p in params]}
+        parts = _PhaseParts(params, optimizer, scheduler, batch_iter, self.strategy)
+        first, prior_s = 0, 0.0
+        if resume is not None:
+            try:
+                first, counters = parts.restore(resume, phase_info)
+            except ResumeError as err:
+                log.warning("%s; training phase %d from its start", err, phase)
+            else:
+                tokens, cells, skipped = counters["tokens"], counters["cells"], counters["skipped"]
+                loss = counters["loss"]
+                loss_value = float("nan") if loss is None else loss
+                prior_s = counters["train_s"]
+                hooks.total += counters["strategy_s"]
+                log.info("resumed phase %d at step %d of %d", phase, first, total_steps)
+        bar = tqdm(total=total_steps, initial=first, desc=f"train {label}", disable=quiet,
+                   dynamic_ncols=True, leave=False)
+        every = cfg.checkpoint_every
+        signals = DeferredSignals(active=self.save_step is not None)
+
+        def checkpoint(done: int) -> None:
+            counters = {"tokens": tokens, "cells": cells, "skipped": skipped,
+                        "loss": loss_value if math.isfinite(loss_value) else None,
+                        "train_s": prior_s + time.perf_counter() - start,
+                        "strategy_s": hooks.total}
+            tensors, meta = parts.snapshot(done, phase_info, counters)
+            if tensors is not None:  # rank 0
+                self.save_step(phase, done, tensors, meta)
+
+        with signals:
+            for step in range(first, total_steps):
+                step_loss = 0.0
+                stop_seen = False  # several processes: whether any rank holds a signal
+                for _ in range(cfg.grad_accum):
+                    idx = next(batch_iter)
+                    weight = 1.0  # this rank's share of the batch's loss (its labelled tokens)
+                    if share is not None:
+                        n_tokens, n_cells = share.cost(idx)  # global: every rank knows the batch
+                        tokens, cells = tokens + n_tokens, cells + n_cells
+                        idx, weight = share.rows(idx)
+                    cpu_batch = (collate_pairs if align else collate)(
+                        [examples[i] for i in idx], self.encoder.pad_id)
+                    if share is None:
+                        tokens += int(cpu_batch["attention_mask"].sum())  # before .to(): no sync
+                        cells += cpu_batch["attention_mask"].numel()
+                    batch = {k: v.to(self.acc.device) for k, v in cpu_batch.items()}
+                    loss = self._loss(model, batch, align, sparse_logits, hooks)
+                    if share is not None:  # the batch's loss: the ranks' token-weighted sum
+                        loss = loss * weight  # (the signal flags ride along: all ranks agree)
+                        value, flags = dist.sum_values([loss.detach().float().item(),
+                                                        float(signals.requested)])
+                        stop_seen = stop_seen or flags > 0
                     else:
-                        outputs = model(input_ids=batch["input_ids"],
-                                        attention_mask=batch["attention_mask"],
-                                        labels=None if align else batch["labels"])
-                        loss = batch_loss(outputs.logits, batch) if align else outputs.loss
-                    if self.strategy.task_loss_weight != 1.0:  # 0: distillation alone
-                        loss = loss * self.strategy.task_loss_weight
-                    with hooks:
-                        extra = self.strategy.extra_loss(model, batch, outputs)
-                    if extra is not None:
-                        loss = loss + extra
-                if share is not None:  # the batch's loss: the ranks' token-weighted sum
-                    loss = loss * weight
-                    value = dist.sum_values([loss.detach().float().item()])[0]
-                else:
-                    value = loss.item()  # the step's one device sync
-                if not math.isfinite(value):
-                    if cfg.nonfinite_loss == "stop":
-                        raise TrainingError(f"stage '{label}': step {step + 1}: loss is {value}"
-                                            "; earlier stages' results are kept (set "
-                                            "train.nonfinite_loss=skip to skip such batches)")
-                    skipped += 1
-                    continue  # no backward: this batch adds nothing to the step's gradient
-                self.acc.backward(loss / cfg.grad_accum)
-                step_loss += value / cfg.grad_accum
-            if share is not None and not sharded:  # the one-process gradient, on every rank
-                dist.all_reduce_gradients(params)
-            with hooks:
-                self.strategy.after_backward(model)
-            if cfg.max_grad_norm is not None:
-                self.acc.clip_grad_norm_(params, cfg.max_grad_norm)
-            optimizer.step()
-            if bound is not None:  # edit stage: back into the L-inf ball (Zhu et al. 2020)
-                bound.project()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            memory.sample()
-            loss_value = step_loss
-            if self.on_step is not None:
-                self.on_step(loss_value, scheduler.get_last_lr()[0])
-            elapsed = time.perf_counter() - start
-            bar.set_postfix(loss=f"{loss_value:.3f}", tok_s=f"{tokens / max(elapsed, 1e-9):.0f}",
-                            refresh=False)
-            bar.update(1)
+                        value = loss.item()  # the step's one device sync
+                    if not math.isfinite(value):
+                        if cfg.nonfinite_loss == "stop":
+                            raise TrainingError(f"stage '{label}': step {step + 1}: loss is "
+                                                f"{value}; earlier stages' results are kept (set "
+                                                "train.nonfinite_loss=skip to skip such batches)")
+                        skipped += 1
+                        continue  # no backward: this batch adds nothing to the step's gradient
+                    self.acc.backward(loss / cfg.grad_accum)
+                    step_loss += value / cfg.grad_accum
+                if share is not None and not sharded:  # the one-process gradient, on every rank
+                    dist.all_reduce_gradients(params)
+                with hooks:
+                    self.strategy.after_backward(model)
+                if cfg.max_grad_norm is not None:
+                    self.acc.clip_grad_norm_(params, cfg.max_grad_norm)
+                optimizer.step()
+                if bound is not None:  # edit stage: back into the L-inf ball (Zhu et al. 2020)
+                    bound.project()
+                scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+                memory.sample()
+                loss_value = step_loss
+                if self.on_step is not None:
+                    self.on_step(loss_value, scheduler.get_last_lr()[0])
+                elapsed = time.perf_counter() - start
+                bar.set_postfix(loss=f"{loss_value:.3f}",
+                                tok_s=f"{tokens / max(elapsed, 1e-9):.0f}", refresh=False)
+                bar.update(1)
+                stop = stop_seen if share is not None else signals.requested
+                if signals.active and (stop or (every and (step + 1) % every == 0)):
+                    checkpoint(step + 1)
+                if stop:  # after the checkpoint: the held signal, or (another rank's) a stop
+                    bar.close()
+                    if not signals.deliver():
+                        raise KeyboardInterrupt
         bar.close()
-        train_s = time.perf_counter() - start  # the loop; after_stage hooks count as strategy
+        train_s = prior_s + time.perf_counter() - start  # the loop (after_stage: strategy)
         with hooks:
             for st in stages:
                 self.strategy.after_stage(st)
@@ -308,6 +367,67 @@ class Trainer:
             final_loss=loss_value, peak_memory_mb=memory.peak_mb, strategy_time_s=hooks.total,
             skipped_batches=skipped, trainable_params=self._edit_trained if edit else None,
         )
+
+
+class _PhaseParts:
+    """The parts of a phase in progress that a step checkpoint saves and restores: trainable
+    weights, optimizer, schedule, batch position, the strategies' in-stage state and every
+    RNG (per rank: ranks may draw different amounts, e.g. dropout on rows of other sizes)."""
+
+    def __init__(self, params, optimizer, scheduler, batches, strategy):
+        self.params, self.optimizer, self.scheduler = params, optimizer, scheduler
+        self.batches, self.strategy = batches, strategy
+
+    def snapshot(self, step: int, info: dict[str, Any], counters: dict[str, Any]):
+        """({file stem: tensors}, meta) on rank 0, (None, None) on the others (they only
+        send their RNG state)."""
+        rng = dist.gather_objects(stepstate.global_rng_state())
+        if not dist.is_main():
+            return None, None
+        opt_meta, opt_tensors = stepstate.optimizer_state(self.optimizer, info["params"])
+        strat = self.strategy.step_state()
+        state = {f"strategy/{k}": v for k, v in strat.get("tensors", {}).items()}
+        for r, (_, tensors) in enumerate(rng):
+            state.update({f"rng/{r}/{k}": v for k, v in tensors.items()})
+        meta = {**info, "step": step, "counters": counters, "batches": self.batches.state(),
+                "optimizer": opt_meta, "scheduler": stepstate.scheduler_state(self.scheduler),
+                "rng": [m for m, _ in rng], "strategy": strat.get("meta", {})}
+        weights = {n: p.detach().cpu() for n, p in zip(info["params"], self.params)}
+        return {"trainable": weights, "optimizer": opt_tensors, "state": state}, meta
+
+    def restore(self, ckpt: dict[str, Any], info: dict[str, Any]) -> tuple[int, dict]:
+        """Put a step checkpoint back; (its step, its counters). Everything is checked before
+        anything changes, so a ResumeError leaves the phase at its start."""
+        meta, tensors = ckpt["meta"], ckpt["tensors"]
+        where = ckpt.get("where", "step checkpoint")
+        for key in ("phase", "stages", "total_steps", "params"):
+            if meta.get(key) != info[key]:
+                raise ResumeError(f"{where}: {key}: the checkpoint has {meta.get(key)!r}, the "
+                                  f"phase {info[key]!r}")
+        weights = tensors.get("trainable", {})
+        for name, p in zip(info["params"], self.params):
+            if name not in weights or weights[name].shape != p.shape:
+                raise ResumeError(f"{where}: trainable.safetensors: weight '{name}' missing or "
+                                  "of another shape")
+        self.batches.check(meta["batches"], where)
+        with torch.no_grad():
+            for name, p in zip(info["params"], self.params):
+                p.copy_(weights[name])
+        stepstate.load_optimizer_state(self.optimizer, meta["optimizer"],
+                                       tensors.get("optimizer", {}))
+        self.scheduler.load_state_dict(meta["scheduler"])
+        self.batches.load(meta["batches"])
+        state = tensors.get("state", {})
+        self.strategy.load_step_state({
+            "meta": meta["strategy"],
+            "tensors": {k[len("strategy/"):]: v for k, v in state.items()
+                        if k.startswith("strategy/")}})
+        # this rank's generators (rank 0's when the checkpoint had fewer ranks)
+        r = dist.rank() if dist.rank() < len(meta["rng"]) else 0
+        prefix = f"rng/{r}/"
+        stepstate.set_global_rng_state(meta["rng"][r], {k[len(prefix):]: v for k, v in
+                                                        state.items() if k.startswith(prefix)})
+        return meta["step"], meta["counters"]
 
 
 class _ShardPlan:

@@ -163,3 +163,13 @@ class AGEM(Strategy):
         meta = state["meta"]
         self.memory.load(meta.get("memory", {}))
         self.stats = {k: list(v) for k, v in meta.get("stats", {}).items()}
+
+    def step_state(self):
+        """The sampling RNG (the default) and the projection counters, which every step moves."""
+        state = super().step_state()
+        state["meta"]["stats"] = self.stats
+        return state
+
+    def load_step_state(self, state):
+        super().load_step_state(state)
+        self.stats = {k: list(v) for k, v in state["meta"].get("stats", {}).items()}

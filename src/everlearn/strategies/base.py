@@ -129,6 +129,43 @@ class Strategy:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore what ``state_dict`` returned (a resumed run continues exactly)."""
 
+    def step_state(self) -> dict[str, Any]:
+        """What changes *inside* a stage, between ``before_stage`` and ``after_stage`` (the
+        per-step hooks' RNGs, counters), for a step checkpoint; same format as ``state_dict``.
+
+        A run resumed from a step checkpoint restores the stage checkpoint before the phase,
+        calls ``before_stage`` and ``train_data`` again, then ``load_step_state``: what those
+        hooks rebuild need not be here. The default covers every ``random.Random`` and
+        ``torch.Generator`` attribute (the batches a replay-family method draws per step);
+        a strategy that also mutates other state per step extends it (A-GEM's counters).
+        """
+        import random
+
+        import torch
+
+        from everlearn.stepstate import python_rng_state
+
+        meta, tensors = {}, {}
+        for key, value in vars(self).items():
+            if isinstance(value, random.Random):
+                meta[key] = python_rng_state(value)
+            elif isinstance(value, torch.Generator):
+                tensors[key] = value.get_state()
+        return {"meta": {"rng": meta} if meta else {}, "tensors": tensors}
+
+    def load_step_state(self, state: dict[str, Any]) -> None:
+        """Restore what ``step_state`` returned."""
+        import random
+
+        from everlearn.stepstate import set_python_rng_state
+
+        for key, value in state.get("meta", {}).get("rng", {}).items():
+            if not isinstance(getattr(self, key, None), random.Random):  # made lazily
+                setattr(self, key, random.Random())
+            set_python_rng_state(getattr(self, key), value)
+        for key, value in state.get("tensors", {}).items():
+            getattr(self, key).set_state(value)
+
 
 class StrategyStack(Strategy):
     """Several strategies applied in order (``strategy: [replay, ewc]``)."""
@@ -208,23 +245,37 @@ class StrategyStack(Strategy):
         return {m.name: found for m in self.members if (found := m.metrics())}
 
     def state_dict(self):
+        return self._joined([m.state_dict() for m in self.members])
+
+    def load_state_dict(self, state):
+        for m, part in zip(self.members, self._split(state)):
+            m.load_state_dict(part)
+
+    def step_state(self):
+        return self._joined([m.step_state() for m in self.members])
+
+    def load_step_state(self, state):
+        for m, part in zip(self.members, self._split(state)):
+            m.load_step_state(part)
+
+    def _joined(self, states: list[dict[str, Any]]) -> dict[str, Any]:
+        """The members' states under ``<position>.<name>`` keys."""
         meta, tensors = {}, {}
-        for i, m in enumerate(self.members):
+        for i, (m, state) in enumerate(zip(self.members, states)):
             key = f"{i}.{m.name}"
-            state = m.state_dict()
             meta[key] = state.get("meta", {})
             tensors.update({f"{key}/{k}": v for k, v in state.get("tensors", {}).items()})
         return {"meta": meta, "tensors": tensors}
 
-    def load_state_dict(self, state):
+    def _split(self, state: dict[str, Any]) -> list[dict[str, Any]]:
+        out = []
         for i, m in enumerate(self.members):
             key = f"{i}.{m.name}"
             prefix = f"{key}/"
-            m.load_state_dict({
-                "meta": state["meta"].get(key, {}),
-                "tensors": {k[len(prefix):]: v for k, v in state["tensors"].items()
-                            if k.startswith(prefix)},
-            })
+            out.append({"meta": state["meta"].get(key, {}),
+                        "tensors": {k[len(prefix):]: v for k, v in state["tensors"].items()
+                                    if k.startswith(prefix)}})
+        return out
 
 
 def option_fields(cls: type) -> list[tuple[str, Any, str]]:
