@@ -1,10 +1,12 @@
-"""A run killed with SIGKILL at any moment resumes to the results of an uninterrupted run,
-and the same config and seed give the same results twice."""
+"""A run killed with SIGKILL at any moment resumes to the results of an uninterrupted run
+(from a stage checkpoint, or mid-stage from a step checkpoint), a SIGTERM saves the step in
+progress, and the same config and seed give the same results twice."""
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -47,11 +49,19 @@ def _exists(path: Path):
     return lambda run: (run / path).exists()
 
 
+def _step_checkpoint(phase: int):
+    """Whether a complete step checkpoint of ``phase`` exists (its done.json is written last)."""
+    return lambda run: any((run / "checkpoints" / "steps").glob(
+        f"phase-{phase:02d}-step-*/done.json"))
+
+
 # Moments to kill at: before the base row is written, in the middle of the second phase's
-# training, and right after the second phase's checkpoint (before or after results.json).
+# training (early, or after its first step checkpoint, which the resume continues from), and
+# right after the second phase's checkpoint (before or after results.json).
 KILL_POINTS = {
     "at_start": lambda run: (run / "config.yaml").exists(),
     "mid_phase_2": _exists(Path("checkpoints/phase-01/done.json")),
+    "mid_phase_2_after_step_checkpoint": _step_checkpoint(2),
     "after_phase_2_checkpoint": _exists(Path("checkpoints/phase-02/done.json")),
 }
 
@@ -76,8 +86,13 @@ def kill_when(cmd: list[str], run: Path, ready, delay: float, timeout: float = 1
 
 
 @pytest.mark.parametrize("point, delay", [("at_start", 0.0), ("mid_phase_2", 0.3),
+                                          ("mid_phase_2_after_step_checkpoint", 0.0),
                                           ("after_phase_2_checkpoint", 0.0)])
 def test_kill_9_then_resume_equals_uninterrupted(tmp_path, replay_config, point, delay):
+    steps = "step_checkpoint" in point
+    if steps:  # a longer phase 2, checkpointed every 4 steps
+        replay_config["train"]["checkpoint_every"] = 4
+        replay_config["stages"][1]["steps"] = 40
     _, full = start_run(build_config(replay_config), tmp_path / "full", quiet=True)
     cfg_file = tmp_path / "stream.yaml"
     cfg_file.write_text(yaml.safe_dump(replay_config))
@@ -91,9 +106,16 @@ def test_kill_9_then_resume_equals_uninterrupted(tmp_path, replay_config, point,
     assert comparable(resumed) == comparable(full)
     if before is not None:  # rows written before the kill are kept as they were
         assert resumed["R"][:len(before["R"])] == before["R"]
+    if steps:  # killed mid-phase: the phase went on from a step checkpoint, not from its start
+        assert "resumed phase 2 at step " in (run / "log.txt").read_text()
 
 
 def test_sigterm_exits_cleanly_and_the_run_resumes(tmp_path, replay_config):
+    """SIGTERM in the middle of phase 2 (after its first periodic step checkpoint): the step in
+    progress finishes, a step checkpoint is written, the exit status is 130, and the resumed
+    run continues from that step to the uninterrupted results."""
+    replay_config["train"]["checkpoint_every"] = 4
+    replay_config["stages"][1]["steps"] = 40
     cfg_file = tmp_path / "stream.yaml"
     cfg_file.write_text(yaml.safe_dump(replay_config))
     run = tmp_path / "termed"
@@ -101,7 +123,7 @@ def test_sigterm_exits_cleanly_and_the_run_resumes(tmp_path, replay_config):
     proc = subprocess.Popen(cmd, env={**os.environ, "OMP_NUM_THREADS": "1"},
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 120
-    while not (run / "checkpoints/phase-01/done.json").exists():
+    while not _step_checkpoint(2)(run):
         assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read()
         time.sleep(0.01)
     proc.send_signal(signal.SIGTERM)
@@ -109,6 +131,14 @@ def test_sigterm_exits_cleanly_and_the_run_resumes(tmp_path, replay_config):
     assert proc.returncode == 130, err
     assert err.strip().splitlines()[-1].startswith("everlearn: interrupted")
     assert "Traceback" not in err
+    log = (run / "log.txt").read_text()
+    stopped = re.search(r"phase 2: interrupted after step (\d+) of 40; step checkpoint written",
+                        log)
+    assert stopped, log
+    step = int(stopped[1])
+    assert [p.name for p in (run / "checkpoints" / "steps").iterdir()] == [
+        f"phase-02-step-{step:06d}"]
     _, full = start_run(build_config(replay_config), tmp_path / "full", quiet=True)
     _, resumed = resume_run(run, quiet=True)
+    assert f"resumed phase 2 at step {step} of 40" in (run / "log.txt").read_text()
     assert comparable(resumed) == comparable(full)

@@ -354,6 +354,8 @@ class Trainer:
                     checkpoint(step + 1)
                 if stop:  # after the checkpoint: the held signal, or (another rank's) a stop
                     bar.close()
+                    log.info("phase %d: interrupted after step %d of %d; step checkpoint "
+                             "written", phase, step + 1, total_steps)
                     if not signals.deliver():
                         raise KeyboardInterrupt
         bar.close()
