@@ -1,8 +1,9 @@
 """Every registered strategy on the tiny model: finite losses, state that round-trips through a
 checkpoint, base weights unchanged under LoRA, and a resumed run equal to an uninterrupted one.
 
-One uninterrupted run per strategy serves the first three checks; a second run is cut before
-its last stage and resumed.
+One uninterrupted run per strategy serves the first three checks; a second run is cut in the
+middle of its last phase, after a step checkpoint (``train.checkpoint_every: 2``), and resumed:
+from the stage checkpoint before that phase, then from the step checkpoint inside it.
 """
 
 from __future__ import annotations
@@ -18,7 +19,9 @@ from everlearn.config import build_config
 from everlearn.models import build_tiny_model, build_tiny_tokenizer
 from everlearn.runner import Run, resume_run, start_run
 from everlearn.strategies import STRATEGIES, build_strategy
-from tests.conftest import constant_task, killed_at_phase, tiny_config
+from everlearn.tracking import Tracker
+from tests.conftest import constant_task, tiny_config
+from tests.test_crash_resume import comparable
 
 # Options that keep every strategy small enough for a seconds-long test.
 SMALL_OPTIONS: dict[str, dict] = {
@@ -33,9 +36,11 @@ def _config(tmp_path, name: str):
               constant_task(tmp_path, "blue", "charlie", n_train=16, n_test=4)]
     return build_config(tiny_config(
         tmp_path, stages,
-        model={"name": "tiny-llama", "finetune": finetune, "lora": {"r": 4}},
+        # LoRA dropout and a warm-up: the restored RNG and schedule matter on resume
+        model={"name": "tiny-llama", "finetune": finetune, "lora": {"r": 4, "dropout": 0.1}},
         train={"lr": 5e-3, "steps": 4, "batch_size": 4, "precision": "fp32",
-               "max_length": 48},
+               "max_length": 48, "checkpoint_every": 2, "schedule": "cosine",
+               "warmup_ratio": 0.25},
         strategies=[{"name": name, **SMALL_OPTIONS.get(name, {})}],
     ))
 
@@ -74,12 +79,20 @@ def test_strategy_contract(tmp_path, name, monkeypatch):
     if cfg.model.finetune == "lora":
         _check_base_weights_unchanged(run.model)
 
-    phases = len(full["R"]) - 1
-    if phases < 2:
-        return
-    with killed_at_phase(monkeypatch, phases):
+    # killed after step 3 of the last phase: its step checkpoint is the one of step 2
+    cut_at = sum(c["steps"] for c in full["cost"][:-1]) + 3
+    original = Tracker.on_step
+
+    def on_step(self, loss, lr):
+        original(self, loss, lr)
+        if self.step == cut_at:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(Tracker, "on_step", on_step)
+    with pytest.raises(KeyboardInterrupt):
         start_run(_config(tmp_path, name), tmp_path / "cut", quiet=True)
+    monkeypatch.setattr(Tracker, "on_step", original)
     _, resumed = resume_run(tmp_path / "cut", quiet=True)
-    assert resumed["R"] == full["R"]
-    assert resumed["metrics"] == full["metrics"]
-    assert resumed["strategy_metrics"] == full["strategy_metrics"]
+    phases = len(full["R"]) - 1
+    assert f"resumed phase {phases} at step 2 of " in (tmp_path / "cut" / "log.txt").read_text()
+    assert comparable(resumed) == comparable(full)
