@@ -11,8 +11,10 @@ itself checks after every phase that both ranks hold the same weights and strate
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -24,7 +26,8 @@ import yaml
 from safetensors.torch import load_file
 
 from everlearn.config import build_config
-from everlearn.runner import start_run
+from everlearn.runner import resume_run, start_run
+from everlearn.tracking import Tracker
 from tests.conftest import constant_task, tiny_config
 
 pytestmark = pytest.mark.skipif(not torch.distributed.is_available(),
@@ -52,6 +55,24 @@ def torchrun(*args: str, timeout: float = 180) -> subprocess.CompletedProcess:
     return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
 
 
+@contextlib.contextmanager
+def cut_at_step(step: int):
+    """The run inside stops (KeyboardInterrupt, as if killed) after global step ``step``."""
+    original = Tracker.on_step
+
+    def on_step(self, loss, lr):
+        original(self, loss, lr)
+        if self.step == step:
+            raise KeyboardInterrupt
+
+    Tracker.on_step = on_step
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            yield
+    finally:
+        Tracker.on_step = original
+
+
 def run_files(run: Path) -> set[str]:
     return {str(p.relative_to(run)) for p in run.rglob("*") if p.is_file()}
 
@@ -64,9 +85,18 @@ def test_two_processes_give_the_one_process_matrix(tmp_path, strategy):
     cfg = tiny_config(tmp_path, stages, strategies=STRATEGIES[strategy],
                       keep_stage_weights="all")  # (so that a resume can start after phase 2)
     cfg["train"]["steps"] = 20
+    if strategy == "replay":  # step checkpoints too: rank 0 alone writes them
+        cfg["train"]["checkpoint_every"] = 4
     cfg_file = tmp_path / "stream.yaml"
     cfg_file.write_text(yaml.safe_dump(cfg))
-    _, one = start_run(build_config(cfg), tmp_path / "one", quiet=True)
+    if strategy == "replay":  # one process, cut at step 10 of phase 3 and resumed; its step
+        # checkpoint (step 8) is kept for the resume under torchrun below
+        with cut_at_step(2 * 20 + 10):
+            start_run(build_config(cfg), tmp_path / "one", quiet=True)
+        shutil.copytree(tmp_path / "one" / "checkpoints" / "steps", tmp_path / "steps")
+        _, one = resume_run(tmp_path / "one", quiet=True)
+    else:
+        _, one = start_run(build_config(cfg), tmp_path / "one", quiet=True)
 
     run = tmp_path / "two"
     proc = torchrun("run", str(cfg_file), "--output", str(run), "-q")
@@ -112,13 +142,21 @@ def test_two_processes_give_the_one_process_matrix(tmp_path, strategy):
             assert t2[k].shape == t1[k].shape
             assert float((t2[k] - t1[k]).norm()) <= rtol * float(t1[k].norm()) + 1e-8, k
 
-    if strategy == "replay":  # --resume under torchrun: cut after phase 2, finish like before
+    if strategy == "replay":
+        # --resume under torchrun in the middle of phase 3: after phase 2 and from the step
+        # checkpoint the one-process run wrote at step 8 (both ranks load it; rank 1 takes rank
+        # 0's RNG state); it finishes like the uninterrupted two-process run
         cut = dict(two, R=two["R"][:3], cost=two["cost"][:2], status="running")
         (run / "results.json").write_text(json.dumps(cut))
+        shutil.copytree(tmp_path / "steps", run / "checkpoints" / "steps")
         proc = torchrun("run", "--resume", str(run), "-q")
         assert proc.returncode == 0, proc.stderr
         resumed = json.loads((run / "results.json").read_text())
+        log = (run / "log.txt").read_text()
+        assert "resumed after phase 2 of 3" in log and "resumed phase 3 at step 8 of 20" in log
         assert resumed["status"] == "complete" and resumed["R"] == two["R"]
-        assert [c["final_loss"] for c in resumed["cost"]] == [c["final_loss"]
-                                                              for c in two["cost"]]
-        assert "resumed after phase 2 of 3" in (run / "log.txt").read_text()
+        assert resumed["cost"][:2] == two["cost"][:2]
+        assert resumed["cost"][2]["tokens_trained"] == two["cost"][2]["tokens_trained"]
+        assert resumed["cost"][2]["final_loss"] == pytest.approx(two["cost"][2]["final_loss"],
+                                                                 rel=0.02)
+        assert not (run / "checkpoints" / "steps").exists()  # dropped with phase 3's

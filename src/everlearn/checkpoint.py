@@ -241,6 +241,8 @@ class RunDir:
         for phase, _, d in self.step_checkpoints():
             if phase != keep:
                 shutil.rmtree(d, ignore_errors=True)
+        if self.steps_dir.is_dir() and not any(self.steps_dir.iterdir()):
+            self.steps_dir.rmdir()  # a finished run keeps only its stage checkpoints
 
 
 _STEP_DIR = re.compile(r"phase-(\d+)-step-(\d+)")
