@@ -119,14 +119,14 @@ def test_a_corrupt_step_checkpoint_falls_back_to_the_stage_checkpoint(tmp_path, 
         start_run(build_config(cfg), tmp_path / "cut", quiet=True)
     restore()
     ckpt = tmp_path / "cut" / "checkpoints" / "steps" / "phase-02-step-000004"
-    weights = ckpt / "optimizer.safetensors"
-    data = bytearray(weights.read_bytes())
-    data[-1] ^= 0xFF  # one flipped bit in a moment of AdamW
-    weights.write_bytes(bytes(data))
+    tensors = ckpt / "state.safetensors"
+    data = bytearray(tensors.read_bytes())
+    data[-1] ^= 0x01  # one flipped bit in the last tensor's data
+    tensors.write_bytes(bytes(data))
 
     _, resumed = resume_run(tmp_path / "cut", quiet=True)
     log = (tmp_path / "cut" / "log.txt").read_text()
-    assert f"{weights}: checksum mismatch" in log and "falling back to the stage checkpoint" in log
+    assert f"{tensors}: checksum mismatch" in log and "falling back to the stage checkpoint" in log
     assert "resumed phase 2 at step" not in log  # phase 2 trained again from its start
     assert comparable(resumed) == comparable(full)
 
@@ -147,8 +147,7 @@ def test_sigterm_during_training_writes_a_step_checkpoint(tmp_path, uninterrupte
     run = tmp_path / "termed"
     assert step_dirs(run) == ["phase-02-step-000005"]  # the step the signal arrived in
     done = json.loads((run / "checkpoints/steps/phase-02-step-000005/done.json").read_text())
-    assert set(done["files"]) == {"trainable.safetensors", "optimizer.safetensors",
-                                  "state.safetensors", "state.json"}
+    assert set(done["files"]) == {"state.safetensors", "state.json"}
     assert "phase 2: interrupted after step 5 of 12" in (run / "log.txt").read_text()
     _, resumed = resume_run(run, quiet=True)
     assert comparable(resumed) == comparable(full)

@@ -409,7 +409,7 @@ class _PhaseParts:
         weights = tensors.get("trainable", {})
         for name, p in zip(info["params"], self.params):
             if name not in weights or weights[name].shape != p.shape:
-                raise ResumeError(f"{where}: trainable.safetensors: weight '{name}' missing or "
+                raise ResumeError(f"{where}: state.safetensors: weight '{name}' missing or "
                                   "of another shape")
         self.batches.check(meta["batches"], where)
         with torch.no_grad():
