@@ -113,12 +113,14 @@ def main(argv: list[str] | None = None) -> int:
     base = statistics.median(speeds[settings[0]])
     print(f"# {datetime.now(timezone.utc):%Y-%m-%d} model={args.model} steps={args.steps} "
           f"rounds={args.rounds} checkpoint size {size:.2f} MB")
-    print("| checkpoint_every | steps/s (median) | vs off | ms per step checkpoint |")
-    print("|---|---:|---:|---:|")
+    print("| checkpoint_every | s/step (median) | s/step per round | vs off (steps/s) "
+          "| ms per step checkpoint (median) |")
+    print("|---|---:|---|---:|---:|")
     for n in settings:
         med = statistics.median(speeds[n])
+        rounds = ", ".join(f"{1 / v:.4g}" for v in speeds[n])
         ms = f"{1000 * statistics.median(writes[n]):.1f}" if writes[n] else "-"
-        print(f"| {n or 'off'} | {med:.2f} | {med / base:.3f}x | {ms} |")
+        print(f"| {n or 'off'} | {1 / med:.4g} | {rounds} | {med / base:.3f}x | {ms} |")
     return 0
 
 

@@ -172,3 +172,18 @@ def test_a_second_signal_is_not_held():
             assert signal.getsignal(signal.SIGINT) is handler
     finally:
         signal.signal(signal.SIGINT, previous)
+
+
+def test_a_step_checkpoint_that_cannot_be_written_does_not_stop_the_run(tmp_path, monkeypatch):
+    from everlearn.checkpoint import RunDir
+
+    def full_disk(self, *args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(RunDir, "save_step", full_disk)
+    cfg = tiny_config(tmp_path, [constant_task(tmp_path, "red", "alpha")])
+    cfg["train"].update(steps=4, checkpoint_every=2)
+    _, results = start_run(build_config(cfg), tmp_path / "run", quiet=True)
+    assert results["status"] == "complete"
+    log = (tmp_path / "run" / "log.txt").read_text()
+    assert "phase 1: step 2: step checkpoint not written: [Errno 28] No space left" in log

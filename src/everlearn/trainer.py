@@ -293,8 +293,13 @@ class Trainer:
                         "train_s": prior_s + time.perf_counter() - start,
                         "strategy_s": hooks.total}
             tensors, meta = parts.snapshot(done, phase_info, counters)
-            if tensors is not None:  # rank 0
+            if tensors is None:  # not rank 0
+                return
+            try:
                 self.save_step(phase, done, tensors, meta)
+            except OSError as err:  # a full disk loses this step checkpoint, not the run
+                log.warning("phase %d: step %d: step checkpoint not written: %s", phase, done,
+                            err)
 
         with signals:
             for step in range(first, total_steps):
