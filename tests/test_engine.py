@@ -55,10 +55,10 @@ def test_resume_after_crash_equals_uninterrupted(tmp_path, three_stages, monkeyp
 
     original = Trainer.train_phase
 
-    def crash_on_phase_3(self, model, stages, phase):
+    def crash_on_phase_3(self, model, stages, phase, **kwargs):
         if phase == 3:
             raise KeyboardInterrupt  # what a killed run looks like from the inside
-        return original(self, model, stages, phase)
+        return original(self, model, stages, phase, **kwargs)
 
     monkeypatch.setattr(Trainer, "train_phase", crash_on_phase_3)
     cfg = build_config(tiny_config(tmp_path, three_stages))
