@@ -72,6 +72,8 @@ def test_fsdp_gives_the_one_process_matrix(tmp_path, monkeypatch, strategy):
               for name, answer in (("red", "alpha"), ("green", "bravo"))]
     cfg = tiny_config(tmp_path, stages, strategies=strategies, keep_stage_weights="all")
     cfg["train"].update(steps=20, max_grad_norm=1.0)  # clipping on the sharded gradients
+    if strategy == "replay":  # step checkpoints: every rank gathers, rank 0 writes
+        cfg["train"]["checkpoint_every"] = 8
     cfg_file = tmp_path / "stream.yaml"
     cfg_file.write_text(yaml.safe_dump(cfg))
     _, one = start_run(build_config(cfg), tmp_path / "one", quiet=True)
@@ -89,6 +91,8 @@ def test_fsdp_gives_the_one_process_matrix(tmp_path, monkeypatch, strategy):
     reshard = overrides.get("FSDP_RESHARD_AFTER_FORWARD", "true") == "true"
     assert (f"FSDP: model sharded over 2 processes in 3 units (2 by the wrap policy, then the "
             f"model), reshard_after_forward={reshard}") in log
+    if strategy == "replay":  # gathered from both processes, written once (rank 0's log)
+        assert log.count("phase 2: step checkpoint at step 16 of 20") == 1
 
     assert two["status"] == "complete" and len(two["R"]) == len(one["R"]) == 3
     tolerance = 100.0 / N_TEST  # one test example
@@ -142,16 +146,6 @@ def test_fsdp_refuses_a_strategy_it_cannot_run(tmp_path, monkeypatch, three_stag
                                               "supported under FSDP")
     assert "supported: seqft, joint, replay, general_mix, der, lwf" in msg
     assert not (tmp_path / "run").exists()  # nothing written
-
-
-def test_fsdp_refuses_step_checkpoints(tmp_path, monkeypatch, three_stages):
-    cfg = tiny_config(tmp_path, three_stages)
-    cfg["train"]["checkpoint_every"] = 5
-    _fsdp_env(monkeypatch)
-    with pytest.raises(ConfigError, match=r"^stream.yaml: train.checkpoint_every: step "
-                                          r"checkpoints are not supported under FSDP"):
-        Run(build_config(cfg), tmp_path / "run", source="stream.yaml")
-    assert not (tmp_path / "run").exists()
 
 
 def test_fsdp_refuses_edit_stages_and_recycle(monkeypatch):

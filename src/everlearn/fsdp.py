@@ -15,10 +15,9 @@ Only strategies that work on data (and forward passes every rank makes alike) ar
 the others read or rewrite whole weights or gradients, or change the parameter set, and a run
 with them stops at once with a one-line error. See docs/distributed.md.
 
-Checkpoints with optimizer state (step checkpoints): the AdamW state is sharded like the
-weights; ``torch.distributed.checkpoint.state_dict.get_optimizer_state_dict`` with
-``StateDictOptions(full_state_dict=True, cpu_offload=True)`` on every rank gives whole tensors
-on rank 0, and ``set_optimizer_state_dict`` loads them back into any world size.
+Step checkpoints hold optimizer state, which is sharded like the weights: the trainer gathers
+each AdamW moment with :func:`full` and lays it out again with :func:`like` on resume (see
+everlearn.trainer._PhaseParts), so they too are the one-process files.
 """
 
 from __future__ import annotations

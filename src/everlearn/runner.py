@@ -119,10 +119,6 @@ class Run:
                                                       cfg.model.finetune)
         stages = self.stream.stages
         fsdp.check_run(self.strategy.names, [s.kind for s in stages], False, source)
-        if fsdp.requested() and cfg.train.checkpoint_every:
-            raise ConfigError(f"{source}: train.checkpoint_every: step checkpoints are not "
-                              "supported under FSDP (weights and optimizer state are sharded); "
-                              "expected 0 (phase checkpoints still apply)")
         self.phases: list[list[Stage]] = self.strategy.plan(stages) or [[s] for s in stages]
         self.temporal_rows: list[dict] = []  # per row: temporal stage -> split -> [correct, n]
         self.general_rows: list[dict] = []  # per row: general probe -> value
@@ -204,8 +200,7 @@ class Run:
                                        stream=self.stream, seed=cfg.seed, accelerator=acc))
         trainer = Trainer(acc, encoder, cfg.train, self.strategy, cfg.seed, self.quiet)
         trainer.on_step = self.tracker.on_step
-        # step checkpoints gather one process's tensors: not under FSDP (sharded)
-        trainer.save_step = None if fsdp.requested() else self.dir.save_step
+        trainer.save_step = self.dir.save_step
         evaluator = Evaluator(acc, encoder, cfg.eval, self.quiet)
         # general probes take their reference from the base model: before any resumed weights
         probes = (GeneralProbes.prepare(cfg.eval, self.dir.path, model, encoder, evaluator, acc)

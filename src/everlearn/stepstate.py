@@ -63,15 +63,17 @@ def set_global_rng_state(meta: dict[str, Any], tensors: dict[str, torch.Tensor])
 
 
 # --- optimizer and learning-rate schedule ------------------------------------------------------
-def optimizer_state(optimizer: torch.optim.Optimizer, names: list[str]
+def optimizer_state(optimizer: torch.optim.Optimizer, names: list[str], whole=None
                     ) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
     """An optimizer's ``state_dict`` as tensors ``"<param index>/<key>"`` and JSON (its
-    param groups, non-tensor per-parameter values, and the parameter names in order)."""
+    param groups, non-tensor per-parameter values, and the parameter names in order).
+    ``whole`` turns a sharded state tensor into the whole one (FSDP: a collective)."""
     sd = optimizer.state_dict()
     tensors, scalars = {}, {}
     for idx, state in sd["state"].items():
         for key, value in state.items():
             if isinstance(value, torch.Tensor):
+                value = whole(value) if whole is not None else value
                 tensors[f"{idx}/{key}"] = value.detach().cpu()
             else:
                 scalars.setdefault(str(idx), {})[key] = value
@@ -81,11 +83,15 @@ def optimizer_state(optimizer: torch.optim.Optimizer, names: list[str]
 
 
 def load_optimizer_state(optimizer: torch.optim.Optimizer, meta: dict[str, Any],
-                         tensors: dict[str, torch.Tensor]) -> None:
+                         tensors: dict[str, torch.Tensor], place=None) -> None:
+    """Load what :func:`optimizer_state` returned; ``place(param index, key, tensor)`` lays a
+    whole tensor out like its parameter (FSDP: this rank's shard; a collective)."""
     state: dict[int, dict[str, Any]] = {}
-    for name, value in tensors.items():
-        idx, key = name.split("/", 1)
-        state.setdefault(int(idx), {})[key] = value
+    for name in sorted(tensors, key=lambda n: (int(n.split("/", 1)[0]), n)):  # same order
+        idx, key = name.split("/", 1)  # on every rank: placing may be a collective
+        value = tensors[name]
+        state.setdefault(int(idx), {})[key] = (place(int(idx), key, value) if place is not None
+                                               else value)
     for idx, values in meta.get("scalars", {}).items():
         state.setdefault(int(idx), {}).update(values)
     groups = [{k: tuple(v) if isinstance(v, list) and k != "params" else v

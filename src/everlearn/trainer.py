@@ -268,7 +268,7 @@ class Trainer:
         names = {id(p): n for n, p in model.named_parameters()}
         phase_info = {"phase": phase, "stages": [s.name for s in stages],
                       "total_steps": total_steps, "params": [names[id(p)] for p in params]}
-        parts = _PhaseParts(params, optimizer, scheduler, batch_iter, self.strategy)
+        parts = _PhaseParts(params, optimizer, scheduler, batch_iter, self.strategy, sharded)
         first, prior_s = 0, 0.0
         if resume is not None:
             try:
@@ -296,7 +296,9 @@ class Trainer:
             if tensors is None:  # not rank 0
                 return
             try:
-                self.save_step(phase, done, tensors, meta)
+                where = self.save_step(phase, done, tensors, meta)
+                log.info("phase %d: step checkpoint at step %d of %d: %s", phase, done,
+                         total_steps, where)
             except OSError as err:  # a full disk loses this step checkpoint, not the run
                 log.warning("phase %d: step %d: step checkpoint not written: %s", phase, done,
                             err)
@@ -335,7 +337,7 @@ class Trainer:
                         continue  # no backward: this batch adds nothing to the step's gradient
                     self.acc.backward(loss / cfg.grad_accum)
                     step_loss += value / cfg.grad_accum
-                if share is not None and not sharded:  # the one-process gradient, every rank
+                if share is not None and not sharded:  # the one-process gradient, on every rank
                     dist.all_reduce_gradients(params)
                 with hooks:
                     self.strategy.after_backward(model)
@@ -379,19 +381,31 @@ class Trainer:
 class _PhaseParts:
     """The parts of a phase in progress that a step checkpoint saves and restores: trainable
     weights, optimizer, schedule, batch position, the strategies' in-stage state and every
-    RNG (per rank: ranks may draw different amounts, e.g. dropout on rows of other sizes)."""
+    RNG (per rank: ranks may draw different amounts, e.g. dropout on rows of other sizes).
 
-    def __init__(self, params, optimizer, scheduler, batches, strategy):
+    Under FSDP the weights and AdamW moments are sharded: every rank gathers whole tensors
+    (collectives, in the same order everywhere) and rank 0 writes them, so a step checkpoint
+    holds the one-process tensors; on restore every rank takes its shard of them again.
+    """
+
+    def __init__(self, params, optimizer, scheduler, batches, strategy, sharded: bool = False):
         self.params, self.optimizer, self.scheduler = params, optimizer, scheduler
-        self.batches, self.strategy = batches, strategy
+        self.batches, self.strategy, self.sharded = batches, strategy, sharded
 
     def snapshot(self, step: int, info: dict[str, Any], counters: dict[str, Any]):
-        """({file stem: tensors}, meta) on rank 0, (None, None) on the others (they only
-        send their RNG state)."""
+        """({group: tensors}, meta) on rank 0, (None, None) on the others (they send their
+        RNG state, and under FSDP their shards)."""
         rng = dist.gather_objects(stepstate.global_rng_state())
+        if self.sharded:  # every rank takes part in gathering the whole tensors
+            weights = {n: fsdp.full(p.detach()).cpu()
+                       for n, p in zip(info["params"], self.params)}
+            opt_meta, opt_tensors = stepstate.optimizer_state(self.optimizer, info["params"],
+                                                              whole=fsdp.full)
         if not dist.is_main():
             return None, None
-        opt_meta, opt_tensors = stepstate.optimizer_state(self.optimizer, info["params"])
+        if not self.sharded:
+            weights = {n: p.detach().cpu() for n, p in zip(info["params"], self.params)}
+            opt_meta, opt_tensors = stepstate.optimizer_state(self.optimizer, info["params"])
         strat = self.strategy.step_state()
         state = {f"strategy/{k}": v for k, v in strat.get("tensors", {}).items()}
         for r, (_, tensors) in enumerate(rng):
@@ -399,7 +413,6 @@ class _PhaseParts:
         meta = {**info, "step": step, "counters": counters, "batches": self.batches.state(),
                 "optimizer": opt_meta, "scheduler": stepstate.scheduler_state(self.scheduler),
                 "rng": [m for m, _ in rng], "strategy": strat.get("meta", {})}
-        weights = {n: p.detach().cpu() for n, p in zip(info["params"], self.params)}
         return {"trainable": weights, "optimizer": opt_tensors, "state": state}, meta
 
     def restore(self, ckpt: dict[str, Any], info: dict[str, Any]) -> tuple[int, dict]:
@@ -417,11 +430,17 @@ class _PhaseParts:
                 raise ResumeError(f"{where}: state.safetensors: weight '{name}' missing or "
                                   "of another shape")
         self.batches.check(meta["batches"], where)
-        with torch.no_grad():
+        with torch.no_grad():  # (fsdp.like: this rank's shard of a whole tensor under FSDP)
             for name, p in zip(info["params"], self.params):
-                p.copy_(weights[name])
+                p.copy_(fsdp.like(p, weights[name]))
+
+        def place(idx: int, key: str, value: torch.Tensor) -> torch.Tensor:
+            """An AdamW moment laid out like its (maybe sharded) parameter."""
+            p = self.params[idx]
+            return fsdp.like(p, value) if key != "step" and value.shape == p.shape else value
+
         stepstate.load_optimizer_state(self.optimizer, meta["optimizer"],
-                                       tensors.get("optimizer", {}))
+                                       tensors.get("optimizer", {}), place)
         self.scheduler.load_state_dict(meta["scheduler"])
         self.batches.load(meta["batches"])
         state = tensors.get("state", {})
