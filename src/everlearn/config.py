@@ -480,13 +480,13 @@ def _check_suite(st: StageConfig, p: str) -> None:
         raise _Mismatch(f"{p}.kind", f"expected '{suite.kind}' (or nothing) for the "
                         f"{suite.name} suite, got {st.kind!r}")
     st.kind = suite.kind
-    st.periods = suite.default_periods if st.periods is None else st.periods
-    if st.periods < 1:
-        raise _Mismatch(f"{p}.periods", f"expected an integer >= 1, got {st.periods}")
     options = _build(suite.Options, st.builtin_options, f"{p}.builtin_options")
     problem = options.check() if hasattr(options, "check") else None
     if problem:
         raise _Mismatch(f"{p}.builtin_options.{problem[0]}", problem[1])
+    st.periods = suite.periods_for(options) if st.periods is None else st.periods
+    if st.periods < 1:
+        raise _Mismatch(f"{p}.periods", f"expected an integer >= 1, got {st.periods}")
 
 
 def _check_semantics(cfg: RunConfig) -> None:

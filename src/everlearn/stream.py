@@ -155,14 +155,17 @@ def _suite_stages(sc: StageConfig, seed: int, where: str) -> list[Stage]:
         raise DataError(f"{where}: metric: the {suite.name} suite is scored by {suite.metric}, "
                         f"got {sc.metric!r}")
     options = _build(suite.Options, sc.builtin_options, "builtin_options")  # checked by config
+    n = sc.periods or suite.periods_for(options)
     try:
-        periods = suite.build(sc.periods or suite.default_periods, seed, options)
+        periods = suite.build(n, seed, options)
     except ValueError as exc:
         raise DataError(f"{where}: {exc}") from None
     width = max(2, len(str(len(periods))))
+    suffixes = (suite.stage_suffixes(options, n) if suite.stage_suffixes is not None else
+                [f"{k:0{width}d}" for k in range(1, len(periods) + 1)])
     stages = []
-    for k, (train, test) in enumerate(periods, 1):
-        name = f"{sc.name}-{k:0{width}d}"
+    for k, ((train, test), suffix) in enumerate(zip(periods, suffixes), 1):
+        name = f"{sc.name}-{suffix}"
         task = sc.task_id or name
         train = _sample(train, sc.max_train, seed, f"{name}:train")
         test = suite.sample_test(test, sc.max_test, seed, name)
