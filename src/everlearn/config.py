@@ -48,6 +48,18 @@ class LoraConfig:
 
 
 @dataclass
+class VisionConfig:
+    """Vision-language models (docs/multimodal.md): the parts instruction stages train."""
+
+    train_projector: bool = _f(
+        True, "Instruction stages train the projector (whole, also under LoRA) with the "
+        "language model, as LLaVA's visual instruction tuning does.")
+    train_vision_tower: bool = _f(
+        False, "Instruction stages also train the vision tower (whole). Alignment stages "
+        "(freeze_lm) always train the tower and projector.")
+
+
+@dataclass
 class ModelConfig:
     """Which causal LM to load and how to make it trainable."""
 
@@ -66,10 +78,13 @@ class ModelConfig:
     chat_template: Literal["auto", "never"] = _f(
         "auto", "Wrap instruction data in the tokenizer's chat template when it has one."
     )
+    vision: VisionConfig = _f(None, "Vision-language models: what instruction stages train.")
 
     def __post_init__(self) -> None:
         if self.lora is None:
             self.lora = LoraConfig()
+        if self.vision is None:
+            self.vision = VisionConfig()
 
 
 @dataclass
@@ -137,7 +152,7 @@ class StageConfig:
     periods: int | None = _f(
         None, "Periods of a built-in suite (`builtin: worldline`): the entry becomes this many "
         "stages, NAME-01 .. NAME-N (default: the suite's, 4 for worldline, 100 for "
-        "long_stream).")
+        "long_stream, the number of tasks for visual_shapes, whose stages are NAME-<task>).")
     builtin_options: dict[str, Any] = _f(
         {}, "Options of a built-in suite, e.g. {people: 24, change_rate: 0.25} (see `everlearn "
         "ls` and docs/temporal.md).")
@@ -145,6 +160,10 @@ class StageConfig:
     epochs: float | None = _f(None, "Override train.epochs for this stage.")
     beta: float = _f(0.1, "DPO temperature of an align stage: the loss is -log sigmoid(beta * "
                      "margin of policy-to-reference log-ratios).")
+    freeze_lm: bool = _f(
+        False, "Vision-language models: an alignment stage that trains only the vision tower "
+        "and projector, the language model frozen (LLaVA's feature alignment, on captions such "
+        "as `builtin: visual_captions`; docs/multimodal.md). sft stages only.")
 
 
 @dataclass
@@ -561,6 +580,9 @@ def _check_semantics(cfg: RunConfig) -> None:
         if st.kind == "edit" and st.metric not in (None, "reliability"):
             raise _Mismatch(f"{p}.metric", "expected 'reliability' for an edit stage, got "
                             f"{st.metric!r}")
+        if st.freeze_lm and st.kind != "sft":
+            raise _Mismatch(f"{p}.freeze_lm", "an alignment stage trains on image-text pairs: "
+                            f"only for sft stages (this stage is {st.kind})")
         if st.kind != "edit" and st.metric == "reliability":
             raise _Mismatch(f"{p}.metric", "reliability scores fact edits: only for edit "
                             f"stages (this stage is {st.kind})")

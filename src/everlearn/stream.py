@@ -38,6 +38,7 @@ class Stage:
     epochs: float | None = None
     beta: float = 0.1  # DPO temperature (align stages)
     edit: Any = None  # the run's EditConfig (edit stages): layers, max_change, lr
+    freeze_lm: bool = False  # an alignment stage of a vision-language model (everlearn.vision)
 
     @property
     def higher_is_better(self) -> bool:
@@ -60,6 +61,10 @@ class Stream:
     @property
     def names(self) -> list[str]:
         return [s.name for s in self.stages]
+
+    def uses_images(self) -> bool:
+        """Whether any record carries an image (a vision-language model is then needed)."""
+        return any(r.image for s in self.stages for r in s.train + s.test)
 
 
 def _sample(records: list[Record], n: int | None, seed: int, key: str) -> list[Record]:
@@ -173,7 +178,7 @@ def _suite_stages(sc: StageConfig, seed: int, where: str) -> list[Stage]:
             r.task = task
         stages.append(Stage(index=k, name=name, kind=suite.kind, metric=suite.metric,
                             train=train, test=test, task_id=task, steps=sc.steps,
-                            epochs=sc.epochs))
+                            epochs=sc.epochs, freeze_lm=sc.freeze_lm))
     return stages
 
 
@@ -213,7 +218,8 @@ def build_stream(cfg: RunConfig, source_name: str = "config") -> Stream:
                 r.options = labels
         stages.append(Stage(index=i, name=sc.name, kind=sc.kind, metric=metric, train=train,
                             test=test, labels=labels, task_id=sc.task_id or sc.name,
-                            steps=sc.steps, epochs=sc.epochs, beta=sc.beta))
+                            steps=sc.steps, epochs=sc.epochs, beta=sc.beta,
+                            freeze_lm=sc.freeze_lm))
     for st in stages:
         if st.kind == "edit":
             st.edit = cfg.edit

@@ -18,7 +18,14 @@ from transformers import get_scheduler
 
 from everlearn import distributed as dist
 from everlearn.config import TrainConfig
-from everlearn.data.encode import IGNORE, Encoded, Encoder, collate, length_grouped_batches
+from everlearn.data.encode import (
+    IGNORE,
+    Encoded,
+    Encoder,
+    collate,
+    image_inputs,
+    length_grouped_batches,
+)
 from everlearn.errors import TrainingError
 from everlearn.losses import labelled_token_loss, supports_logits_to_keep
 from everlearn.preference import Pair, batch_loss, collate_pairs, encode_pairs, fill_reference
@@ -91,6 +98,8 @@ class Trainer:
         self.seed = seed
         self.quiet = quiet
         self.on_step = None  # called with (loss, lr) after every optimizer step (trackers)
+        # vision-language models: which parts train in each phase (everlearn.vision.training)
+        self.vision = None
 
     def encode(self, stage: Stage, records: list) -> list[Encoded] | list[Pair]:
         """The stage's training examples from the records ``train_data`` returned (preference
@@ -111,6 +120,8 @@ class Trainer:
             for p in self._edit_frozen:
                 p.requires_grad_(True)
             self._edit_frozen = []
+            if self.vision is not None:  # an alignment phase froze the language model
+                self.vision.end_phase(phase)
 
     _edit_frozen: list = []
     _edit_trained = 0
@@ -172,6 +183,8 @@ class Trainer:
             for st in stages:
                 self.strategy.before_stage(st)
             records = {st.name: self.strategy.train_data(st, st.train) for st in stages}
+        if self.vision is not None:  # after before_stage: a new adapter re-freezes the rest
+            self.vision.begin_phase(model, stages)
         if edit and (edited := self._apply_edits(stages, records, hooks)) is not None:
             return edited
         examples = [e for st in stages for e in self.encode(st, records[st.name])]
@@ -244,14 +257,16 @@ class Trainer:
                     tokens += int(cpu_batch["attention_mask"].sum())  # before .to(): no sync
                     cells += cpu_batch["attention_mask"].numel()
                 batch = {k: v.to(self.acc.device) for k, v in cpu_batch.items()}
+                pixels = image_inputs(batch)  # empty for text
                 with self.acc.autocast():
                     if sparse_logits:
                         loss, outputs, batch["logit_positions"] = labelled_token_loss(
-                            model, batch["input_ids"], batch["attention_mask"], batch["labels"])
+                            model, batch["input_ids"], batch["attention_mask"], batch["labels"],
+                            **pixels)
                     else:
                         outputs = model(input_ids=batch["input_ids"],
                                         attention_mask=batch["attention_mask"],
-                                        labels=None if align else batch["labels"])
+                                        labels=None if align else batch["labels"], **pixels)
                         loss = batch_loss(outputs.logits, batch) if align else outputs.loss
                     if self.strategy.task_loss_weight != 1.0:  # 0: distillation alone
                         loss = loss * self.strategy.task_loss_weight
@@ -301,7 +316,8 @@ class Trainer:
             steps=total_steps, train_time_s=train_s, tokens_trained=tokens,
             padding_fraction=1.0 - tokens / max(cells, 1), examples=len(examples),
             final_loss=loss_value, peak_memory_mb=memory.peak_mb, strategy_time_s=hooks.total,
-            skipped_batches=skipped, trainable_params=self._edit_trained if edit else None,
+            skipped_batches=skipped, trainable_params=self._edit_trained if edit else (
+                sum(p.numel() for p in params) if self.vision is not None else None),
         )
 
 
