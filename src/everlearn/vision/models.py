@@ -40,15 +40,11 @@ VISION_SEED = 0
 
 
 def _image_processor(size: int):
-    from transformers import CLIPImageProcessor
-
-    with warnings.catch_warnings():  # without torchvision, transformers picks the PIL backend
-        warnings.simplefilter("ignore")
-        try:
-            from transformers import CLIPImageProcessorPil as cls
-        except ImportError:  # older transformers: one class
-            cls = CLIPImageProcessor
-        return cls(size={"shortest_edge": size}, crop_size={"height": size, "width": size})
+    try:  # the PIL backend: no torchvision needed
+        from transformers import CLIPImageProcessorPil as cls
+    except ImportError:  # older transformers: one class
+        from transformers import CLIPImageProcessor as cls
+    return cls(size={"shortest_edge": size}, crop_size={"height": size, "width": size})
 
 
 def make_processor(tokenizer, image_token: str, image_size: int, patch_size: int):

@@ -146,6 +146,8 @@ class VisualTask(BuiltinTask):
     def generate(self, n: int, seed: int = 0, split: str = "train") -> list[Record]:
         if split not in SPLITS:
             raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+        if n < 0:
+            raise ValueError(f"n must be >= 0, got {n}")
         rng = random.Random(f"{self.name}:{seed}:{split}")
         records: list[Record] = []
         seen: set[str] = set()
