@@ -235,3 +235,26 @@ def test_stage_projector_routes_by_prototype_and_resumes(tmp_path, projector_str
         start_run(build_config(projector_stream), tmp_path / "b", quiet=True)
     _, resumed = resume_run(tmp_path / "b", quiet=True)
     assert comparable(resumed) == comparable(full)
+
+
+def test_strategies_compose_on_visual_stages(tmp_path):
+    cfg = build_config(tiny_vision_config(tmp_path, [
+        {"name": "cap", "builtin": "visual_captions", "freeze_lm": True, "max_train": 16,
+         "max_test": 4},
+        {"name": "vis", "builtin": "visual_shapes",
+         "builtin_options": {"tasks": ["count", "position"], "train_size": 16, "test_size": 4}}],
+        model={"name": "tiny-llava", "finetune": "lora"},
+        strategies=["stage_projector", "inc_lora", {"name": "replay", "buffer_size": 8},
+                    {"name": "ewc", "fisher_samples": 4}]))
+    run = Run(cfg, tmp_path / "run", quiet=True)
+    res = run.execute()
+    projector, inc, replay, ewc = run.strategy.members
+    assert res["rows"] == ["base", "cap", "vis-count", "vis-position"]
+    assert inc.names == ["stage1", "stage2", "stage3"]
+    lora = [n for n, _ in run.model.named_parameters() if "lora_" in n]
+    assert lora and all(".language_model." in n for n in lora)  # LoRA on the LM only
+    assert len(replay.buffer) == 8 and all(r.image for _, r in replay.buffer)
+    assert [idx for idx, _, _ in ewc.terms] == [1, 2]
+    assert any("multi_modal_projector" in n and f.abs().sum() > 0
+               for n, f in ewc.terms[1][1].items())  # the Fisher saw the images
+    assert set(projector.projectors) == {"shared", "projector2", "projector3"}
