@@ -15,7 +15,7 @@ from everlearn.data.builtin import get_builtin_task
 from everlearn.data.builtin.visual import LABELS, NUMBERS, QUADRANTS, TASK_ORDER
 from everlearn.data.encode import make_encoder
 from everlearn.data.readers import read_source
-from everlearn.errors import ConfigError, DataError
+from everlearn.errors import ConfigError, DataError, TrainingError
 from everlearn.evaluate import Evaluator
 from everlearn.models import build_tiny_model, build_tiny_tokenizer
 from everlearn.option_scoring import score_options
@@ -170,6 +170,17 @@ def test_text_model_refuses_image_stages(tmp_path):
         model={"name": "tiny-llama"}))
     with pytest.raises(ConfigError, match="stage 'col': its records carry images"):
         start_run(cfg, tmp_path / "run", quiet=True)
+
+
+def test_alignment_stage_cannot_share_a_phase(tmp_path):
+    cfg = build_config(tiny_vision_config(tmp_path, [
+        {"name": "cap", "builtin": "visual_captions", "freeze_lm": True, "max_train": 8,
+         "max_test": 2},
+        {"name": "col", "builtin": "visual_colour", "max_train": 8, "max_test": 2}],
+        strategies=["joint"]))
+    with pytest.raises(TrainingError, match="an alignment stage .* cannot train in one phase"):
+        start_run(cfg, tmp_path / "run", quiet=True)
+    assert not (tmp_path / "run" / "results.json").exists()  # refused before the base row
 
 
 def test_cached_option_scoring_equals_whole_sequences():

@@ -86,6 +86,8 @@ def plan_vision(model, cfg, stream, phases: list[list]) -> VisionTraining | None
 
     if is_vision_model(model):
         vision = VisionTraining(model, cfg.model.vision, phases)
+        for stages in phases:  # an alignment stage grouped with others fails here, not later
+            vision.trains(stages)
         vision.mark_trained(0)
         return vision
     for st in stream.stages:
