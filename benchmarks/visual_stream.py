@@ -46,6 +46,8 @@ from everlearn.runner import start_run
 OPTIONS: dict[str, dict] = {  # options that differ from a strategy's defaults here
     "replay": {"buffer_size": 80, "mix_ratio": 0.2},
     "ewc": {"fisher_samples": 32},
+    # task inferred from the image (vision prototypes), not given: routing accuracy is reported
+    "stage_projector": {"route_by": "prototype"},
 }
 
 
