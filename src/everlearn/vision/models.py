@@ -18,7 +18,6 @@ import logging
 import os
 import shutil
 import tempfile
-import warnings
 from pathlib import Path
 
 import torch
@@ -141,14 +140,18 @@ def load_vision_model(source: str, cfg):
     """(model, processor) of a local or cached Hugging Face vision-language model
     (``AutoModelForImageTextToText`` and its ``AutoProcessor``), weights through safetensors."""
     from transformers import AutoModelForImageTextToText, AutoProcessor
+    from transformers.utils import logging as hf_logging
 
     from everlearn.models import DTYPES
 
     kwargs = dict(trust_remote_code=cfg.trust_remote_code, revision=cfg.revision)
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # the PIL image-processor fallback notice
+        verbosity = hf_logging.get_verbosity()
+        hf_logging.set_verbosity_error()  # without torchvision: a notice that PIL is used
+        try:
             processor = AutoProcessor.from_pretrained(source, **kwargs)
+        finally:
+            hf_logging.set_verbosity(verbosity)
         model = AutoModelForImageTextToText.from_pretrained(
             source, dtype=DTYPES[cfg.dtype], use_safetensors=True, **kwargs)
     except (OSError, ValueError) as exc:
