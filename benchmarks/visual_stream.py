@@ -166,14 +166,14 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--only", default="seqft,replay,ewc,inc_lora,stage_projector",
                    help="comma-separated strategies")
-    p.add_argument("--tasks", default="colour,shape,count,position",
+    p.add_argument("--tasks", default="colour,position,shape,count",
                    help="visual_shapes tasks in stream order (colour,shape,count,position,compare)")
     p.add_argument("--train", type=int, default=128, help="training examples per task")
     p.add_argument("--test", type=int, default=32, help="test examples per task")
     p.add_argument("--steps", type=int, default=16, help="optimizer steps per task (batch 8)")
     p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--align-steps", type=int, default=100)
-    p.add_argument("--align-lr", type=float, default=1e-3)
+    p.add_argument("--align-steps", type=int, default=200)
+    p.add_argument("--align-lr", type=float, default=3e-3)
     p.add_argument("--align-test", type=int, default=20, help="captions scored (ROUGE-L)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", help="write raw results as JSON here")

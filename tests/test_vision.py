@@ -142,12 +142,17 @@ def test_the_image_decides_the_prediction(tmp_path):
     assert res["R"][1][0] <= 12.5  # trained: follows the (swapped) pictures
 
 
-def test_alignment_stage_trains_vision_parts_only(tmp_path):
+def test_alignment_stage_trains_vision_parts_only(tmp_path, monkeypatch):
     cfg = build_config(tiny_vision_config(tmp_path, [
         {"name": "cap", "builtin": "visual_captions", "freeze_lm": True, "max_train": 16,
-         "max_test": 4}]))
+         "max_test": 4, "lr": 5e-3}]))
+    rates = []
+    adamw = torch.optim.AdamW
+    monkeypatch.setattr(torch.optim, "AdamW", lambda params, lr, **kw: (
+        rates.append(lr), adamw(params, lr=lr, **kw))[1])
     run = Run(cfg, tmp_path / "run", quiet=True)
     res = run.execute()
+    assert rates == [5e-3]  # the stage's own lr, not train.lr
     fresh, _ = build_tiny_llava()
     before, after = dict(fresh.named_parameters()), dict(run.model.named_parameters())
     parts = find_parts(fresh)

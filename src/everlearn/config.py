@@ -157,6 +157,8 @@ class StageConfig:
         {}, "Options of a built-in suite, e.g. {people: 24, change_rate: 0.25} (see `everlearn "
         "ls` and docs/temporal.md).")
     steps: int | None = _f(None, "Override train.steps for this stage.")
+    lr: float | None = _f(None, "Override train.lr for this stage (e.g. a higher one for an "
+                          "alignment stage that trains a vision encoder from scratch).")
     epochs: float | None = _f(None, "Override train.epochs for this stage.")
     beta: float = _f(0.1, "DPO temperature of an align stage: the loss is -log sigmoid(beta * "
                      "margin of policy-to-reference log-ratios).")
@@ -565,6 +567,8 @@ def _check_semantics(cfg: RunConfig) -> None:
         for key in ("max_train", "max_test", "steps"):
             v = getattr(st, key)
             need(v is None or v >= 1, f"{p}.{key}", f"expected an integer >= 1 or null, got {v}")
+        need(st.lr is None or st.lr > 0, f"{p}.lr", f"expected a positive number or null, "
+             f"got {st.lr}")
         if st.kind is None:
             st.kind = _builtin_kind(st.builtin) if st.builtin else "sft"
         need(st.beta > 0, f"{p}.beta", f"expected a positive number, got {st.beta}")

@@ -39,6 +39,7 @@ class Stage:
     beta: float = 0.1  # DPO temperature (align stages)
     edit: Any = None  # the run's EditConfig (edit stages): layers, max_change, lr
     freeze_lm: bool = False  # an alignment stage of a vision-language model (everlearn.vision)
+    lr: float | None = None  # overrides train.lr
 
     @property
     def higher_is_better(self) -> bool:
@@ -178,7 +179,7 @@ def _suite_stages(sc: StageConfig, seed: int, where: str) -> list[Stage]:
             r.task = task
         stages.append(Stage(index=k, name=name, kind=suite.kind, metric=suite.metric,
                             train=train, test=test, task_id=task, steps=sc.steps,
-                            epochs=sc.epochs, freeze_lm=sc.freeze_lm))
+                            epochs=sc.epochs, freeze_lm=sc.freeze_lm, lr=sc.lr))
     return stages
 
 
@@ -219,7 +220,7 @@ def build_stream(cfg: RunConfig, source_name: str = "config") -> Stream:
         stages.append(Stage(index=i, name=sc.name, kind=sc.kind, metric=metric, train=train,
                             test=test, labels=labels, task_id=sc.task_id or sc.name,
                             steps=sc.steps, epochs=sc.epochs, beta=sc.beta,
-                            freeze_lm=sc.freeze_lm))
+                            freeze_lm=sc.freeze_lm, lr=sc.lr))
     for st in stages:
         if st.kind == "edit":
             st.edit = cfg.edit

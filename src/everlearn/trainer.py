@@ -140,7 +140,8 @@ class Trainer:
         for p in self._edit_frozen:
             p.requires_grad_(False)
         bound = ChangeBound(params, edit.max_change) if edit.max_change is not None else None
-        return params, edit.lr if edit.lr is not None else self.cfg.lr, bound
+        stage_lr = next((st.lr for st in stages if st.lr is not None), self.cfg.lr)
+        return params, edit.lr if edit.lr is not None else stage_lr, bound
 
     def _apply_edits(self, stages: list[Stage], records: dict, hooks) -> PhaseCost | None:
         """An editor strategy (``grace``) applies the phase's edits itself; None when none
@@ -194,7 +195,9 @@ class Trainer:
         params = [p for p in model.parameters() if p.requires_grad]
         if not params:
             raise TrainingError(f"stage '{stages[0].name}': the model has no trainable weights")
-        lr, bound = cfg.lr, None
+        # a stage's own lr (the first one set among the phase's stages), else train.lr
+        lr = next((st.lr for st in stages if st.lr is not None), cfg.lr)
+        bound = None
         if edit:
             params, lr, bound = self._edit_setup(model, stages)
             self._edit_trained = sum(p.numel() for p in params)
