@@ -22,7 +22,7 @@ def test_registry_has_four_distinct_tasks():
     for task in TASKS:
         assert isinstance(task, BuiltinTask)
         assert get_builtin_task(task.name) is task
-        assert task.metric in ("accuracy", "exact_match", "preference_accuracy")
+        assert task.metric in ("accuracy", "exact_match", "rouge_l", "preference_accuracy")
         assert task.description and "\n" not in task.description
         assert bool(task.labels) == (task.metric == "accuracy")
 
@@ -63,8 +63,11 @@ def test_deterministic_by_seed(name):
 @pytest.mark.parametrize("name", NAMES)
 def test_train_and_test_disjoint_across_seeds(name):
     task = get_builtin_task(name)
-    train = {r.prompt for s in range(3) for r in task.generate(300, seed=s, split="train")}
-    test = {r.prompt for s in range(3) for r in task.generate(100, seed=s, split="test")}
+    # an item is its prompt and its image (visual tasks share one prompt)
+    train = {(r.prompt, r.image) for s in range(3)
+             for r in task.generate(300, seed=s, split="train")}
+    test = {(r.prompt, r.image) for s in range(3)
+            for r in task.generate(100, seed=s, split="test")}
     assert train and test
     assert not train & test
 
@@ -72,7 +75,7 @@ def test_train_and_test_disjoint_across_seeds(name):
 @pytest.mark.parametrize("name", NAMES)
 def test_prompts_unique_within_split(name):
     records = get_builtin_task(name).generate(40, seed=0, split="test")
-    assert len({r.prompt for r in records}) == len(records)
+    assert len({(r.prompt, r.image) for r in records}) == len(records)
 
 
 def test_exhausted_split_still_fills():

@@ -258,7 +258,9 @@ def cmd_validate(args) -> int:
     print(f"{source}: ok — {len(stream)} stages, strategy {strategy}")
     for st in stream:
         print(f"  {st.index}. {st.name} [{st.kind}, {st.metric}] train={len(st.train)} "
-              f"test={len(st.test)}" + (f" labels={st.labels}" if st.labels else ""))
+              f"test={len(st.test)}" + (f" labels={st.labels}" if st.labels else "")
+              + (" images" if any(r.image for r in st.train + st.test) else "")
+              + (" freeze_lm (alignment)" if st.freeze_lm else ""))
     if cfg.recycle is not None:
         rc = cfg.recycle
         update = (f"new base {rc.new_base}" if rc.new_base else

@@ -48,6 +48,18 @@ class LoraConfig:
 
 
 @dataclass
+class VisionConfig:
+    """Vision-language models (docs/multimodal.md): the parts instruction stages train."""
+
+    train_projector: bool = _f(
+        True, "Instruction stages train the projector (whole, also under LoRA) with the "
+        "language model, as LLaVA's visual instruction tuning does.")
+    train_vision_tower: bool = _f(
+        False, "Instruction stages also train the vision tower (whole). Alignment stages "
+        "(freeze_lm) always train the tower and projector.")
+
+
+@dataclass
 class ModelConfig:
     """Which causal LM to load and how to make it trainable."""
 
@@ -66,10 +78,13 @@ class ModelConfig:
     chat_template: Literal["auto", "never"] = _f(
         "auto", "Wrap instruction data in the tokenizer's chat template when it has one."
     )
+    vision: VisionConfig = _f(None, "Vision-language models: what instruction stages train.")
 
     def __post_init__(self) -> None:
         if self.lora is None:
             self.lora = LoraConfig()
+        if self.vision is None:
+            self.vision = VisionConfig()
 
 
 @dataclass
@@ -144,14 +159,20 @@ class StageConfig:
     periods: int | None = _f(
         None, "Periods of a built-in suite (`builtin: worldline`): the entry becomes this many "
         "stages, NAME-01 .. NAME-N (default: the suite's, 4 for worldline, 100 for "
-        "long_stream).")
+        "long_stream, the number of tasks for visual_shapes, whose stages are NAME-<task>).")
     builtin_options: dict[str, Any] = _f(
         {}, "Options of a built-in suite, e.g. {people: 24, change_rate: 0.25} (see `everlearn "
         "ls` and docs/temporal.md).")
     steps: int | None = _f(None, "Override train.steps for this stage.")
+    lr: float | None = _f(None, "Override train.lr for this stage (e.g. a higher one for an "
+                          "alignment stage that trains a vision encoder from scratch).")
     epochs: float | None = _f(None, "Override train.epochs for this stage.")
     beta: float = _f(0.1, "DPO temperature of an align stage: the loss is -log sigmoid(beta * "
                      "margin of policy-to-reference log-ratios).")
+    freeze_lm: bool = _f(
+        False, "Vision-language models: an alignment stage that trains only the vision tower "
+        "and projector, the language model frozen (LLaVA's feature alignment, on captions such "
+        "as `builtin: visual_captions`; docs/multimodal.md). sft stages only.")
 
 
 @dataclass
@@ -487,13 +508,13 @@ def _check_suite(st: StageConfig, p: str) -> None:
         raise _Mismatch(f"{p}.kind", f"expected '{suite.kind}' (or nothing) for the "
                         f"{suite.name} suite, got {st.kind!r}")
     st.kind = suite.kind
-    st.periods = suite.default_periods if st.periods is None else st.periods
-    if st.periods < 1:
-        raise _Mismatch(f"{p}.periods", f"expected an integer >= 1, got {st.periods}")
     options = _build(suite.Options, st.builtin_options, f"{p}.builtin_options")
     problem = options.check() if hasattr(options, "check") else None
     if problem:
         raise _Mismatch(f"{p}.builtin_options.{problem[0]}", problem[1])
+    st.periods = suite.periods_for(options) if st.periods is None else st.periods
+    if st.periods < 1:
+        raise _Mismatch(f"{p}.periods", f"expected an integer >= 1, got {st.periods}")
 
 
 def _check_semantics(cfg: RunConfig) -> None:
@@ -555,6 +576,8 @@ def _check_semantics(cfg: RunConfig) -> None:
         for key in ("max_train", "max_test", "steps"):
             v = getattr(st, key)
             need(v is None or v >= 1, f"{p}.{key}", f"expected an integer >= 1 or null, got {v}")
+        need(st.lr is None or st.lr > 0, f"{p}.lr", f"expected a positive number or null, "
+             f"got {st.lr}")
         if st.kind is None:
             st.kind = _builtin_kind(st.builtin) if st.builtin else "sft"
         need(st.beta > 0, f"{p}.beta", f"expected a positive number, got {st.beta}")
@@ -570,6 +593,9 @@ def _check_semantics(cfg: RunConfig) -> None:
         if st.kind == "edit" and st.metric not in (None, "reliability"):
             raise _Mismatch(f"{p}.metric", "expected 'reliability' for an edit stage, got "
                             f"{st.metric!r}")
+        if st.freeze_lm and st.kind != "sft":
+            raise _Mismatch(f"{p}.freeze_lm", "an alignment stage trains on image-text pairs: "
+                            f"only for sft stages (this stage is {st.kind})")
         if st.kind != "edit" and st.metric == "reliability":
             raise _Mismatch(f"{p}.metric", "reliability scores fact edits: only for edit "
                             f"stages (this stage is {st.kind})")

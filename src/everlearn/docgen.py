@@ -23,15 +23,18 @@ from everlearn.config import (
     StrategySpec,
     TrackerConfig,
     TrainConfig,
+    VisionConfig,
     _type_name,
 )
 from everlearn.data.builtin.counterfactual import CounterfactualOptions
+from everlearn.data.builtin.visual import VisualOptions
 from everlearn.data.builtin.worldline import WorldlineOptions
 
 SECTIONS = [
     ("top level", RunConfig),
     ("model", ModelConfig),
     ("model.lora", LoraConfig),
+    ("model.vision", VisionConfig),
     ("train", TrainConfig),
     ("eval", EvalConfig),
     ("stages[]", StageConfig),
@@ -41,6 +44,7 @@ SECTIONS = [
     ("tracker", TrackerConfig),
     ("edit", EditConfig),
     ("stages[].builtin_options (builtin: edits_counterfactual)", CounterfactualOptions),
+    ("stages[].builtin_options (builtin: visual_shapes)", VisualOptions),
     ("recycle", RecycleConfig),
 ]
 

@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 from everlearn import distributed as dist
 from everlearn import fsdp
 from everlearn.config import EvalConfig
-from everlearn.data.encode import IGNORE, Encoded, Encoder, collate
+from everlearn.data.encode import IGNORE, Encoded, Encoder, collate, image_inputs
 from everlearn.data.records import Record
 from everlearn.generation import decode_batched
 from everlearn.option_scoring import OptionItem, score_options
@@ -61,6 +61,9 @@ class Evaluator:
         # edit stages: per stage, per edit, per locality prompt, the base model's top-1 tokens
         # along the prompt's answer (see prepare_edits)
         self.edit_reference: dict[str, list[list[list[int]]]] = {}
+        # what a router's choice switches on (``StrategyStack.activate``); default: the PEFT
+        # adapter of that name
+        self.activate = None
 
     def _subset_key(self, stage: Stage, kind: str, records: list[Record]) -> tuple:
         """Cache key of ``records`` (a stage's test set, or the part routing sends to one
@@ -90,7 +93,7 @@ class Evaluator:
         mine: dict[int, tuple[float, str]] = {}  # the records this rank scored
         for adapter, idx in groups.items():
             if adapter is not None:
-                model.set_adapter(adapter)
+                self._activate(model, adapter)
             if stage.metric == "perplexity":  # packs every record; ranks share the blocks
                 lp, n = self._log_likelihood(model, stage, [stage.test[i] for i in idx], world)
                 logprob, tokens = logprob + lp, tokens + n
@@ -128,6 +131,12 @@ class Evaluator:
             return 0, 1
         return self.acc.process_index, self.acc.num_processes
 
+    def _activate(self, model, choice: str) -> None:
+        if self.activate is not None:
+            self.activate(model, choice)
+        else:
+            model.set_adapter(choice)
+
     def _score_records(self, model, stage, records):
         if stage.metric == "accuracy":
             return self._accuracy(model, stage, records)
@@ -146,14 +155,15 @@ class Evaluator:
             items = []
             cloze = stage.kind == "cpt"  # raw-text stage: options continue the prompt as is
             for rec in records:
-                prompt_ids = self.encoder.ids(rec.prompt if cloze else
-                                              self.encoder.prompt_text(rec))
+                prompt_ids, pixels = ((self.encoder.ids(rec.prompt), None) if cloze else
+                                      self.encoder.prompt_inputs(rec))
                 options = [self.encoder.ids(
                     (" " + option if rec.prompt[-1:] not in (" ", "\n") else option)
                     if cloze else self.encoder.response_text(rec, option))[
                         : self.encoder.max_length - 1] for option in rec.options]
                 room = self.encoder.max_length - max(len(o) for o in options)
-                items.append(OptionItem(prompt_ids[-room:], options))
+                items.append(OptionItem(self.encoder.fit_prompt(rec, prompt_ids, room, pixels),
+                                        options, pixels))
             self._cache[key] = items
         return self._cache[key]
 
@@ -170,8 +180,12 @@ class Evaluator:
             n_opt = len(items[order[s]].options)
             idx = [i for i in order[s:s + self.cfg.batch_size]
                    if len(items[i].options) == n_opt]
-            scored = score_options(model, [items[i] for i in idx], self.encoder.pad_id,
-                                   self.acc.device, self.acc.autocast)
+            batch = [items[i] for i in idx]
+            if any(it.pixels is not None for it in batch) and not cached_option_scoring(model):
+                scored = self._options_as_sequences(model, batch)
+            else:
+                scored = score_options(model, batch, self.encoder.pad_id, self.acc.device,
+                                       self.acc.autocast)
             for i, per_option in zip(idx, scored):
                 values = [lp / n if normalize else lp for lp, n in per_option]
                 choice[i] = max(range(len(values)), key=values.__getitem__)
@@ -184,14 +198,25 @@ class Evaluator:
             out.append((exact_match(picked, rec.answers), picked))
         return out
 
+    def _options_as_sequences(self, model, items: list[OptionItem]
+                              ) -> list[list[tuple[float, int]]]:
+        """:func:`score_options` without the shared-prompt cache: each option as a whole
+        sequence with the image (vision-language models whose positions are not plain)."""
+        examples = [Encoded(it.prompt + o, [IGNORE] * len(it.prompt) + o, pixels=it.pixels)
+                    for it in items for o in it.options]
+        lp = self._sequence_logprobs(model, examples, "options", normalize=False, bar=False)
+        k = len(items[0].options)
+        return [[(lp[i * k + j], len(o)) for j, o in enumerate(it.options)]
+                for i, it in enumerate(items)]
+
     def _sequence_logprobs(self, model, examples: list[Encoded], desc: str,
-                           normalize: bool | None = None) -> list[float]:
+                           normalize: bool | None = None, bar: bool = True) -> list[float]:
         """Summed (or mean) log-probability of each example's labelled tokens."""
         normalize = self.cfg.length_normalize if normalize is None else normalize
         order = _by_length(examples, lambda e: len(e.input_ids))
         scores = [0.0] * len(examples)
         bs = self.cfg.batch_size
-        bar = self._bar(len(examples), desc)
+        bar = self._bar(len(examples) if bar else 0, desc)
         for s in range(0, len(order), bs):
             idx = order[s:s + bs]
             batch = {k: v.to(self.acc.device) for k, v in
@@ -205,8 +230,8 @@ class Evaluator:
 
     def _token_logprobs(self, model, batch) -> tuple[list[float], list[int]]:
         with self.acc.autocast():
-            logits = model(input_ids=batch["input_ids"],
-                           attention_mask=batch["attention_mask"]).logits
+            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                           **image_inputs(batch)).logits
         logits = logits[:, :-1].float()
         target = batch["labels"][:, 1:]
         mask = target != IGNORE
@@ -296,12 +321,16 @@ class Evaluator:
         return self._cache[key]
 
     def _generate(self, model, stage, records: list[Record]) -> list[str]:
-        prompts = [self.encoder.ids(self.encoder.prompt_text(r))[-self.encoder.max_length:]
-                   for r in records]
+        prompts, images = [], []
+        for r in records:
+            ids, pixels = self.encoder.prompt_inputs(r)
+            prompts.append(self.encoder.fit_prompt(r, ids, self.encoder.max_length, pixels))
+            images.append(pixels)
         bar = self._bar(len(records), f"generate {stage.name}")
         out = decode_batched(model, self.encoder, prompts, self.max_new_tokens(stage),
                              device=self.acc.device, autocast=self.acc.autocast,
-                             batch_size=self.cfg.batch_size, on_batch=bar.update)
+                             batch_size=self.cfg.batch_size, on_batch=bar.update,
+                             images=images if any(p is not None for p in images) else None)
         bar.close()
         return out
 
@@ -372,7 +401,8 @@ class Evaluator:
                      collate([examples[i] for i in idx], self.encoder.pad_id).items()}
             with self.acc.autocast():
                 logits = model(input_ids=batch["input_ids"],
-                               attention_mask=batch["attention_mask"]).logits
+                               attention_mask=batch["attention_mask"],
+                               **image_inputs(batch)).logits
             pred = logits[:, :-1].argmax(-1).cpu()
             mask = (batch["labels"][:, 1:] != IGNORE).cpu()
             for j, i in enumerate(idx):
@@ -409,7 +439,7 @@ class Evaluator:
         local = [[False] * len(r.locality_prompt) for r in stage.test]
         for adapter, idx in _route(stage.test, router).items():
             if adapter is not None:
-                model.set_adapter(adapter)
+                self._activate(model, adapter)
             mine = set(idx)
             part = [it for it in items if it[1] in mine]
             local_part = [it for it in loc_items if it[1] in mine]
@@ -428,6 +458,14 @@ class Evaluator:
                     general[i][j] = all_hit(pred, target)
         side = edit_metrics(reliable, general, local)  # reliability too: pooled by editing
         return StageScore(side["reliability"], len(stage.test), predictions, side)
+
+
+def cached_option_scoring(model) -> bool:
+    """Whether options of image records may be scored on a shared-prompt KV cache with plain
+    positions (the LLaVA family); other vision-language models (multimodal rotary positions)
+    score each option as a whole sequence."""
+    config = getattr(model, "config", None)
+    return getattr(config, "model_type", "") in ("llava", "llava_next", "vipllava")
 
 
 def _route(records: list[Record], router) -> dict[str | None, list[int]]:

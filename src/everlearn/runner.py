@@ -22,7 +22,7 @@ from everlearn import __version__, fsdp
 from everlearn import distributed as dist
 from everlearn.checkpoint import RunDir, write_atomic, write_json
 from everlearn.config import RunConfig, dump_yaml, load_config
-from everlearn.data.encode import Encoder
+from everlearn.data.encode import make_encoder
 from everlearn.editing import editing_section
 from everlearn.errors import ConfigError, ResumeError
 from everlearn.evaluate import Evaluator
@@ -44,6 +44,7 @@ from everlearn.stream import Stage, Stream, build_stream
 from everlearn.temporal import row_counts, temporal_section
 from everlearn.tracking import Tracker
 from everlearn.trainer import Trainer, resolve_precision
+from everlearn.vision.training import plan_vision
 
 log = logging.getLogger("everlearn")
 
@@ -194,14 +195,19 @@ class Run:
         if fsdp.requested():  # accelerate FSDP config: shard it (everlearn.fsdp)
             fsdp.shard(model, fsdp.settings())
         self.model = model  # kept for callers that inspect the trained model (tests, APIs)
-        encoder = Encoder(tok, cfg.train.max_length, cfg.model.chat_template == "auto")
-        encoder.edit_format = cfg.edit.format
-        self.strategy.setup(RunContext(model=model, tokenizer=tok, encoder=encoder, config=cfg,
-                                       stream=self.stream, seed=cfg.seed, accelerator=acc))
+        encoder = make_encoder(tok, cfg.train.max_length, cfg.model.chat_template == "auto",
+                               cfg.edit.format)
+        # vision-language models: which parts each phase trains (None for a text model)
+        vision = plan_vision(model, cfg, self.stream, self.phases)
+        self.strategy.setup(RunContext(model=model, tokenizer=encoder.tok, encoder=encoder,
+                                       config=cfg, stream=self.stream, seed=cfg.seed,
+                                       accelerator=acc))
         trainer = Trainer(acc, encoder, cfg.train, self.strategy, cfg.seed, self.quiet)
         trainer.on_step = self.tracker.on_step
         trainer.save_step = self.dir.save_step
+        trainer.vision = vision
         evaluator = Evaluator(acc, encoder, cfg.eval, self.quiet)
+        evaluator.activate = self.strategy.activate  # what a routed choice switches on
         # general probes take their reference from the base model: before any resumed weights
         probes = (GeneralProbes.prepare(cfg.eval, self.dir.path, model, encoder, evaluator, acc)
                   if cfg.eval.general_probes or cfg.eval.lm_eval.tasks else None)
@@ -238,6 +244,8 @@ class Run:
                 # weights fill.
                 self.strategy.load_state_dict(state)
                 load_trainable_state(model, weights, str(self.dir.phase_dir(last)))
+            if vision is not None:  # the parts the kept phases trained are saved from now on
+                vision.mark_trained(last)
             log.info("resumed after phase %d of %d", last, len(self.phases))
         # the phase in progress when the run stopped: its newest step checkpoint that verifies
         step_ckpt = self.dir.load_step(len(R)) if resume and R else None

@@ -38,6 +38,8 @@ class Stage:
     epochs: float | None = None
     beta: float = 0.1  # DPO temperature (align stages)
     edit: Any = None  # the run's EditConfig (edit stages): layers, max_change, lr
+    freeze_lm: bool = False  # an alignment stage of a vision-language model (everlearn.vision)
+    lr: float | None = None  # overrides train.lr
 
     @property
     def higher_is_better(self) -> bool:
@@ -60,6 +62,10 @@ class Stream:
     @property
     def names(self) -> list[str]:
         return [s.name for s in self.stages]
+
+    def uses_images(self) -> bool:
+        """Whether any record carries an image (a vision-language model is then needed)."""
+        return any(r.image for s in self.stages for r in s.train + s.test)
 
 
 def _sample(records: list[Record], n: int | None, seed: int, key: str) -> list[Record]:
@@ -155,14 +161,17 @@ def _suite_stages(sc: StageConfig, seed: int, where: str) -> list[Stage]:
         raise DataError(f"{where}: metric: the {suite.name} suite is scored by {suite.metric}, "
                         f"got {sc.metric!r}")
     options = _build(suite.Options, sc.builtin_options, "builtin_options")  # checked by config
+    n = sc.periods or suite.periods_for(options)
     try:
-        periods = suite.build(sc.periods or suite.default_periods, seed, options)
+        periods = suite.build(n, seed, options)
     except ValueError as exc:
         raise DataError(f"{where}: {exc}") from None
     width = max(2, len(str(len(periods))))
+    suffixes = (suite.stage_suffixes(options, n) if suite.stage_suffixes is not None else
+                [f"{k:0{width}d}" for k in range(1, len(periods) + 1)])
     stages = []
-    for k, (train, test) in enumerate(periods, 1):
-        name = f"{sc.name}-{k:0{width}d}"
+    for k, ((train, test), suffix) in enumerate(zip(periods, suffixes), 1):
+        name = f"{sc.name}-{suffix}"
         task = sc.task_id or name
         train = _sample(train, sc.max_train, seed, f"{name}:train")
         test = suite.sample_test(test, sc.max_test, seed, name)
@@ -170,7 +179,7 @@ def _suite_stages(sc: StageConfig, seed: int, where: str) -> list[Stage]:
             r.task = task
         stages.append(Stage(index=k, name=name, kind=suite.kind, metric=suite.metric,
                             train=train, test=test, task_id=task, steps=sc.steps,
-                            epochs=sc.epochs))
+                            epochs=sc.epochs, freeze_lm=sc.freeze_lm, lr=sc.lr))
     return stages
 
 
@@ -210,7 +219,8 @@ def build_stream(cfg: RunConfig, source_name: str = "config") -> Stream:
                 r.options = labels
         stages.append(Stage(index=i, name=sc.name, kind=sc.kind, metric=metric, train=train,
                             test=test, labels=labels, task_id=sc.task_id or sc.name,
-                            steps=sc.steps, epochs=sc.epochs, beta=sc.beta))
+                            steps=sc.steps, epochs=sc.epochs, beta=sc.beta,
+                            freeze_lm=sc.freeze_lm, lr=sc.lr))
     for st in stages:
         if st.kind == "edit":
             st.edit = cfg.edit

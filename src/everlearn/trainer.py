@@ -25,7 +25,7 @@ from transformers import get_scheduler
 from everlearn import distributed as dist
 from everlearn import fsdp, stepstate
 from everlearn.config import TrainConfig
-from everlearn.data.encode import IGNORE, Encoded, Encoder, collate
+from everlearn.data.encode import IGNORE, Encoded, Encoder, collate, image_inputs
 from everlearn.errors import ResumeError, TrainingError
 from everlearn.interrupt import DeferredSignals
 from everlearn.losses import labelled_token_loss, supports_logits_to_keep
@@ -104,6 +104,8 @@ class Trainer:
         # Writes a step checkpoint: (phase, step, {file stem: tensors}, meta) -> its directory
         # (RunDir.save_step). None: no step checkpoints, and signals are not deferred.
         self.save_step: Callable[[int, int, dict, dict], Any] | None = None
+        # vision-language models: which parts train in each phase (everlearn.vision.training)
+        self.vision = None
 
     def encode(self, stage: Stage, records: list) -> list[Encoded] | list[Pair]:
         """The stage's training examples from the records ``train_data`` returned (preference
@@ -127,6 +129,8 @@ class Trainer:
             for p in self._edit_frozen:
                 p.requires_grad_(True)
             self._edit_frozen = []
+            if self.vision is not None:  # an alignment phase froze the language model
+                self.vision.end_phase(phase)
 
     _edit_frozen: list = []
     _edit_trained = 0
@@ -145,7 +149,8 @@ class Trainer:
         for p in self._edit_frozen:
             p.requires_grad_(False)
         bound = ChangeBound(params, edit.max_change) if edit.max_change is not None else None
-        return params, edit.lr if edit.lr is not None else self.cfg.lr, bound
+        stage_lr = next((st.lr for st in stages if st.lr is not None), self.cfg.lr)
+        return params, edit.lr if edit.lr is not None else stage_lr, bound
 
     def _apply_edits(self, stages: list[Stage], records: dict, hooks) -> PhaseCost | None:
         """An editor strategy (``grace``) applies the phase's edits itself; None when none
@@ -174,14 +179,16 @@ class Trainer:
     def _loss(self, model, batch: dict, align: bool, sparse_logits: bool, hooks) -> torch.Tensor:
         """A micro-batch's training loss: the task loss (token loss, or DPO on pairs) times the
         strategies' task weight, plus their extra terms."""
+        pixels = image_inputs(batch)  # empty for text
         with self.acc.autocast():
             if sparse_logits:
                 loss, outputs, batch["logit_positions"] = labelled_token_loss(
-                    model, batch["input_ids"], batch["attention_mask"], batch["labels"])
+                    model, batch["input_ids"], batch["attention_mask"], batch["labels"],
+                    **pixels)
             else:
                 outputs = model(input_ids=batch["input_ids"],
                                 attention_mask=batch["attention_mask"],
-                                labels=None if align else batch["labels"])
+                                labels=None if align else batch["labels"], **pixels)
                 loss = batch_loss(outputs.logits, batch) if align else outputs.loss
             if self.strategy.task_loss_weight != 1.0:  # 0: distillation alone
                 loss = loss * self.strategy.task_loss_weight
@@ -209,6 +216,8 @@ class Trainer:
             for st in stages:
                 self.strategy.before_stage(st)
             records = {st.name: self.strategy.train_data(st, st.train) for st in stages}
+        if self.vision is not None:  # after before_stage: a new adapter re-freezes the rest
+            self.vision.begin_phase(model, stages)
         if edit and (edited := self._apply_edits(stages, records, hooks)) is not None:
             return edited
         examples = [e for st in stages for e in self.encode(st, records[st.name])]
@@ -221,7 +230,9 @@ class Trainer:
         params = [p for p in model.parameters() if p.requires_grad]
         if not params:
             raise TrainingError(f"stage '{stages[0].name}': the model has no trainable weights")
-        lr, bound = cfg.lr, None
+        # a stage's own lr (the first one set among the phase's stages), else train.lr
+        lr = next((st.lr for st in stages if st.lr is not None), cfg.lr)
+        bound = None
         if edit:
             params, lr, bound = self._edit_setup(model, stages)
             self._edit_trained = sum(p.numel() for p in params)
@@ -374,7 +385,8 @@ class Trainer:
             steps=total_steps, train_time_s=train_s, tokens_trained=tokens,
             padding_fraction=1.0 - tokens / max(cells, 1), examples=len(examples),
             final_loss=loss_value, peak_memory_mb=memory.peak_mb, strategy_time_s=hooks.total,
-            skipped_batches=skipped, trainable_params=self._edit_trained if edit else None,
+            skipped_batches=skipped, trainable_params=self._edit_trained if edit else (
+                sum(p.numel() for p in params) if self.vision is not None else None),
         )
 
 

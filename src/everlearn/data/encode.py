@@ -14,6 +14,7 @@ import torch
 from everlearn.data.records import Record
 
 IGNORE = -100
+IMAGE_PREFIX = "image."  # batch keys of a vision-language model's image inputs (pixel_values...)
 
 
 @dataclass
@@ -23,10 +24,31 @@ class Encoded:
     input_ids: list[int]
     labels: list[int]
     record: int = -1  # index of the source record in the list encoded (-1: packed text)
+    # an image record (vision-language models): the processor's image tensors, e.g.
+    # {"pixel_values": 1 x 3 x H x W}; None for text
+    pixels: dict[str, torch.Tensor] | None = None
+
+
+def image_inputs(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The image inputs of a collated batch, as the model's forward takes them (empty for
+    text): pass them with ``input_ids`` wherever a batch meets the model."""
+    return {k[len(IMAGE_PREFIX):]: v for k, v in batch.items() if k.startswith(IMAGE_PREFIX)}
+
+
+def stack_pixels(pixels: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """Image tensors of several examples, concatenated in row order (the order the model
+    meets their image placeholders), under ``IMAGE_PREFIX`` keys."""
+    if not pixels:
+        return {}
+    return {IMAGE_PREFIX + k: torch.cat([p[k] for p in pixels]) for k in pixels[0]}
 
 
 class Encoder:
-    """Formats records for one tokenizer: the chat template when it has one, else plain text."""
+    """Formats records for one tokenizer: the chat template when it has one, else plain text.
+
+    A vision-language model's processor gets :class:`everlearn.vision.encode.VisionEncoder`
+    (see :func:`make_encoder`), which adds images and encodes text records as this class does.
+    """
 
     def __init__(self, tokenizer, max_length: int, use_chat_template: bool = True):
         self.tok = tokenizer
@@ -48,23 +70,33 @@ class Encoder:
         msgs.append({"role": "user", "content": record.prompt})
         return msgs
 
+    def _template(self, messages: list[dict], add_generation_prompt: bool) -> str:
+        return self.tok.apply_chat_template(messages, add_generation_prompt=add_generation_prompt,
+                                            tokenize=False)
+
     def prompt_text(self, record: Record) -> str:
         """The text the model sees before its answer."""
         if self.chat:
-            return self.tok.apply_chat_template(
-                self._messages(record), add_generation_prompt=True, tokenize=False
-            )
+            return self._template(self._messages(record), True)
         parts = [record.system or ""] + [m["content"] for m in record.context] + [record.prompt]
         return "\n\n".join(p for p in parts if p) + "\n"
+
+    def prompt_inputs(self, record: Record) -> tuple[list[int], dict[str, torch.Tensor] | None]:
+        """The prompt's token ids and its image tensors (None: a text model or record)."""
+        return self.ids(self.prompt_text(record)), None
+
+    def fit_prompt(self, record: Record, ids: list[int], room: int,
+                   pixels: dict | None) -> list[int]:
+        """The prompt ids cut to at most ``room`` tokens: a text prompt loses its beginning
+        (a vision encoder refuses to cut image tokens)."""
+        return ids[-room:]
 
     def response_text(self, record: Record, answer: str) -> str:
         """The answer as the template writes it, end-of-turn marker included."""
         if self.chat:
             prompt = self.prompt_text(record)
-            full = self.tok.apply_chat_template(
-                self._messages(record) + [{"role": "assistant", "content": answer}],
-                tokenize=False,
-            )
+            full = self._template(
+                self._messages(record) + [{"role": "assistant", "content": answer}], False)
             if full.startswith(prompt):
                 return full[len(prompt):].rstrip("\n")
         return answer + (self.tok.eos_token or "")
@@ -153,6 +185,20 @@ class Encoder:
         return sft + self.pack_cpt(text_only)
 
 
+def make_encoder(tokenizer, max_length: int, use_chat_template: bool = True,
+                 edit_format: str = "raw") -> Encoder:
+    """The encoder for what :func:`everlearn.models.load_base_model` returned: a tokenizer, or
+    a vision-language model's processor (which also encodes images)."""
+    if hasattr(tokenizer, "image_processor") and hasattr(tokenizer, "tokenizer"):
+        from everlearn.vision.encode import VisionEncoder
+
+        encoder: Encoder = VisionEncoder(tokenizer, max_length, use_chat_template)
+    else:
+        encoder = Encoder(tokenizer, max_length, use_chat_template)
+    encoder.edit_format = edit_format
+    return encoder
+
+
 def collate(examples: list[Encoded], pad_id: int, left: bool = False) -> dict[str, torch.Tensor]:
     """Pad a batch to its longest example (left padding for generation)."""
     width = max(len(e.input_ids) for e in examples)
@@ -166,7 +212,10 @@ def collate(examples: list[Encoded], pad_id: int, left: bool = False) -> dict[st
         labels[i, sl] = torch.tensor(e.labels)
         mask[i, sl] = 1
     records = torch.tensor([e.record for e in examples], dtype=torch.long)
-    return {"input_ids": ids, "attention_mask": mask, "labels": labels, "record_index": records}
+    batch = {"input_ids": ids, "attention_mask": mask, "labels": labels, "record_index": records}
+    if any(e.pixels is not None for e in examples):  # image records (vision-language models)
+        batch.update(stack_pixels([e.pixels for e in examples if e.pixels is not None]))
+    return batch
 
 
 def length_grouped_batches(lengths: list[int], batch_size: int, rng: random.Random,

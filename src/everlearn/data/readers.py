@@ -155,7 +155,7 @@ def _to_record(row: Any, kind: str, fields: dict[str, str], path: str, i: int,
 
     options = _str_list(row.get("options", []), f"{where}: options")
     system = row.get("system")
-    image = row.get("image")
+    image = _image_path(row.get("image"), path, where)
     if "messages" in row:
         return _chat_record(row["messages"], where, task, options, image)
     if "instruction" in row and "prompt" not in row:  # Alpaca
@@ -181,6 +181,24 @@ def _to_record(row: Any, kind: str, fields: dict[str, str], path: str, i: int,
     return Record(prompt=prompt, answers=answers, system=system if isinstance(system, str)
                   else None, options=options, image=image, task=task,
                   meta={"id": row.get("id", str(i))})
+
+
+def _image_path(value: Any, path: str, where: str) -> str | None:
+    """A record's ``image``: a PNG/JPEG path relative to the data file (made absolute here, so
+    the record can travel: replay buffers, checkpoints), or a generated ``scene:`` string."""
+    if value is None or value == "":
+        return None
+    if not isinstance(value, str):
+        raise DataError(f"{where}: image: expected a path to a PNG or JPEG file, got "
+                        f"{type(value).__name__}")
+    if value.startswith("scene:"):
+        return value
+    p = Path(value).expanduser()
+    if not p.is_absolute() and not path.startswith("hf:"):
+        p = Path(path).parent / p
+    if not p.is_file():
+        raise DataError(f"{where}: image: file '{p}' not found")
+    return str(p.resolve())
 
 
 def _chat_record(messages: Any, where: str, task: str, options: list[str],

@@ -20,7 +20,7 @@ from collections.abc import Iterable
 import torch
 import torch.nn.functional as F
 
-from everlearn.data.encode import IGNORE, Encoded, collate
+from everlearn.data.encode import IGNORE, Encoded, collate, image_inputs
 
 Tensors = dict[str, torch.Tensor]
 
@@ -144,7 +144,8 @@ def _grads(loss: torch.Tensor, names: list[str], params: list[torch.Tensor]) -> 
 
 def _answer_logits(model, batch: dict) -> torch.Tensor:
     """(P, V) fp32 logits at the answer positions of a batch."""
-    out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+    out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                **image_inputs(batch))
     logits = out.logits[:, :-1].to(torch.float32)
     return logits[answer_mask(batch["labels"])]
 

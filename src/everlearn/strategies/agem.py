@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from everlearn.data.encode import image_inputs
 from everlearn.strategies._buffer import Memory, record_batch, stage_rng
 from everlearn.strategies.base import Strategy
 
@@ -131,7 +132,7 @@ class AGEM(Strategy):
         batch = record_batch(self.ctx, picked)
         with self.ctx.autocast():
             loss = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                         labels=batch["labels"]).loss
+                         labels=batch["labels"], **image_inputs(batch)).loss
         self._backward(loss)
         return [p.grad for p in params]
 

@@ -115,6 +115,11 @@ class Strategy:
         """The adapter to evaluate ``record`` with; None leaves the active adapter."""
         return None
 
+    def activate(self, model, choice: str) -> bool:
+        """Switch on what ``route`` chose (``stage_projector``: a projector); False when the
+        choice is not this strategy's to make (a PEFT adapter name, set by the stack)."""
+        return False
+
     def buffer_size(self) -> int:
         """Examples this strategy stores (reported as cost)."""
         return 0
@@ -237,6 +242,11 @@ class StrategyStack(Strategy):
             if choice is not None:
                 return choice
         return None
+
+    def activate(self, model, choice):
+        if not any(m.activate(model, choice) for m in self.members):
+            model.set_adapter(choice)  # the per-stage adapter strategies route to PEFT adapters
+        return True
 
     def buffer_size(self) -> int:
         return sum(m.buffer_size() for m in self.members)

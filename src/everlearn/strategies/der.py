@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from everlearn.data.encode import IGNORE
+from everlearn.data.encode import IGNORE, image_inputs
 from everlearn.errors import ResumeError
 from everlearn.strategies._buffer import Memory, eval_mode, record_batch, stage_rng
 from everlearn.strategies.base import Strategy
@@ -139,8 +139,8 @@ class DER(Strategy):
         rows = [records[i] for i in logit_idx] + [records[i] for i in label_idx]
         batch = record_batch(self.ctx, rows)
         with self.ctx.autocast():
-            logits = model(input_ids=batch["input_ids"],
-                           attention_mask=batch["attention_mask"]).logits
+            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                           **image_inputs(batch)).logits
         labels = batch["labels"]
         n = len(logit_idx)
         distill = ce = None
@@ -181,7 +181,8 @@ class DER(Strategy):
                 batch = record_batch(self.ctx, records[s:s + size])
                 with self.ctx.autocast():
                     logits = model(input_ids=batch["input_ids"],
-                                   attention_mask=batch["attention_mask"]).logits
+                                   attention_mask=batch["attention_mask"],
+                                   **image_inputs(batch)).logits
                 ids, values, counts = compress_logits(logits, batch["labels"], self.options.top_k)
                 ids, values = ids.to(torch.int32).cpu(), values.cpu()
                 start = 0

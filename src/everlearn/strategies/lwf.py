@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 import torch
 
 from everlearn.data.encode import IGNORE, collate
+from everlearn.errors import TrainingError
 from everlearn.strategies import _penalty as P
 from everlearn.strategies.base import Strategy
 
@@ -72,6 +73,9 @@ class LwF(Strategy):
         self.cache = {}  # filled by train_data of this phase's stages
 
     def train_data(self, stage, records):
+        if any(r.image for r in records):  # the teacher cache is keyed by token ids
+            raise TrainingError(f"stage '{stage.name}': strategy 'lwf' does not support image "
+                                "records (their prompts share token ids); use ewc or replay")
         if self.has_teacher and self.options.alpha > 0:
             self.cache.update(self.teacher_outputs(stage.kind, records))
         return records

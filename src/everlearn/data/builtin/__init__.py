@@ -8,13 +8,14 @@ and test are disjoint for every seed.
 
 from __future__ import annotations
 
-from everlearn.data.builtin import arithmetic, cipher, classify, dates, preference
+from everlearn.data.builtin import arithmetic, cipher, classify, dates, preference, visual
 from everlearn.data.builtin.base import BuiltinTask, Item
 
 _TASKS: dict[str, BuiltinTask] = {
     m.TASK.name: m.TASK for m in (arithmetic, cipher, classify, dates)
 }
 _TASKS.update({t.name: t for t in preference.TASKS})  # align stages: the preference stream
+_TASKS.update({t.name: t for t in visual.TASKS})  # images: visual instruction tasks, captions
 
 
 def list_builtin_tasks() -> list[BuiltinTask]:

@@ -18,17 +18,19 @@ from everlearn.data.records import Record
 
 SPLITS = ("train", "test")
 _MAX_MISSES = 1000
-METRICS = ("accuracy", "exact_match", "preference_accuracy")
+METRICS = ("accuracy", "exact_match", "rouge_l", "preference_accuracy")
 
 
 class Item(NamedTuple):
     """One drawn example; ``group`` is the split key (defaults to the prompt). A preference
-    task (metric ``preference_accuracy``) sets ``rejected``; ``answer`` is then the chosen one."""
+    task (metric ``preference_accuracy``) sets ``rejected``; ``answer`` is then the chosen one.
+    A visual task sets ``image`` (a ``scene:`` string, see everlearn.vision.scenes)."""
 
     prompt: str
     answer: str
     group: str = ""
     rejected: str = ""
+    image: str = ""
 
 
 def stable_unit(key: str) -> float:
@@ -65,8 +67,9 @@ class BuiltinTask:
     def generate(self, n: int, seed: int = 0, split: str = "train") -> list[Record]:
         """``n`` records of ``split``; the same arguments always give the same records.
 
-        Prompts are unique within a call while the split's item space allows it; only a
-        nearly exhausted space (e.g. few test words) makes repeats.
+        Prompts (with their image, for a visual task) are unique within a call while the
+        split's item space allows it; only a nearly exhausted space (e.g. few test words) makes
+        repeats.
         """
         if split not in SPLITS:
             raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
@@ -74,7 +77,7 @@ class BuiltinTask:
             raise ValueError(f"n must be >= 0, got {n}")
         rng = random.Random(f"{self.name}:{seed}:{split}")
         records: list[Record] = []
-        seen: set[str] = set()
+        seen: set[tuple[str, str]] = set()
         rejected = 0  # draws in a row that fell in the other split
         repeats = 0  # draws in a row that repeated a prompt; past the limit repeats are kept
         while len(records) < n:
@@ -85,13 +88,14 @@ class BuiltinTask:
                     raise RuntimeError(f"{self.name}: the {split} split looks empty")
                 continue
             rejected = 0
-            if item.prompt in seen:
+            key = (item.prompt, item.image)
+            if key in seen:
                 repeats += 1
                 if repeats < _MAX_MISSES:
                     continue
             else:
                 repeats = 0
-            seen.add(item.prompt)
+            seen.add(key)
             records.append(
                 Record(
                     prompt=item.prompt,
@@ -100,6 +104,7 @@ class BuiltinTask:
                     task=self.name,
                     chosen=item.answer if item.rejected else "",
                     rejected=item.rejected,
+                    image=item.image or None,
                 )
             )
         return records

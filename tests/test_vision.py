@@ -1,0 +1,276 @@
+"""Visual instruction stages: image records, the LLaVA models, the alignment stage, routing by
+the per-stage projector, and resuming - on the tiny LLaVA (32x32 images, a few steps)."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+
+import pytest
+import torch
+
+from everlearn.config import build_config, load_config
+from everlearn.data.builtin import get_builtin_task
+from everlearn.data.builtin.visual import LABELS, NUMBERS, QUADRANTS, TASK_ORDER
+from everlearn.data.encode import make_encoder
+from everlearn.data.readers import read_source
+from everlearn.errors import ConfigError, DataError, TrainingError
+from everlearn.evaluate import Evaluator
+from everlearn.models import build_tiny_model, build_tiny_tokenizer
+from everlearn.option_scoring import score_options
+from everlearn.runner import Run, resume_run, start_run
+from everlearn.vision import scenes
+from everlearn.vision.images import load_image
+from everlearn.vision.models import build_llava, build_tiny_llava
+from everlearn.vision.parts import find_parts
+from tests.conftest import killed_at_phase, write_jsonl
+from tests.test_crash_resume import comparable
+
+
+def tiny_vision_config(tmp: Path, stages: list[dict], **overrides) -> dict:
+    cfg = {
+        "name": "vis", "output_dir": str(tmp / "runs"),
+        "model": {"name": "tiny-llava", "finetune": "full"},
+        "train": {"lr": 3e-3, "batch_size": 8, "steps": 3, "max_length": 96,
+                  "precision": "fp32", "warmup_ratio": 0.0, "schedule": "constant"},
+        "eval": {"batch_size": 16},
+        "stages": stages,
+    }
+    cfg.update(overrides)
+    return cfg
+
+
+def _answer_from_scene(task: str, spec: str) -> str:
+    scene = scenes.parse(spec)
+    shapes = scene.shapes
+    if task == "colour":
+        return shapes[0].colour
+    if task == "shape":
+        return shapes[0].kind
+    if task == "count":
+        return NUMBERS[len(shapes) - 1]
+    if task == "position":
+        s = shapes[0]
+        return QUADRANTS[2 * (s.y >= scene.size // 2) + (s.x >= scene.size // 2)]
+    circles = sum(s.kind == "circle" for s in shapes)
+    return "yes" if circles > len(shapes) - circles else "no"
+
+
+@pytest.mark.parametrize("task", TASK_ORDER)
+def test_visual_task_is_balanced_and_answerable_only_from_the_image(task):
+    spec = get_builtin_task(f"visual_{task}")
+    train = spec.generate(200, seed=3, split="train")
+    test = spec.generate(40, seed=3, split="test")
+    labels = LABELS[task]
+    assert Counter(r.response for r in train) == {a: 200 // len(labels) for a in labels}
+    # one prompt for every answer: the best a text-only model can do is the majority answer
+    assert len({r.prompt for r in train + test}) == 1
+    best_from_prompt = max(Counter(r.response for r in test).values()) / len(test)
+    assert best_from_prompt == pytest.approx(1 / len(labels))
+    # ... while the image determines the answer
+    for r in train + test:
+        assert r.options == labels and r.image.startswith(scenes.PREFIX)
+        assert _answer_from_scene(task, r.image) == r.response
+
+
+def test_scenes_render_deterministically():
+    rec = get_builtin_task("visual_colour").generate(1, seed=0)[0]
+    scene = scenes.parse(rec.image)
+    assert scene.spec() == rec.image
+    img = scenes.render(scene)
+    assert img.tobytes() == scenes.render(scenes.parse(rec.image)).tobytes()
+    shape = scene.shapes[0]
+    assert img.getpixel((shape.x, shape.y)) == scenes.COLOURS[shape.colour]
+    assert img.getpixel((0, 0)) == scene.background
+    with pytest.raises(DataError, match="not a valid generated scene"):
+        load_image("scene:64;bg=1,2,3;hexagon,red,3,3,3")
+
+
+def test_jsonl_image_paths_are_relative_to_the_data_file(tmp_path):
+    (tmp_path / "img").mkdir()
+    (tmp_path / "data").mkdir()
+    scenes.render(scenes.parse("scene:64;bg=0,0,0;square,red,30,30,9")).save(
+        tmp_path / "img" / "a.png")
+    (tmp_path / "img" / "fake.png").write_text("not an image")
+    data = write_jsonl(tmp_path / "data" / "d.jsonl", [
+        {"image": "../img/a.png", "prompt": "Colour?", "response": "red"},
+        {"image": "../img/fake.png", "prompt": "Colour?", "response": "red"}])
+    recs = read_source(str(data), "auto", "sft", {}, None, "t")
+    assert recs[0].image == str((tmp_path / "img" / "a.png").resolve())
+    assert load_image(recs[0].image).getpixel((30, 30)) == scenes.COLOURS["red"]
+    with pytest.raises(DataError, match="fake.png: not an image"):
+        load_image(recs[1].image)
+    bad = write_jsonl(tmp_path / "data" / "bad.jsonl", [
+        {"image": "missing.png", "prompt": "Colour?", "response": "red"}])
+    with pytest.raises(DataError, match=r"bad.jsonl: record 0: image: file .*missing.png"):
+        read_source(str(bad), "auto", "sft", {}, None, "t")
+
+
+def test_llava_keeps_the_language_model_unchanged():
+    tok = build_tiny_tokenizer()
+    tok.add_tokens(["<image>"], special_tokens=True)
+    lm = build_tiny_model(tok, seed=1)
+    llava = build_llava(lm, tok.convert_tokens_to_ids("<image>"), image_size=32, patch_size=8,
+                        hidden=32, layers=1, heads=2)
+    ids = torch.tensor([tok("What is the capital of Italy?")["input_ids"]])
+    with torch.no_grad():
+        assert torch.equal(lm(input_ids=ids).logits, llava(input_ids=ids).logits)
+
+
+def test_the_image_decides_the_prediction(tmp_path):
+    """Eight pictures, one prompt: trained on them, the model answers each picture's colour, and
+    with the colours' pictures swapped it answers the other colour - so it reads the image."""
+    (tmp_path / "img").mkdir()
+    rows, swapped = [], []
+    for i in range(8):
+        colour, kind = ["red", "blue"][i % 2], ["circle", "square"][i // 4]
+        spec = f"scene:64;bg=255,255,255;{kind},{colour},{28 + i},{36 - i},{14 + i % 3}"
+        scenes.render(scenes.parse(spec)).save(tmp_path / "img" / f"{i}.png")
+        rows.append({"image": f"img/{i}.png", "prompt": "What colour?", "response": colour})
+        swapped.append(dict(rows[-1], response=["blue", "red"][i % 2]))
+    write_jsonl(tmp_path / "train.jsonl", rows)
+    write_jsonl(tmp_path / "swapped.jsonl", swapped)
+    cfg = tiny_vision_config(tmp_path, [{"name": "mem", "train": "train.jsonl",
+                                         "test": "swapped.jsonl"}], train={
+        "lr": 3e-3, "batch_size": 8, "steps": 40, "max_length": 96, "precision": "fp32",
+        "warmup_ratio": 0.0, "schedule": "constant"})
+    (tmp_path / "cfg.json").write_text(json.dumps(cfg))
+    _, res = start_run(load_config(tmp_path / "cfg.json"), tmp_path / "run", quiet=True)
+    assert res["stages"][0]["metric"] == "accuracy"
+    assert res["R"][0][0] == 50.0  # untrained: one answer for everything
+    assert res["R"][1][0] <= 12.5  # trained: follows the (swapped) pictures
+
+
+def test_alignment_stage_trains_vision_parts_only(tmp_path, monkeypatch):
+    cfg = build_config(tiny_vision_config(tmp_path, [
+        {"name": "cap", "builtin": "visual_captions", "freeze_lm": True, "max_train": 16,
+         "max_test": 4, "lr": 5e-3}]))
+    rates = []
+    adamw = torch.optim.AdamW
+    monkeypatch.setattr(torch.optim, "AdamW", lambda params, lr, **kw: (
+        rates.append(lr), adamw(params, lr=lr, **kw))[1])
+    run = Run(cfg, tmp_path / "run", quiet=True)
+    res = run.execute()
+    assert rates == [5e-3]  # the stage's own lr, not train.lr
+    fresh, _ = build_tiny_llava()
+    before, after = dict(fresh.named_parameters()), dict(run.model.named_parameters())
+    parts = find_parts(fresh)
+    vision = {f"{parts.tower_name}.", f"{parts.projector_name}."}
+    changed = {n for n in before if not torch.equal(before[n], after[n])}
+    assert changed and all(n.startswith(tuple(vision)) for n in changed)
+    assert any(n.startswith(parts.tower_name) for n in changed)
+    assert any(n.startswith(parts.projector_name) for n in changed)
+    n_vision = sum(p.numel() for p in parts.tower.parameters()) + sum(
+        p.numel() for p in parts.projector.parameters())
+    assert res["cost"][0]["trainable_params"] == n_vision
+    from safetensors.torch import load_file
+    saved = load_file(tmp_path / "run" / "checkpoints" / "phase-01" / "trainable.safetensors")
+    assert {n for n in before if n.startswith(tuple(vision))} <= set(saved)  # resumable
+
+
+def test_text_model_refuses_image_stages(tmp_path):
+    cfg = build_config(tiny_vision_config(tmp_path, [
+        {"name": "col", "builtin": "visual_colour", "max_train": 8, "max_test": 4}],
+        model={"name": "tiny-llama"}))
+    with pytest.raises(ConfigError, match="stage 'col': its records carry images"):
+        start_run(cfg, tmp_path / "run", quiet=True)
+
+
+def test_alignment_stage_cannot_share_a_phase(tmp_path):
+    cfg = build_config(tiny_vision_config(tmp_path, [
+        {"name": "cap", "builtin": "visual_captions", "freeze_lm": True, "max_train": 8,
+         "max_test": 2},
+        {"name": "col", "builtin": "visual_colour", "max_train": 8, "max_test": 2}],
+        strategies=["joint"]))
+    with pytest.raises(TrainingError, match="an alignment stage .* cannot train in one phase"):
+        start_run(cfg, tmp_path / "run", quiet=True)
+    assert not (tmp_path / "run" / "results.json").exists()  # refused before the base row
+
+
+def test_cached_option_scoring_equals_whole_sequences():
+    model, processor = build_tiny_llava(seed=2)
+    encoder = make_encoder(processor, 96)
+    records = get_builtin_task("visual_position").generate(6, seed=0, split="test")
+
+    class Acc:  # the evaluator's accelerator: device and autocast only
+        device, process_index, num_processes = torch.device("cpu"), 0, 1
+        is_local_main_process = False
+
+        @staticmethod
+        def autocast():
+            import contextlib
+            return contextlib.nullcontext()
+
+    ev = Evaluator(Acc(), encoder, build_config(tiny_vision_config(Path("."), [
+        {"builtin": "visual_position"}])).eval, quiet=True)
+    stage = type("S", (), {"name": "pos", "kind": "sft"})()
+    items = ev._option_items(stage, records)
+    assert all(it.pixels is not None for it in items)
+    cached = score_options(model.eval(), items, encoder.pad_id, Acc.device, Acc.autocast)
+    whole = ev._options_as_sequences(model, items)
+    for a, b in zip(cached, whole):
+        assert [n for _, n in a] == [n for _, n in b]
+        assert torch.allclose(torch.tensor([v for v, _ in a]), torch.tensor([v for v, _ in b]),
+                              atol=1e-4)
+    # a different image changes the scores
+    other = ev._option_items(stage, records[1:2])[0]
+    assert torch.tensor([v for v, _ in cached[0]]).sub(
+        torch.tensor([v for v, _ in score_options(model, [other], encoder.pad_id, Acc.device,
+                                                  Acc.autocast)[0]])).abs().max() > 0
+
+
+@pytest.fixture
+def projector_stream(tmp_path) -> dict:
+    return tiny_vision_config(tmp_path, [
+        {"name": "vis", "builtin": "visual_shapes",
+         "builtin_options": {"tasks": ["colour", "shape"], "train_size": 16, "test_size": 6}}],
+        scenario="DIL", strategies=["stage_projector"],
+        eval={"batch_size": 16, "general_probes": ["kl"], "general_max_new_tokens": 2})
+
+
+def test_stage_projector_routes_by_prototype_and_resumes(tmp_path, projector_stream,
+                                                         monkeypatch):
+    cfg = build_config(projector_stream)
+    run = Run(cfg, tmp_path / "a", quiet=True)
+    full = run.execute()
+    assert full["rows"] == ["base", "vis-colour", "vis-shape"]
+    strategy = run.strategy.members[0]
+    # the two tasks' images differ (background): every test image goes to its own projector
+    assert full["strategy_metrics"]["stage_projector"]["routing_accuracy"][-1]["mean"] == 100.0
+    one, two = strategy.projectors["projector1"], strategy.projectors["projector2"]
+    assert any(not torch.equal(one[k], two[k]) for k in one)
+    colour_record = run.stream.stages[0].test[0]
+    assert strategy.route(colour_record) == "projector1"
+    assert strategy.activate(run.model, "projector1")
+    live = dict(find_parts(run.model).projector.named_parameters())
+    assert all(torch.equal(live[k], one[k]) for k in one)
+    assert "general" in full  # text probes measured on the vision-language model
+    # killed in phase 2, resumed: the same results as the uninterrupted run
+    with killed_at_phase(monkeypatch, 2):
+        start_run(build_config(projector_stream), tmp_path / "b", quiet=True)
+    _, resumed = resume_run(tmp_path / "b", quiet=True)
+    assert comparable(resumed) == comparable(full)
+
+
+def test_strategies_compose_on_visual_stages(tmp_path):
+    cfg = build_config(tiny_vision_config(tmp_path, [
+        {"name": "cap", "builtin": "visual_captions", "freeze_lm": True, "max_train": 16,
+         "max_test": 4},
+        {"name": "vis", "builtin": "visual_shapes",
+         "builtin_options": {"tasks": ["count", "position"], "train_size": 16, "test_size": 4}}],
+        model={"name": "tiny-llava", "finetune": "lora"},
+        strategies=["stage_projector", "inc_lora", {"name": "replay", "buffer_size": 8},
+                    {"name": "ewc", "fisher_samples": 4}]))
+    run = Run(cfg, tmp_path / "run", quiet=True)
+    res = run.execute()
+    projector, inc, replay, ewc = run.strategy.members
+    assert res["rows"] == ["base", "cap", "vis-count", "vis-position"]
+    assert inc.names == ["stage1", "stage2", "stage3"]
+    lora = [n for n, _ in run.model.named_parameters() if "lora_" in n]
+    assert lora and all(".language_model." in n for n in lora)  # LoRA on the LM only
+    assert len(replay.buffer) == 8 and all(r.image for _, r in replay.buffer)
+    assert [idx for idx, _, _ in ewc.terms] == [1, 2]
+    assert any("multi_modal_projector" in n and f.abs().sum() > 0
+               for n, f in ewc.terms[1][1].items())  # the Fisher saw the images
+    assert set(projector.projectors) == {"shared", "projector2", "projector3"}
