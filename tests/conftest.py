@@ -64,10 +64,10 @@ def killed_at_phase(monkeypatch, phase: int):
 
     original = Trainer.train_phase
 
-    def crash(self, model, stages, p):
+    def crash(self, model, stages, p, **kw):  # kw: a text stream's segment
         if p == phase:
             raise KeyboardInterrupt
-        return original(self, model, stages, p)
+        return original(self, model, stages, p, **kw)
 
     monkeypatch.setattr(Trainer, "train_phase", crash)
     try:

@@ -38,6 +38,7 @@ class Stage:
     epochs: float | None = None
     beta: float = 0.1  # DPO temperature (align stages)
     edit: Any = None  # the run's EditConfig (edit stages): layers, max_change, lr
+    last: bool | None = None  # a text-stream segment: whether it ends the stream (textstream)
 
     @property
     def higher_is_better(self) -> bool:
