@@ -45,6 +45,17 @@ def test_detector_sums_evidence_over_chunks():
     assert d.score == pytest.approx(1.93208, abs=1e-4)
 
 
+def test_detector_both_directions_fires_on_a_sudden_fall():
+    up = ShiftDetector(window=3, threshold=2.0, drift=0.5, min_std=0.1)
+    both = ShiftDetector(window=3, threshold=2.0, drift=0.5, min_std=0.1, direction="both")
+    for d in (up, both):
+        for x in (2.0, 2.0, 2.0):
+            d.update(x)
+    # z = (1.7 - 2.0) / 0.1 = -3: S stays 0, D = 0 + 3 - 0.5 = 2.5 > 2
+    assert not up.update(1.7) and up.score == 0.0
+    assert both.update(1.7) and both.score_down == pytest.approx(2.5)
+
+
 def test_detector_ignores_noise_on_a_flat_loss_and_a_falling_one():
     flat = ShiftDetector(window=4, threshold=5.0, drift=0.5, min_std=0.05)
     for x in (2.0, 2.0, 2.0, 2.0):

@@ -295,6 +295,10 @@ class BoundaryConfig:
     min_std: float = _f(
         0.05, "detector: floor on the reference window's standard deviation, in nats, so a "
         "flat loss does not turn noise into large scores.")
+    direction: Literal["up", "both"] = _f(
+        "up", "detector: up = only a rise of the loss places a boundary (text the model "
+        "predicts worse); both = a sudden fall as well (a second sum; learning also lowers the "
+        "loss, so more false alarms are possible).")
 
 
 @dataclass

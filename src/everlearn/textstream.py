@@ -108,7 +108,7 @@ def _domain_of(ts: TokenStream, position: int) -> str:
 
 
 class ShiftDetector:
-    """Page's one-sided CUSUM on the chunk loss standardised against a sliding window.
+    """Page's CUSUM on the chunk loss standardised against a sliding window.
 
     Every chunk's training loss (the loss of the incoming text under the current model, before
     the step on it: a prequential loss) is compared with the mean ``mu`` and standard deviation
@@ -119,23 +119,28 @@ class ShiftDetector:
         S_t = max(0, S_{t-1} + z_t - drift)          fire when S_t > threshold
 
     While the model learns a stationary stream its loss falls or stays flat, so ``z`` hovers at
-    or below 0 and ``S`` stays near 0; text from another distribution raises the loss above the
+    or below 0 and ``S`` stays near 0; text the model predicts worse raises the loss above the
     recent level and ``S`` climbs past the threshold within a chunk or a few. Comparing with a
     recent window instead of the mean since the segment began keeps the high losses of a
-    segment's first chunks (the model still adapting) from hiding a later rise. No score is
-    computed before the window is full, so a segment is at least ``window`` chunks long.
-    ``reset`` starts afresh (at every boundary). Page, "Continuous inspection schemes",
-    Biometrika 1954; used for concept drift as in Gama et al., ACM Comput. Surv. 2014.
+    segment's first chunks (the model still adapting) from hiding a later rise. With
+    ``direction="both"`` a second sum ``D_t = max(0, D_{t-1} - z_t - drift)`` also fires on a
+    sudden fall (text the model predicts better); it is off by default because a falling loss
+    is also what learning looks like. No score is computed before the window is full, so a
+    segment is at least ``window`` chunks long. ``reset`` starts afresh (at every boundary).
+    Page, "Continuous inspection schemes", Biometrika 1954; for concept drift see Gama et al.,
+    ACM Comput. Surv. 2014.
     """
 
     def __init__(self, window: int = 8, threshold: float = 5.0, drift: float = 0.5,
-                 min_std: float = 0.05):
+                 min_std: float = 0.05, direction: str = "up"):
         self.window, self.threshold, self.drift, self.min_std = window, threshold, drift, min_std
+        self.direction = direction
         self.reset()
 
     def reset(self) -> None:
         self.ref: deque[float] = deque(maxlen=self.window)
-        self.score = 0.0
+        self.score = 0.0  # S: evidence of a rise
+        self.score_down = 0.0  # D: evidence of a fall (direction "both")
         self.z: float | None = None
 
     def update(self, x: float) -> bool:
@@ -148,6 +153,9 @@ class ShiftDetector:
             self.z = (x - mu) / sd
             self.score = max(0.0, self.score + self.z - self.drift)
             fired = self.score > self.threshold
+            if self.direction == "both":
+                self.score_down = max(0.0, self.score_down - self.z - self.drift)
+                fired = fired or self.score_down > self.threshold
         self.ref.append(x)
         return fired
 
@@ -165,7 +173,8 @@ class SegmentPlan:
     # filled by the trainer
     blocks_trained: int = 0
     fired: bool = False
-    trace: list[list[float]] = field(default_factory=list)  # [position, loss, z, S] per chunk
+    # per chunk: [position, loss, z, S (rise), D (fall)]
+    trace: list[list[float | None]] = field(default_factory=list)
 
 
 class TextStreamRun:
@@ -198,7 +207,7 @@ class TextStreamRun:
         stage = Stage(index=index, name=name, kind="cpt", metric="perplexity",
                       train=self.ts.records[start:end], test=[], task_id=name,
                       last=(end == n) if b.mode != "detector" else None)
-        detector = (ShiftDetector(b.window, b.threshold, b.drift, b.min_std)
+        detector = (ShiftDetector(b.window, b.threshold, b.drift, b.min_std, b.direction)
                     if b.mode == "detector" else None)
         plan = SegmentPlan(start_token=self.ts.position(start), total_tokens=self.ts.total,
                            chunk_tokens=self.ts.chunk_tokens, ends_stream=end == n,
@@ -269,7 +278,7 @@ class TextStreamRun:
             out["every_tokens"] = b.every_tokens
         if b.mode == "detector":
             out["detector"] = {"window": b.window, "threshold": b.threshold, "drift": b.drift,
-                               "min_std": b.min_std}
+                               "min_std": b.min_std, "direction": b.direction}
             end = self.segments[-1]["end"] if self.segments else 0
             out["detection"] = match_shifts([s for s in ts.shifts if s < end],
                                             [x["position"] for x in out["boundaries"]

@@ -409,7 +409,9 @@ def _shift_found(segment: SegmentPlan, loss: float, done: int, tokens: int) -> b
     segment trained anything)."""
     position = segment.start_token + tokens
     fired = segment.detector.update(loss)
-    segment.trace.append([position, loss, segment.detector.z, segment.detector.score])
+    det = segment.detector
+    segment.trace.append([position, loss, det.z, det.score,
+                          det.score_down if det.direction == "both" else None])
     if fired and done > 0:
         segment.fired = True
         return True
