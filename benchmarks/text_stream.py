@@ -107,7 +107,7 @@ def table(rows: list[dict]) -> str:
     names = [n for n, _ in DOMAINS]
     head = ("| run | boundaries at (tokens) | true shifts | "
             + " | ".join(f"{n} ppl (base -> after it -> final)" for n in names)
-            + " | mean final ppl | steps | wall s |")
+            + " | mean final ppl | steps | CPU s | wall s |")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for r in rows:
         cells = [f"{r['base'][n]:.2f} -> " + (f"{r['after'][n]:.2f}" if r["after"][n] is not None
@@ -115,7 +115,8 @@ def table(rows: list[dict]) -> str:
                  for n in names]
         lines.append(f"| {r['run']} | {', '.join(map(str, r['positions'])) or '-'} | "
                      f"{', '.join(map(str, r['shifts']))} | " + " | ".join(cells)
-                     + f" | {r['mean_final']:.2f} | {r['steps']} | {r['wall_s']:.0f} |")
+                     + f" | {r['mean_final']:.2f} | {r['steps']} | {r['cpu_s']:.0f} | "
+                     f"{r['wall_s']:.0f} |")
     return "\n".join(lines)
 
 
@@ -143,9 +144,10 @@ def main(argv: list[str] | None = None) -> int:
         stages = write_domains(tmp, args.words, args.test_words)
         rows = []
         for name in args.only.split(","):
-            start = time.perf_counter()
+            start, cpu = time.perf_counter(), time.process_time()
             _, res = start_run(build_config(run_config(name, stages, args, tmp)), quiet=True)
             rows.append(summarize(name, res, time.perf_counter() - start))
+            rows[-1]["cpu_s"] = time.process_time() - cpu
             det = rows[-1]["detection"]
             print(f"{name}: {rows[-1]['wall_s']:.0f} s, boundaries {rows[-1]['positions']}"
                   + (f", detector missed {det['missed']}, false alarms {det['false_alarms']}"
