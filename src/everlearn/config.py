@@ -796,6 +796,8 @@ def _shorthand_for_path(keys: list[str], value: Any) -> Any:
         return {"name": value}
     if keys == ["tracker"]:
         return {"backend": value}
+    if keys == ["text_stream", "boundaries"]:
+        return {"mode": value}
     return {"path": value}
 
 

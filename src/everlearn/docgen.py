@@ -12,6 +12,7 @@ import typing
 from pathlib import Path
 
 from everlearn.config import (
+    BoundaryConfig,
     DataSource,
     EditConfig,
     EvalConfig,
@@ -21,6 +22,7 @@ from everlearn.config import (
     RunConfig,
     StageConfig,
     StrategySpec,
+    TextStreamConfig,
     TrackerConfig,
     TrainConfig,
     _type_name,
@@ -42,6 +44,8 @@ SECTIONS = [
     ("edit", EditConfig),
     ("stages[].builtin_options (builtin: edits_counterfactual)", CounterfactualOptions),
     ("recycle", RecycleConfig),
+    ("text_stream", TextStreamConfig),
+    ("text_stream.boundaries", BoundaryConfig),
 ]
 
 
