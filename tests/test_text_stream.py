@@ -8,6 +8,7 @@ import random
 from pathlib import Path
 
 import pytest
+from safetensors.torch import load_file
 
 from everlearn.config import build_config, load_config
 from everlearn.errors import ConfigError
@@ -163,6 +164,13 @@ def test_fixed_boundaries_fall_every_n_tokens_and_strategies_act_there(tmp_path)
     assert [idx for idx, _, _ in ewc.terms] == list(range(1, len(segments)))
     # each segment trained its own tokens once
     assert sum(c["tokens_trained"] for c in res["cost"]) == total
+    # AdamW's state went on over the boundaries: its step count is the whole stream's; only
+    # the last phase keeps it (with its weights: keep_stage_weights is "last" for full)
+    last = run.dir.phase_dir(len(segments))
+    moments = load_file(last / "optimizer.safetensors")
+    steps = {float(v) for k, v in moments.items() if k.endswith("/step")}
+    assert steps == {float(sum(c["steps"] for c in res["cost"]))}
+    assert not (run.dir.phase_dir(1) / "optimizer.safetensors").exists()
     # digits are learned while the stream is on them: its perplexity falls below base
     digits = next(p for p in ts["per_stage"] if p["name"] == "digits")
     assert digits["after"] < digits["base"] / 5
@@ -208,6 +216,20 @@ def test_resumed_detector_stream_equals_uninterrupted(tmp_path, monkeypatch):
     assert partial["status"] == "running" and len(partial["text_stream"]["segments"]) == 1
     _, resumed = resume_run(tmp_path / "cut", quiet=True)
     assert comparable(resumed) == comparable(full)
+
+
+def test_boundaries_change_nothing_for_seqft(tmp_path):
+    """Training does not notice a boundary (one learning-rate schedule, AdamW's state carried
+    over): seqft with fixed boundaries ends where seqft without any does."""
+    results = []
+    for mode in ({"mode": "fixed", "every_tokens": 1280}, "none"):
+        cfg = stream_config(tmp_path, mode, budget=6000)
+        cfg["train"].update(warmup_ratio=0.2, schedule="cosine")
+        _, res = start_run(build_config(cfg), tmp_path / f"run-{len(results)}", quiet=True)
+        results.append(res)
+    fixed, none = results
+    assert len(fixed["R"]) == 6 and len(none["R"]) == 2
+    assert fixed["R"][-1] == pytest.approx(none["R"][-1], rel=1e-5)
 
 
 def test_budget_cuts_the_stream_and_none_mode_makes_one_segment(tmp_path):

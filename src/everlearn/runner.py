@@ -43,7 +43,7 @@ from everlearn.stream import Stage, Stream, build_stream
 from everlearn.temporal import row_counts, temporal_section
 from everlearn.textstream import TextStreamRun, build_token_stream, stream_metrics
 from everlearn.tracking import Tracker
-from everlearn.trainer import Trainer, resolve_precision
+from everlearn.trainer import Trainer, carried_from_tensors, carried_tensors, resolve_precision
 
 log = logging.getLogger("everlearn")
 
@@ -260,6 +260,8 @@ class Run:
                 # weights fill.
                 self.strategy.load_state_dict(state)
                 load_trainable_state(model, weights, str(self.dir.phase_dir(last)))
+                if self.text is not None and "optimizer" in state:  # AdamW over the boundary
+                    trainer.carried = carried_from_tensors(state["optimizer"])
             log.info("resumed after phase %d of %d", last, len(self.phases))
         if R:  # resumed: side metrics and preference references of the rows kept
             self.side_rows = (prev.get("side_metrics", []) + [{}] * len(R))[:len(R)]
@@ -322,7 +324,8 @@ class Run:
             dist.check_consistent(f"phase {phase}", {**weights, **{
                 f"strategy/{k}": v for k, v in state.get("tensors", {}).items()}},
                 state.get("meta"))
-            self.dir.save_phase(phase, weights, state)
+            self.dir.save_phase(phase, weights, state, carried_tensors(trainer.carried)
+                                if self.text is not None else None)
             finished = self.text.done if self.text is not None else phase == len(self.phases)
             status = "complete" if finished else "running"
             write_json(self.dir.results, self._results(R, cost, status, base_eval_s))

@@ -92,6 +92,8 @@ class Trainer:
         self.seed = seed
         self.quiet = quiet
         self.on_step = None  # called with (loss, lr) after every optimizer step (trackers)
+        # a text stream: AdamW's state by parameter name, carried from segment to segment
+        self.carried: dict[str, dict[str, torch.Tensor]] = {}
 
     def encode(self, stage: Stage, records: list) -> list[Encoded] | list[Pair]:
         """The stage's training examples from the records ``train_data`` returned (preference
@@ -201,6 +203,8 @@ class Trainer:
             params, lr, bound = self._edit_setup(model, stages)
             self._edit_trained = sum(p.numel() for p in params)
         optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=cfg.weight_decay)
+        if segment is not None:  # a boundary is no reason to forget the moment estimates
+            _restore_moments(model, optimizer, self.carried)
         warmup = int(round(cfg.warmup_ratio * total_steps))
         name = {"constant": "constant_with_warmup"}.get(cfg.schedule, cfg.schedule)
         if segment is not None:  # one schedule over the whole stream, not per segment
@@ -340,6 +344,7 @@ class Trainer:
         bar.close()
         train_s = time.perf_counter() - start  # the loop; after_stage hooks count as strategy
         if segment is not None:
+            self.carried = _moments(model, optimizer)
             segment.blocks_trained = stream_done
             st = stages[0]
             st.train = st.train[:stream_done]  # what the segment trained on, for after_stage
@@ -401,6 +406,39 @@ def _stream_scheduler(name: str, optimizer, cfg: TrainConfig, segment: SegmentPl
     before.append(seen / segment.chunk_tokens)
     return torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda k: base(before[min(k, len(before) - 1)]))
+
+
+def _moments(model, optimizer) -> dict[str, dict[str, torch.Tensor]]:
+    """AdamW's per-parameter state (step, exp_avg, exp_avg_sq) by parameter name, on the CPU."""
+    names = {id(p): n for n, p in model.named_parameters()}
+    return {names[id(p)]: {k: v.detach().cpu().clone() for k, v in st.items()}
+            for p, st in optimizer.state.items() if id(p) in names and st}
+
+
+def _restore_moments(model, optimizer, carried: dict[str, dict[str, torch.Tensor]]) -> None:
+    """Give the parameters that trained before the boundary their AdamW state back (new ones,
+    e.g. a new adapter, start fresh)."""
+    if not carried:
+        return
+    for n, p in model.named_parameters():
+        st = carried.get(n)
+        if p.requires_grad and st is not None and st["exp_avg"].shape == p.shape:
+            optimizer.state[p] = {k: v.clone().to(p.device) if v.dim() else v.clone()
+                                  for k, v in st.items()}
+
+
+def carried_tensors(carried: dict[str, dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """The carried AdamW state as flat tensors for a checkpoint (``name/exp_avg`` ...)."""
+    return {f"{n}/{k}": v.contiguous() for n, st in carried.items() for k, v in st.items()}
+
+
+def carried_from_tensors(tensors: dict[str, torch.Tensor]) -> dict[str, dict[str, torch.Tensor]]:
+    """Inverse of :func:`carried_tensors`."""
+    out: dict[str, dict[str, torch.Tensor]] = {}
+    for key, v in tensors.items():
+        name, _, k = key.rpartition("/")
+        out.setdefault(name, {})[k] = v
+    return out
 
 
 def _shift_found(segment: SegmentPlan, loss: float, done: int, tokens: int) -> bool:
