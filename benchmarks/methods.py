@@ -41,7 +41,8 @@ STREAM = [
 OPTIONS: dict[str, dict] = {
     "replay": {"buffer_size": 100, "mix_ratio": 0.2},
 }
-NEEDS_FULL_FINETUNE = {"block_expansion"}
+# Editors act on edit stages only; on this sft stream grace would fine-tune exactly like seqft.
+NOT_ON_THIS_STREAM = {"grace"}
 
 
 def stream_config(name: str, args) -> dict:
@@ -50,7 +51,8 @@ def stream_config(name: str, args) -> dict:
         stages.append({"name": task.split("_")[0], "train": str(DATA / task / "train.json"),
                        "test": str(DATA / task / "test.json"), "max_train": args.train,
                        "max_test": args.test, **extra})
-    finetune = "full" if name in NEEDS_FULL_FINETUNE else "lora"
+    # block_expansion and progressive_prompts train their own parameters on the frozen model
+    finetune = "full" if STRATEGIES[name].requires_finetune == "full" else "lora"
     return {
         "name": f"methods-{name}", "seed": args.seed,
         "model": {"name": "smollm2-135m-instruct", "finetune": finetune,
@@ -124,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"methods.py: {DATA}: SuperNI data not found", file=sys.stderr)
         return 2
     names = args.only.split(",") if args.only else (
-        ["seqft", "joint"] + sorted(set(STRATEGIES) - {"seqft", "joint"}))
+        ["seqft", "joint"] + sorted(set(STRATEGIES) - {"seqft", "joint"} - NOT_ON_THIS_STREAM))
     workdir = Path(tempfile.mkdtemp(prefix="everlearn-methods-"))
     rows = []
     try:

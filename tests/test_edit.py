@@ -23,6 +23,7 @@ from everlearn.strategies import STRATEGIES, build_strategy
 from everlearn.strategies.base import RunContext
 from everlearn.strategies.grace import Codebook, Grace, GraceOptions
 from everlearn.stream import Stage, build_stream
+from everlearn.tables import format_summary
 from tests.conftest import killed_at_phase, tiny_config, write_jsonl
 
 SUBJECTS = ("ab", "cd", "ef", "gh", "ij", "kl")
@@ -309,6 +310,11 @@ def test_grace_stream_end_to_end(tmp_path):
     assert res["editing"]["final"] == {"edits": 6, "reliability": 100.0,
                                        "generalisation": res["editing"]["final"][
                                            "generalisation"], "locality": 100.0}
+    summary = format_summary(res)  # the console shows the edits-so-far table
+    assert "Edits so far" in summary
+    table = summary.split("Edits so far")[1].splitlines()
+    assert table[3].split()[-4] == "2" and table[5].split()[-4:-2] == ["6", "100.0"]
+    assert table[5].split()[-1] == "100.0"  # locality of all six edits
     metrics = res["strategy_metrics"]["grace"]
     assert metrics["codebook_size"] == 6 and metrics["layer"] == 1
     for c in res["cost"]:

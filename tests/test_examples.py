@@ -94,6 +94,27 @@ def test_example_is_portable_and_commented(path: Path):
             assert not Path(spec["path"]).is_absolute()
 
 
+ACCELERATE = sorted((EXAMPLES_DIR / "accelerate").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", ACCELERATE, ids=lambda p: p.stem)
+def test_accelerate_configs_load_and_are_documented(path: Path):
+    """accelerate's own loader reads each launcher config; each opens with comments and is
+    listed in examples/README.md and docs/distributed.md (with what it supports)."""
+    from accelerate.commands.config.config_args import load_config_from_file
+
+    assert path.read_text(encoding="utf-8").startswith("#")
+    cfg = load_config_from_file(str(path))
+    assert cfg.num_processes >= 2 and cfg.compute_environment.name == "LOCAL_MACHINE"
+    assert f"(accelerate/{path.name})" in (EXAMPLES_DIR / "README.md").read_text(encoding="utf-8")
+    assert f"examples/accelerate/{path.name}" in (ROOT / "docs" / "distributed.md").read_text(
+        encoding="utf-8")
+
+
+def test_accelerate_configs_are_there():
+    assert {p.name for p in ACCELERATE} == {"ddp.yaml", "fsdp.yaml", "deepspeed_zero3.yaml"}
+
+
 def test_readme_lists_every_example():
     readme = (EXAMPLES_DIR / "README.md").read_text(encoding="utf-8")
     for path in EXAMPLES:

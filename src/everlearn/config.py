@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import importlib.util
 import math
 import types
 import typing
@@ -155,6 +156,22 @@ class StrategySpec:
 
 
 @dataclass
+class LmEvalConfig:
+    """lm-evaluation-harness tasks as general-ability probes (optional: needs `pip install
+    lm_eval` and each task's data on disk or in the local Hugging Face datasets cache)."""
+
+    tasks: list[str] = _f(
+        [], "Task (or group) names measured on every row of R beside `general_probes`, e.g. "
+        "[arc_easy, hellaswag] when their data is cached locally, or tasks defined by YAML files "
+        "in `include_path` (empty: off). Each task's first metric ('acc' when it has one) is "
+        "reported in percent with its delta against the base row.")
+    include_path: str | None = _f(
+        None, "Directory of extra task YAML files (relative to the config file).")
+    limit: int | None = _f(None, "Examples per task (default: all).")
+    num_fewshot: int | None = _f(None, "Few-shot examples per prompt (default: the task's).")
+
+
+@dataclass
 class EvalConfig:
     """Evaluation after every stage."""
 
@@ -172,6 +189,8 @@ class EvalConfig:
         "questions the base model answers correctly. See docs/temporal.md.")
     general_max_new_tokens: int = _f(
         16, "Length cap of the greedy answers the 'kl' probe follows and compares.")
+    lm_eval: LmEvalConfig = _f(None, "lm-evaluation-harness tasks as further general probes "
+                               "(docs/temporal.md).")
     every: int | None = _f(
         None, "Evaluation schedule for long streams: a full row of R (every stage scored) after "
         "every k-th phase and always after the last; the rows in between score only the stages "
@@ -183,6 +202,9 @@ class EvalConfig:
         "drawn from the run seed and the row (0: none; null: no sampling, every row full unless "
         "`every` is set). AP_t then averages the scored stages (the rows are listed in "
         "`ap_estimated`) and forgetting's max runs over the scored rows.")
+
+    def __post_init__(self):
+        self.lm_eval = self.lm_eval or LmEvalConfig()
 
 
 @dataclass
@@ -549,6 +571,13 @@ def _check_semantics(cfg: RunConfig) -> None:
          f"expected an integer >= 1 or null, got {cfg.eval.every}")
     need(cfg.eval.sample_earlier is None or cfg.eval.sample_earlier >= 0, "eval.sample_earlier",
          f"expected an integer >= 0 or null, got {cfg.eval.sample_earlier}")
+    lm = cfg.eval.lm_eval
+    need(lm.limit is None or lm.limit >= 1, "eval.lm_eval.limit",
+         f"expected an integer >= 1 or null, got {lm.limit}")
+    need(lm.num_fewshot is None or lm.num_fewshot >= 0, "eval.lm_eval.num_fewshot",
+         f"expected an integer >= 0 or null, got {lm.num_fewshot}")
+    need(not lm.tasks or importlib.util.find_spec("lm_eval") is not None, "eval.lm_eval.tasks",
+         "lm-evaluation-harness is not installed: expected `pip install lm_eval`, or tasks: []")
     need(cfg.model.lora.r >= 1, "model.lora.r", f"expected an integer >= 1, got {cfg.model.lora.r}")
     need(bool(cfg.stages), "stages", "expected at least one stage")
     seen: set[str] = set()
@@ -610,6 +639,8 @@ def _check_recycle(cfg: RunConfig) -> None:
         raise _Mismatch("tracker", "a recycle run does not log to a tracker; expected none")
     if cfg.eval.general_probes:
         raise _Mismatch("eval.general_probes", "not measured in a recycle run; expected []")
+    if cfg.eval.lm_eval.tasks:
+        raise _Mismatch("eval.lm_eval.tasks", "not measured in a recycle run; expected []")
     if not rc.policies or len(set(rc.policies)) != len(rc.policies):
         raise _Mismatch("recycle.policies", f"expected a non-empty list without repeats, got "
                         f"{rc.policies}")
@@ -881,6 +912,9 @@ def _resolve_paths(cfg: RunConfig, root: Path) -> None:
                 continue  # hf:..., builtin:... are not file paths
             if not Path(src.path).is_absolute():
                 src.path = str(root / src.path)
+    include = cfg.eval.lm_eval.include_path
+    if include and not Path(include).expanduser().is_absolute():
+        cfg.eval.lm_eval.include_path = str(root / include)
     name = cfg.model.name
     if name.startswith((".", "/", "~")) or name.endswith(".gguf"):
         p = Path(name).expanduser()

@@ -1,12 +1,13 @@
 """Multi-process runs (``torchrun``, ``accelerate launch``): data parallel by hand.
 
-Every rank holds the whole model (replicated, never sharded), draws the same batch plan as a
-one-process run and trains on its rows of each batch; the gradients are summed across ranks
-after backward, so every rank takes the same optimizer step. Evaluation shards each stage's test
-records and gathers the per-record scores. Strategies run their hooks on every rank with the
-same seeds and the same examples, so buffers, Fisher and importance estimates, reference
-gradients and teachers come out the same everywhere; :func:`check_consistent` verifies it after
-every phase. Only rank 0 writes the run directory. See docs/distributed.md.
+Every rank holds the whole model (replicated; under an FSDP config it is sharded instead, see
+everlearn.fsdp), draws the same batch plan as a one-process run and trains on its rows of each
+batch; the gradients are summed across ranks after backward, so every rank takes the same
+optimizer step. Evaluation shards each stage's test records and gathers the per-record scores.
+Strategies run their hooks on every rank with the same seeds and the same examples, so buffers,
+Fisher and importance estimates, reference gradients and teachers come out the same everywhere;
+:func:`check_consistent` verifies it after every phase. Only rank 0 writes the run directory.
+See docs/distributed.md.
 
 The rank and world size come from accelerate's process state (the run's Accelerator creates the
 process group: gloo on CPU, NCCL on GPUs). Without a launcher every helper here is a no-op and a
@@ -26,9 +27,9 @@ import torch
 
 from everlearn.errors import ConfigError, TrainingError
 
-# accelerate launch sets these for the sharded back-ends this design does not support
-_SHARDED = {"ACCELERATE_USE_FSDP": "FSDP", "ACCELERATE_USE_DEEPSPEED": "DeepSpeed",
-            "ACCELERATE_USE_MEGATRON_LM": "Megatron-LM"}
+# accelerate launch sets these for the back-ends everlearn does not drive (FSDP: see
+# everlearn.fsdp)
+_REFUSED = {"ACCELERATE_USE_DEEPSPEED": "DEEPSPEED", "ACCELERATE_USE_MEGATRON_LM": "MEGATRON_LM"}
 _BUCKET = 1 << 26  # elements per flattened all-reduce buffer (256 MB of fp32)
 
 
@@ -37,24 +38,31 @@ def launched() -> bool:
     return int(os.environ.get("WORLD_SIZE", "1") or 1) > 1
 
 
+def _refused(kind: str) -> ConfigError:
+    return ConfigError(f"accelerate config: distributed_type {kind} is not supported: everlearn "
+                       "runs its own training loop (strategies hook into it), not a DeepSpeed or "
+                       "Megatron-LM engine; for sharded weights, gradients and optimizer state "
+                       "use distributed_type FSDP (examples/accelerate/fsdp.yaml), else "
+                       "MULTI_GPU (examples/accelerate/ddp.yaml) or torchrun")
+
+
 def check_launcher() -> None:
-    """A one-line error for launcher settings the run cannot honour (FSDP, DeepSpeed)."""
-    for var, name in _SHARDED.items():
+    """A one-line error for launcher settings the run cannot honour (DeepSpeed, Megatron-LM,
+    FSDP settings other than everlearn's FSDP2 sharding)."""
+    for var, name in _REFUSED.items():
         if os.environ.get(var, "false").lower() == "true":
-            raise ConfigError(f"accelerate config: distributed_type {name} is not supported: "
-                              "everlearn replicates the model on every process (data parallel, "
-                              "like DDP); use distributed_type MULTI_GPU "
-                              "(examples/accelerate/ddp.yaml) or torchrun")
+            raise _refused(name)
+    from everlearn import fsdp
+
+    if fsdp.requested():
+        fsdp.settings()
 
 
 def check_accelerator(acc) -> None:
     """The same check on a created Accelerator (its ``distributed_type``)."""
     kind = str(getattr(acc, "distributed_type", "")).rsplit(".", 1)[-1].upper()
-    if kind in ("FSDP", "DEEPSPEED", "MEGATRON_LM"):
-        raise ConfigError(f"accelerate config: distributed_type {kind} is not supported: "
-                          "everlearn replicates the model on every process (data parallel, "
-                          "like DDP); use distributed_type MULTI_GPU "
-                          "(examples/accelerate/ddp.yaml) or torchrun")
+    if kind in ("DEEPSPEED", "MEGATRON_LM"):
+        raise _refused(kind)
 
 
 def init() -> None:

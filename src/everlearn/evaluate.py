@@ -18,6 +18,7 @@ import torch
 from tqdm.auto import tqdm
 
 from everlearn import distributed as dist
+from everlearn import fsdp
 from everlearn.config import EvalConfig
 from everlearn.data.encode import IGNORE, Encoded, Encoder, collate
 from everlearn.data.records import Record
@@ -85,13 +86,13 @@ class Evaluator:
         groups = _route(stage.test, router)
         results: list[tuple[float, str]] = [(0.0, "")] * len(stage.test)
         logprob, tokens = 0.0, 0  # perplexity pools the tokens of every adapter group
-        rank, world = self.acc.process_index, self.acc.num_processes
+        rank, world = self._split(model)
         mine: dict[int, tuple[float, str]] = {}  # the records this rank scored
         for adapter, idx in groups.items():
             if adapter is not None:
                 model.set_adapter(adapter)
             if stage.metric == "perplexity":  # packs every record; ranks share the blocks
-                lp, n = self._log_likelihood(model, stage, [stage.test[i] for i in idx])
+                lp, n = self._log_likelihood(model, stage, [stage.test[i] for i in idx], world)
                 logprob, tokens = logprob + lp, tokens + n
                 continue
             idx = idx[rank::world]  # several processes: each scores its share of the records
@@ -108,6 +109,8 @@ class Evaluator:
                 for part in dist.gather_objects(mine):
                     for i, res in part.items():
                         results[i] = res
+        elif self.acc.num_processes > 1:  # FSDP: every rank scored everything; keep rank 0's
+            results, logprob, tokens = dist.broadcast_object((results, logprob, tokens))
         if stage.metric == "preference_accuracy":
             return self._preference(stage, [r[0] for r in results])
         if stage.metric == "perplexity":
@@ -115,6 +118,15 @@ class Evaluator:
         else:
             value = 100.0 * sum(r[0] for r in results) / max(1, len(results))
         return StageScore(value, len(stage.test), [r[1] for r in results])
+
+    def _split(self, model) -> tuple[int, int]:
+        """(rank, world) for sharding test records: each process scores its share, except
+        under FSDP, where every forward pass gathers weights collectively, so every process
+        makes the same calls on every record (replicated, not faster; no rank waits forever
+        for another's batch)."""
+        if fsdp.is_sharded(model):
+            return 0, 1
+        return self.acc.process_index, self.acc.num_processes
 
     def _score_records(self, model, stage, records):
         if stage.metric == "accuracy":
@@ -253,13 +265,13 @@ class Evaluator:
                     self.pref_reference[st.name] = list(row[st.name])
 
     # --- perplexity -------------------------------------------------------------------
-    def _log_likelihood(self, model, stage, records) -> tuple[float, int]:
-        """Summed token log-likelihood of the records' packed text, and its token count."""
+    def _log_likelihood(self, model, stage, records, world: int) -> tuple[float, int]:
+        """Summed token log-likelihood of the records' packed text (this rank's share of the
+        packed blocks when ``world`` > 1), and its token count."""
         key = self._subset_key(stage, "ppl", records)
         if key not in self._cache:
             self._cache[key] = self.encoder.encode_stage(stage.kind, records)
         examples = self._cache[key]
-        world = self.acc.num_processes
         if world > 1:  # the same packed blocks as one process; the caller sums the ranks
             examples = examples[self.acc.process_index::world]
         total_lp, total_n = 0.0, 0

@@ -209,13 +209,23 @@ def count_parameters(model) -> tuple[int, int]:
 
 
 def trainable_state(model) -> dict[str, torch.Tensor]:
-    """The weights that training changes, by parameter name (what a stage checkpoint stores)."""
-    return {n: p.detach().cpu().clone().contiguous()
+    """The weights that training changes, by parameter name (what a stage checkpoint stores).
+    A model sharded with FSDP gives its whole tensors (gathered: every rank must call this)."""
+    from everlearn import fsdp
+
+    if fsdp.is_sharded(model):
+        fsdp.reshard(model)
+    return {n: fsdp.full(p.detach()).cpu().clone().contiguous()
             for n, p in model.named_parameters() if p.requires_grad}
 
 
 def load_trainable_state(model, state: dict[str, torch.Tensor], where: str) -> None:
-    """Copy saved trainable weights back; names and shapes must match exactly."""
+    """Copy saved trainable weights back; names and shapes must match exactly. Into a model
+    sharded with FSDP each rank copies its shard of the whole saved tensor."""
+    from everlearn import fsdp
+
+    if fsdp.is_sharded(model):
+        fsdp.reshard(model)
     params = dict(model.named_parameters())
     missing = [n for n in state if n not in params]
     if missing:
@@ -225,7 +235,7 @@ def load_trainable_state(model, state: dict[str, torch.Tensor], where: str) -> N
             if params[n].shape != t.shape:
                 raise ModelError(f"{where}: weight '{n}' has shape {tuple(t.shape)}, "
                                  f"expected {tuple(params[n].shape)}")
-            params[n].copy_(t)
+            params[n].copy_(fsdp.like(params[n], t))
 
 
 def store_frozen_linears_in_bf16(model) -> int:

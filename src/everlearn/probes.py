@@ -1,6 +1,7 @@
 """General-ability probes (vertical forgetting): how far the model drifts from the base model.
 
-Two probes, chosen with ``eval.general_probes`` and measured on every row of R (base first):
+Two built-in probes, chosen with ``eval.general_probes`` and measured on every row of R (base
+first), plus lm-evaluation-harness tasks (``eval.lm_eval``, ``lm_eval_probe``) when configured:
 
 * ``kl`` (label-free, any model): the base model's greedy answers to a fixed set of general
   prompts are computed once at the start of the run and cached in ``RUN_DIR/
@@ -34,6 +35,7 @@ from everlearn.checkpoint import write_json
 from everlearn.data.encode import IGNORE, Encoded, collate
 from everlearn.data.records import Record
 from everlearn.generation import decode_batched
+from everlearn.lm_eval_probe import KEY_PREFIX, LmEvalProbe
 from everlearn.scoring import exact_match
 from everlearn.stream import Stage
 
@@ -179,6 +181,7 @@ class GeneralProbes:
         self._examples: list[Encoded] = []
         self._base_logp: list[torch.Tensor] = []
         self._labelled_stage: Stage | None = None
+        self.lm_eval: LmEvalProbe | None = None
 
     # --- setup (once per process, before the base row) -------------------------------------
     @classmethod
@@ -215,6 +218,9 @@ class GeneralProbes:
                                                   [records[i] for i in probes.kept])
         if changed:
             write_json(path, cache)
+        if eval_cfg.lm_eval.tasks:
+            probes.lm_eval = LmEvalProbe(eval_cfg.lm_eval, encoder.tok, eval_cfg.batch_size,
+                                         encoder.max_length, accelerator.device)
         return probes
 
     def base_answers(self, model) -> list[str]:
@@ -244,6 +250,8 @@ class GeneralProbes:
             stage = self._labelled_stage
             out["labelled"] = (self.evaluator.score(model, stage).score
                                if stage is not None and stage.test else None)
+        if self.lm_eval is not None:
+            out.update(self.lm_eval.measure(model))
         return out
 
     def info(self) -> dict[str, Any]:
@@ -255,7 +263,16 @@ class GeneralProbes:
         if "labelled" in self.kinds:
             out["labelled_kept"] = len(self.kept)
             out["labelled_total"] = self.n_labelled_total
+        if self.lm_eval is not None:
+            out["lm_eval_metrics"] = dict(self.lm_eval.metrics)
         return out
+
+    def restore(self, results: dict[str, Any]) -> None:
+        """What a resumed run cannot measure again: the harness metric kept per task."""
+        if self.lm_eval is not None:
+            for key, entry in ((results.get("general") or {}).items()):
+                if key.startswith(KEY_PREFIX) and isinstance(entry, dict) and entry.get("metric"):
+                    self.lm_eval.metrics.setdefault(key[len(KEY_PREFIX):], entry["metric"])
 
     # --- internals -------------------------------------------------------------------------
     def _prompt_ids(self) -> list[list[int]]:
@@ -321,19 +338,27 @@ def general_sections(rows: list[dict[str, float | None]],
                      info: dict[str, Any]) -> dict[str, Any]:
     """results.json entries for the probe values of every R row (base row first).
 
-    ``general``: per probe (``agreement``, ``labelled``) the score on every row and its delta to
-    the base row, in percent, higher is better; the mean of the final deltas is the run's
-    general-ability delta. ``general_kl``: the mean per-token KL(base || current) on every row,
-    kept apart because it is a distance (0 = unchanged), not a score.
+    ``general``: per probe (``agreement``, ``labelled``, ``lm_eval/<task>``) the score on every
+    row and its delta to the base row, in percent, higher is better; the mean of the final
+    deltas is the run's general-ability delta. ``general_kl``: the mean per-token
+    KL(base || current) on every row, kept apart because it is a distance (0 = unchanged), not
+    a score.
     """
     general: dict[str, Any] = {}
-    for key, size in (("agreement", "kl_prompts"), ("labelled", "labelled_kept")):
+    harness = sorted(k for k in (rows[0] if rows else {}) if k.startswith(KEY_PREFIX))
+    sizes = {"agreement": "kl_prompts", "labelled": "labelled_kept"}
+    for key in ("agreement", "labelled", *harness):
         if not rows or key not in rows[0]:
             continue
         scores = [r.get(key) for r in rows]
         base = scores[0]
         delta = [None if s is None or base is None else s - base for s in scores]
-        general[key] = {"scores": scores, "delta": delta, "n": info.get(size)}
+        general[key] = {"scores": scores, "delta": delta}
+        if key in sizes:
+            general[key]["n"] = info.get(sizes[key])
+        else:
+            general[key]["metric"] = (info.get("lm_eval_metrics") or {}).get(
+                key[len(KEY_PREFIX):])
     out: dict[str, Any] = {"general": general} if general else {}
     if rows and "kl" in rows[0]:
         out["general_kl"] = {
@@ -353,7 +378,8 @@ def rows_from_results(results: dict[str, Any], n_rows: int) -> list[dict[str, fl
     rows: list[dict[str, float | None]] = []
     for i in range(n_rows):
         row: dict[str, float | None] = {}
-        for key in ("agreement", "labelled"):
+        for key in [k for k in general if k in ("agreement", "labelled")
+                    or k.startswith(KEY_PREFIX)]:
             scores = (general.get(key) or {}).get("scores")
             if isinstance(scores, list) and i < len(scores):
                 row[key] = scores[i]

@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from everlearn import __version__
+from everlearn import __version__, fsdp
 from everlearn import distributed as dist
 from everlearn.checkpoint import RunDir, write_atomic, write_json
 from everlearn.config import RunConfig, dump_yaml, load_config
@@ -69,7 +69,7 @@ def make_accelerator(precision: str, **kwargs: Any):
     another precision in the same process (an API user, a benchmark) resets it first.
     ``kwargs`` go to ``Accelerator`` (``log_with``/``project_dir`` of a tracker). Under
     torchrun or ``accelerate launch`` it joins the process group (data parallel, see
-    everlearn.distributed); FSDP and DeepSpeed configs are refused."""
+    everlearn.distributed; FSDP, see everlearn.fsdp); DeepSpeed configs are refused."""
     from accelerate import Accelerator
     from accelerate.state import AcceleratorState
 
@@ -119,9 +119,14 @@ class Run:
         self.strategy: StrategyStack = build_strategy(cfg.strategies, source,
                                                       cfg.model.finetune)
         stages = self.stream.stages
+        fsdp.check_run(self.strategy.names, [s.kind for s in stages], False, source)
         planned = self.strategy.plan(stages)
         # a text stream (everlearn.textstream): the phases are its segments, found as it trains
         self.text: TextStreamRun | None = None
+        if cfg.text_stream is not None and fsdp.requested():
+            raise ConfigError(f"{source}: text_stream: not supported under FSDP (AdamW's state "
+                              "is carried over boundaries unsharded); run without sharding "
+                              "(examples/accelerate/ddp.yaml)")
         if cfg.text_stream is not None and planned is not None:
             who = next(m.name for m in self.strategy.members if m.plan(stages) is not None)
             raise ConfigError(f"{source}: strategies: '{who}' groups stages into phases; a "
@@ -130,7 +135,7 @@ class Run:
             [] if cfg.text_stream is not None else planned or [[s] for s in stages])
         self.temporal_rows: list[dict] = []  # per row: temporal stage -> split -> [correct, n]
         self.general_rows: list[dict] = []  # per row: general probe -> value
-        self.probe_info: dict[str, Any] = {}
+        self.probes: GeneralProbes | None = None
         self.side_rows: list[dict[str, dict[str, float]]] = []  # per row: stage -> side metrics
         self.pref_rows: list[dict[str, list[float]]] = []  # per row: align stage -> log-ratios
         self.tracker = Tracker(cfg, self.dir.path)  # a missing tracker package fails here
@@ -203,6 +208,8 @@ class Run:
             model, tok = load_base_model(cfg.model)
         model = trainable_on_device(model, cfg.model, acc.device,
                                     acc.mixed_precision == "bf16")
+        if fsdp.requested():  # accelerate FSDP config: shard it (everlearn.fsdp)
+            fsdp.shard(model, fsdp.settings())
         self.model = model  # kept for callers that inspect the trained model (tests, APIs)
         encoder = Encoder(tok, cfg.train.max_length, cfg.model.chat_template == "auto")
         encoder.edit_format = cfg.edit.format
@@ -223,8 +230,8 @@ class Run:
         evaluator = Evaluator(acc, encoder, cfg.eval, self.quiet)
         # general probes take their reference from the base model: before any resumed weights
         probes = (GeneralProbes.prepare(cfg.eval, self.dir.path, model, encoder, evaluator, acc)
-                  if cfg.eval.general_probes else None)
-        self.probe_info = probes.info() if probes else {}
+                  if cfg.eval.general_probes or cfg.eval.lm_eval.tasks else None)
+        self.probes = probes
         evaluator.prepare_edits(model, self.stream.stages)  # locality: the base's predictions
         keep_all = cfg.keep_stage_weights == "all" or (
             cfg.keep_stage_weights == "auto" and cfg.model.finetune == "lora")
@@ -270,6 +277,8 @@ class Run:
             self.temporal_rows = ((prev.get("temporal") or {}).get("rows", [])
                                   + [{}] * len(R))[:len(R)]
             self.general_rows = rows_from_results(prev, len(R))
+            if probes is not None:
+                probes.restore(prev)
         dist.barrier()  # every rank has read the run directory before rank 0 writes to it
         self.tracker.step = sum(c.get("steps") or 0 for c in cost)
         if not R:
@@ -350,7 +359,8 @@ class Run:
             if "metrics" in res:
                 res["metrics"]["fuar"] = res["temporal"]["fuar"]
         if any(self.general_rows[:n_rows]):
-            res.update(general_sections(self.general_rows[:n_rows], self.probe_info))
+            res.update(general_sections(self.general_rows[:n_rows],
+                                        self.probes.info() if self.probes else {}))
         if any(st.kind == "edit" for st in self.stream.stages):
             res["editing"] = editing_section(self.stream.stages,
                                              [[s.name for s in p] for p in self.phases],
@@ -421,6 +431,8 @@ def start_run(cfg: RunConfig, run_dir: str | Path | None = None, quiet: bool = F
     if cfg.recycle is not None:  # recyclable tuning (everlearn.recycle) instead of a stream
         from everlearn.recycle import RecycleRun
 
+        fsdp.check_run([], [], True, source)
+
         return path, RecycleRun(cfg, path, quiet, source).execute(resume=False)
     run = Run(cfg, path, quiet, source)
     return path, run.execute(resume=False)
@@ -436,6 +448,7 @@ def resume_run(run_dir: str | Path, quiet: bool = False) -> tuple[Path, dict[str
     if cfg.recycle is not None:
         from everlearn.recycle import RecycleRun
 
+        fsdp.check_run([], [], True, str(path / "config.yaml"))
         return path, RecycleRun(cfg, path, quiet, str(path / "config.yaml")).execute(resume=True)
     run = Run(cfg, path, quiet, str(path / "config.yaml"))
     return path, run.execute(resume=True)

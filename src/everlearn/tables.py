@@ -95,7 +95,8 @@ def format_general(results: dict[str, Any]) -> str:
     general = results.get("general") or {}
     kl = (results.get("general_kl") or {}).get("scores")
     header, cols = ["after"], []
-    for key, label in (("agreement", "same answer %"), ("labelled", "labelled acc %")):
+    harness = [(k, f"{k.split('/', 1)[1]} %") for k in general if k.startswith("lm_eval/")]
+    for key, label in (("agreement", "same answer %"), ("labelled", "labelled acc %"), *harness):
         if isinstance(general.get(key), dict):
             header += [label, "delta"]
             cols += [general[key]["scores"], general[key]["delta"]]
@@ -105,6 +106,16 @@ def format_general(results: dict[str, Any]) -> str:
     rows = [[label] + [_num(c[i], 3 if c is kl else 1) if i < len(c) else "n/a" for c in cols]
             for i, label in enumerate(results["rows"])]
     return _table(header, rows)
+
+
+def format_editing(results: dict[str, Any]) -> str:
+    """Per row of R: reliability, generalisation and locality over every edit made so far."""
+    ed = results["editing"]
+    rows = [[label, str(r["edits"]), *(_num(r.get(m)) for m in
+                                       ("reliability", "generalisation", "locality"))]
+            for label, r in zip(results["rows"], ed["rows"]) if r]
+    return _table(["after", "edits so far", "reliability %", "generalisation %", "locality %"],
+                  rows)
 
 
 def text_stream_line(ts: dict[str, Any]) -> str:
@@ -217,6 +228,9 @@ def format_summary(results: dict[str, Any]) -> str:
     if (results.get("temporal") or {}).get("steps"):
         parts += ["", "Temporal knowledge (accuracy on each stage's probes right after it)",
                   format_temporal(results)]
+    if any((results.get("editing") or {}).get("rows") or []):
+        parts += ["", "Edits so far (reliability: edit prompts; generalisation: rephrased; "
+                      "locality: unrelated prompts unchanged)", format_editing(results)]
     if results.get("text_stream"):
         parts += ["", "Text stream (rows of R: after each segment)", format_text_stream(results)]
     if results.get("general") or results.get("general_kl"):

@@ -17,6 +17,7 @@ from tqdm.auto import tqdm
 from transformers import get_scheduler
 
 from everlearn import distributed as dist
+from everlearn import fsdp
 from everlearn.config import TrainConfig
 from everlearn.data.encode import IGNORE, Encoded, Encoder, collate, length_grouped_batches
 from everlearn.errors import TrainingError
@@ -195,6 +196,9 @@ class Trainer:
             total_steps = max(1, math.ceil(len(order) / (cfg.batch_size * cfg.grad_accum)))
         else:
             total_steps = phase_steps(stages, cfg, len(examples))
+        sharded = fsdp.is_sharded(model)  # FSDP: it reduces the gradients itself
+        if sharded:
+            fsdp.reshard(model)  # the sharded parameters, not weights an evaluation gathered
         params = [p for p in model.parameters() if p.requires_grad]
         if not params:
             raise TrainingError(f"stage '{stages[0].name}': the model has no trainable weights")
@@ -218,12 +222,13 @@ class Trainer:
         rank, world = self.acc.process_index, self.acc.num_processes
         # Several processes (torchrun / accelerate launch): every rank draws the batch plan of a
         # one-process run and trains on rows rank::world of each batch; the gradients are summed
-        # across ranks by hand (distributed.all_reduce_gradients) before the strategies'
-        # after_backward hooks and clipping. accelerate's prepare() (a DDP wrapper) does not fit:
+        # across ranks by hand (distributed.all_reduce_gradients; under FSDP by its
+        # reduce-scatter, see everlearn.fsdp) before the strategies' after_backward hooks and
+        # clipping. accelerate's prepare() (a DDP wrapper) does not fit:
         # strategies add adapters, prompts and blocks to the model between stages and read and
         # rewrite gradients themselves, and DDP would also sync each micro-batch.
         share = _ShardPlan(examples, align, rank, world) if world > 1 else None
-        if share is not None:
+        if share is not None and not sharded:
             dist.broadcast_parameters(params)  # as DDP does: every rank starts from rank 0's
 
         def batches():
@@ -319,7 +324,7 @@ class Trainer:
                     and _shift_found(segment, task_loss, stream_done, stream_tokens)):
                 optimizer.zero_grad(set_to_none=True)  # this chunk starts the next segment
                 break
-            if share is not None:  # the one-process gradient, on every rank, before any hook
+            if share is not None and not sharded:  # the one-process gradient, on every rank
                 dist.all_reduce_gradients(params)
             with hooks:
                 self.strategy.after_backward(model)

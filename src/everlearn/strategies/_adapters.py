@@ -24,6 +24,7 @@ from typing import Any
 import torch
 
 from everlearn.errors import ConfigError, ResumeError
+from everlearn.strategies._stacked_lora import stacked
 from everlearn.strategies.base import Strategy
 
 TENSOR_PREFIX = "adapter/"
@@ -102,13 +103,16 @@ def require_lora(config, strategy: str) -> None:
 
 
 class StageAdapters(Strategy):
-    requires_finetune = "lora"
-
     """Base of the per-stage adapter strategies: adds ``stage<i>`` before stage *i* trains.
 
     Subclasses say which adapters compute while a stage trains (``training_active``) and between
-    stages (``resting_active``); only the newest adapter ever trains.
+    stages (``resting_active``); only the newest adapter ever trains. Where the frozen adapters
+    simply add up while a stage trains (``stack_frozen``), each layer computes them and the new
+    one in a single LoRA pass (``_stacked_lora``) instead of one pass per adapter.
     """
+
+    requires_finetune = "lora"
+    stack_frozen = False
 
     def __init__(self, options=None):
         super().__init__(options)
@@ -117,6 +121,7 @@ class StageAdapters(Strategy):
         self._saved: dict[str, torch.Tensor] = {}  # adapter tensors held while there is no model
         self._lora = None  # the engine's LoRA config, copied for every new adapter
         self._engine_adapters: list[str] = []
+        self._stacking = contextlib.ExitStack()
 
     # --- what subclasses decide -----------------------------------------------------------
     def training_active(self, new: str) -> list[str]:
@@ -150,8 +155,14 @@ class StageAdapters(Strategy):
         self._add(name)
         self.adapters.append({"name": name, "stage": stage.index, "stage_name": stage.name,
                               "task_id": stage.task_id or stage.name})
-        arrange(self.model, self.training_active(name), [name])
+        active = self.training_active(name)
+        arrange(self.model, active, [name])
         self._drop_engine_adapters()
+        if self.stack_frozen and active[-1] == name:
+            self._stacking.enter_context(stacked(self.model, active[:-1], name))
+
+    def after_stage(self, stage) -> None:
+        self._stacking.close()  # PEFT's own forward again, for evaluation and the next stage
 
     # --- state ----------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:

@@ -22,6 +22,8 @@ class IncLoRA(StageAdapters):
     paper = ("IncLoRA baseline in Wang et al. 2023, Orthogonal Subspace Learning for Language "
              "Model Continual Learning (EMNLP Findings); LoRA: Hu et al. 2022")
 
+    stack_frozen = True  # the frozen deltas add up: one LoRA pass per layer while a stage trains
+
     def training_active(self, new: str) -> list[str]:
         return self.names  # earlier adapters first, the new one last
 

@@ -123,6 +123,7 @@ class OLoRA(IncLoRA):
         return total
 
     def after_stage(self, stage) -> None:
+        super().after_stage(stage)
         if stage.name in self.overlaps:
             raw, normalized = self.overlap()
             self.overlaps[stage.name].update(end=raw, end_normalized=normalized)

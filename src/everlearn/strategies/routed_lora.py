@@ -119,6 +119,7 @@ class RoutedLoRA(StageAdapters):
         return names[int(nearest_prototype(feature.unsqueeze(0), protos)[0])]
 
     def after_stage(self, stage) -> None:
+        super().after_stage(stage)
         name = adapter_name(stage.index)
         records = list(stage.train)
         n = self.options.prototype_examples

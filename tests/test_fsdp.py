@@ -1,0 +1,186 @@
+"""FSDP2 under two processes (torchrun, gloo on CPU) gives the matrix of one process.
+
+The launch environment is the one ``accelerate launch --config_file
+examples/accelerate/fsdp.yaml`` sets, derived by accelerate's own launcher code from the
+example file, so the example is tested as shipped. Tolerance: every cell of R within one test
+example's worth (100 / n_test points); in practice the matrices come out equal and the final
+losses agree to ~1e-5 relative. The checkpoints of the sharded run are the one-process files
+(same names, shapes and dtypes, whole tensors), and a one-process run resumes from them.
+Strategies FSDP cannot run, DeepSpeed configs and FSDP1 configs stop with a one-line error.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file
+
+from everlearn import fsdp
+from everlearn.cli import main
+from everlearn.config import build_config
+from everlearn.errors import ConfigError
+from everlearn.runner import Run, resume_run, start_run
+from tests.conftest import constant_task, tiny_config
+from tests.test_distributed import torchrun
+
+pytestmark = pytest.mark.skipif(not torch.distributed.is_available(),
+                                reason="torch.distributed is not available")
+
+ROOT = Path(__file__).resolve().parents[1]
+FSDP_YAML = ROOT / "examples" / "accelerate" / "fsdp.yaml"
+DEEPSPEED_YAML = ROOT / "examples" / "accelerate" / "deepspeed_zero3.yaml"
+N_TEST = 6
+CASES = {  # strategy -> (strategies, overrides of the example's FSDP settings)
+    "seqft": ([], {"FSDP_RESHARD_AFTER_FORWARD": "false"}),  # SHARD_GRAD_OP
+    "replay": ([{"name": "replay", "buffer_size": 12, "mix_ratio": 0.25}], {}),  # FULL_SHARD
+}
+
+
+def launch_env(config: Path) -> dict[str, str]:
+    """The FSDP_* / ACCELERATE_USE_* variables ``accelerate launch --config_file config``
+    gives the processes (accelerate's launcher code, run in this process)."""
+    from accelerate.commands.launch import _validate_launch_command, launch_command_parser
+    from accelerate.utils.launch import prepare_multi_gpu_env
+
+    args = launch_command_parser().parse_args(["--config_file", str(config), "x.py"])
+    args = _validate_launch_command(args)[0]
+    env = prepare_multi_gpu_env(args)
+    return {k: v for k, v in env.items() if k.startswith(("FSDP_", "ACCELERATE_USE_"))}
+
+
+def test_the_example_config_asks_for_fsdp2_full_shard_by_decoder_layer(monkeypatch):
+    env = launch_env(FSDP_YAML)
+    assert env["ACCELERATE_USE_FSDP"] == "true" and env["FSDP_VERSION"] == "2"
+    for k, v in {**env, "WORLD_SIZE": "2"}.items():
+        monkeypatch.setenv(k, v)
+    assert fsdp.requested()
+    s = fsdp.settings()
+    assert s.reshard_after_forward is True
+    assert s.plugin.transformer_cls_names_to_wrap is None  # the model's own decoder layer class
+
+
+@pytest.mark.parametrize("strategy", list(CASES))
+def test_fsdp_gives_the_one_process_matrix(tmp_path, monkeypatch, strategy):
+    """2 FSDP processes vs 1 on a 2-stage stream; then a one-process resume of the FSDP run."""
+    strategies, overrides = CASES[strategy]
+    stages = [constant_task(tmp_path, name, answer, n_test=N_TEST)
+              for name, answer in (("red", "alpha"), ("green", "bravo"))]
+    cfg = tiny_config(tmp_path, stages, strategies=strategies, keep_stage_weights="all")
+    cfg["train"].update(steps=20, max_grad_norm=1.0)  # clipping on the sharded gradients
+    cfg_file = tmp_path / "stream.yaml"
+    cfg_file.write_text(yaml.safe_dump(cfg))
+    _, one = start_run(build_config(cfg), tmp_path / "one", quiet=True)
+
+    run = tmp_path / "fsdp"
+    for k, v in {**launch_env(FSDP_YAML), **overrides}.items():
+        monkeypatch.setenv(k, v)  # inherited by torchrun's processes
+    proc = torchrun("run", str(cfg_file), "--output", str(run), "-q")
+    for k in ("ACCELERATE_USE_FSDP", "FSDP_VERSION"):
+        monkeypatch.delenv(k)  # the resume below runs in this process, without FSDP
+    assert proc.returncode == 0, proc.stderr
+    two = json.loads((run / "results.json").read_text())
+    log = (run / "log.txt").read_text()
+    # 2 decoder layers and the model; SHARD_GRAD_OP when the override says so
+    reshard = overrides.get("FSDP_RESHARD_AFTER_FORWARD", "true") == "true"
+    assert (f"FSDP: model sharded over 2 processes in 3 units (2 by the wrap policy, then the "
+            f"model), reshard_after_forward={reshard}") in log
+
+    assert two["status"] == "complete" and len(two["R"]) == len(one["R"]) == 3
+    tolerance = 100.0 / N_TEST  # one test example
+    diff = max(abs(a - b) for r1, r2 in zip(one["R"], two["R"]) for a, b in zip(r1, r2))
+    assert diff <= tolerance, (one["R"], two["R"])
+    assert one["R"][1][0] == 100.0 and two["R"][1][0] == 100.0  # a stage is learned
+    for c1, c2 in zip(one["cost"], two["cost"]):  # the same batches, the same step
+        assert (c2["steps"], c2["examples"], c2["tokens_trained"], c2["buffer_size"]) == (
+            c1["steps"], c1["examples"], c1["tokens_trained"], c1["buffer_size"])
+        assert c2["final_loss"] == pytest.approx(c1["final_loss"], rel=1e-3)
+
+    # checkpoints: the one-process files (whole tensors), weights close to one process's
+    for phase in ("phase-01", "phase-02"):
+        ckpt1, ckpt2 = tmp_path / "one" / "checkpoints" / phase, run / "checkpoints" / phase
+        assert sorted(p.name for p in ckpt2.iterdir()) == sorted(p.name for p in ckpt1.iterdir())
+        assert (json.loads((ckpt2 / "strategy.json").read_text())
+                == json.loads((ckpt1 / "strategy.json").read_text()))
+        w1 = load_file(ckpt1 / "trainable.safetensors")
+        w2 = load_file(ckpt2 / "trainable.safetensors")
+        assert w1.keys() == w2.keys()
+        for k in w1:
+            assert (w2[k].shape, w2[k].dtype) == (w1[k].shape, w1[k].dtype), k
+            assert float((w2[k] - w1[k]).norm()) <= 1e-2 * float(w1[k].norm()) + 1e-8, k
+
+    # one process resumes the FSDP run after its phase 1 and finishes it like the FSDP run
+    cut = dict(two, R=two["R"][:2], cost=two["cost"][:1], status="running")
+    (run / "results.json").write_text(json.dumps(cut))
+    _, resumed = resume_run(run, quiet=True)
+    assert resumed["status"] == "complete"
+    assert max(abs(a - b) for a, b in zip(resumed["R"][2], two["R"][2])) <= tolerance
+    assert resumed["cost"][1]["final_loss"] == pytest.approx(two["cost"][1]["final_loss"],
+                                                             rel=1e-3)
+
+
+def _fsdp_env(monkeypatch, version: str = "2") -> None:
+    for k, v in {"ACCELERATE_USE_FSDP": "true", "FSDP_VERSION": version,
+                 "WORLD_SIZE": "2"}.items():
+        monkeypatch.setenv(k, v)
+
+
+@pytest.mark.parametrize("strategy", ["ewc", "agem", "inc_lora", "merge"])
+def test_fsdp_refuses_a_strategy_it_cannot_run(tmp_path, monkeypatch, three_stages, strategy):
+    finetune = "lora" if strategy == "inc_lora" else "full"
+    cfg = build_config(tiny_config(tmp_path, three_stages, strategies=[strategy],
+                                   model={"name": "tiny-llama", "finetune": finetune}))
+    _fsdp_env(monkeypatch)
+    with pytest.raises(ConfigError) as err:
+        Run(cfg, tmp_path / "run", source="stream.yaml")
+    msg = str(err.value)
+    assert "\n" not in msg and msg.startswith(f"stream.yaml: strategies: '{strategy}' is not "
+                                              "supported under FSDP")
+    assert "supported: seqft, joint, replay, general_mix, der, lwf" in msg
+    assert not (tmp_path / "run").exists()  # nothing written
+
+
+def test_fsdp_refuses_edit_stages_and_recycle(monkeypatch):
+    _fsdp_env(monkeypatch)
+    with pytest.raises(ConfigError, match="stages: edit stages are not supported under FSDP"):
+        fsdp.check_run(["seqft"], ["sft", "edit"], False, "s.yaml")
+    with pytest.raises(ConfigError, match="recycle: not supported under FSDP"):
+        fsdp.check_run([], [], True, "s.yaml")
+    monkeypatch.setenv("WORLD_SIZE", "1")  # one process: nothing is sharded, nothing refused
+    fsdp.check_run(["ewc"], ["edit"], True, "s.yaml")
+
+
+@pytest.mark.parametrize("env,expected", [
+    ({"ACCELERATE_USE_DEEPSPEED": "true"}, "distributed_type DEEPSPEED is not supported"),
+    ({"ACCELERATE_USE_FSDP": "true", "FSDP_VERSION": "1", "WORLD_SIZE": "2"},
+     "fsdp_config.fsdp_version: 1 is not supported"),
+    ({"ACCELERATE_USE_FSDP": "true", "FSDP_VERSION": "2", "WORLD_SIZE": "2",
+      "FSDP_OFFLOAD_PARAMS": "true"}, "fsdp_config.fsdp_offload_params: true is not supported"),
+])
+def test_launcher_configs_everlearn_cannot_honour_stop_in_one_line(
+        tmp_path, monkeypatch, capsys, three_stages, env, expected):
+    cfg_file = tmp_path / "stream.yaml"
+    cfg_file.write_text(yaml.safe_dump(tiny_config(tmp_path, three_stages)))
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    assert main(["run", str(cfg_file), "--output", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and expected in err, err
+    if "DEEPSPEED" in expected:
+        assert "examples/accelerate/fsdp.yaml" in err  # the sharded alternative
+    assert not (tmp_path / "run").exists()
+
+
+def test_the_deepspeed_example_is_a_zero3_config_that_says_it_is_refused():
+    from accelerate.commands.config.config_args import load_config_from_file
+
+    text = DEEPSPEED_YAML.read_text(encoding="utf-8")
+    assert text.startswith("#") and "refuses" in text.split("\n\n")[0]
+    cfg = load_config_from_file(str(DEEPSPEED_YAML))
+    assert str(cfg.distributed_type).rsplit(".", 1)[-1] == "DEEPSPEED"
+    assert cfg.deepspeed_config["zero_stage"] == 3
+    assert os.path.basename(DEEPSPEED_YAML) == "deepspeed_zero3.yaml"
