@@ -281,3 +281,13 @@ def test_joint_is_refused_in_a_text_stream(tmp_path):
     with pytest.raises(ConfigError, match="strategies: 'joint' groups stages"):
         Run(build_config(cfg, "stream.yaml"), tmp_path / "run", quiet=True,
             source="stream.yaml")
+
+
+def test_text_stream_is_refused_under_fsdp(tmp_path, monkeypatch):
+    from everlearn import fsdp
+
+    monkeypatch.setattr(fsdp, "requested", lambda: True)
+    cfg = stream_config(tmp_path, "none")
+    with pytest.raises(ConfigError, match="stream.yaml: text_stream: not supported under FSDP"):
+        Run(build_config(cfg, "stream.yaml"), tmp_path / "run", quiet=True,
+            source="stream.yaml")
