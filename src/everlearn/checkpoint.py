@@ -5,7 +5,9 @@ Layout::
     RUN_DIR/config.yaml            resolved config (what --resume reruns)
     RUN_DIR/results.json           R so far, metrics, cost per phase (rewritten after each phase)
     RUN_DIR/checkpoints/phase-01/  trainable.safetensors, strategy.safetensors, strategy.json,
-                                   done.json (written last: names the files and their sha256)
+                                   optimizer.safetensors (a text stream: AdamW's state, carried
+                                   over the boundary), done.json (written last: names the files
+                                   and their sha256)
     RUN_DIR/checkpoints/steps/phase-02-step-000040/
                                    a step checkpoint inside a phase (train.checkpoint_every,
                                    or an interrupt): state.safetensors (weights, optimizer,
@@ -100,8 +102,10 @@ class RunDir:
         return self.path / "checkpoints" / f"phase-{phase:02d}"
 
     def save_phase(self, phase: int, weights: dict[str, torch.Tensor] | None,
-                   strategy_state: dict[str, Any]) -> None:
-        """Checkpoint a finished phase; ``done.json`` is written last and marks it complete."""
+                   strategy_state: dict[str, Any],
+                   optimizer: dict[str, torch.Tensor] | None = None) -> None:
+        """Checkpoint a finished phase; ``done.json`` is written last and marks it complete.
+        ``optimizer``: the optimizer state a text stream carries into its next segment."""
         if not dist.is_main():
             return
         d = self.phase_dir(phase)
@@ -111,6 +115,9 @@ class RunDir:
         if weights is not None:
             save_tensors(d / "trainable.safetensors", weights)
             files["trainable.safetensors"] = sha256(d / "trainable.safetensors")
+        if optimizer is not None:
+            save_tensors(d / "optimizer.safetensors", optimizer)
+            files["optimizer.safetensors"] = sha256(d / "optimizer.safetensors")
         save_tensors(d / "strategy.safetensors", strategy_state.get("tensors", {}))
         write_json(d / "strategy.json", strategy_state.get("meta", {}))
         for name in ("strategy.safetensors", "strategy.json"):
@@ -118,7 +125,8 @@ class RunDir:
         write_json(d / "done.json", {"phase": phase, "files": files})
 
     def drop_weights(self, phase: int) -> None:
-        """Remove a phase's weights (keep_stage_weights: last) but keep its strategy state."""
+        """Remove a phase's weights (keep_stage_weights: last), and the optimizer state that
+        goes with them, but keep its strategy state."""
         if not dist.is_main():
             return
         d = self.phase_dir(phase)
@@ -126,12 +134,16 @@ class RunDir:
         if not done.exists():
             return
         meta = json.loads(done.read_text())
-        if meta["files"].pop("trainable.safetensors", None) is not None:
+        dropped = [name for name in ("trainable.safetensors", "optimizer.safetensors")
+                   if meta["files"].pop(name, None) is not None]
+        if dropped:
             write_json(done, meta)
-            (d / "trainable.safetensors").unlink(missing_ok=True)
+            for name in dropped:
+                (d / name).unlink(missing_ok=True)
 
     def load_phase(self, phase: int, need_weights: bool):
-        """(weights or None, strategy state) of a finished phase, verified by checksum."""
+        """(weights or None, strategy state) of a finished phase, verified by checksum; a text
+        stream's optimizer state, when saved, is the state's ``optimizer`` entry."""
         d = self.phase_dir(phase)
         done = d / "done.json"
         if not done.exists():
@@ -149,7 +161,10 @@ class RunDir:
         weights = load_file(d / "trainable.safetensors") if need_weights else None
         meta = json.loads((d / "strategy.json").read_text())
         tensors = load_file(d / "strategy.safetensors")
-        return weights, {"meta": meta, "tensors": tensors}
+        state = {"meta": meta, "tensors": tensors}
+        if need_weights and "optimizer.safetensors" in files:
+            state["optimizer"] = load_file(d / "optimizer.safetensors")
+        return weights, state
 
     # --- step checkpoints (inside a phase) -----------------------------------------------------
     @property

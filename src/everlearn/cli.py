@@ -16,7 +16,7 @@ import warnings
 from pathlib import Path
 
 from everlearn import __version__
-from everlearn.errors import EverlearnError
+from everlearn.errors import ConfigError, EverlearnError
 
 EPILOG = """examples:
   everlearn run                                   # the built-in quickstart (4 stages, replay)
@@ -252,8 +252,11 @@ def cmd_validate(args) -> int:
     from everlearn.stream import build_stream
 
     cfg, source = _load(args.config, args.overrides, args.preset)
-    build_strategy(cfg.strategies, source, cfg.model.finetune)
+    stack = build_strategy(cfg.strategies, source, cfg.model.finetune)
     stream = build_stream(cfg, source)
+    if cfg.text_stream is not None and stack.plan(stream.stages) is not None:
+        raise ConfigError(f"{source}: strategies: a strategy that groups stages into phases "
+                          "(joint) does not apply to a text_stream")
     strategy = "+".join(s.name for s in cfg.strategies)
     print(f"{source}: ok — {len(stream)} stages, strategy {strategy}")
     for st in stream:
@@ -261,6 +264,13 @@ def cmd_validate(args) -> int:
               f"test={len(st.test)}" + (f" labels={st.labels}" if st.labels else "")
               + (" images" if any(r.image for r in st.train + st.test) else "")
               + (" freeze_lm (alignment)" if st.freeze_lm else ""))
+    if cfg.text_stream is not None:
+        ts, b = cfg.text_stream, cfg.text_stream.boundaries
+        budget = f"{ts.token_budget:,} tokens" if ts.token_budget else "all of it"
+        where = {"fixed": f"every {b.every_tokens:,} tokens" if b.every_tokens else "",
+                 "detector": "where the shift detector fires", "none": "none"}[b.mode]
+        print(f"  text stream: the stages' training text in order, one token stream "
+              f"(budget: {budget}); boundaries: {where}")
     if cfg.recycle is not None:
         rc = cfg.recycle
         update = (f"new base {rc.new_base}" if rc.new_base else

@@ -322,6 +322,54 @@ class RecycleConfig:
 
 
 @dataclass
+class BoundaryConfig:
+    """Where a text stream's boundaries fall (``boundaries: none`` is short for ``{mode: none}``).
+    Strategies that act between stages (EWC's Fisher, LwF's teacher, replay's buffer, a new
+    inc_lora adapter, merging) act at each boundary, and R gets a row there."""
+
+    mode: Literal["fixed", "detector", "none"] = _f(
+        "fixed", "fixed = a boundary every `every_tokens` stream tokens; detector = where the "
+        "shift detector fires on the training loss (docs/temporal.md#the-shift-detector); "
+        "none = no boundary, one segment (strategies never see a stage end).")
+    every_tokens: int | None = _f(
+        None, "fixed: stream tokens between boundaries; a multiple of train.max_length (the "
+        "block size), so every boundary falls exactly on a block edge.")
+    window: int = _f(
+        8, "detector: chunks (optimizer steps) in the reference window the loss is standardised "
+        "against; also the shortest segment, in chunks.")
+    threshold: float = _f(
+        5.0, "detector: the CUSUM of standardised loss increases that places a boundary (h).")
+    drift: float = _f(
+        0.5, "detector: standard deviations subtracted from every chunk's score before it is "
+        "summed (k); rises smaller than this are ignored.")
+    min_std: float = _f(
+        0.05, "detector: floor on the reference window's standard deviation, in nats, so a "
+        "flat loss does not turn noise into large scores.")
+    direction: Literal["up", "both"] = _f(
+        "up", "detector: up = only a rise of the loss places a boundary (text the model "
+        "predicts worse); both = a sudden fall as well (a second sum; learning also lowers the "
+        "loss, so more false alarms are possible).")
+
+
+@dataclass
+class TextStreamConfig:
+    """A boundary-free text stream (docs/temporal.md#a-stream-without-task-boundaries): the cpt
+    stages' training text, in stage order, is one continuous token stream trained on once, in
+    order, in chunks of train.batch_size x train.grad_accum blocks of train.max_length tokens
+    (one optimizer step per chunk). The stages stay the columns of R (perplexity on each one's
+    held-out text); the rows of R are the stream's boundaries."""
+
+    token_budget: int | None = _f(
+        None, "Stream tokens trained on in total: the stream is cut after this many (null: the "
+        "whole stream).")
+    boundaries: BoundaryConfig = _f(None, "Where boundaries fall: fixed, detector or none.")
+
+    def __post_init__(self) -> None:
+        if self.boundaries is None:
+            self.boundaries = BoundaryConfig()
+
+
+@dataclass
 class RunConfig:
     """A whole continual-learning run."""
 
@@ -347,6 +395,10 @@ class RunConfig:
         None, "Recyclable tuning instead of a continual stream (`recycle: {}` for the defaults; "
         "see docs/recycling.md): per-task adapters on the old base, a base update, and each "
         "adapter carried over to the new base by every policy.")
+
+    text_stream: TextStreamConfig | None = _f(
+        None, "Train the cpt stages as one boundary-free token stream instead of stage by stage "
+        "(`text_stream: {}` for the defaults; see docs/temporal.md).")
 
     def __post_init__(self) -> None:
         self.model = self.model or ModelConfig()
@@ -456,6 +508,8 @@ def _shorthand(cls: type, value: Any) -> Any:
         return {"name": value}
     if cls is TrackerConfig and isinstance(value, str):
         return {"backend": value}
+    if cls is BoundaryConfig and isinstance(value, str):
+        return {"mode": value}
     if cls is StrategySpec and isinstance(value, dict) and "options" not in value:
         value = dict(value)
         name = value.pop("name", None)
@@ -600,6 +654,8 @@ def _check_semantics(cfg: RunConfig) -> None:
             raise _Mismatch(f"{p}.metric", "reliability scores fact edits: only for edit "
                             f"stages (this stage is {st.kind})")
     _check_edit(cfg)
+    if cfg.text_stream is not None:
+        _check_text_stream(cfg)
     if cfg.recycle is not None:
         _check_recycle(cfg)
 
@@ -655,6 +711,56 @@ def _check_recycle(cfg: RunConfig) -> None:
     if rc.distill_task_weight < 0:
         raise _Mismatch("recycle.distill_task_weight",
                         f"expected a number >= 0, got {rc.distill_task_weight}")
+
+
+def _check_text_stream(cfg: RunConfig) -> None:
+    """A text stream: cpt stages only, no per-stage budgets, every row of R full, boundaries
+    that make sense for the block size."""
+    ts, b = cfg.text_stream, cfg.text_stream.boundaries
+    if cfg.recycle is not None:
+        raise _Mismatch("text_stream", "a recycle run has no text stream; remove one of them")
+    if cfg.train.checkpoint_every:
+        raise _Mismatch("train.checkpoint_every", "a text stream takes no step checkpoints "
+                        "(a killed run resumes at its last boundary); expected 0")
+    if ts.token_budget is not None and ts.token_budget < 2:
+        raise _Mismatch("text_stream.token_budget",
+                        f"expected an integer >= 2 or null, got {ts.token_budget}")
+    for i, st in enumerate(cfg.stages):
+        if st.kind != "cpt":
+            raise _Mismatch(f"stages.{i}.kind", "a text_stream concatenates the text of cpt "
+                            f"stages; expected 'cpt', got {st.kind!r}")
+        for key in ("steps", "epochs"):
+            if getattr(st, key) is not None:
+                raise _Mismatch(f"stages.{i}.{key}", "a text_stream trains every token once, "
+                                "in order; per-stage steps and epochs do not apply (set "
+                                "text_stream.token_budget)")
+    for key in ("every", "sample_earlier"):
+        if getattr(cfg.eval, key) is not None:
+            raise _Mismatch(f"eval.{key}", "a text_stream scores every stage at every "
+                            "boundary; expected null")
+    length = cfg.train.max_length
+    if b.mode == "fixed":
+        if b.every_tokens is None:
+            raise _Mismatch("text_stream.boundaries.every_tokens",
+                            "expected an integer (stream tokens between boundaries) for mode "
+                            "fixed")
+        if b.every_tokens < length or b.every_tokens % length:
+            raise _Mismatch("text_stream.boundaries.every_tokens",
+                            f"expected a positive multiple of train.max_length ({length}), got "
+                            f"{b.every_tokens}")
+    elif b.every_tokens is not None:
+        raise _Mismatch("text_stream.boundaries.every_tokens",
+                        f"only with mode fixed (mode is {b.mode!r})")
+    if b.window < 2:
+        raise _Mismatch("text_stream.boundaries.window",
+                        f"expected an integer >= 2, got {b.window}")
+    for key in ("threshold", "min_std"):
+        if getattr(b, key) <= 0:
+            raise _Mismatch(f"text_stream.boundaries.{key}",
+                            f"expected a positive number, got {getattr(b, key)}")
+    if b.drift < 0:
+        raise _Mismatch("text_stream.boundaries.drift",
+                        f"expected a number >= 0, got {b.drift}")
 
 
 def _check_edit(cfg: RunConfig) -> None:
@@ -759,6 +865,8 @@ def _shorthand_for_path(keys: list[str], value: Any) -> Any:
         return {"name": value}
     if keys == ["tracker"]:
         return {"backend": value}
+    if keys == ["text_stream", "boundaries"]:
+        return {"mode": value}
     return {"path": value}
 
 

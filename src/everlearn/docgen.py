@@ -12,6 +12,7 @@ import typing
 from pathlib import Path
 
 from everlearn.config import (
+    BoundaryConfig,
     DataSource,
     EditConfig,
     EvalConfig,
@@ -21,6 +22,7 @@ from everlearn.config import (
     RunConfig,
     StageConfig,
     StrategySpec,
+    TextStreamConfig,
     TrackerConfig,
     TrainConfig,
     VisionConfig,
@@ -46,6 +48,8 @@ SECTIONS = [
     ("stages[].builtin_options (builtin: edits_counterfactual)", CounterfactualOptions),
     ("stages[].builtin_options (builtin: visual_shapes)", VisualOptions),
     ("recycle", RecycleConfig),
+    ("text_stream", TextStreamConfig),
+    ("text_stream.boundaries", BoundaryConfig),
 ]
 
 

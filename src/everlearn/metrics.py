@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 
@@ -269,6 +269,49 @@ def summarize_columns(R: np.ndarray | Iterable[Iterable[float]], cols: Iterable[
         out["ap_estimated"] = [t for t in ap_estimated_rows(arr, cols) if t > cols[0]]
         out["forgetting_lower_bound"] = _forgetting_lower_bound(arr, cols)
     return out
+
+
+def summarize_stream(R: Iterable[Iterable[float]], cols: Iterable[int],
+                     trained_rows: list[int | None], before_rows: list[int | None],
+                     higher_is_better: bool = True) -> dict[str, Any]:
+    """The metrics of a boundary-free text stream (everlearn.textstream), whose rows of R are
+    boundaries rather than stages: ``R`` is (boundaries + 1) x stages.
+
+    Stage j counts as trained at row ``trained_rows[j]`` (in everlearn.textstream: the
+    boundary nearest to the end of its text; None: never reached) and as not yet trained at
+    row ``before_rows[j]`` (the boundary nearest to where its text begins). With those rows
+    in place of the diagonal the definitions are the stage-wise ones
+    (:func:`summarize_columns`): ``AP_t`` over the stages trained by row t (None before the
+    first), ``LA = mean R[a_j][j]``, ``BWT = mean (R[T][j] - R[a_j][j])`` over stages trained
+    before the last row (``bwt_trace`` divides by every trained stage),
+    ``F = mean max_{a_j <= l < T} (R[l][j] - R[T][j])`` and ``FWT = mean (R[b_j][j] - R[0][j])``
+    over stages with ``b_j >= 1``. Lower-is-better columns are negated as there.
+    """
+    arr = np.asarray(R, dtype=float)
+    if arr.ndim != 2 or arr.shape[0] < 2 or not np.isfinite(arr).all():
+        raise ValueError(f"R must be a finite (rows >= 2) x stages matrix, got {arr.shape}")
+    T = arr.shape[0] - 1
+    sign = 1.0 if higher_is_better else -1.0
+    done = [j for j in sorted(set(cols)) if trained_rows[j] is not None]
+    ap: list[float | None] = []
+    for t in range(1, T + 1):
+        seen = [arr[t, j] for j in done if trained_rows[j] <= t]
+        ap.append(float(np.mean(seen)) if seen else None)
+    before_last = [j for j in done if trained_rows[j] < T]
+    bwt_sum = sum(sign * (arr[T, j] - arr[trained_rows[j], j]) for j in before_last)
+    drops = [max(sign * (arr[row, j] - arr[T, j]) for row in range(trained_rows[j], T))
+             for j in before_last]
+    fwt = [sign * (arr[before_rows[j], j] - arr[0, j]) for j in done
+           if before_rows[j] is not None and before_rows[j] >= 1]
+    return {
+        "ap": ap,
+        "final_ap": ap[-1],
+        "la": float(np.mean([arr[trained_rows[j], j] for j in done])) if done else None,
+        "bwt": float(bwt_sum / len(before_last)) if before_last else None,
+        "bwt_trace": float(bwt_sum / len(done)) if before_last else None,
+        "forgetting": float(np.mean(drops)) if drops else None,
+        "fwt": float(np.mean(fwt)) if fwt else None,
+    }
 
 
 # --------------------------------------------------------------------------------------------

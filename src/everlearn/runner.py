@@ -42,8 +42,9 @@ from everlearn.strategies import StrategyStack, build_strategy
 from everlearn.strategies.base import RunContext
 from everlearn.stream import Stage, Stream, build_stream
 from everlearn.temporal import row_counts, temporal_section
+from everlearn.textstream import TextStreamRun, build_token_stream, stream_metrics
 from everlearn.tracking import Tracker
-from everlearn.trainer import Trainer, resolve_precision
+from everlearn.trainer import Trainer, carried_from_tensors, carried_tensors, resolve_precision
 from everlearn.vision.training import plan_vision
 
 log = logging.getLogger("everlearn")
@@ -115,12 +116,25 @@ class Run:
         self.cfg = cfg
         self.dir = RunDir(run_dir)
         self.quiet = quiet
+        self.source = source
         self.stream: Stream = build_stream(cfg, source)
         self.strategy: StrategyStack = build_strategy(cfg.strategies, source,
                                                       cfg.model.finetune)
         stages = self.stream.stages
         fsdp.check_run(self.strategy.names, [s.kind for s in stages], False, source)
-        self.phases: list[list[Stage]] = self.strategy.plan(stages) or [[s] for s in stages]
+        planned = self.strategy.plan(stages)
+        # a text stream (everlearn.textstream): the phases are its segments, found as it trains
+        self.text: TextStreamRun | None = None
+        if cfg.text_stream is not None and fsdp.requested():
+            raise ConfigError(f"{source}: text_stream: not supported under FSDP (AdamW's state "
+                              "is carried over boundaries unsharded); run without sharding "
+                              "(examples/accelerate/ddp.yaml)")
+        if cfg.text_stream is not None and planned is not None:
+            who = next(m.name for m in self.strategy.members if m.plan(stages) is not None)
+            raise ConfigError(f"{source}: strategies: '{who}' groups stages into phases; a "
+                              "text_stream has no stages to group")
+        self.phases: list[list[Stage]] = (
+            [] if cfg.text_stream is not None else planned or [[s] for s in stages])
         self.temporal_rows: list[dict] = []  # per row: temporal stage -> split -> [correct, n]
         self.general_rows: list[dict] = []  # per row: general probe -> value
         self.probes: GeneralProbes | None = None
@@ -155,8 +169,11 @@ class Run:
             res["side_metrics"] = self.side_rows[:len(R)]
         if any(self.pref_rows):  # log pi(chosen) - log pi(rejected) per test pair: resume state
             res["preference_logratios"] = self.pref_rows[:len(R)]
+        if self.text is not None:
+            res["text_stream"] = self.text.section(R)
         if status == "complete":
-            res["metrics"] = compute_metrics(R, stages, self.phases)
+            res["metrics"] = (stream_metrics(R, stages, self.text) if self.text is not None
+                              else compute_metrics(R, stages, self.phases))
         self._add_knowledge_sections(res, len(R))
         return res
 
@@ -179,7 +196,8 @@ class Run:
             prev = _read_results(self.dir)
             done_R, done_cost = prev["R"], prev["cost"]
             base_eval_s = prev.get("base_eval_time_s", 0.0)
-            if prev.get("phases") and prev["phases"] != [[s.name for s in p] for p in self.phases]:
+            if (self.cfg.text_stream is None and prev.get("phases")
+                    and prev["phases"] != [[s.name for s in p] for p in self.phases]):
                 raise ResumeError(f"{self.dir.results}: phases: the stream no longer matches "
                                   "the run's config.yaml")
         else:
@@ -199,6 +217,16 @@ class Run:
                                cfg.edit.format)
         # vision-language models: which parts each phase trains (None for a text model)
         vision = plan_vision(model, cfg, self.stream, self.phases)
+        if cfg.text_stream is not None:
+            self.text = TextStreamRun(cfg.text_stream, build_token_stream(
+                self.stream.stages, encoder, cfg.text_stream.token_budget,
+                cfg.train.batch_size * cfg.train.grad_accum))
+            if not self.text.ts.blocks:
+                raise ConfigError(f"{self.source}: stages: the text stream is empty (no training "
+                                  "text in the cpt stages)")
+            if done_R:  # resumed: the segments finished so far, one phase each
+                segments = (prev.get("text_stream") or {}).get("segments") or []
+                self.phases = [[st] for st in self.text.restore(segments[:len(done_R) - 1])]
         self.strategy.setup(RunContext(model=model, tokenizer=encoder.tok, encoder=encoder,
                                        config=cfg, stream=self.stream, seed=cfg.seed,
                                        accelerator=acc))
@@ -238,12 +266,17 @@ class Run:
         if resume and len(R) > 1:
             last, loaded = self._last_good_checkpoint(len(R) - 1)
             del R[last + 1:], cost[last:]
+            if self.text is not None:  # the segments after the checkpoint are found again
+                self.text.truncate(last)
+                del self.phases[last:]
             if loaded is not None:
                 weights, state = loaded
                 # Strategy state first: a strategy may rebuild structures (adapters) that the
                 # weights fill.
                 self.strategy.load_state_dict(state)
                 load_trainable_state(model, weights, str(self.dir.phase_dir(last)))
+                if self.text is not None and "optimizer" in state:  # AdamW over the boundary
+                    trainer.carried = carried_from_tensors(state["optimizer"])
             if vision is not None:  # the parts the kept phases trained are saved from now on
                 vision.mark_trained(last)
             log.info("resumed after phase %d of %d", last, len(self.phases))
@@ -269,15 +302,29 @@ class Run:
             self.tracker.log_row(0, R[0], self.stream.stages, set())
             write_json(self.dir.results, self._results(R, cost, "running", base_eval_s))
 
-        for phase in range(len(R), len(self.phases) + 1):
-            stages = self.phases[phase - 1]
+        phase = len(R)
+        while True:
+            segment = None
+            if self.text is not None:
+                nxt = self.text.next_segment(phase)
+                if nxt is None:
+                    break
+                stages, segment = [nxt[0]], nxt[1]
+            elif phase > len(self.phases):
+                break
+            else:
+                stages = self.phases[phase - 1]
             seed_everything(cfg.seed + phase)
             t0 = time.perf_counter()
             evaluator.begin_phase(stages)  # align stages: the model entering is the reference
             resume_at, step_ckpt = step_ckpt, None  # only the first phase trained here
             if resume_at is not None:
                 self.tracker.step += resume_at["meta"].get("step", 0)
-            pc = trainer.train_phase(model, stages, phase, resume=resume_at)
+            pc = (trainer.train_phase(model, stages, phase, resume=resume_at) if segment is None
+                  else trainer.train_phase(model, stages, phase, segment=segment))
+            if segment is not None:
+                self.text.finish(stages[0], segment)
+                self.phases.append(stages)
             eval_memory = PeakMemory(acc.device)
             t1 = time.perf_counter()
             R.append(evaluate_row(phase))
@@ -303,14 +350,18 @@ class Run:
             dist.check_consistent(f"phase {phase}", {**weights, **{
                 f"strategy/{k}": v for k, v in state.get("tensors", {}).items()}},
                 state.get("meta"))
-            self.dir.save_phase(phase, weights, state)
+            self.dir.save_phase(phase, weights, state, carried_tensors(trainer.carried)
+                                if self.text is not None else None)
             self.dir.drop_steps()  # the stage checkpoint supersedes them
-            status = "complete" if phase == len(self.phases) else "running"
+            finished = self.text.done if self.text is not None else phase == len(self.phases)
+            status = "complete" if finished else "running"
             write_json(self.dir.results, self._results(R, cost, status, base_eval_s))
-            self.tracker.log_row(phase, R[-1], self.stream.stages,
-                                 {s.name for p in self.phases[:phase] for s in p}, cost[-1])
+            trained = (self.text.trained_names() if self.text is not None
+                       else {s.name for p in self.phases[:phase] for s in p})
+            self.tracker.log_row(phase, R[-1], self.stream.stages, trained, cost[-1])
             if not keep_all and phase > 1:  # only once results.json points past it
                 self.dir.drop_weights(phase - 1)
+            phase += 1
         results = self._results(R, cost, "complete", base_eval_s)
         write_json(self.dir.results, results)
         return results
@@ -319,7 +370,7 @@ class Run:
         """``temporal`` (per-split probe accuracy, FUAR) and ``general`` / ``general_kl``
         (general-ability probes against the base row), when the run has them."""
         temporal = self.temporal_rows[:n_rows]
-        if any(temporal):
+        if any(temporal) and self.text is None:  # FUAR steps are stages, not stream segments
             res["temporal"] = temporal_section(self.stream.names,
                                                [[s.name for s in p] for p in self.phases],
                                                temporal)

@@ -40,6 +40,7 @@ class Stage:
     edit: Any = None  # the run's EditConfig (edit stages): layers, max_change, lr
     freeze_lm: bool = False  # an alignment stage of a vision-language model (everlearn.vision)
     lr: float | None = None  # overrides train.lr
+    last: bool | None = None  # a text-stream segment: whether it ends the stream (textstream)
 
     @property
     def higher_is_better(self) -> bool:

@@ -118,6 +118,60 @@ def format_editing(results: dict[str, Any]) -> str:
                   rows)
 
 
+def text_stream_line(ts: dict[str, Any]) -> str:
+    """The stream in one line: its size, chunks and how boundaries were placed."""
+    how = ts.get("mode")
+    if how == "fixed":
+        how = f"fixed, every {ts.get('every_tokens'):,} tokens"
+    elif how == "detector":
+        d = ts.get("detector") or {}
+        how = (f"shift detector (window {d.get('window')} chunks, threshold {d.get('threshold')}, "
+               f"drift {d.get('drift')})")
+    return (f"{ts.get('tokens', 0):,} stream tokens in chunks of {ts.get('chunk_tokens', 0):,} "
+            f"(blocks of {ts.get('block_tokens')}); boundaries: {how}")
+
+
+def format_text_stream(results: dict[str, Any]) -> str:
+    """A text stream: its segments (where each ended and why), the true shifts between stages
+    and, for the detector, which it found; then each stage's score at the rows that matter."""
+    ts = results["text_stream"]
+    rows = [[s["name"], f"{s['start']:,}", f"{s['end']:,}", s["reason"]]
+            for s in ts.get("segments", [])]
+    parts = [text_stream_line(ts), _table(["segment", "from token", "to token", "ended by"],
+                                          rows)]
+    names = [d["name"] for d in ts.get("domains", [])]
+    shifts = ts.get("shifts") or []
+    if shifts:
+        starts = {d["start"]: i for i, d in enumerate(ts["domains"]) if d["end"] > d["start"]}
+        parts.append("true shifts: " + ", ".join(
+            f"{p:,} ({names[starts[p] - 1]} -> {names[starts[p]]})" if starts.get(p) is not None
+            else f"{p:,}"
+            for p in shifts))
+    det = ts.get("detection")
+    if det:
+        found = [f for f in det["shifts"] if f["boundary"] is not None]
+        delays = ", ".join(f"{f['delay_tokens']:+,}" for f in found)
+        parts.append(f"detector: found {len(found)} of {len(det['shifts'])} shifts"
+                     + (f" (boundary - shift: {delays} tokens)" if found else "")
+                     + f", {det['false_alarms']} false alarm(s)")
+    per = ts.get("per_stage") or []
+    if per:
+        label = {s["name"]: s["metric"] for s in results.get("stages", [])}
+        body = [[p["name"], label.get(p["name"], ""), _num(p.get("base")),
+                 _row_cell(p.get("before"), p.get("before_row")),
+                 _row_cell(p.get("after"), p.get("after_row")), _num(p.get("final"))]
+                for p in per]
+        parts += ["", _table(["stage", "metric", "base", "before (row)", "after (row)", "final"],
+                             body),
+                  "before / after: at the boundary nearest to where the stage's text begins / "
+                  "ends"]
+    return "\n".join(parts)
+
+
+def _row_cell(value: Any, row: Any) -> str:
+    return "n/a" if value is None else f"{_num(value)} ({row})"
+
+
 RECYCLE_POLICIES = ("reapply", "retune", "distill", "scratch")
 
 
@@ -177,6 +231,8 @@ def format_summary(results: dict[str, Any]) -> str:
     if any((results.get("editing") or {}).get("rows") or []):
         parts += ["", "Edits so far (reliability: edit prompts; generalisation: rephrased; "
                       "locality: unrelated prompts unchanged)", format_editing(results)]
+    if results.get("text_stream"):
+        parts += ["", "Text stream (rows of R: after each segment)", format_text_stream(results)]
     if results.get("general") or results.get("general_kl"):
         parts += ["", "General ability against the base model (delta < 0: ability lost)",
                   format_general(results)]

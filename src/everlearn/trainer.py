@@ -33,6 +33,7 @@ from everlearn.preference import Pair, batch_loss, collate_pairs, encode_pairs, 
 from everlearn.resources import PeakMemory
 from everlearn.strategies.base import Strategy
 from everlearn.stream import Stage
+from everlearn.textstream import SegmentPlan
 
 log = logging.getLogger("everlearn")
 
@@ -106,6 +107,8 @@ class Trainer:
         self.save_step: Callable[[int, int, dict, dict], Any] | None = None
         # vision-language models: which parts train in each phase (everlearn.vision.training)
         self.vision = None
+        # a text stream: AdamW's state by parameter name, carried from segment to segment
+        self.carried: dict[str, dict[str, torch.Tensor]] = {}
 
     def encode(self, stage: Stage, records: list) -> list[Encoded] | list[Pair]:
         """The stage's training examples from the records ``train_data`` returned (preference
@@ -120,11 +123,15 @@ class Trainer:
         return [e for e in examples if any(lab != -100 for lab in e.labels)]
 
     def train_phase(self, model, stages: list[Stage], phase: int,
-                    resume: dict[str, Any] | None = None) -> PhaseCost:
+                    resume: dict[str, Any] | None = None,
+                    segment: SegmentPlan | None = None) -> PhaseCost:
         """Train one phase; ``resume`` (a step checkpoint of this phase, as
-        ``RunDir.load_step`` reads it) continues it from that step instead of its start."""
+        ``RunDir.load_step`` reads it) continues it from that step instead of its start.
+        ``segment``: the phase is a segment of a text stream (everlearn.textstream): its blocks
+        train once, in order, and the plan gets back how many did (the detector may end the
+        segment early); segments take no step checkpoints."""
         try:
-            return self._train_phase(model, stages, phase, resume)
+            return self._train_phase(model, stages, phase, resume, segment)
         finally:  # an edit phase froze the weights outside its layers: thaw them, also on error
             for p in self._edit_frozen:
                 p.requires_grad_(True)
@@ -176,9 +183,11 @@ class Trainer:
             peak_memory_mb=memory.peak_mb, strategy_time_s=hooks.total,
             trainable_params=sum(d.get("trainable_params", 0) for d in done))
 
-    def _loss(self, model, batch: dict, align: bool, sparse_logits: bool, hooks) -> torch.Tensor:
+    def _loss(self, model, batch: dict, align: bool, sparse_logits: bool, hooks
+              ) -> tuple[torch.Tensor, torch.Tensor]:
         """A micro-batch's training loss: the task loss (token loss, or DPO on pairs) times the
-        strategies' task weight, plus their extra terms."""
+        strategies' task weight, plus their extra terms; and the task loss alone, detached
+        (what a text stream's shift detector reads)."""
         pixels = image_inputs(batch)  # empty for text
         with self.acc.autocast():
             if sparse_logits:
@@ -190,16 +199,17 @@ class Trainer:
                                 attention_mask=batch["attention_mask"],
                                 labels=None if align else batch["labels"], **pixels)
                 loss = batch_loss(outputs.logits, batch) if align else outputs.loss
+            task = loss.detach()
             if self.strategy.task_loss_weight != 1.0:  # 0: distillation alone
                 loss = loss * self.strategy.task_loss_weight
             with hooks:
                 extra = self.strategy.extra_loss(model, batch, outputs)
             if extra is not None:
                 loss = loss + extra
-        return loss
+        return loss, task
 
     def _train_phase(self, model, stages: list[Stage], phase: int,
-                     resume: dict[str, Any] | None) -> PhaseCost:
+                     resume: dict[str, Any] | None, segment: SegmentPlan | None) -> PhaseCost:
         cfg = self.cfg
         align = any(st.kind == "align" for st in stages)  # DPO on pairs instead of token loss
         if align and not all(st.kind == "align" for st in stages):
@@ -220,10 +230,19 @@ class Trainer:
             self.vision.begin_phase(model, stages)
         if edit and (edited := self._apply_edits(stages, records, hooks)) is not None:
             return edited
-        examples = [e for st in stages for e in self.encode(st, records[st.name])]
+        rng = random.Random(f"{self.seed}:{phase}:order")
+        order = None  # a text-stream segment: the examples in training order
+        if segment is not None:
+            examples, order = _segment_examples(self.encoder, stages[0], records[stages[0].name],
+                                                rng)
+        else:
+            examples = [e for st in stages for e in self.encode(st, records[st.name])]
         if not examples:
             raise TrainingError(f"stage '{stages[0].name}': no training examples after encoding")
-        total_steps = phase_steps(stages, cfg, len(examples))
+        if order is not None:
+            total_steps = max(1, math.ceil(len(order) / (cfg.batch_size * cfg.grad_accum)))
+        else:
+            total_steps = phase_steps(stages, cfg, len(examples))
         sharded = fsdp.is_sharded(model)  # FSDP: it reduces the gradients itself
         if sharded:
             fsdp.reshard(model)  # the sharded parameters, not weights an evaluation gathered
@@ -237,13 +256,18 @@ class Trainer:
             params, lr, bound = self._edit_setup(model, stages)
             self._edit_trained = sum(p.numel() for p in params)
         optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=cfg.weight_decay)
+        if segment is not None:  # a boundary is no reason to forget the moment estimates
+            _restore_moments(model, optimizer, self.carried)
         warmup = int(round(cfg.warmup_ratio * total_steps))
         name = {"constant": "constant_with_warmup"}.get(cfg.schedule, cfg.schedule)
-        scheduler = get_scheduler(name, optimizer, num_warmup_steps=warmup,
-                                  num_training_steps=total_steps)
+        if segment is not None:  # one schedule over the whole stream, not per segment
+            scheduler = _stream_scheduler(name, optimizer, cfg, segment, order,
+                                          len(stages[0].train), examples)
+        else:
+            scheduler = get_scheduler(name, optimizer, num_warmup_steps=warmup,
+                                      num_training_steps=total_steps)
 
         lengths = [e.length if align else len(e.input_ids) for e in examples]
-        rng = random.Random(f"{self.seed}:{phase}:order")
         rank, world = self.acc.process_index, self.acc.num_processes
         # Several processes (torchrun / accelerate launch): every rank draws the batch plan of a
         # one-process run and trains on rows rank::world of each batch; the gradients are summed
@@ -256,8 +280,12 @@ class Trainer:
         if share is not None and not sharded:
             dist.broadcast_parameters(params)  # as DDP does: every rank starts from rank 0's
 
-        # epochs of freshly shuffled, length-grouped batches
-        batch_iter = stepstate.BatchStream(lengths, cfg.batch_size, rng, cfg.group_by_length)
+        if order is not None:  # a stream segment: consecutive batches, once
+            batch_iter = iter([order[s:s + cfg.batch_size]
+                               for s in range(0, len(order), cfg.batch_size)])
+        else:  # epochs of freshly shuffled, length-grouped batches
+            batch_iter = stepstate.BatchStream(lengths, cfg.batch_size, rng,
+                                               cfg.group_by_length)
         tokens = cells = 0  # real and padded positions of the batches trained on
         skipped = 0
         loss_value = float("nan")
@@ -296,7 +324,12 @@ class Trainer:
         bar = tqdm(total=total_steps, initial=first, desc=f"train {label}", disable=quiet,
                    dynamic_ncols=True, leave=False)
         every = cfg.checkpoint_every
-        signals = DeferredSignals(active=self.save_step is not None)
+        # a text-stream segment takes no step checkpoints (its batches are not a BatchStream)
+        signals = DeferredSignals(active=self.save_step is not None and segment is None)
+        n_stream = len(stages[0].train) if segment is not None else 0
+        n_batches = math.ceil(len(order) / cfg.batch_size) if order is not None else 0
+        stream_done = stream_tokens = 0  # stream blocks and tokens in the steps taken
+        steps_taken = first
 
         def checkpoint(done: int) -> None:
             counters = {"tokens": tokens, "cells": cells, "skipped": skipped,
@@ -318,8 +351,16 @@ class Trainer:
             for step in range(first, total_steps):
                 step_loss = 0.0
                 stop_seen = False  # several processes: whether any rank holds a signal
-                for _ in range(cfg.grad_accum):
+                task_loss, step_blocks, step_tokens = 0.0, 0, 0  # the detector reads task_loss
+                # a segment's last step may have fewer micro-batches
+                micro = (cfg.grad_accum if order is None
+                         else min(cfg.grad_accum, n_batches - step * cfg.grad_accum))
+                for _ in range(micro):
                     idx = next(batch_iter)
+                    if n_stream:
+                        mine = [i for i in idx if i < n_stream]
+                        step_blocks += len(mine)
+                        step_tokens += sum(len(examples[i].input_ids) for i in mine)
                     weight = 1.0  # this rank's share of the batch's loss (its labelled tokens)
                     if share is not None:
                         n_tokens, n_cells = share.cost(idx)  # global: every rank knows the batch
@@ -331,7 +372,11 @@ class Trainer:
                         tokens += int(cpu_batch["attention_mask"].sum())  # before .to(): no sync
                         cells += cpu_batch["attention_mask"].numel()
                     batch = {k: v.to(self.acc.device) for k, v in cpu_batch.items()}
-                    loss = self._loss(model, batch, align, sparse_logits, hooks)
+                    loss, task = self._loss(model, batch, align, sparse_logits, hooks)
+                    if segment is not None and segment.detector is not None:
+                        task = task.float() * (weight if share is not None else 1.0)
+                        task_loss += (dist.sum_values([task.item()])[0] if share is not None
+                                      else task.item()) / micro
                     if share is not None:  # the batch's loss: the ranks' token-weighted sum
                         loss = loss * weight  # (the signal flags ride along: all ranks agree)
                         value, flags = dist.sum_values([loss.detach().float().item(),
@@ -346,8 +391,12 @@ class Trainer:
                                                 "train.nonfinite_loss=skip to skip such batches)")
                         skipped += 1
                         continue  # no backward: this batch adds nothing to the step's gradient
-                    self.acc.backward(loss / cfg.grad_accum)
-                    step_loss += value / cfg.grad_accum
+                    self.acc.backward(loss / micro)
+                    step_loss += value / micro
+                if (segment is not None and segment.detector is not None and step_blocks
+                        and _shift_found(segment, task_loss, stream_done, stream_tokens)):
+                    optimizer.zero_grad(set_to_none=True)  # this chunk starts the next segment
+                    break
                 if share is not None and not sharded:  # the one-process gradient, on every rank
                     dist.all_reduce_gradients(params)
                 with hooks:
@@ -361,6 +410,9 @@ class Trainer:
                 optimizer.zero_grad(set_to_none=True)
                 memory.sample()
                 loss_value = step_loss
+                stream_done += step_blocks
+                stream_tokens += step_tokens
+                steps_taken += 1
                 if self.on_step is not None:
                     self.on_step(loss_value, scheduler.get_last_lr()[0])
                 elapsed = time.perf_counter() - start
@@ -378,11 +430,17 @@ class Trainer:
                         raise KeyboardInterrupt
         bar.close()
         train_s = prior_s + time.perf_counter() - start  # the loop (after_stage: strategy)
+        if segment is not None:
+            self.carried = _moments(model, optimizer)
+            segment.blocks_trained = stream_done
+            st = stages[0]
+            st.train = st.train[:stream_done]  # what the segment trained on, for after_stage
+            st.last = segment.ends_stream and not segment.fired
         with hooks:
             for st in stages:
                 self.strategy.after_stage(st)
         return PhaseCost(
-            steps=total_steps, train_time_s=train_s, tokens_trained=tokens,
+            steps=steps_taken, train_time_s=train_s, tokens_trained=tokens,
             padding_fraction=1.0 - tokens / max(cells, 1), examples=len(examples),
             final_loss=loss_value, peak_memory_mb=memory.peak_mb, strategy_time_s=hooks.total,
             skipped_batches=skipped, trainable_params=self._edit_trained if edit else (
@@ -466,6 +524,100 @@ class _PhaseParts:
         stepstate.set_global_rng_state(meta["rng"][r], {k[len(prefix):]: v for k, v in
                                                         state.items() if k.startswith(prefix)})
         return meta["step"], meta["counters"]
+
+
+def _segment_examples(encoder: Encoder, stage: Stage, records: list,
+                      rng: random.Random) -> tuple[list[Encoded], list[int]]:
+    """A stream segment's examples and their training order: the segment's blocks in stream
+    order, with what strategies added (``train_data``: replay, general data) shuffled and
+    spread evenly among them, so every chunk carries its share."""
+    n = len(stage.train)
+    if len(records) < n or any(a is not b for a, b in zip(records, stage.train)):
+        raise TrainingError(f"stage '{stage.name}': a strategy's train_data dropped or "
+                            "reordered the stream's blocks; in a text stream it may only add "
+                            "records after them")
+    blocks = encoder.encode_stage("cpt", stage.train)
+    if len(blocks) != n:
+        raise TrainingError(f"stage '{stage.name}': expected {n} stream blocks, encoded "
+                            f"{len(blocks)}")
+    extra = encoder.encode_stage("cpt", records[n:])
+    shuffled = list(range(n, n + len(extra)))
+    rng.shuffle(shuffled)
+    order: list[int] = []
+    placed = 0
+    for i in range(n):
+        order.append(i)
+        due = round((i + 1) * len(extra) / n)
+        order.extend(shuffled[placed:due])
+        placed = due
+    return blocks + extra, order
+
+
+def _stream_scheduler(name: str, optimizer, cfg: TrainConfig, segment: SegmentPlan,
+                      order: list[int], n_stream: int, examples: list[Encoded]):
+    """The learning rate of a stream segment: the configured schedule over the whole stream,
+    read at the segment's position (in chunks of the stream), so boundaries do not re-warm
+    it. Step k of the segment uses the position of the stream tokens before it."""
+    total = max(1.0, segment.total_tokens / segment.chunk_tokens)
+    base = get_scheduler(name, torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0),
+                         num_warmup_steps=int(round(cfg.warmup_ratio * total)),
+                         num_training_steps=math.ceil(total)).lr_lambdas[0]
+    per_step = cfg.batch_size * cfg.grad_accum
+    before, seen = [], segment.start_token
+    for s in range(0, len(order), per_step):
+        before.append(seen / segment.chunk_tokens)
+        seen += sum(len(examples[i].input_ids) for i in order[s:s + per_step] if i < n_stream)
+    before.append(seen / segment.chunk_tokens)
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda k: base(before[min(k, len(before) - 1)]))
+
+
+def _moments(model, optimizer) -> dict[str, dict[str, torch.Tensor]]:
+    """AdamW's per-parameter state (step, exp_avg, exp_avg_sq) by parameter name, on the CPU."""
+    names = {id(p): n for n, p in model.named_parameters()}
+    return {names[id(p)]: {k: v.detach().cpu().clone() for k, v in st.items()}
+            for p, st in optimizer.state.items() if id(p) in names and st}
+
+
+def _restore_moments(model, optimizer, carried: dict[str, dict[str, torch.Tensor]]) -> None:
+    """Give the parameters that trained before the boundary their AdamW state back (new ones,
+    e.g. a new adapter, start fresh)."""
+    if not carried:
+        return
+    for n, p in model.named_parameters():
+        st = carried.get(n)
+        if p.requires_grad and st is not None and st["exp_avg"].shape == p.shape:
+            optimizer.state[p] = {k: v.clone().to(p.device) if v.dim() else v.clone()
+                                  for k, v in st.items()}
+
+
+def carried_tensors(carried: dict[str, dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """The carried AdamW state as flat tensors for a checkpoint (``name/exp_avg`` ...)."""
+    return {f"{n}/{k}": v.contiguous() for n, st in carried.items() for k, v in st.items()}
+
+
+def carried_from_tensors(tensors: dict[str, torch.Tensor]) -> dict[str, dict[str, torch.Tensor]]:
+    """Inverse of :func:`carried_tensors`."""
+    out: dict[str, dict[str, torch.Tensor]] = {}
+    for key, v in tensors.items():
+        name, _, k = key.rpartition("/")
+        out.setdefault(name, {})[k] = v
+    return out
+
+
+def _shift_found(segment: SegmentPlan, loss: float, done: int, tokens: int) -> bool:
+    """Feed one chunk's loss to the detector (``done`` blocks, ``tokens`` tokens of the segment
+    trained before it); True when it places a boundary before the chunk (never before the
+    segment trained anything)."""
+    position = segment.start_token + tokens
+    fired = segment.detector.update(loss)
+    det = segment.detector
+    segment.trace.append([position, loss, det.z, det.score,
+                          det.score_down if det.direction == "both" else None])
+    if fired and done > 0:
+        segment.fired = True
+        return True
+    return False
 
 
 class _ShardPlan:

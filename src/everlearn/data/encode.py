@@ -130,13 +130,17 @@ class Encoder:
         )
 
     def pack_cpt(self, records: list[Record]) -> list[Encoded]:
-        """Concatenate documents (EOS between them) and cut into max_length blocks."""
+        """Concatenate documents (EOS between them) and cut into max_length blocks. A block of
+        a text stream (``token_ids``) stays one example of its own, first and in order."""
+        blocks = [Encoded(list(r.token_ids), list(r.token_ids)) for r in records
+                  if r.token_ids is not None and len(r.token_ids) >= 2]
         stream: list[int] = []
         for r in records:
+            if r.token_ids is not None:
+                continue
             stream.extend(self.ids(r.text))
             if self.eos_id is not None:
                 stream.append(self.eos_id)
-        blocks = []
         for start in range(0, len(stream), self.max_length):
             block = stream[start:start + self.max_length]
             if len(block) >= 2:
@@ -167,7 +171,7 @@ class Encoder:
         mixed in by a strategy) are packed like cpt text; the rest get response-only loss."""
         if kind == "cpt":
             return self.pack_cpt(records)
-        text_only = [r for r in records if r.text and not r.answers]
+        text_only = [r for r in records if (r.text or r.token_ids) and not r.answers]
         if kind == "edit":  # every record with an answer is an edit: prompt -> target_new
             edits = []
             for i, r in enumerate(records):

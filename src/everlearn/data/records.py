@@ -24,7 +24,9 @@ class Record:
     records are fact edits (EasyEdit/CounterFact field names): ``prompt`` and its new target
     (``target_new``, kept as ``response``), paraphrases of the prompt (``rephrase_prompt``) and
     unrelated prompts whose answers must not change (``locality_prompt``, with
-    ``locality_ground_truth`` where known, "" where not).
+    ``locality_ground_truth`` where known, "" where not). ``token_ids`` holds one block of a
+    boundary-free text stream already tokenised (:mod:`everlearn.textstream`): it is trained
+    as it is, so the stream's token positions stay exact; ``text`` is then its decoded text.
     """
 
     prompt: str = ""
@@ -42,6 +44,7 @@ class Record:
     rephrase_prompt: list[str] = field(default_factory=list)
     locality_prompt: list[str] = field(default_factory=list)
     locality_ground_truth: list[str] = field(default_factory=list)
+    token_ids: list[int] | None = None
 
     def __post_init__(self) -> None:
         if self.chosen and not self.answers and not self.response:

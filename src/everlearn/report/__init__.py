@@ -31,6 +31,9 @@ def write_report(run_dir: str | Path) -> Path:
     general = figures.general_png(results)
     if general is not None:
         figs["general"] = general
+    stream = figures.text_stream_png(results)
+    if stream is not None:
+        figs["text_stream"] = stream
     config = run_dir / "config.yaml"
     config_text = config.read_text(encoding="utf-8") if config.is_file() else None
     out = run_dir / "report"

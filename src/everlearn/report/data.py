@@ -14,6 +14,7 @@ KNOWN_TOP = {"everlearn_version", "status", "name", "scenario", "strategies", "m
              "finetune", "stages", "phases", "rows", "R", "base_eval_time_s", "cost",
              "strategy_metrics", "metrics", "general", "general_ability", "eval_schedule"}
 KNOWN_TOP |= {"recycling"}  # recycle runs (page._recycling)
+KNOWN_TOP |= {"text_stream"}  # boundary-free text streams (page._text_stream)
 CL_KEYS = ("ap", "final_ap", "la", "bwt", "bwt_trace", "forgetting", "fwt")
 KNOWN_METRIC = {*CL_KEYS, "stages", "note", "main", "perplexity", "general_delta",
                 "ap_estimated", "forgetting_lower_bound"}

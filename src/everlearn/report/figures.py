@@ -138,3 +138,40 @@ def general_png(results: dict[str, Any]) -> bytes | None:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
     return _png(fig)
+
+
+def text_stream_png(results: dict[str, Any]) -> bytes | None:
+    """A text stream over its token positions: each stage's score at every row (row k at the
+    end of segment k), true shifts (grey) and boundaries (dashed); below, the chunk losses the
+    detector read. None for a run without a text stream."""
+    ts = results.get("text_stream")
+    if not isinstance(ts, dict) or not ts.get("segments"):
+        return None
+    R, stages = results["R"], results["stages"]
+    xs = ([0] + [s["end"] for s in ts["segments"]])[:len(R)]
+    trace = [row for s in ts["segments"] for row in s.get("detector_trace") or []]
+    fig = Figure(figsize=(8, 5.4 if trace else 3.4))
+    ax = fig.add_subplot(2 if trace else 1, 1, 1)
+    for j, st in enumerate(stages):
+        ys = [row[j] if row[j] is not None else math.nan for row in R[:len(xs)]]
+        ax.plot(xs, ys, marker="o", label=st["name"])
+    if not all(s.get("higher_is_better", True) for s in stages):
+        ax.set_yscale("log")
+    axes = [ax]
+    if trace:
+        low = fig.add_subplot(2, 1, 2, sharex=ax)
+        low.plot([r[0] for r in trace], [r[1] for r in trace], color="#444", linewidth=1)
+        low.set_ylabel("chunk loss (nats)")
+        axes.append(low)
+    for a in axes:
+        for p in ts.get("shifts") or []:
+            a.axvline(p, color="#999", linewidth=3, alpha=0.4)
+        for b in ts.get("boundaries") or []:
+            a.axvline(b["position"], color="#d62728" if b["reason"] == "detector" else "#1f77b4",
+                      linestyle="--", linewidth=1)
+        a.grid(alpha=0.3)
+    ax.set_ylabel("score (log scale: perplexity)" if ax.get_yscale() == "log" else "score")
+    axes[-1].set_xlabel("stream position (tokens); grey: true shifts, dashed: boundaries")
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
+    fig.suptitle("each stage's score along the text stream", fontsize=10)
+    return _png(fig)

@@ -189,6 +189,49 @@ def _recycling(res: dict[str, Any]) -> str:
     return "\n".join(out)
 
 
+def _text_stream(res: dict[str, Any], figs: dict[str, bytes]) -> str:
+    """A boundary-free text stream: where each segment ended and why, the true shifts, what
+    the detector found, and each stage's score before, after and at the end of the stream."""
+    from everlearn.tables import text_stream_line
+
+    ts = res.get("text_stream")
+    if not isinstance(ts, dict):
+        return ""
+    out = ['<h2 class="text-stream">Text stream</h2>',
+           f'<p class="note">{escape(text_stream_line(ts))}. The stages\' training text, in '
+           "order, is one token stream trained once; each row of R follows one segment. See "
+           "docs/temporal.md.</p>"]
+    if "text_stream" in figs:
+        out.append(figure(figs["text_stream"], "scores along the text stream",
+                          "each stage's score at every boundary; grey: true shifts, dashed: "
+                          "boundaries (red: detector)"))
+    out.append(table(["segment", "from token", "to token", "ended by"],
+                     [[s.get("name"), s.get("start"), s.get("end"), s.get("reason")]
+                      for s in ts.get("segments") or []], "segments"))
+    names = {d.get("start"): d.get("name") for d in ts.get("domains") or []}
+    det = ts.get("detection") if isinstance(ts.get("detection"), dict) else None
+    hits = {f.get("shift"): f for f in (det or {}).get("shifts") or []}
+    if ts.get("shifts"):
+        rows = [[p, names.get(p), *((hits[p].get("boundary"), hits[p].get("delay_tokens"))
+                                    if p in hits else ())] for p in ts["shifts"]]
+        header = ["true shift at token", "stage starting"]
+        if det:
+            header += ["detector boundary", "boundary - shift (tokens)"]
+        out.append(table(header, rows, "shifts"))
+    if det:
+        out.append(f"<p>Detector: {escape(str(det.get('missed')))} shift(s) missed, "
+                   f"{escape(str(det.get('false_alarms')))} false alarm(s).</p>")
+    per = ts.get("per_stage") or []
+    if per:
+        out += [table(["stage", "base", "before", "row", "after", "row", "final"],
+                      [[p.get("name"), p.get("base"), p.get("before"), p.get("before_row"),
+                        p.get("after"), p.get("after_row"), p.get("final")] for p in per],
+                      "per-stage"),
+                '<p class="note">before / after: the row at the boundary nearest to where the '
+                "stage's text begins / ends.</p>"]
+    return "\n".join(out)
+
+
 def _generic_section(title: str, note: str, items: dict[str, Any], cls: str) -> str:
     if not items:
         return ""
@@ -234,7 +277,8 @@ def build_page(res: dict[str, Any], figs: dict[str, bytes], config_text: str | N
     """The whole page; every string from the run is escaped."""
     strategy = res.get("strategy_metrics") or {}
     sections = [
-        _header(res), _matrix(res, figs), _metrics(res), _general(res, figs), _recycling(res),
+        _header(res), _matrix(res, figs), _metrics(res), _text_stream(res, figs),
+        _general(res, figs), _recycling(res),
         _generic_section("Stage-kind metrics", "Further metrics reported by the evaluation "
                          "(temporal knowledge, editing, preference...).",
                          data.extra_metrics(res), "stage-metrics"),

@@ -78,7 +78,10 @@ class Strategy:
 
     def is_last_stage(self, stage) -> bool:
         """Whether ``stage`` ends the stream: what only later stages would use (a Fisher, an
-        importance estimate) need not be computed after it."""
+        importance estimate) need not be computed after it. A segment of a text stream says
+        so itself (``stage.last``: where the detector ends it is known only when it ends)."""
+        if getattr(stage, "last", None) is not None:
+            return bool(stage.last)
         stream = self.ctx.stream if self.ctx is not None else None
         return bool(stream is not None and stream.stages
                     and stage.index == stream.stages[-1].index)

@@ -128,7 +128,9 @@ class RoutedLoRA(StageAdapters):
             records = [records[i] for i in sorted(rng.sample(range(len(records)), n))]
         feats = self._compute([self._ids(r) for r in records])
         self.prototypes[name] = torch.stack(feats).mean(0)
-        self.routing.append(self._measure(stage.name))
+        measured = self._measure(stage.name)
+        if measured["per_stage"]:  # a text stream's segments have no test set of their own
+            self.routing.append(measured)
 
     def metrics(self):
         """Routing accuracy (percent of each stage's test records sent to its own adapter)
@@ -144,10 +146,10 @@ class RoutedLoRA(StageAdapters):
         return {**last["per_stage"], "mean": last["mean"]}
 
     def _measure(self, after: str) -> dict:
-        stages = {s.index: s for s in self.ctx.stream.stages}
+        stages = {s.name: s for s in self.ctx.stream.stages}
         per_stage = {}
         for a in self.adapters:
-            stage = stages.get(a["stage"])
+            stage = stages.get(a["stage_name"])
             if stage is not None and stage.test:
                 per_stage[a["stage_name"]] = routing_accuracy(
                     [self.route(r) for r in stage.test], a["name"])
