@@ -68,7 +68,12 @@ def _check_state_round_trip(cfg, path) -> None:
         assert torch.equal(again["tensors"][k], v), k
 
 
-@pytest.mark.parametrize("name", sorted(STRATEGIES))
+# stage_projector needs a vision-language model: its contract (resume included) is in
+# tests/test_vision.py on the tiny LLaVA
+VISION_ONLY = {"stage_projector"}
+
+
+@pytest.mark.parametrize("name", sorted(set(STRATEGIES) - VISION_ONLY))
 def test_strategy_contract(tmp_path, name, monkeypatch):
     cfg = _config(tmp_path, name)
     run = Run(cfg, tmp_path / "full", quiet=True)
