@@ -168,6 +168,10 @@ def test_a_second_signal_is_not_held():
                 held.deliver()  # the first one, at the step boundary
             assert not held.deliver()
         assert signal.getsignal(signal.SIGINT) is handler
+        with pytest.raises(KeyboardInterrupt):  # one held when the block ends is handed over
+            with DeferredSignals():
+                os.kill(os.getpid(), signal.SIGINT)
+        assert signal.getsignal(signal.SIGINT) is handler
         with DeferredSignals(active=False):
             assert signal.getsignal(signal.SIGINT) is handler
     finally:

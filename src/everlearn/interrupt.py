@@ -3,7 +3,8 @@
 Inside :class:`DeferredSignals` a SIGINT or SIGTERM only sets a flag; the trainer checks it
 after each optimizer step, writes a step checkpoint and then hands the signal to the handler
 that was installed before (the CLI's raises KeyboardInterrupt: exit 130). A second signal
-before that boundary is handed over at once (a user who insists is not kept waiting).
+before that boundary is handed over at once (a user who insists is not kept waiting), and one
+still held when the block ends (it came after the last step's check) is handed over then.
 
 Only signals that already had a Python handler are deferred: a process that lets SIGTERM kill
 it (the default disposition) is still killed at once, and resumes from its latest checkpoint.
@@ -40,10 +41,13 @@ class DeferredSignals:
                 signal.signal(sig, self._hold)
         return self
 
-    def __exit__(self, *exc) -> None:
-        for sig, handler in self._previous.items():
+    def __exit__(self, exc_type, *exc) -> None:
+        previous, self._previous = self._previous, {}
+        for sig, handler in previous.items():
             signal.signal(sig, handler)
-        self._previous = {}
+        signum, self.pending = self.pending, None
+        if signum is not None and exc_type is None:  # arrived after the last step's check
+            previous[signum](signum, None)
 
     def _hold(self, signum, frame) -> None:
         if self.pending is not None:  # the second one: no more waiting
