@@ -256,6 +256,7 @@ def test_budget_cuts_the_stream_and_none_mode_makes_one_segment(tmp_path):
     ({"text_stream": {"boundaries": {"windw": 4}}}, "text_stream.boundaries.windw"),
     ({"text_stream": {"token_budget": 1, "boundaries": "none"}}, "text_stream.token_budget"),
     ({"eval": {"every": 2}}, "eval.every"),
+    ({"train": {"checkpoint_every": 5}}, "train.checkpoint_every"),
     ({"stage_steps": 5}, "stages.1.steps"),
     ({"sft_stage": True}, "stages.1.kind"),
 ])
