@@ -18,6 +18,8 @@ from everlearn.config import build_config
 from everlearn.models import build_tiny_model, build_tiny_tokenizer
 from everlearn.runner import Run, resume_run, start_run
 from everlearn.strategies import STRATEGIES, build_strategy
+from everlearn.vision import is_vision_model
+from everlearn.vision.models import build_tiny_llava
 from tests.conftest import constant_task, killed_at_phase, tiny_config
 
 # Options that keep every strategy small enough for a seconds-long test.
@@ -31,19 +33,29 @@ def _config(tmp_path, name: str):
     stages = [constant_task(tmp_path, "red", "alpha", n_train=16, n_test=4),
               constant_task(tmp_path, "green", "bravo", n_train=16, n_test=4),
               constant_task(tmp_path, "blue", "charlie", n_train=16, n_test=4)]
+    model, max_length = "tiny-llama", 48
+    if STRATEGIES[name].requires_vision:  # three visual tasks on the tiny LLaVA
+        stages = [{"name": "vis", "builtin": "visual_shapes", "builtin_options": {
+            "tasks": ["colour", "shape", "position"], "train_size": 16, "test_size": 4}}]
+        model, max_length = "tiny-llava", 96
     return build_config(tiny_config(
         tmp_path, stages,
-        model={"name": "tiny-llama", "finetune": finetune, "lora": {"r": 4}},
+        model={"name": model, "finetune": finetune, "lora": {"r": 4}},
         train={"lr": 5e-3, "steps": 4, "batch_size": 4, "precision": "fp32",
-               "max_length": 48},
+               "max_length": max_length},
         strategies=[{"name": name, **SMALL_OPTIONS.get(name, {})}],
     ))
 
 
 def _check_base_weights_unchanged(model) -> None:
-    fresh = build_tiny_model(build_tiny_tokenizer()).state_dict()
-    trained = model.get_base_model().state_dict()
-    base_keys = [k for k in trained if "lora_" not in k]
+    if is_vision_model(model):  # the projector trains whole; the rest is the base
+        fresh = build_tiny_llava()[0].state_dict()
+        trained = model.get_base_model().state_dict()
+        base_keys = [k for k in trained if "lora_" not in k and "projector" not in k]
+    else:
+        fresh = build_tiny_model(build_tiny_tokenizer()).state_dict()
+        trained = model.get_base_model().state_dict()
+        base_keys = [k for k in trained if "lora_" not in k]
     assert base_keys
     for key in base_keys:
         assert torch.equal(trained[key], fresh[key.replace(".base_layer", "")]), key
