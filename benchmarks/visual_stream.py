@@ -14,7 +14,8 @@ Prints, per strategy, each task's accuracy before the stream (the aligned model)
 its own stage, and at the end; the strategy's final AP, BWT, forgetting and the stage_projector
 routing accuracy; the general-ability delta of the language model on text (KL from the aligned
 model along its greedy answers to general prompts, and the share of unchanged answers) after the
-last stage; and the cost (wall time, training s/step, trainable parameters, peak memory).
+last stage; and the cost (wall time, training s/step, trainable parameters, peak memory). The
+alignment and every strategy run in a process of their own (peak memory is each one's own).
 
 Usage::
 
@@ -31,13 +32,12 @@ import json
 import os
 import platform
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
 from datetime import datetime, timezone
 from pathlib import Path
-
-import torch
 
 from everlearn.config import ModelConfig, build_config
 from everlearn.models import cache_dir, load_base_model, load_trainable_state
@@ -162,6 +162,19 @@ def summary_table(rows: list[dict]) -> str:
     return "\n".join(out)
 
 
+def in_subprocess(argv: list[str], what: str, args) -> dict:
+    """Run this script with ``--worker what`` in a fresh process and return its JSON result:
+    each strategy's peak memory is then its own, not what an earlier one left allocated."""
+    with tempfile.NamedTemporaryFile(suffix=".json", delete=False) as fh:
+        result = Path(fh.name)
+    try:
+        subprocess.run([sys.executable, __file__, *argv, "--worker", what,
+                        "--result", str(result)], check=True)
+        return json.loads(result.read_text())
+    finally:
+        result.unlink(missing_ok=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--only", default="seqft,replay,ewc,inc_lora,stage_projector",
@@ -178,26 +191,42 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", help="write raw results as JSON here")
     p.add_argument("--progress", action="store_true")
+    p.add_argument("--model-dir", help=argparse.SUPPRESS)
+    p.add_argument("--worker", help=argparse.SUPPRESS)  # internal: one unit in this process
+    p.add_argument("--result", help=argparse.SUPPRESS)
+    argv = sys.argv[1:] if argv is None else argv
     args = p.parse_args(argv)
     args.tasks = args.tasks.split(",")
     names = args.only.split(",")
-    workdir = Path(tempfile.mkdtemp(prefix="everlearn-visual-"))
+    if args.worker:
+        workdir = Path(tempfile.mkdtemp(prefix="everlearn-visual-"))
+        try:
+            if args.worker == "align":
+                model_dir, align = aligned_model(args, workdir)
+                out = {"model_dir": str(model_dir), "alignment": align}
+            else:
+                out = run_one(args.worker, Path(args.model_dir), args, workdir)
+        finally:
+            shutil.rmtree(workdir, ignore_errors=True)
+        Path(args.result).write_text(json.dumps(out))
+        return 0
     began = time.perf_counter()
     rows: list[dict] = []
-    try:
-        model_dir, align = aligned_model(args, workdir)
-        print(f"[visual] aligned model: {model_dir}", file=sys.stderr, flush=True)
-        for name in names:
-            print(f"[visual] {name} ...", file=sys.stderr, flush=True)
-            rows.append(run_one(name, model_dir, args, workdir))
-            print(summary_table(rows[-1:]).splitlines()[-1], file=sys.stderr, flush=True)
-            if args.out:  # after every strategy, so that a killed benchmark keeps its rows
-                Path(args.out).write_text(json.dumps(
-                    {"settings": vars(args), "alignment": align, "rows": rows}, indent=2))
-    finally:
-        shutil.rmtree(workdir, ignore_errors=True)
+    done = in_subprocess(argv, "align", args)
+    model_dir, align = done["model_dir"], done["alignment"]
+    print(f"[visual] aligned model: {model_dir}", file=sys.stderr, flush=True)
+    for name in names:
+        print(f"[visual] {name} ...", file=sys.stderr, flush=True)
+        rows.append(in_subprocess(argv + ["--model-dir", model_dir], name, args))
+        print(summary_table(rows[-1:]).splitlines()[-1], file=sys.stderr, flush=True)
+        if args.out:  # after every strategy, so that a killed benchmark keeps its rows
+            Path(args.out).write_text(json.dumps(
+                {"settings": {k: v for k, v in vars(args).items()
+                              if k not in ("worker", "result", "model_dir")},
+                 "alignment": align, "rows": rows}, indent=2))
     print(f"{datetime.now(timezone.utc):%Y-%m-%d}, {platform.processor() or platform.machine()}, "
-          f"torch threads {torch.get_num_threads()}, tasks {','.join(args.tasks)}, "
+          f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}, "
+          f"tasks {','.join(args.tasks)}, "
           f"train={args.train} test={args.test} steps/task={args.steps} lr={args.lr}, "
           f"whole benchmark {time.perf_counter() - began:.0f} s")
     print(f"alignment ({align['steps']} steps, {align['train_time_s']:.0f} s training, "

@@ -70,7 +70,7 @@ def _check_state_round_trip(cfg, path) -> None:
 
 # stage_projector needs a vision-language model: its contract (resume included) is in
 # tests/test_vision.py on the tiny LLaVA
-VISION_ONLY = {"stage_projector"}
+VISION_ONLY = {n for n, cls in STRATEGIES.items() if cls.requires_vision}
 
 
 @pytest.mark.parametrize("name", sorted(set(STRATEGIES) - VISION_ONLY))

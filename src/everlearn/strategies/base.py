@@ -61,6 +61,7 @@ class Strategy:
     paper: ClassVar[str] = ""
     Options: ClassVar[type] = NoOptions
     requires_finetune: ClassVar[str | None] = None  # "lora" or "full" when only one works
+    requires_vision: ClassVar[bool] = False  # True: needs a vision-language model (a projector)
     # True when extra_loss reads outputs.logits at every position, or the strategy changes the
     # model's input sequence; otherwise training computes logits at labelled positions only.
     needs_full_logits: ClassVar[bool] = False

@@ -77,6 +77,7 @@ class StageProjector(Strategy):
     paper = ("Task-specific projection layers: He et al. 2023, Continual Instruction Tuning for "
              "Large Multimodal Models (EProj); LLaVA: Liu et al. 2023")
     Options = StageProjectorOptions
+    requires_vision = True
 
     def __init__(self, options=None):
         super().__init__(options)
