@@ -6,13 +6,12 @@ example file, so the example is tested as shipped. Tolerance: every cell of R wi
 example's worth (100 / n_test points); in practice the matrices come out equal and the final
 losses agree to ~1e-5 relative. The checkpoints of the sharded run are the one-process files
 (same names, shapes and dtypes, whole tensors), and a one-process run resumes from them.
-Strategies FSDP cannot run, DeepSpeed configs and FSDP1 configs stop with a one-line error.
+Strategies FSDP cannot run, FSDP1 and Megatron-LM configs stop with a one-line error.
 """
 
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import pytest
@@ -33,7 +32,6 @@ pytestmark = pytest.mark.skipif(not torch.distributed.is_available(),
 
 ROOT = Path(__file__).resolve().parents[1]
 FSDP_YAML = ROOT / "examples" / "accelerate" / "fsdp.yaml"
-DEEPSPEED_YAML = ROOT / "examples" / "accelerate" / "deepspeed_zero3.yaml"
 N_TEST = 6
 CASES = {  # strategy -> (strategies, overrides of the example's FSDP settings)
     "seqft": ([], {"FSDP_RESHARD_AFTER_FORWARD": "false"}),  # SHARD_GRAD_OP
@@ -159,11 +157,11 @@ def test_fsdp_refuses_edit_stages_and_recycle(monkeypatch):
 
 
 @pytest.mark.parametrize("env,expected", [
-    ({"ACCELERATE_USE_DEEPSPEED": "true"}, "distributed_type DEEPSPEED is not supported"),
     ({"ACCELERATE_USE_FSDP": "true", "FSDP_VERSION": "1", "WORLD_SIZE": "2"},
      "fsdp_config.fsdp_version: 1 is not supported"),
     ({"ACCELERATE_USE_FSDP": "true", "FSDP_VERSION": "2", "WORLD_SIZE": "2",
       "FSDP_OFFLOAD_PARAMS": "true"}, "fsdp_config.fsdp_offload_params: true is not supported"),
+    ({"ACCELERATE_USE_MEGATRON_LM": "true"}, "distributed_type MEGATRON_LM is not supported"),
 ])
 def test_launcher_configs_everlearn_cannot_honour_stop_in_one_line(
         tmp_path, monkeypatch, capsys, three_stages, env, expected):
@@ -174,17 +172,6 @@ def test_launcher_configs_everlearn_cannot_honour_stop_in_one_line(
     assert main(["run", str(cfg_file), "--output", str(tmp_path / "run")]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and expected in err, err
-    if "DEEPSPEED" in expected:
+    if "MEGATRON" in expected:
         assert "examples/accelerate/fsdp.yaml" in err  # the sharded alternative
     assert not (tmp_path / "run").exists()
-
-
-def test_the_deepspeed_example_is_a_zero3_config_that_says_it_is_refused():
-    from accelerate.commands.config.config_args import load_config_from_file
-
-    text = DEEPSPEED_YAML.read_text(encoding="utf-8")
-    assert text.startswith("#") and "refuses" in text.split("\n\n")[0]
-    cfg = load_config_from_file(str(DEEPSPEED_YAML))
-    assert str(cfg.distributed_type).rsplit(".", 1)[-1] == "DEEPSPEED"
-    assert cfg.deepspeed_config["zero_stage"] == 3
-    assert os.path.basename(DEEPSPEED_YAML) == "deepspeed_zero3.yaml"

@@ -27,9 +27,9 @@ import torch
 
 from everlearn.errors import ConfigError, TrainingError
 
-# accelerate launch sets these for the back-ends everlearn does not drive (FSDP: see
-# everlearn.fsdp)
-_REFUSED = {"ACCELERATE_USE_DEEPSPEED": "DEEPSPEED", "ACCELERATE_USE_MEGATRON_LM": "MEGATRON_LM"}
+# accelerate launch sets this for the back-end everlearn does not drive (FSDP: see
+# everlearn.fsdp; DeepSpeed ZeRO 1/2: everlearn.zero)
+_REFUSED = {"ACCELERATE_USE_MEGATRON_LM": "MEGATRON_LM"}
 _BUCKET = 1 << 26  # elements per flattened all-reduce buffer (256 MB of fp32)
 
 
@@ -40,15 +40,16 @@ def launched() -> bool:
 
 def _refused(kind: str) -> ConfigError:
     return ConfigError(f"accelerate config: distributed_type {kind} is not supported: everlearn "
-                       "runs its own training loop (strategies hook into it), not a DeepSpeed or "
-                       "Megatron-LM engine; for sharded weights, gradients and optimizer state "
-                       "use distributed_type FSDP (examples/accelerate/fsdp.yaml), else "
-                       "MULTI_GPU (examples/accelerate/ddp.yaml) or torchrun")
+                       "runs its own training loop (strategies hook into it), not a Megatron-LM "
+                       "engine; for sharded weights, gradients and optimizer state use "
+                       "distributed_type FSDP (examples/accelerate/fsdp.yaml) or DEEPSPEED "
+                       "(examples/accelerate/deepspeed_zero2.yaml), else MULTI_GPU "
+                       "(examples/accelerate/ddp.yaml) or torchrun")
 
 
 def check_launcher() -> None:
-    """A one-line error for launcher settings the run cannot honour (DeepSpeed, Megatron-LM,
-    FSDP settings other than everlearn's FSDP2 sharding)."""
+    """A one-line error for launcher settings the run cannot honour (Megatron-LM, FSDP settings
+    other than everlearn's FSDP2 sharding, DeepSpeed settings other than ZeRO 1/2)."""
     for var, name in _REFUSED.items():
         if os.environ.get(var, "false").lower() == "true":
             raise _refused(name)
@@ -56,12 +57,16 @@ def check_launcher() -> None:
 
     if fsdp.requested():
         fsdp.settings()
+    from everlearn import zero
+
+    if zero.requested():
+        zero.settings()
 
 
 def check_accelerator(acc) -> None:
     """The same check on a created Accelerator (its ``distributed_type``)."""
     kind = str(getattr(acc, "distributed_type", "")).rsplit(".", 1)[-1].upper()
-    if kind in ("DEEPSPEED", "MEGATRON_LM"):
+    if kind == "MEGATRON_LM":  # (DeepSpeed: hidden from accelerate, see everlearn.zero)
         raise _refused(kind)
 
 
@@ -75,7 +80,10 @@ def init() -> None:
     if launched() and not _active():
         from accelerate.state import PartialState
 
-        PartialState(cpu=not torch.cuda.is_available())  # the run's Accelerator's choice
+        from everlearn import zero
+
+        with zero.hidden_from_accelerate():
+            PartialState(cpu=not torch.cuda.is_available())  # the run's Accelerator's choice
 
 
 def shutdown() -> None:

@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from everlearn import __version__, fsdp
+from everlearn import __version__, fsdp, zero
 from everlearn import distributed as dist
 from everlearn.checkpoint import RunDir, write_atomic, write_json
 from everlearn.config import RunConfig, dump_yaml, load_config
@@ -71,7 +71,7 @@ def make_accelerator(precision: str, **kwargs: Any):
     another precision in the same process (an API user, a benchmark) resets it first.
     ``kwargs`` go to ``Accelerator`` (``log_with``/``project_dir`` of a tracker). Under
     torchrun or ``accelerate launch`` it joins the process group (data parallel, see
-    everlearn.distributed; FSDP, see everlearn.fsdp); DeepSpeed configs are refused."""
+    everlearn.distributed; FSDP, see everlearn.fsdp; DeepSpeed ZeRO 1/2, see everlearn.zero)."""
     from accelerate import Accelerator
     from accelerate.state import AcceleratorState
 
@@ -80,7 +80,8 @@ def make_accelerator(precision: str, **kwargs: Any):
     mixed = resolve_precision(precision, device)
     if AcceleratorState._shared_state and AcceleratorState().mixed_precision != mixed:
         AcceleratorState._reset_state(True)
-    acc = Accelerator(mixed_precision=mixed, cpu=device.type == "cpu", **kwargs)
+    with zero.hidden_from_accelerate():  # DeepSpeed: everlearn builds the engine per phase
+        acc = Accelerator(mixed_precision=mixed, cpu=device.type == "cpu", **kwargs)
     dist.check_accelerator(acc)
     return acc
 
@@ -122,6 +123,8 @@ class Run:
                                                       cfg.model.finetune)
         stages = self.stream.stages
         fsdp.check_run(self.strategy.names, [s.kind for s in stages], False, source)
+        zero.check_run(self.strategy.names, [s.kind for s in stages], False,
+                       cfg.text_stream is not None, cfg.train.checkpoint_every, source)
         planned = self.strategy.plan(stages)
         # a text stream (everlearn.textstream): the phases are its segments, found as it trains
         self.text: TextStreamRun | None = None
@@ -450,7 +453,7 @@ def start_run(cfg: RunConfig, run_dir: str | Path | None = None, quiet: bool = F
         from everlearn.recycle import RecycleRun
 
         fsdp.check_run([], [], True, source)
-
+        zero.check_run([], [], True, False, 0, source)
         return path, RecycleRun(cfg, path, quiet, source).execute(resume=False)
     run = Run(cfg, path, quiet, source)
     return path, run.execute(resume=False)
@@ -467,6 +470,7 @@ def resume_run(run_dir: str | Path, quiet: bool = False) -> tuple[Path, dict[str
         from everlearn.recycle import RecycleRun
 
         fsdp.check_run([], [], True, str(path / "config.yaml"))
+        zero.check_run([], [], True, False, 0, str(path / "config.yaml"))
         return path, RecycleRun(cfg, path, quiet, str(path / "config.yaml")).execute(resume=True)
     run = Run(cfg, path, quiet, str(path / "config.yaml"))
     return path, run.execute(resume=True)

@@ -10,6 +10,7 @@ checkpoint exactly (see everlearn.stepstate).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import random
@@ -23,7 +24,7 @@ from tqdm.auto import tqdm
 from transformers import get_scheduler
 
 from everlearn import distributed as dist
-from everlearn import fsdp, stepstate
+from everlearn import fsdp, stepstate, zero
 from everlearn.config import TrainConfig
 from everlearn.data.encode import IGNORE, Encoded, Encoder, collate, image_inputs
 from everlearn.errors import ResumeError, TrainingError
@@ -277,7 +278,11 @@ class Trainer:
         # strategies add adapters, prompts and blocks to the model between stages and read and
         # rewrite gradients themselves, and DDP would also sync each micro-batch.
         share = _ShardPlan(examples, align, rank, world) if world > 1 else None
-        if share is not None and not sharded:
+        # DeepSpeed ZeRO 1/2 (everlearn.zero): its engine reduces, clips and steps; it starts
+        # every rank from rank 0's weights
+        engine = (zero.Engine(model, optimizer, cfg.max_grad_norm, zero.settings())
+                  if share is not None and zero.requested() else None)
+        if share is not None and not sharded and engine is None:
             dist.broadcast_parameters(params)  # as DDP does: every rank starts from rank 0's
 
         if order is not None:  # a stream segment: consecutive batches, once
@@ -309,7 +314,10 @@ class Trainer:
                       "total_steps": total_steps, "params": [names[id(p)] for p in params]}
         parts = _PhaseParts(params, optimizer, scheduler, batch_iter, self.strategy, sharded)
         first, prior_s = 0, 0.0
-        if resume is not None:
+        if resume is not None and engine is not None:  # its AdamW state is DeepSpeed's now
+            log.warning("phase %d: a step checkpoint is not resumed under DeepSpeed; training "
+                        "the phase from its start", phase)
+        elif resume is not None:
             try:
                 first, counters = parts.restore(resume, phase_info)
             except ResumeError as err:
@@ -325,7 +333,8 @@ class Trainer:
                    dynamic_ncols=True, leave=False)
         every = cfg.checkpoint_every
         # a text-stream segment takes no step checkpoints (its batches are not a BatchStream)
-        signals = DeferredSignals(active=self.save_step is not None and segment is None)
+        signals = DeferredSignals(active=self.save_step is not None and segment is None
+                                  and engine is None)
         n_stream = len(stages[0].train) if segment is not None else 0
         n_batches = math.ceil(len(order) / cfg.batch_size) if order is not None else 0
         stream_done = stream_tokens = 0  # stream blocks and tokens in the steps taken
@@ -347,7 +356,8 @@ class Trainer:
                 log.warning("phase %d: step %d: step checkpoint not written: %s", phase, done,
                             err)
 
-        with signals:
+        with signals, (contextlib.closing(engine) if engine is not None
+                         else contextlib.nullcontext()):
             for step in range(first, total_steps):
                 step_loss = 0.0
                 stop_seen = False  # several processes: whether any rank holds a signal
@@ -391,23 +401,30 @@ class Trainer:
                                                 "train.nonfinite_loss=skip to skip such batches)")
                         skipped += 1
                         continue  # no backward: this batch adds nothing to the step's gradient
-                    self.acc.backward(loss / micro)
+                    if engine is not None:
+                        engine.backward(loss / micro)
+                    else:
+                        self.acc.backward(loss / micro)
                     step_loss += value / micro
                 if (segment is not None and segment.detector is not None and step_blocks
                         and _shift_found(segment, task_loss, stream_done, stream_tokens)):
                     optimizer.zero_grad(set_to_none=True)  # this chunk starts the next segment
                     break
-                if share is not None and not sharded:  # the one-process gradient, on every rank
-                    dist.all_reduce_gradients(params)
+                if share is not None and not sharded and engine is None:
+                    dist.all_reduce_gradients(params)  # the one-process gradient, on every rank
                 with hooks:
                     self.strategy.after_backward(model)
-                if cfg.max_grad_norm is not None:
-                    self.acc.clip_grad_norm_(params, cfg.max_grad_norm)
-                optimizer.step()
+                if engine is not None:  # reduce, clip, step and zero the gradients
+                    engine.step()
+                else:
+                    if cfg.max_grad_norm is not None:
+                        self.acc.clip_grad_norm_(params, cfg.max_grad_norm)
+                    optimizer.step()
                 if bound is not None:  # edit stage: back into the L-inf ball (Zhu et al. 2020)
                     bound.project()
                 scheduler.step()
-                optimizer.zero_grad(set_to_none=True)
+                if engine is None:
+                    optimizer.zero_grad(set_to_none=True)
                 memory.sample()
                 loss_value = step_loss
                 stream_done += step_blocks

@@ -1,0 +1,179 @@
+"""DeepSpeed ZeRO stages 1 and 2 under an accelerate DeepSpeed config.
+
+``accelerate launch --config_file examples/accelerate/deepspeed_zero2.yaml`` (or torchrun with
+the same ``ACCELERATE_USE_DEEPSPEED`` / ``ACCELERATE_DEEPSPEED_*`` variables) shards the
+optimizer state (stage 1) and also the gradients (stage 2) over the processes with DeepSpeed's
+own ZeRO optimizer. Everything else stays as in the hand-written data parallelism of
+everlearn.distributed: every process holds the whole model, draws the one-process batch plan and
+trains on its rows of every batch with its share of the loss, and the strategies run their hooks
+on whole weights as usual.
+
+Each training phase wraps the model and its AdamW in a DeepSpeed engine
+(``deepspeed.initialize``) and tears it down when the phase ends, because strategies add
+adapters, prompts and blocks between stages. The engine runs with unmanaged gradient
+accumulation: everlearn's loop calls ``engine.backward`` per micro-batch and ``engine.step`` once
+per optimizer step, and DeepSpeed reduces the gradients (averaged over ranks, so the loss is
+scaled by the world size to get the one-process sum), clips them to ``train.max_grad_norm`` and
+updates its shard. The forward pass goes through the model itself, not the engine: under stages
+1 and 2 the weights are whole on every rank, so evaluation, checkpoints and the strategies read
+them as they are. Stage 3 (sharded weights) is refused: use the FSDP config, whose
+``fsdp_reshard_after_forward: true`` shards what ZeRO-3 shards.
+
+Refused under DeepSpeed: strategies that read or rewrite gradients (``agem``) or train outside
+the loop (``grace``), edit stages, text streams and step checkpoints (the optimizer state lives
+in DeepSpeed's flat partitions; a killed run resumes from its last stage checkpoint). See
+docs/distributed.md.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+
+from everlearn.errors import ConfigError
+
+_WHERE = "accelerate config: deepspeed_config"
+_WHY = {  # strategies DeepSpeed cannot run, and why (one clause each, for the error and docs)
+    "agem": "it projects the whole-model gradient, which ZeRO keeps in flat partitions",
+    "grace": "it edits layers with a codebook outside the training loop",
+}
+
+
+def requested() -> bool:
+    """Whether the launcher asked for DeepSpeed (``accelerate launch`` with a DeepSpeed config
+    sets ``ACCELERATE_USE_DEEPSPEED=true``) in a multi-process run."""
+    return (os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true"
+            and int(os.environ.get("WORLD_SIZE", "1") or 1) > 1)
+
+
+@dataclass
+class Settings:
+    """What everlearn takes from the accelerate DeepSpeed config."""
+
+    stage: int  # ZeRO stage: 1 (optimizer state sharded) or 2 (and gradients)
+
+
+def settings() -> Settings:
+    """The ZeRO settings of the launcher's environment; a one-line error for those everlearn
+    does not honour (stage 0 or 3, offloading, a separate DeepSpeed JSON file) or when
+    DeepSpeed is not installed."""
+    if os.environ.get("ACCELERATE_DEEPSPEED_CONFIG_FILE", ""):
+        raise ConfigError(f"{_WHERE}.deepspeed_config_file: not read by everlearn; set "
+                          "zero_stage (1 or 2) in the accelerate config instead "
+                          "(examples/accelerate/deepspeed_zero2.yaml)")
+    raw = os.environ.get("ACCELERATE_DEEPSPEED_ZERO_STAGE", "2")
+    if raw not in ("1", "2"):
+        raise ConfigError(f"{_WHERE}.zero_stage: {raw} is not supported: everlearn runs ZeRO "
+                          "stage 1 or 2 (whole weights on every process); for sharded weights "
+                          "use distributed_type FSDP (examples/accelerate/fsdp.yaml)")
+    for var, key in (("ACCELERATE_DEEPSPEED_OFFLOAD_OPTIMIZER_DEVICE", "offload_optimizer_device"),
+                     ("ACCELERATE_DEEPSPEED_OFFLOAD_PARAM_DEVICE", "offload_param_device")):
+        value = os.environ.get(var, "none").lower()
+        if value not in ("none", ""):
+            raise ConfigError(f"{_WHERE}.{key}: {value} is not supported by everlearn; set it "
+                              "to none")
+    try:
+        import deepspeed  # noqa: F401
+    except ImportError:
+        raise ConfigError(f"{_WHERE}: DeepSpeed is not installed; pip install "
+                          "'everlearn[deepspeed]'") from None
+    return Settings(int(raw))
+
+
+def check_run(strategies: list[str], stage_kinds: list[str], recycle: bool, text_stream: bool,
+              checkpoint_every: int, source: str) -> None:
+    """A one-line error, before anything is written, for what everlearn cannot run under
+    DeepSpeed."""
+    if not requested():
+        return
+    settings()
+    alternative = "run without DeepSpeed (examples/accelerate/ddp.yaml)"
+    if recycle:
+        raise ConfigError(f"{source}: recycle: not supported under DeepSpeed; {alternative}")
+    for name in strategies:
+        if name in _WHY:
+            raise ConfigError(f"{source}: strategies: '{name}' is not supported under DeepSpeed "
+                              f"({_WHY[name]}); {alternative}")
+    if "edit" in stage_kinds:
+        raise ConfigError(f"{source}: stages: edit stages are not supported under DeepSpeed; "
+                          f"{alternative}")
+    if text_stream:
+        raise ConfigError(f"{source}: text_stream: not supported under DeepSpeed (it carries "
+                          f"AdamW state across segments); {alternative}")
+    if checkpoint_every:
+        raise ConfigError(f"{source}: train.checkpoint_every: step checkpoints are not taken "
+                          "under DeepSpeed (its optimizer state lives in flat partitions); set "
+                          f"it to 0 (a killed run resumes from its last stage) or {alternative}")
+
+
+@contextlib.contextmanager
+def hidden_from_accelerate() -> Iterator[None]:
+    """Create accelerate's state and Accelerator as for plain data parallelism: with
+    ``ACCELERATE_USE_DEEPSPEED`` set, accelerate would route ``backward`` through an engine
+    that ``prepare`` builds, and everlearn never calls ``prepare`` (it builds one per phase)."""
+    if not requested():
+        yield
+        return
+    saved = os.environ["ACCELERATE_USE_DEEPSPEED"]
+    os.environ["ACCELERATE_USE_DEEPSPEED"] = "false"
+    try:
+        yield
+    finally:
+        os.environ["ACCELERATE_USE_DEEPSPEED"] = saved
+
+
+class Engine:
+    """One phase's DeepSpeed engine around the model's trainable weights and their AdamW."""
+
+    def __init__(self, model, optimizer: torch.optim.Optimizer, max_grad_norm: float | None,
+                 cfg: Settings) -> None:
+        import deepspeed
+
+        logging.getLogger("DeepSpeed").setLevel(logging.WARNING)
+        config = {
+            "train_micro_batch_size_per_gpu": 1,  # not used: everlearn feeds the batches
+            "gradient_accumulation_steps": 1,
+            "managed_gradient_accumulation": False,  # the loop says when a step is complete
+            "gradient_clipping": float(max_grad_norm or 0.0),
+            "zero_optimization": {"stage": cfg.stage},
+            "zero_allow_untested_optimizer": True,  # torch's AdamW as the client optimizer
+            "steps_per_print": 1 << 30,
+            "wall_clock_breakdown": False,
+        }
+        self.world = torch.distributed.get_world_size()
+        # deepspeed.initialize draws from torch's RNG; without fork_rng a later stage's new
+        # adapter (or dropout mask) would differ from the one-process run's
+        cuda = [torch.cuda.current_device()] if torch.cuda.is_available() else []
+        with torch.random.fork_rng(devices=cuda):
+            self.engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer,
+                                                        config=config)
+        n = sum(p.numel() for g in optimizer.param_groups for p in g["params"])
+        logging.getLogger("everlearn").info(
+            "DeepSpeed ZeRO stage %d over %d processes: %d trainable weights, each process "
+            "keeps the AdamW state%s of about %d", cfg.stage, self.world, n,
+            " and gradients" if cfg.stage == 2 else "", n // self.world)
+
+    def backward(self, loss: torch.Tensor) -> None:
+        """Accumulate this rank's gradient of ``loss``; DeepSpeed averages over the ranks at
+        the step, and the ranks' losses already add up to the batch's loss."""
+        self.engine.backward(loss * self.world, scale_wrt_gas=False)
+
+    def step(self) -> None:
+        """Reduce the gradients, clip, update this rank's shard, gather the weights, zero the
+        gradients."""
+        self.engine.step()
+
+    def close(self) -> None:
+        """Remove the engine's gradient hooks (a later backward, e.g. a Fisher estimate, must
+        not feed a finished phase's partitions)."""
+        self.engine.destroy()
+        for name in ("module_forward_pre_hook", "module_forward_post_hook"):
+            hook = getattr(self.engine, name, None)  # destroy() leaves them on the model, and
+            if hook is not None:  # they would keep this engine and its partitions alive
+                hook.remove()
+        self.engine = None
