@@ -1,8 +1,10 @@
-"""Per-process peak memory of a multi-process run: hand data parallelism vs FSDP2 sharding.
+"""Per-process peak memory of a multi-process run: hand data parallelism vs FSDP2 vs ZeRO-2.
 
-Runs the same one-stage stream twice under ``torchrun --nproc_per_node N -m everlearn run``:
-once replicated (everlearn's hand data parallelism) and once with the environment of
-``examples/accelerate/fsdp.yaml`` (FSDP2, full shard, one unit per decoder layer). While each
+Runs the same one-stage stream under ``torchrun --nproc_per_node N -m everlearn run``:
+replicated (everlearn's hand data parallelism), with the environment of
+``examples/accelerate/fsdp.yaml`` (FSDP2, full shard, one unit per decoder layer) and, when
+DeepSpeed is installed, with that of ``examples/accelerate/deepspeed_zero2.yaml`` (DeepSpeed
+ZeRO stage 2: gradients and AdamW state sharded, weights replicated). While each
 run goes, the peak resident set size (``VmHWM``) of every worker process is read from /proc;
 the table gives it per rank, with the training phase's own peak from ``results.json`` (rank 0,
 resident memory sampled at every optimizer step) and the phase's training time.
@@ -38,6 +40,10 @@ import yaml
 FSDP_ENV = {"ACCELERATE_USE_FSDP": "true", "FSDP_VERSION": "2",
             "FSDP_AUTO_WRAP_POLICY": "TRANSFORMER_BASED_WRAP",
             "FSDP_RESHARD_AFTER_FORWARD": "true"}  # what examples/accelerate/fsdp.yaml sets
+ZERO2_ENV = {"ACCELERATE_USE_DEEPSPEED": "true", "ACCELERATE_DEEPSPEED_ZERO_STAGE": "2",
+             "ACCELERATE_DEEPSPEED_OFFLOAD_OPTIMIZER_DEVICE": "none",
+             "ACCELERATE_DEEPSPEED_OFFLOAD_PARAM_DEVICE": "none"}  # examples/.../deepspeed_zero2
+RUNS = {"hand DP": {}, "FSDP full shard": FSDP_ENV, "DeepSpeed ZeRO-2": ZERO2_ENV}
 
 
 def write_stream(tmp: Path, args) -> Path:
@@ -127,14 +133,20 @@ def main() -> None:
     ap.add_argument("--nproc", type=int, default=2)
     ap.add_argument("--mmap-threshold", type=int, default=None,
                     help="MALLOC_MMAP_THRESHOLD_ for the workers (bytes; default: glibc's)")
+    ap.add_argument("--runs", default=",".join(RUNS),
+                    help=f"comma-separated, of: {', '.join(RUNS)}")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
+    names = args.runs.split(",")
+    if unknown := [n for n in names if n not in RUNS]:
+        ap.error(f"--runs: unknown {unknown}; expected names from {list(RUNS)}")
     rows = {}
     with tempfile.TemporaryDirectory() as tmp:
         cfg = write_stream(Path(tmp), args)
         malloc = ({"MALLOC_MMAP_THRESHOLD_": str(args.mmap_threshold)}
                   if args.mmap_threshold else {})
-        for name, env in (("hand DP", {}), ("FSDP full shard", FSDP_ENV)):
+        for name in names:
+            env = RUNS[name]
             rows[name] = run(cfg, Path(tmp) / name.replace(" ", "-"), args.nproc,
                              {**malloc, **env})
     print(f"{args.model}, {args.finetune}, fp32, {args.nproc} processes, {args.steps} steps of "
