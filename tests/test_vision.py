@@ -274,3 +274,20 @@ def test_strategies_compose_on_visual_stages(tmp_path):
     assert any("multi_modal_projector" in n and f.abs().sum() > 0
                for n, f in ewc.terms[1][1].items())  # the Fisher saw the images
     assert set(projector.projectors) == {"shared", "projector2", "projector3"}
+
+
+def test_routed_lora_routes_visual_stages_by_prototype(tmp_path):
+    """Per-stage LoRA with routing on image stages: each test record goes to its own stage's
+    adapter (DIL: no task id; the prototypes are the base model's hidden states of prompt and
+    image)."""
+    cfg = build_config(tiny_vision_config(tmp_path, [
+        {"name": "vis", "builtin": "visual_shapes",
+         "builtin_options": {"tasks": ["colour", "count"], "train_size": 16, "test_size": 8}}],
+        model={"name": "tiny-llava", "finetune": "lora"}, scenario="DIL",
+        strategies=["routed_lora"]))
+    run = Run(cfg, tmp_path / "run", quiet=True)
+    res = run.execute()
+    routing = res["strategy_metrics"]["routed_lora"]["routing_accuracy"]
+    assert [r["after"] for r in routing] == ["vis-colour", "vis-count"]
+    assert routing[-1]["per_stage"] == {"vis-colour": 100.0, "vis-count": 100.0}
+    assert run.strategy.members[0].names == ["stage1", "stage2"]
