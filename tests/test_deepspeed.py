@@ -25,7 +25,7 @@ from everlearn.config import build_config
 from everlearn.errors import ConfigError
 from everlearn.runner import Run, start_run
 from tests.conftest import constant_task, tiny_config
-from tests.test_distributed import torchrun
+from tests.test_distributed import assert_checkpoints_close, torchrun
 
 pytestmark = [
     pytest.mark.skipif(not torch.distributed.is_available(),
@@ -76,7 +76,7 @@ def test_zero_gives_the_one_process_matrix(tmp_path, monkeypatch, strategy):
               for name, answer in (("red", "alpha"), ("green", "bravo"))]
     cfg = tiny_config(tmp_path, stages, strategies=strategies,
                       model={"name": "tiny-llama", "finetune": finetune})
-    cfg["train"].update(steps=16, lr=lr, max_grad_norm=1.0, grad_accum=accum)  # clipped by DeepSpeed
+    cfg["train"].update(steps=16, lr=lr, max_grad_norm=1.0, grad_accum=accum)  # DeepSpeed clips
     cfg_file = tmp_path / "stream.yaml"
     cfg_file.write_text(yaml.safe_dump(cfg))
     _, one = start_run(build_config(cfg), tmp_path / "one", quiet=True)
@@ -101,17 +101,11 @@ def test_zero_gives_the_one_process_matrix(tmp_path, monkeypatch, strategy):
         assert (c2["steps"], c2["examples"], c2["tokens_trained"]) == (
             c1["steps"], c1["examples"], c1["tokens_trained"])
         assert c2["final_loss"] == pytest.approx(c1["final_loss"], rel=1e-3)
-    ckpt1 = tmp_path / "one" / "checkpoints" / "phase-02"
-    ckpt2 = run / "checkpoints" / "phase-02"
-    assert (json.loads((ckpt2 / "strategy.json").read_text())
-            == json.loads((ckpt1 / "strategy.json").read_text()))
-    w1 = load_file(ckpt1 / "trainable.safetensors")
-    w2 = load_file(ckpt2 / "trainable.safetensors")
-    assert w1.keys() == w2.keys()
-    for k in w1:
-        assert float((w2[k] - w1[k]).norm()) <= 1e-2 * float(w1[k].norm()) + 1e-8, k
-    trained = [k for k in w1 if "lora_B" in k] if finetune == "lora" else []
-    assert all(float(w2[k].norm()) > 0 for k in trained)  # LoRA's B starts at zero
+    ckpt = "checkpoints/phase-02"
+    assert_checkpoints_close(tmp_path / "one" / ckpt, run / ckpt, "trainable.safetensors", 1e-2)
+    if finetune == "lora":  # LoRA's B starts at zero: trained
+        w2 = load_file(run / ckpt / "trainable.safetensors")
+        assert all(float(w2[k].norm()) > 0 for k in w2 if "lora_B" in k)
 
 
 def _zero_env(monkeypatch, **extra: str) -> None:

@@ -47,6 +47,18 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def assert_checkpoints_close(ckpt1: Path, ckpt2: Path, tensors: str, rtol: float) -> None:
+    """Two stage checkpoints hold the same strategy state and the same tensors in ``tensors``
+    (names, shapes, dtypes), each within ``rtol`` of its norm."""
+    assert (json.loads((ckpt2 / "strategy.json").read_text())
+            == json.loads((ckpt1 / "strategy.json").read_text()))
+    t1, t2 = load_file(ckpt1 / tensors), load_file(ckpt2 / tensors)
+    assert t1.keys() == t2.keys()
+    for k in t1:
+        assert (t2[k].shape, t2[k].dtype) == (t1[k].shape, t1[k].dtype), k
+        assert float((t2[k] - t1[k]).norm()) <= rtol * float(t1[k].norm()) + 1e-8, k
+
+
 def torchrun(*args: str, timeout: float = 180) -> subprocess.CompletedProcess:
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
            "--master_addr", "127.0.0.1", "--master_port", str(free_port()),
@@ -132,15 +144,8 @@ def test_two_processes_give_the_one_process_matrix(tmp_path, strategy):
     # amplifies it (weights after phase 1, 2, 3 differ by ~5e-7, ~2e-5, ~1e-2 relative, seqft
     # as much as ewc), hence a tight bound after phase 1 and a loose one at the end.
     for phase, rtol in (("phase-01", 1e-4), ("phase-03", 0.1)):
-        ckpt1, ckpt2 = tmp_path / "one" / "checkpoints" / phase, run / "checkpoints" / phase
-        assert (json.loads((ckpt2 / "strategy.json").read_text())
-                == json.loads((ckpt1 / "strategy.json").read_text()))
-        t1 = load_file(ckpt1 / "strategy.safetensors")
-        t2 = load_file(ckpt2 / "strategy.safetensors")
-        assert t1.keys() == t2.keys()
-        for k in t1:
-            assert t2[k].shape == t1[k].shape
-            assert float((t2[k] - t1[k]).norm()) <= rtol * float(t1[k].norm()) + 1e-8, k
+        assert_checkpoints_close(tmp_path / "one" / "checkpoints" / phase,
+                                 run / "checkpoints" / phase, "strategy.safetensors", rtol)
 
     if strategy == "replay":
         # --resume under torchrun in the middle of phase 3: after phase 2 and from the step
