@@ -116,7 +116,8 @@ class TrainConfig:
         "stage checkpoints are written either way). It holds the trainable weights, the "
         "optimizer, learning-rate schedule, RNG and batch-order state and the strategies' "
         "in-stage state, so `--resume` continues mid-stage exactly; only the latest is kept. "
-        "Ctrl-C or SIGTERM during training writes one at the next step boundary, also when 0."
+        "Ctrl-C or SIGTERM during training writes one at the next step boundary, also when 0. "
+        "Not under DeepSpeed (docs/distributed.md)."
     )
 
 
