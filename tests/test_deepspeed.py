@@ -90,6 +90,8 @@ def test_zero_gives_the_one_process_matrix(tmp_path, monkeypatch, strategy):
     two = json.loads((run / "results.json").read_text())
     log = (run / "log.txt").read_text()
     assert log.count(f"DeepSpeed ZeRO stage {stage} over 2 processes") == 2  # one per phase
+    # the whole phase's trainable count, not one rank's flat partition of it
+    assert f"over 2 processes: {one['cost'][0]['trainable_params']} trainable weights" in log
 
     assert two["status"] == "complete" and len(two["R"]) == len(one["R"]) == 3
     tolerance = 100.0 / N_TEST  # one test example

@@ -149,13 +149,14 @@ class Engine:
             "wall_clock_breakdown": False,
         }
         self.world = torch.distributed.get_world_size()
-        # deepspeed.initialize draws from torch's RNG; without fork_rng a later stage's new
-        # adapter (or dropout mask) would differ from the one-process run's
+        # counted before ZeRO replaces the groups' tensors with this rank's flat partition
+        n = sum(p.numel() for g in optimizer.param_groups for p in g["params"])
+        # a guard: the one-process run makes no such call, so whatever it might draw from
+        # torch's RNG (deepspeed 0.19.8 draws nothing) must not shift later adapters or dropout
         cuda = [torch.cuda.current_device()] if torch.cuda.is_available() else []
         with torch.random.fork_rng(devices=cuda):
             self.engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer,
                                                         config=config)
-        n = sum(p.numel() for g in optimizer.param_groups for p in g["params"])
         logging.getLogger("everlearn").info(
             "DeepSpeed ZeRO stage %d over %d processes: %d trainable weights, each process "
             "keeps the AdamW state%s of about %d", cfg.stage, self.world, n,
