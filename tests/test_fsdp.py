@@ -5,13 +5,21 @@ examples/accelerate/fsdp.yaml`` sets, derived by accelerate's own launcher code 
 example file, so the example is tested as shipped. Tolerance: every cell of R within one test
 example's worth (100 / n_test points); in practice the matrices come out equal and the final
 losses agree to ~1e-5 relative. The checkpoints of the sharded run are the one-process files
-(same names, shapes and dtypes, whole tensors), and a one-process run resumes from them.
-Strategies FSDP cannot run, FSDP1 and Megatron-LM configs stop with a one-line error.
+(same names, shapes and dtypes, whole tensors), and a one-process run resumes from them. A run
+stopped by SIGTERM in the middle of a phase resumes under FSDP from its gathered step
+checkpoint to the uninterrupted run's results. Strategies FSDP cannot run, FSDP1 and
+Megatron-LM configs stop with a one-line error.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -24,7 +32,7 @@ from everlearn.config import build_config
 from everlearn.errors import ConfigError
 from everlearn.runner import Run, resume_run, start_run
 from tests.conftest import constant_task, tiny_config
-from tests.test_distributed import assert_checkpoints_close, torchrun
+from tests.test_distributed import assert_checkpoints_close, free_port, torchrun
 
 pytestmark = pytest.mark.skipif(not torch.distributed.is_available(),
                                 reason="torch.distributed is not available")
@@ -167,3 +175,52 @@ def test_launcher_configs_everlearn_cannot_honour_stop_in_one_line(
     if "MEGATRON" in expected:
         assert "examples/accelerate/fsdp.yaml" in err  # the sharded alternative
     assert not (tmp_path / "run").exists()
+
+
+def test_sigterm_under_fsdp_then_resume_equals_the_uninterrupted_fsdp_run(tmp_path, monkeypatch):
+    """SIGTERM to torchrun in the middle of phase 2 (after a step checkpoint): every process
+    stops at the same step, rank 0 writes the gathered step checkpoint, and an FSDP resume from
+    it (each process re-shards the whole tensors) ends where the uninterrupted FSDP run ends."""
+    stages = [constant_task(tmp_path, name, answer, n_test=N_TEST)
+              for name, answer in (("red", "alpha"), ("green", "bravo"))]
+    cfg = tiny_config(tmp_path, stages, strategies=[{"name": "der", "buffer_size": 12}])
+    cfg["train"].update(steps=12, checkpoint_every=4)
+    cfg["stages"][1]["steps"] = 60
+    cfg_file = tmp_path / "stream.yaml"
+    cfg_file.write_text(yaml.safe_dump(cfg))
+    for k, v in launch_env(FSDP_YAML).items():
+        monkeypatch.setenv(k, v)  # inherited by torchrun's processes
+
+    full = tmp_path / "full"
+    proc = torchrun("run", str(cfg_file), "--output", str(full), "-q")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
+    run = tmp_path / "termed"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+           "--master_addr", "127.0.0.1", "--master_port", str(free_port()),
+           "-m", "everlearn", "run", str(cfg_file), "--output", str(run), "-q"]
+    term = subprocess.Popen(cmd, env={**os.environ, "OMP_NUM_THREADS": "1"},
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 180
+    while not any((run / "checkpoints" / "steps").glob("phase-02-step-*/done.json")):
+        assert term.poll() is None and time.monotonic() < deadline, term.stderr.read()
+        time.sleep(0.02)
+    term.send_signal(signal.SIGTERM)  # torchrun passes it on to both processes
+    _, err = term.communicate(timeout=120)
+    assert term.returncode != 0
+    log = (run / "log.txt").read_text()
+    stopped = re.search(r"phase 2: interrupted after step (\d+) of 60; step checkpoint written",
+                        log)
+    assert stopped, err[-3000:]
+    assert (json.loads((run / "results.json").read_text())["status"] != "complete")
+
+    proc = torchrun("run", "--resume", str(run), "-q")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert f"resumed phase 2 at step {stopped[1]} of 60" in (run / "log.txt").read_text()
+    done = json.loads((run / "results.json").read_text())
+    ref = json.loads((full / "results.json").read_text())
+    assert done["status"] == "complete" and done["R"] == ref["R"]
+    for c1, c2 in zip(ref["cost"], done["cost"]):
+        assert (c2["steps"], c2["tokens_trained"], c2["buffer_size"]) == (
+            c1["steps"], c1["tokens_trained"], c1["buffer_size"])
+        assert c2["final_loss"] == pytest.approx(c1["final_loss"], rel=1e-5)
