@@ -41,7 +41,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from everlearn.config import ModelConfig, build_config
-from everlearn.models import cache_dir, load_base_model, load_trainable_state
+from everlearn.models import cache_dir, load_base_model, load_trainable_state, write_model_dir
 from everlearn.runner import start_run
 
 OPTIONS: dict[str, dict] = {  # options that differ from a strategy's defaults here
@@ -86,17 +86,8 @@ def aligned_model(args, workdir: Path) -> tuple[Path, dict]:
             "wall_time_s": res["cost"][0]["wall_time_s"] + res["base_eval_time_s"],
             "train_time_s": res["cost"][0]["train_time_s"], "steps": res["cost"][0]["steps"],
             "trainable_params": res["cost"][0]["trainable_params"]}
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=target.parent))
-    try:
-        model.save_pretrained(tmp, safe_serialization=True)
-        processor.save_pretrained(tmp)
-        (tmp / "everlearn_alignment.json").write_text(json.dumps(info, indent=2))
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(tmp, target)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    write_model_dir(target, model, processor,
+                    {"everlearn_alignment.json": json.dumps(info, indent=2)})
     return target, info
 
 

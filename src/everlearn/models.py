@@ -65,10 +65,33 @@ def _smollm2_gguf_dir() -> Path:
     return Path(list(spec.submodule_search_locations)[0])
 
 
+def is_cached_model(target: Path) -> bool:
+    """Whether ``target`` holds a model that :func:`write_model_dir` finished writing."""
+    return (target / "config.json").exists() and (target / "model.safetensors").exists()
+
+
+def write_model_dir(target: Path, model, processor, files: dict[str, str] | None = None) -> None:
+    """Save ``model`` (safetensors), its tokenizer or processor and any extra text ``files``
+    as the directory ``target``, atomically: built in a temporary sibling and renamed, so an
+    interrupted build leaves no half-written cache."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=target.parent))
+    try:
+        model.save_pretrained(tmp, safe_serialization=True)
+        processor.save_pretrained(tmp)
+        for name, text in (files or {}).items():
+            (tmp / name).write_text(text)
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(tmp, target)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 def embedded_smollm2_dir() -> Path:
     """The converted safetensors copy of the embedded model, created on first use."""
     target = cache_dir() / "models" / SMOLLM2_NAME
-    if (target / "config.json").exists() and (target / "model.safetensors").exists():
+    if is_cached_model(target):
         return target
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -82,16 +105,7 @@ def embedded_smollm2_dir() -> Path:
         del config.quantization_config
     plain = AutoModelForCausalLM.from_config(config)
     plain.load_state_dict(quantized.state_dict())
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=target.parent))
-    try:
-        plain.save_pretrained(tmp, safe_serialization=True)
-        tok.save_pretrained(tmp)
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(tmp, target)  # atomic: a killed conversion leaves no half-written cache
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    write_model_dir(target, plain, tok)
     return target
 
 

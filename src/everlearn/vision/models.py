@@ -15,9 +15,6 @@ processor (``LlavaProcessor``) and then loads like any local model.
 from __future__ import annotations
 
 import logging
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import torch
@@ -85,10 +82,10 @@ def build_llava(language_model, image_token_id: int, *, image_size: int = 64,
 
 def embedded_llava_dir() -> Path:
     """The default VLM in the model cache, built from the embedded SmolLM2 on first use."""
-    from everlearn.models import cache_dir, embedded_smollm2_dir
+    from everlearn.models import cache_dir, embedded_smollm2_dir, is_cached_model, write_model_dir
 
     target = cache_dir() / "models" / DEFAULT_NAME
-    if (target / "config.json").exists() and (target / "model.safetensors").exists():
+    if is_cached_model(target):
         return target
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -98,17 +95,7 @@ def embedded_llava_dir() -> Path:
     lm = AutoModelForCausalLM.from_pretrained(src, use_safetensors=True)
     image_token_id = tok.convert_tokens_to_ids(DEFAULT_IMAGE_TOKEN)
     model = build_llava(lm, image_token_id)
-    processor = make_processor(tok, DEFAULT_IMAGE_TOKEN, 64, 16)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=target.parent))
-    try:
-        model.save_pretrained(tmp, safe_serialization=True)
-        processor.save_pretrained(tmp)
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(tmp, target)  # atomic: an interrupted build leaves no half-written cache
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    write_model_dir(target, model, make_processor(tok, DEFAULT_IMAGE_TOKEN, 64, 16))
     return target
 
 
