@@ -71,11 +71,7 @@ class BuiltinTask:
         split's item space allows it; only a nearly exhausted space (e.g. few test words) makes
         repeats.
         """
-        if split not in SPLITS:
-            raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
-        if n < 0:
-            raise ValueError(f"n must be >= 0, got {n}")
-        rng = random.Random(f"{self.name}:{seed}:{split}")
+        rng = self._generator(n, seed, split)
         records: list[Record] = []
         seen: set[tuple[str, str]] = set()
         rejected = 0  # draws in a row that fell in the other split
@@ -108,6 +104,15 @@ class BuiltinTask:
                 )
             )
         return records
+
+    def _generator(self, n: int, seed: int, split: str) -> random.Random:
+        """The checked arguments' random generator: the same (task, seed, split), the same
+        draws."""
+        if split not in SPLITS:
+            raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+        if n < 0:
+            raise ValueError(f"n must be >= 0, got {n}")
+        return random.Random(f"{self.name}:{seed}:{split}")
 
     def _split(self, group: str) -> str:
         if self.split_fn is not None:

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from functools import partial
 
 from everlearn.config import _f
-from everlearn.data.builtin.base import SPLITS, BuiltinTask, Item
+from everlearn.data.builtin.base import BuiltinTask, Item
 from everlearn.data.records import Record
 from everlearn.vision.scenes import COLOURS, KINDS, Scene, Shape
 
@@ -144,11 +144,7 @@ class VisualTask(BuiltinTask):
     make: Callable[[random.Random, str], Item] | None = field(default=None, repr=False)
 
     def generate(self, n: int, seed: int = 0, split: str = "train") -> list[Record]:
-        if split not in SPLITS:
-            raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
-        if n < 0:
-            raise ValueError(f"n must be >= 0, got {n}")
-        rng = random.Random(f"{self.name}:{seed}:{split}")
+        rng = self._generator(n, seed, split)
         records: list[Record] = []
         seen: set[str] = set()
         for k in range(n):
