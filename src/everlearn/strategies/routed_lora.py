@@ -56,6 +56,39 @@ def routing_accuracy(routed: list[str | None], own: str) -> float:
     return 100.0 * sum(r == own for r in routed) / max(1, len(routed))
 
 
+# shared with stage_projector, which routes projectors the same way
+def routes_by_task_id(route_by: str, ctx) -> bool:
+    """``route_by`` 'auto': by task id when the stream's scenario is TIL, else by prototype."""
+    if route_by != "auto":
+        return route_by == "task_id"
+    scenario = getattr(ctx.stream, "scenario", None) if ctx is not None else None
+    if scenario is None and ctx is not None:
+        scenario = getattr(ctx.config, "scenario", "TIL")
+    return scenario == "TIL"
+
+
+def prototype_records(records: list, n: int | None, seed: int, stage_index: int,
+                      strategy: str) -> list:
+    """At most ``n`` of a stage's records for its prototype (a seeded sample, in order)."""
+    if n is None or len(records) <= n:
+        return records
+    rng = random.Random(f"{seed}:{stage_index}:{strategy}:prototype")
+    return [records[i] for i in sorted(rng.sample(range(len(records)), n))]
+
+
+def routing_row(after: str, per_stage: dict[str, float]) -> dict:
+    """One entry of the routing history: accuracy per stage after stage ``after``, and the
+    mean."""
+    mean = sum(per_stage.values()) / len(per_stage) if per_stage else 0.0
+    return {"after": after, "per_stage": per_stage, "mean": mean}
+
+
+def routing_metrics(routing: list[dict]) -> dict:
+    """results.json's ``routing_accuracy`` (copies of the history entries)."""
+    return {"routing_accuracy": [dict(r, per_stage=dict(r["per_stage"]))
+                                 for r in routing]} if routing else {}
+
+
 @dataclass
 class RoutedLoRAOptions:
     route_by: str = field(default="auto", metadata={
@@ -98,12 +131,7 @@ class RoutedLoRA(StageAdapters):
 
     # --- routing --------------------------------------------------------------------------
     def by_task_id(self) -> bool:
-        if self.options.route_by != "auto":
-            return self.options.route_by == "task_id"
-        scenario = getattr(self.ctx.stream, "scenario", None) if self.ctx is not None else None
-        if scenario is None and self.ctx is not None:
-            scenario = getattr(self.ctx.config, "scenario", "TIL")
-        return scenario == "TIL"
+        return routes_by_task_id(self.options.route_by, self.ctx)
 
     def route(self, record) -> str | None:
         if not self.prototypes:
@@ -121,11 +149,8 @@ class RoutedLoRA(StageAdapters):
     def after_stage(self, stage) -> None:
         super().after_stage(stage)
         name = adapter_name(stage.index)
-        records = list(stage.train)
-        n = self.options.prototype_examples
-        if n is not None and len(records) > n:
-            rng = random.Random(f"{self.ctx.seed}:{stage.index}:{self.name}:prototype")
-            records = [records[i] for i in sorted(rng.sample(range(len(records)), n))]
+        records = prototype_records(list(stage.train), self.options.prototype_examples,
+                                    self.ctx.seed, stage.index, self.name)
         feats = self._compute([self._ids(r) for r in records])
         self.prototypes[name] = torch.stack(feats).mean(0)
         measured = self._measure(stage.name)
@@ -135,8 +160,7 @@ class RoutedLoRA(StageAdapters):
     def metrics(self):
         """Routing accuracy (percent of each stage's test records sent to its own adapter)
         after every stage; the last entry is the final routing."""
-        return {"routing_accuracy": [dict(r, per_stage=dict(r["per_stage"]))
-                                     for r in self.routing]} if self.routing else {}
+        return routing_metrics(self.routing)
 
     def routing_accuracy(self) -> dict[str, float]:
         """Latest routing accuracy (percent) per trained stage name, with their mean."""
@@ -153,8 +177,7 @@ class RoutedLoRA(StageAdapters):
             if stage is not None and stage.test:
                 per_stage[a["stage_name"]] = routing_accuracy(
                     [self.route(r) for r in stage.test], a["name"])
-        mean = sum(per_stage.values()) / len(per_stage) if per_stage else 0.0
-        return {"after": after, "per_stage": per_stage, "mean": mean}
+        return routing_row(after, per_stage)
 
     # --- features -------------------------------------------------------------------------
     def _ids(self, record) -> tuple[int, ...]:

@@ -30,14 +30,21 @@ routed. Needs a vision-language model and ``model.vision.train_projector: true``
 
 from __future__ import annotations
 
-import random
 from dataclasses import dataclass, field
 
 import torch
 
 from everlearn.errors import ConfigError
 from everlearn.strategies.base import Strategy
-from everlearn.strategies.routed_lora import ROUTE_BY, nearest_prototype, routing_accuracy
+from everlearn.strategies.routed_lora import (
+    ROUTE_BY,
+    nearest_prototype,
+    prototype_records,
+    routes_by_task_id,
+    routing_accuracy,
+    routing_metrics,
+    routing_row,
+)
 
 SHARED = "shared"
 
@@ -134,11 +141,9 @@ class StageProjector(Strategy):
         self.projectors[name] = self._weights()
         self.entries.append({"name": name, "stage": stage.index, "stage_name": stage.name,
                              "task_id": stage.task_id or stage.name})
-        records = [r for r in stage.train if r.image]
-        n = self.options.prototype_examples
-        if n is not None and len(records) > n:
-            rng = random.Random(f"{self.ctx.seed}:{stage.index}:{self.name}:prototype")
-            records = [records[i] for i in sorted(rng.sample(range(len(records)), n))]
+        records = prototype_records([r for r in stage.train if r.image],
+                                    self.options.prototype_examples, self.ctx.seed, stage.index,
+                                    self.name)
         if records:
             self.prototypes[name] = torch.stack(self._compute(records)).mean(0)
         self._features = {}
@@ -146,9 +151,7 @@ class StageProjector(Strategy):
 
     # --- routing --------------------------------------------------------------------------
     def by_task_id(self) -> bool:
-        if self.options.route_by != "auto":
-            return self.options.route_by == "task_id"
-        return getattr(self.ctx.stream, "scenario", "TIL") == "TIL"
+        return routes_by_task_id(self.options.route_by, self.ctx)
 
     def route(self, record) -> str | None:
         if not record.image or not self.projectors:
@@ -178,14 +181,12 @@ class StageProjector(Strategy):
             if test:
                 per_stage[e["stage_name"]] = routing_accuracy([self.route(r) for r in test],
                                                               e["name"])
-        mean = sum(per_stage.values()) / len(per_stage) if per_stage else 0.0
-        return {"after": after, "per_stage": per_stage, "mean": mean}
+        return routing_row(after, per_stage)
 
     def metrics(self):
         """Routing accuracy (percent of each stage's image test records sent to its own
         projector) after every stage; the last entry is the final routing."""
-        return {"routing_accuracy": [dict(r, per_stage=dict(r["per_stage"]))
-                                     for r in self.routing]} if self.routing else {}
+        return routing_metrics(self.routing)
 
     # --- features -------------------------------------------------------------------------
     def _feature_of(self, record) -> torch.Tensor:
