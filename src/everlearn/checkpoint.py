@@ -36,6 +36,7 @@ import torch
 from safetensors.torch import load_file, save, save_file
 
 from everlearn import distributed as dist
+from everlearn import stepstate
 from everlearn.errors import ResumeError
 
 log = logging.getLogger("everlearn")
@@ -200,9 +201,7 @@ class RunDir:
             return d
         if d.exists():
             shutil.rmtree(d)
-        flat = {f"{group}/{k}": v.contiguous() for group, part in tensors.items()
-                for k, v in part.items()}
-        data = save(flat)
+        data = save(stepstate.flatten(tensors))
         write_atomic(d / "state.safetensors", data)
         files = {"state.safetensors": hashlib.sha256(data).hexdigest()}
         text = json.dumps(meta, allow_nan=False) + "\n"
@@ -246,11 +245,8 @@ class RunDir:
             if not f.exists() or sha256(f) != digest:
                 raise ResumeError(f"{f}: checksum mismatch or missing; the step checkpoint is "
                                   "corrupt")
-        tensors: dict[str, dict[str, torch.Tensor]] = {}
-        for key, value in load_file(d / "state.safetensors").items():
-            group, name = key.split("/", 1)
-            tensors.setdefault(group, {})[name] = value
-        return {"meta": json.loads((d / "state.json").read_text()), "tensors": tensors}
+        return {"meta": json.loads((d / "state.json").read_text()),
+                "tensors": stepstate.unflatten(load_file(d / "state.safetensors"))}
 
     def drop_steps(self, keep: int | None = None) -> None:
         """Delete the step checkpoints of every phase but ``keep`` (after a stage checkpoint,

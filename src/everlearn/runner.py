@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from everlearn import __version__, fsdp, zero
+from everlearn import __version__, fsdp, stepstate, zero
 from everlearn import distributed as dist
 from everlearn.checkpoint import RunDir, write_atomic, write_json
 from everlearn.config import RunConfig, dump_yaml, load_config
@@ -44,7 +44,7 @@ from everlearn.stream import Stage, Stream, build_stream
 from everlearn.temporal import row_counts, temporal_section
 from everlearn.textstream import TextStreamRun, build_token_stream, stream_metrics
 from everlearn.tracking import Tracker
-from everlearn.trainer import Trainer, carried_from_tensors, carried_tensors, resolve_precision
+from everlearn.trainer import Trainer, resolve_precision
 from everlearn.vision.training import plan_vision
 
 log = logging.getLogger("everlearn")
@@ -279,7 +279,7 @@ class Run:
                 self.strategy.load_state_dict(state)
                 load_trainable_state(model, weights, str(self.dir.phase_dir(last)))
                 if self.text is not None and "optimizer" in state:  # AdamW over the boundary
-                    trainer.carried = carried_from_tensors(state["optimizer"])
+                    trainer.carried = stepstate.unflatten(state["optimizer"])
             if vision is not None:  # the parts the kept phases trained are saved from now on
                 vision.mark_trained(last)
             log.info("resumed after phase %d of %d", last, len(self.phases))
@@ -353,7 +353,7 @@ class Run:
             dist.check_consistent(f"phase {phase}", {**weights, **{
                 f"strategy/{k}": v for k, v in state.get("tensors", {}).items()}},
                 state.get("meta"))
-            self.dir.save_phase(phase, weights, state, carried_tensors(trainer.carried)
+            self.dir.save_phase(phase, weights, state, stepstate.flatten(trainer.carried)
                                 if self.text is not None else None)
             self.dir.drop_steps()  # the stage checkpoint supersedes them
             finished = self.text.done if self.text is not None else phase == len(self.phases)

@@ -22,13 +22,14 @@ from everlearn.errors import ResumeError
 
 
 # --- random-number generators ------------------------------------------------------------------
-def python_rng_state(rng: random.Random) -> list:
-    """``random.Random.getstate()`` as JSON (its inner tuple becomes a list)."""
+def python_rng_state(rng) -> list:
+    """``random.Random.getstate()`` as JSON (its inner tuple becomes a list); ``rng`` may also
+    be the ``random`` module (its global generator)."""
     version, internal, gauss = rng.getstate()
     return [version, list(internal), gauss]
 
 
-def set_python_rng_state(rng: random.Random, state: list) -> None:
+def set_python_rng_state(rng, state: list) -> None:
     version, internal, gauss = state
     rng.setstate((int(version), tuple(int(x) for x in internal), gauss))
 
@@ -37,8 +38,7 @@ def global_rng_state() -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
     """The process-wide generators: Python's ``random``, numpy's legacy global one, torch's CPU
     generator and every CUDA device's."""
     kind, keys, pos, has_gauss, cached = np.random.get_state()
-    version, internal, gauss = random.getstate()
-    meta = {"python": [version, list(internal), gauss],
+    meta = {"python": python_rng_state(random),
             "numpy": [kind, int(pos), int(has_gauss), float(cached)]}
     tensors = {"torch": torch.get_rng_state(), "numpy": torch.from_numpy(keys.astype(np.int64))}
     if torch.cuda.is_available() and torch.cuda.is_initialized():
@@ -48,8 +48,7 @@ def global_rng_state() -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
 
 
 def set_global_rng_state(meta: dict[str, Any], tensors: dict[str, torch.Tensor]) -> None:
-    version, internal, gauss = meta["python"]
-    random.setstate((int(version), tuple(int(x) for x in internal), gauss))
+    set_python_rng_state(random, meta["python"])
     kind, pos, has_gauss, cached = meta["numpy"]
     np.random.set_state((kind, tensors["numpy"].numpy().astype(np.uint32), pos, has_gauss,
                          cached))
@@ -60,6 +59,23 @@ def set_global_rng_state(meta: dict[str, Any], tensors: dict[str, torch.Tensor])
         for i, state in cuda:
             if i < n:
                 torch.cuda.set_rng_state(state, i)
+
+
+# --- nested tensors in one flat safetensors dict ----------------------------------------------
+def flatten(groups: dict[str, dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """``{group: {name: tensor}}`` as ``{"group/name": tensor}`` (contiguous, as safetensors
+    wants); a group may not contain "/"."""
+    return {f"{group}/{name}": t.contiguous() for group, part in groups.items()
+            for name, t in part.items()}
+
+
+def unflatten(tensors: dict[str, torch.Tensor]) -> dict[str, dict[str, torch.Tensor]]:
+    """Inverse of :func:`flatten`."""
+    out: dict[str, dict[str, torch.Tensor]] = {}
+    for key, t in tensors.items():
+        group, name = key.split("/", 1)
+        out.setdefault(group, {})[name] = t
+    return out
 
 
 # --- optimizer and learning-rate schedule ------------------------------------------------------

@@ -608,20 +608,6 @@ def _restore_moments(model, optimizer, carried: dict[str, dict[str, torch.Tensor
                                   for k, v in st.items()}
 
 
-def carried_tensors(carried: dict[str, dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
-    """The carried AdamW state as flat tensors for a checkpoint (``name/exp_avg`` ...)."""
-    return {f"{n}/{k}": v.contiguous() for n, st in carried.items() for k, v in st.items()}
-
-
-def carried_from_tensors(tensors: dict[str, torch.Tensor]) -> dict[str, dict[str, torch.Tensor]]:
-    """Inverse of :func:`carried_tensors`."""
-    out: dict[str, dict[str, torch.Tensor]] = {}
-    for key, v in tensors.items():
-        name, _, k = key.rpartition("/")
-        out.setdefault(name, {})[k] = v
-    return out
-
-
 def _shift_found(segment: SegmentPlan, loss: float, done: int, tokens: int) -> bool:
     """Feed one chunk's loss to the detector (``done`` blocks, ``tokens`` tokens of the segment
     trained before it); True when it places a boundary before the chunk (never before the
