@@ -143,10 +143,11 @@ class Trainer:
     _edit_frozen: list = []
     _edit_trained = 0
 
-    def _edit_setup(self, model, stages: list[Stage]):
+    def _edit_setup(self, model, stages: list[Stage], lr: float):
         """Constrained fine-tuning of an edit phase (see everlearn.editing): the trainable MLP
-        weights of ``edit.layers`` (the rest frozen until the phase ends), the learning rate,
-        and the L-inf bound around the weights entering the phase (or None)."""
+        weights of ``edit.layers`` (the rest frozen until the phase ends), the learning rate
+        (``edit.lr``, else the phase's ``lr``), and the L-inf bound around the weights entering
+        the phase (or None)."""
         from everlearn.config import EditConfig
         from everlearn.editing import ChangeBound, edit_parameters
 
@@ -157,8 +158,7 @@ class Trainer:
         for p in self._edit_frozen:
             p.requires_grad_(False)
         bound = ChangeBound(params, edit.max_change) if edit.max_change is not None else None
-        stage_lr = next((st.lr for st in stages if st.lr is not None), self.cfg.lr)
-        return params, edit.lr if edit.lr is not None else stage_lr, bound
+        return params, edit.lr if edit.lr is not None else lr, bound
 
     def _apply_edits(self, stages: list[Stage], records: dict, hooks) -> PhaseCost | None:
         """An editor strategy (``grace``) applies the phase's edits itself; None when none
@@ -254,7 +254,7 @@ class Trainer:
         lr = next((st.lr for st in stages if st.lr is not None), cfg.lr)
         bound = None
         if edit:
-            params, lr, bound = self._edit_setup(model, stages)
+            params, lr, bound = self._edit_setup(model, stages, lr)
             self._edit_trained = sum(p.numel() for p in params)
         optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=cfg.weight_decay)
         if segment is not None:  # a boundary is no reason to forget the moment estimates
