@@ -149,11 +149,11 @@ def test_fsdp_refuses_a_strategy_it_cannot_run(tmp_path, monkeypatch, three_stag
 def test_fsdp_refuses_edit_stages_and_recycle(monkeypatch):
     _fsdp_env(monkeypatch)
     with pytest.raises(ConfigError, match="stages: edit stages are not supported under FSDP"):
-        fsdp.check_run(["seqft"], ["sft", "edit"], False, "s.yaml")
+        fsdp.check_run(["seqft"], ["sft", "edit"], False, False, "s.yaml")
     with pytest.raises(ConfigError, match="recycle: not supported under FSDP"):
-        fsdp.check_run([], [], True, "s.yaml")
+        fsdp.check_run([], [], True, False, "s.yaml")
     monkeypatch.setenv("WORLD_SIZE", "1")  # one process: nothing is sharded, nothing refused
-    fsdp.check_run(["ewc"], ["edit"], True, "s.yaml")
+    fsdp.check_run(["ewc"], ["edit"], True, True, "s.yaml")
 
 
 @pytest.mark.parametrize("env,expected", [

@@ -63,6 +63,17 @@ def check_launcher() -> None:
         zero.settings()
 
 
+def check_run(strategies: list[str], stage_kinds: list[str], source: str, *,
+              recycle: bool = False, text_stream: bool = False,
+              checkpoint_every: int = 0) -> None:
+    """A one-line error, before anything is written, for what the launcher's sharding back-end
+    (FSDP: everlearn.fsdp; DeepSpeed ZeRO: everlearn.zero) cannot run; nothing without one."""
+    from everlearn import fsdp, zero
+
+    fsdp.check_run(strategies, stage_kinds, recycle, text_stream, source)
+    zero.check_run(strategies, stage_kinds, recycle, text_stream, checkpoint_every, source)
+
+
 def check_accelerator(acc) -> None:
     """The same check on a created Accelerator (its ``distributed_type``)."""
     kind = str(getattr(acc, "distributed_type", "")).rsplit(".", 1)[-1].upper()

@@ -91,7 +91,7 @@ def settings() -> Settings:
     return Settings(bool(plugin.reshard_after_forward), plugin)
 
 
-def check_run(strategies: list[str], stage_kinds: list[str], recycle: bool,
+def check_run(strategies: list[str], stage_kinds: list[str], recycle: bool, text_stream: bool,
               source: str) -> None:
     """A one-line error, before anything is written, for what FSDP cannot run."""
     if not requested():
@@ -109,6 +109,10 @@ def check_run(strategies: list[str], stage_kinds: list[str], recycle: bool,
         raise ConfigError(f"{source}: stages: edit stages are not supported under FSDP "
                           "(constrained fine-tuning bounds whole weights); run without "
                           "sharding (examples/accelerate/ddp.yaml)")
+    if text_stream:
+        raise ConfigError(f"{source}: text_stream: not supported under FSDP (AdamW's state "
+                          "is carried over boundaries unsharded); run without sharding "
+                          "(examples/accelerate/ddp.yaml)")
 
 
 def _fsdp_module_type():

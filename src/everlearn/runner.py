@@ -122,16 +122,12 @@ class Run:
         self.strategy: StrategyStack = build_strategy(cfg.strategies, source,
                                                       cfg.model.finetune)
         stages = self.stream.stages
-        fsdp.check_run(self.strategy.names, [s.kind for s in stages], False, source)
-        zero.check_run(self.strategy.names, [s.kind for s in stages], False,
-                       cfg.text_stream is not None, cfg.train.checkpoint_every, source)
+        dist.check_run(self.strategy.names, [s.kind for s in stages], source,
+                       text_stream=cfg.text_stream is not None,
+                       checkpoint_every=cfg.train.checkpoint_every)
         planned = self.strategy.plan(stages)
         # a text stream (everlearn.textstream): the phases are its segments, found as it trains
         self.text: TextStreamRun | None = None
-        if cfg.text_stream is not None and fsdp.requested():
-            raise ConfigError(f"{source}: text_stream: not supported under FSDP (AdamW's state "
-                              "is carried over boundaries unsharded); run without sharding "
-                              "(examples/accelerate/ddp.yaml)")
         if cfg.text_stream is not None and planned is not None:
             who = next(m.name for m in self.strategy.members if m.plan(stages) is not None)
             raise ConfigError(f"{source}: strategies: '{who}' groups stages into phases; a "
@@ -452,8 +448,7 @@ def start_run(cfg: RunConfig, run_dir: str | Path | None = None, quiet: bool = F
     if cfg.recycle is not None:  # recyclable tuning (everlearn.recycle) instead of a stream
         from everlearn.recycle import RecycleRun
 
-        fsdp.check_run([], [], True, source)
-        zero.check_run([], [], True, False, 0, source)
+        dist.check_run([], [], source, recycle=True)
         return path, RecycleRun(cfg, path, quiet, source).execute(resume=False)
     run = Run(cfg, path, quiet, source)
     return path, run.execute(resume=False)
@@ -469,8 +464,7 @@ def resume_run(run_dir: str | Path, quiet: bool = False) -> tuple[Path, dict[str
     if cfg.recycle is not None:
         from everlearn.recycle import RecycleRun
 
-        fsdp.check_run([], [], True, str(path / "config.yaml"))
-        zero.check_run([], [], True, False, 0, str(path / "config.yaml"))
+        dist.check_run([], [], str(path / "config.yaml"), recycle=True)
         return path, RecycleRun(cfg, path, quiet, str(path / "config.yaml")).execute(resume=True)
     run = Run(cfg, path, quiet, str(path / "config.yaml"))
     return path, run.execute(resume=True)
