@@ -21,6 +21,7 @@ from pathlib import Path
 
 import torch
 
+from everlearn.attention import use_one_dtype_sdpa
 from everlearn.config import ModelConfig
 from everlearn.errors import ModelError
 from everlearn.vision import is_vision_model
@@ -140,7 +141,7 @@ def build_tiny_model(tokenizer, seed: int = 0, layers: int = 2, hidden: int = 64
     )
     with torch.random.fork_rng():
         torch.manual_seed(seed)
-        return LlamaForCausalLM(config)
+        return use_one_dtype_sdpa(LlamaForCausalLM(config))
 
 
 def _from_pretrained(source: str, cfg: ModelConfig, gguf_file: str | None = None):
@@ -176,7 +177,15 @@ def _is_vision_source(name: str, cfg: ModelConfig) -> bool:
 
 def load_base_model(cfg: ModelConfig):
     """(model, tokenizer) for ``cfg.name``, before any adapter is added; a vision-language model
-    comes with its processor in place of the tokenizer (see ``data.encode.make_encoder``)."""
+    comes with its processor in place of the tokenizer (see ``data.encode.make_encoder``).
+
+    Attention runs as :mod:`everlearn.attention`'s one-dtype SDPA, so bf16 autocast on a CPU
+    works whatever the transformers version."""
+    model, tok = _load_base_model(cfg)
+    return use_one_dtype_sdpa(model), tok
+
+
+def _load_base_model(cfg: ModelConfig):
     from everlearn.vision import models as vision
 
     name = cfg.name

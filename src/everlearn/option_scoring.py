@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import torch
 
 from everlearn.data.encode import Encoded, collate, image_inputs, stack_pixels
+from everlearn.kvcache import cache_kwarg, cache_of
 
 
 @dataclass
@@ -55,7 +56,7 @@ def score_options(model, items: list[OptionItem], pad_id: int, device, autocast)
         out = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True,
                     logits_to_keep=1, **extra)
     first = torch.log_softmax(out.logits[:, -1].float(), dim=-1)
-    cache = out.past_key_values
+    cache = cache_of(out)
     prompt_width = cache.get_seq_length()  # what the model cached (a soft prompt adds to it)
     lengths = mask.sum(-1)
     results: list[list[tuple[float, int]]] = [[] for _ in items]
@@ -69,7 +70,8 @@ def score_options(model, items: list[OptionItem], pad_id: int, device, autocast)
             pos = lengths[:, None] + torch.arange(rest, device=device)[None, :]
             with autocast():
                 logits = model(input_ids=feed, attention_mask=torch.cat([mask, feed_mask], -1),
-                               position_ids=pos, past_key_values=cache, use_cache=True).logits
+                               position_ids=pos, use_cache=True,
+                               **{cache_kwarg(model): cache}).logits
             logp = torch.log_softmax(logits.float(), dim=-1)
             for b, o in enumerate(opts):
                 if len(o) > 1:

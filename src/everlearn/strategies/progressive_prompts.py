@@ -49,6 +49,7 @@ import torch
 from torch import nn
 
 from everlearn.errors import ConfigError, ResumeError
+from everlearn.kvcache import cache_in
 from everlearn.strategies._adapters import stable_seed
 from everlearn.strategies.base import Strategy
 
@@ -264,7 +265,7 @@ class ProgressivePrompts(Strategy):
         embeds = kw.get("inputs_embeds")
         if embeds is None:
             embeds = module.get_input_embeddings()(kw["input_ids"])
-        cache = kw.get("past_key_values")
+        cache = cache_in(kw)
         past = cache.get_seq_length() if cache is not None and hasattr(
             cache, "get_seq_length") else 0
         new = extend_inputs(prompt, embeds, kw.get("attention_mask"), kw.get("labels"), past)
