@@ -36,7 +36,7 @@ def test_exact_match_single_and_multiple_references():
     assert exact_match("Paris", ["London", "paris!", "Rome"]) == 1.0
     assert exact_match("Paris, France", ["London", "paris"]) == 0.0
     assert exact_match("an answer", ["answer"]) == 1.0
-    assert exact_match("", [""]) == 1.0
+    assert exact_match("", [""]) == 0.0  # an empty prediction never matches
     assert exact_match("", ["x"]) == 0.0
 
 
@@ -97,9 +97,11 @@ def test_rouge_l_max_over_references():
 
 
 def test_rouge_l_empty_texts():
-    # Both empty after normalisation -> 1.0; exactly one empty -> 0.0 (SQuAD F1 convention).
-    assert rouge_l("", [""]) == 1.0
-    assert rouge_l("The.", ["a"]) == 1.0
+    # An empty prediction scores 0.0, even against an empty reference; an article-only
+    # reference keeps its article; exactly one empty token list -> 0.0 (SQuAD F1 convention).
+    assert rouge_l("", [""]) == 0.0
+    assert rouge_l("The.", ["a"]) == 0.0
+    assert rouge_l("A.", ["a"]) == 1.0
     assert rouge_l("", ["cat"]) == 0.0
     assert rouge_l("cat", ["the"]) == 0.0
     assert rouge_l_tokens([], []) == 1.0
@@ -115,3 +117,27 @@ def test_rouge_l_in_unit_interval():
         value = rouge_l(pred, refs)
         assert 0.0 <= value <= 1.0
         assert type(value) is float
+
+
+@pytest.mark.parametrize("prediction", ["", " ", ".", "The", "an", "the an"])
+def test_article_reference_needs_the_article(prediction):
+    # "A" (a multiple-choice letter) is all article: SQuAD's normalisation empties it, so an
+    # empty answer or another article used to match it
+    assert exact_match(prediction, ["A"]) == 0.0
+    assert rouge_l(prediction, ["A"]) == 0.0
+
+
+@pytest.mark.parametrize("prediction", ["A", "a", "A.", " (a) "])
+def test_article_reference_matches_itself(prediction):
+    assert exact_match(prediction, ["A"]) == 1.0
+    assert rouge_l(prediction, ["A"]) == 1.0
+    assert exact_match(prediction, ["B", "a"]) == 1.0
+
+
+def test_empty_prediction_never_matches():
+    for refs in ([""], ["."], ["The"], ["x", ""]):
+        assert exact_match("", refs) == 0.0
+        assert rouge_l("", refs) == 0.0
+    assert exact_match("The", ["the"]) == 1.0  # article-only reference: compared as it is
+    assert exact_match("An", ["the"]) == 0.0
+    assert exact_match("The Eiffel Tower", ["eiffel tower"]) == 1.0  # SQuAD's rule otherwise

@@ -2,6 +2,13 @@
 
 Pure standard library (no torch). Every scorer returns a value in ``[0, 1]`` and takes the max
 over the acceptable references; the evaluator scales by 100.
+
+Two rules on top of SQuAD's normalisation keep a model that answers nothing from scoring:
+
+* an empty prediction (after normalisation) never matches, not even an empty reference;
+* a reference that SQuAD's normalisation empties (``"A"``, ``"The"``: multiple-choice letters
+  are articles) is compared with :func:`normalize_light` on both sides, which keeps articles,
+  so ``"A"`` matches ``"a"`` and ``"A."`` but not ``""``, ``"The"`` or ``"an"``.
 """
 
 from __future__ import annotations
@@ -10,7 +17,8 @@ import re
 import string
 from collections.abc import Sequence
 
-__all__ = ["exact_match", "lcs_length", "normalize_answer", "rouge_l", "rouge_l_tokens"]
+__all__ = ["comparable", "exact_match", "lcs_length", "normalize_answer", "normalize_light",
+           "rouge_l", "rouge_l_tokens"]
 
 _ARTICLES = re.compile(r"\b(a|an|the)\b")
 _PUNCTUATION = frozenset(string.punctuation)
@@ -29,6 +37,22 @@ def normalize_answer(s: str) -> str:
     return " ".join(text.split())
 
 
+def normalize_light(s: str) -> str:
+    """:func:`normalize_answer` without removing articles: lowercase, drop ASCII punctuation,
+    fix spaces (for references that are nothing but an article, such as the option "A")."""
+    text = "".join(ch for ch in s.lower() if ch not in _PUNCTUATION)
+    return " ".join(text.split())
+
+
+def comparable(prediction: str, reference: str) -> tuple[str, str]:
+    """The two texts as they are compared: SQuAD-normalised, or both with
+    :func:`normalize_light` when SQuAD's normalisation leaves nothing of the reference."""
+    ref = normalize_answer(reference)
+    if ref:
+        return normalize_answer(prediction), ref
+    return normalize_light(prediction), normalize_light(reference)
+
+
 def _as_references(references: str | Sequence[str]) -> list[str]:
     refs = [references] if isinstance(references, str) else list(references)
     if not refs:
@@ -37,13 +61,18 @@ def _as_references(references: str | Sequence[str]) -> list[str]:
 
 
 def exact_match(prediction: str, references: str | Sequence[str]) -> float:
-    """``1.0`` if ``normalize_answer(prediction)`` equals that of any reference, else ``0.0``.
+    """``1.0`` if the prediction equals any reference after normalisation, else ``0.0``.
 
+    Normalisation is :func:`comparable` (SQuAD's, or the article-keeping one for a reference
+    that SQuAD's would empty); a prediction that normalises to nothing never matches.
     ``references`` is a list of acceptable answers (a bare string counts as one reference).
     Raises ValueError when it is empty.
     """
-    pred = normalize_answer(prediction)
-    return float(any(pred == normalize_answer(ref) for ref in _as_references(references)))
+    for ref in _as_references(references):
+        pred, gold = comparable(prediction, ref)
+        if pred and pred == gold:
+            return 1.0
+    return 0.0
 
 
 def lcs_length(a: Sequence[str], b: Sequence[str]) -> int:
@@ -82,12 +111,15 @@ def rouge_l_tokens(prediction: Sequence[str], reference: Sequence[str]) -> float
 def rouge_l(prediction: str, references: str | Sequence[str]) -> float:
     """ROUGE-L F-measure of ``prediction``, max over ``references``, in ``[0, 1]``.
 
-    Tokenisation: ``normalize_answer(text).split()``, i.e. lowercase, ASCII punctuation and the
-    articles a/an/the removed, then split on whitespace; no stemming (so values differ slightly
-    from the ``rouge-score`` package). See :func:`rouge_l_tokens` for the F-measure and the
-    empty-text convention. Raises ValueError when ``references`` is empty.
+    Tokenisation: the texts of :func:`comparable`, split on whitespace, i.e. lowercase, ASCII
+    punctuation and the articles a/an/the removed (kept when the reference is nothing but
+    articles); no stemming (so values differ slightly from the ``rouge-score`` package). See
+    :func:`rouge_l_tokens` for the F-measure. A prediction that normalises to nothing scores
+    ``0.0``, even against an empty reference. Raises ValueError when ``references`` is empty.
     """
-    pred = normalize_answer(prediction).split()
-    return max(
-        rouge_l_tokens(pred, normalize_answer(ref).split()) for ref in _as_references(references)
-    )
+    best = 0.0
+    for ref in _as_references(references):
+        pred, gold = comparable(prediction, ref)
+        if pred:
+            best = max(best, rouge_l_tokens(pred.split(), gold.split()))
+    return best
