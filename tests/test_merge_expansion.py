@@ -101,21 +101,39 @@ def test_interpolation_endpoints_and_task_arithmetic():
     assert torch.allclose(two, prev["w"] + 0.5 * (tau["w"] + 1))
 
 
-def test_lora_delta_matches_peft():
-    model = _lora_model()
-    module = model.base_model.model.model.layers[0].self_attn.q_proj
+@pytest.mark.parametrize("arch,layer", [("llama", "model.layers.0.self_attn.q_proj"),
+                                        ("gpt2", "transformer.h.0.attn.c_attn")])
+def test_lora_delta_matches_peft(arch, layer):
+    module = _lora_model(arch).get_base_model().get_submodule(layer)
     torch.nn.init.normal_(module.lora_B["default"].weight)
     expected = module.get_delta_weight("default")
     got = M.lora_delta(module.lora_A["default"].weight, module.lora_B["default"].weight,
-                       module.scaling["default"])
-    assert torch.allclose(got, expected)
+                       module.scaling["default"], module.fan_in_fan_out)
+    assert got.shape == module.base_layer.weight.shape and torch.allclose(got, expected)
 
 
 # --- merge strategy on the tiny model ----------------------------------------------------------
 
-def _lora_model():
-    return make_trainable(build_tiny_model(TOK),
-                          ModelConfig(name="tiny-llama", finetune="lora", lora=LoraConfig(r=4)))
+def _tiny_gpt2():
+    """A seeded GPT-2: its Linear layers are ``Conv1D`` (weight (in, out); PEFT sets
+    fan_in_fan_out), the layout the Llama tests never exercise."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    config = GPT2Config(n_layer=2, n_embd=64, n_head=4, vocab_size=len(TOK), n_positions=64,
+                        bos_token_id=TOK.bos_token_id, eos_token_id=TOK.eos_token_id,
+                        pad_token_id=TOK.pad_token_id)
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        return GPT2LMHeadModel(config)
+
+
+def _plain(arch: str = "llama"):
+    return _tiny_gpt2() if arch == "gpt2" else build_tiny_model(TOK)
+
+
+def _lora_model(arch: str = "llama", targets="all-linear"):
+    return make_trainable(_plain(arch), ModelConfig(
+        name=f"tiny-{arch}", finetune="lora", lora=LoraConfig(r=4, target_modules=targets)))
 
 
 def _train_lora(model, seed: int):
@@ -133,9 +151,10 @@ def _lora_taus(model) -> dict[str, torch.Tensor]:
             for n, m in model.named_modules() if hasattr(m, "lora_A") and "default" in m.lora_A}
 
 
-def _plain_with(deltas: dict[str, torch.Tensor]):
-    """The base tiny model with dense ``deltas`` added to its weights (the merged model)."""
-    plain = build_tiny_model(TOK)
+def _plain_with(deltas: dict[str, torch.Tensor], arch: str = "llama"):
+    """The base tiny model with dense ``deltas`` (in each weight's own layout, as PEFT's
+    ``get_delta_weight`` gives them) added to its weights: the merged model."""
+    plain = _plain(arch)
     with torch.no_grad():
         for name, d in deltas.items():
             plain.get_submodule(name).weight += d
@@ -172,6 +191,7 @@ def test_merge_with_lora_endpoints(method, opts):
                if "lora_" not in k)
 
 
+@pytest.mark.parametrize("arch", ["llama", "gpt2"])
 @pytest.mark.parametrize("method,opts,expect", [
     # train_from merged: D1 = r*tau1, D2 = (1-r) D1 + r (D1 + tau2) = D1 + r*tau2
     ("interpolate", {"ratio": 0.3}, lambda t1, t2: {k: 0.3 * t1[k] + 0.3 * t2[k] for k in t1}),
@@ -180,8 +200,8 @@ def test_merge_with_lora_endpoints(method, opts):
     # TIES over the dense deltas of all layers, trimmed over the whole task vector
     ("ties", {"density": 0.3, "scale": 0.8}, lambda t1, t2: M.ties(None, [t1, t2], 0.3, 0.8)),
 ])
-def test_merge_with_lora_two_stages_equals_the_dense_formula(method, opts, expect):
-    model = _lora_model()
+def test_merge_with_lora_two_stages_equals_the_dense_formula(method, opts, expect, arch):
+    model = _lora_model(arch)
     strategy = Merge(MergeOptions(method=method, **opts))
     strategy.setup(_ctx(model, "lora"))
     taus = []
@@ -192,14 +212,14 @@ def test_merge_with_lora_two_stages_equals_the_dense_formula(method, opts, expec
         _train_lora(model, index)
         taus.append(_lora_taus(model))
         strategy.after_stage(_stage(index))
-    reference = _plain_with(expect(*taus))
+    reference = _plain_with(expect(*taus), arch)
     assert torch.allclose(_logits(model), _logits(reference), atol=1e-5)
 
     # Resume: a fresh model and strategy restored from the state (then the stage-2 adapter the
     # checkpoint holds) computes the same function.
     adapter = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
     state = strategy.state_dict()
-    again_model = _lora_model()
+    again_model = _lora_model(arch)
     again = Merge(MergeOptions(method=method, **opts))
     again.setup(_ctx(again_model, "lora"))
     again.load_state_dict(state)
@@ -208,6 +228,35 @@ def test_merge_with_lora_two_stages_equals_the_dense_formula(method, opts, expec
         for n, t in adapter.items():
             params[n].copy_(t)
     assert torch.equal(_logits(again_model), _logits(model))
+
+
+@pytest.mark.parametrize("arch,targets", [
+    ("llama", "all-linear"), ("gpt2", "all-linear"),
+    ("gpt2", ["attn.c_proj"]),  # square Conv1D: a transposed delta fits, and is wrong
+])
+@pytest.mark.parametrize("method,opts,factor", [
+    ("interpolate", {"ratio": 1.0}, 1.0), ("interpolate", {"ratio": 0.4}, 0.4),
+    ("task_arithmetic", {"scale": 0.7}, 0.7), ("ties", {"density": 1.0, "scale": 0.5}, 0.5),
+])
+def test_merge_with_lora_one_stage_on_every_linear(arch, targets, method, opts, factor):
+    """One stage, LoRA on all-linear (GPT-2's Conv1D layers included): the merged model is the
+    base plus ``factor`` times PEFT's own delta, both with the stage's adapter in place and on
+    its own before the next stage; at ratio 1 it is the PEFT model with the adapter active."""
+    model = _lora_model(arch, targets)
+    strategy = Merge(MergeOptions(method=method, **opts))
+    strategy.setup(_ctx(model, "lora"))
+    strategy.before_stage(_stage(1))
+    _train_lora(model, 3)
+    trained = _logits(model)
+    taus = _lora_taus(model)
+    strategy.after_stage(_stage(1))
+    reference = _logits(_plain_with({k: factor * v for k, v in taus.items()}, arch))
+    assert torch.allclose(_logits(model), reference, atol=1e-5)
+    if factor == 1.0:
+        assert torch.allclose(_logits(model), trained, atol=1e-5)
+    strategy.before_stage(_stage(2))  # fresh adapter (B = 0): what remains is the merge
+    if strategy.options.start == "merged":
+        assert torch.allclose(_logits(model), reference, atol=1e-5)
 
 
 def test_merge_full_finetuning_interpolates_and_restarts_from_the_base():

@@ -109,7 +109,8 @@ def ties(base: Tensors | None, taus: list[Tensors], density: float, scale: float
 
 def lora_delta(lora_a: torch.Tensor, lora_b: torch.Tensor, scaling: float,
                fan_in_fan_out: bool = False) -> torch.Tensor:
-    """The dense weight delta of a LoRA pair, as PEFT applies it: ``scaling * B @ A``."""
+    """The dense weight delta of a LoRA pair, as PEFT's ``get_delta_weight``: ``scaling * B @ A``
+    in the base weight's layout, so (in, out) when ``fan_in_fan_out`` (a ``Conv1D``)."""
     delta = (lora_b.float() @ lora_a.float()) * scaling
     return delta.T if fan_in_fan_out else delta
 

@@ -25,19 +25,21 @@ never stored); the merged weights are written back into the model, so the stage 
 theta_bar_t. Only TIES needs strategy state: the trimmed task vectors (flat indices + values).
 
 LoRA: the merge acts on the *dense* delta of each adapted Linear, ``dW = scaling * B @ A``
-(PEFT's own delta), never on the factors A and B separately (TIES or averaging over factors is a
-different, non-equivalent operation). Every stage trains a freshly initialised adapter (A
-kaiming-uniform from a generator seeded by run seed and stage index, B = 0, like PEFT), so
-``tau_t = scaling * B_t @ A_t`` exactly. The merged delta D_t (not low-rank in general: TIES
-trimming makes it full rank) is held densely, outside the adapter, and added to the output of
-each adapted layer's frozen base Linear by a forward hook; the base weights themselves are never
-written. After stage t the hook holds ``D_t - tau_t`` and the stage's trained adapter stays in
-place, so the model computes ``W_0 + D_t`` and the stage checkpoint keeps the stage's own
-adapter; before the next stage the hook holds ``D_t`` (train_from merged) or nothing (base) and
-the adapter is re-initialised. The strategy state stores every stage's factors (r * (in + out)
-per layer and stage, smaller than one dense delta); D is recomputed from them on resume, by the
-same operations in the same order, so a resumed run is bit-identical. Memory: one dense delta per
-adapted layer (the size of the adapted base weights) plus, for TIES, the trimmed deltas.
+(PEFT's own delta, in the base weight's layout: transposed for ``fan_in_fan_out`` layers such as
+GPT-2's ``Conv1D``, weight (in, out)), never on the factors A and B separately (TIES or
+averaging over factors is a different, non-equivalent operation). Every stage trains a freshly
+initialised adapter (A kaiming-uniform from a generator seeded by run seed and stage index,
+B = 0, like PEFT), so ``tau_t = scaling * B_t @ A_t`` exactly. The merged delta D_t (not low-rank in
+general: TIES trimming makes it full rank) is held densely, outside the adapter, and added to
+the output of each adapted layer's frozen base Linear by a forward hook; the base weights
+themselves are never written. After stage t the hook holds ``D_t - tau_t`` and the stage's
+trained adapter stays in place, so the model computes ``W_0 + D_t`` and the stage checkpoint
+keeps the stage's own adapter; before the next stage the hook holds ``D_t`` (train_from merged)
+or nothing (base) and the adapter is re-initialised. The strategy state stores every stage's
+factors (r * (in + out) per layer and stage, smaller than one dense delta); D is recomputed from
+them on resume, by the same operations in the same order, so a resumed run is bit-identical.
+Memory: one dense delta per adapted layer (the size of the adapted base weights) plus, for TIES,
+the trimmed deltas.
 """
 
 from __future__ import annotations
@@ -227,10 +229,20 @@ class Merge(Strategy):
         return tau
 
     def _hold(self, deltas: dict[str, torch.Tensor] | None) -> None:
-        """Put ``deltas`` (or nothing) into the forward hooks, on each layer's device/dtype."""
+        """Put ``deltas`` (or nothing) into the forward hooks, on each layer's device/dtype.
+
+        The deltas are in the base weight's layout (PEFT's ``get_delta_weight``); the hook's
+        ``F.linear`` wants (out, in), so a ``fan_in_fan_out`` layer's (a GPT-2 ``Conv1D``,
+        weight (in, out)) is transposed back with PEFT's own ``transpose``."""
+        from peft.utils.other import transpose
+
         for name, module in self._modules.items():
+            if deltas is None:
+                self._held[name] = None
+                continue
             w = module.base_layer.weight
-            self._held[name] = None if deltas is None else deltas[name].to(w.device, w.dtype)
+            held = transpose(deltas[name], module.fan_in_fan_out)
+            self._held[name] = held.to(w.device, w.dtype).contiguous()
 
     def _reset_adapter(self, stage) -> None:
         """A fresh adapter, initialised like PEFT (A kaiming-uniform, B = 0), seeded per stage."""
