@@ -18,9 +18,17 @@ Adaptation to instruction-tuned LLMs and arbitrary instruction data, precisely:
   top-k sampling (``top_k``, LAMOL's 20) under ``torch.no_grad``, in batches, from a torch RNG
   seeded by the run seed and the stage, so a resumed run writes the same examples. An empty
   generation is re-drawn twice and then replaced by a seed input (so the count is exact).
-* **Answering them.** Each pseudo prompt (template prefix + generated input + template suffix)
-  is answered by the same model greedily, as LAMOL does, and the pair becomes an instruction
-  record attributed to the earlier stage (``task``, ``meta.pseudo_stage``).
+* **Answering them: a second, greedy generation (a deviation from LAMOL).** LAMOL samples the
+  whole pseudo-example in ONE top-k generation after the task's generation token (question,
+  answer token, answer) and splits it at the answer token, dropping samples that do not split.
+  Here only the input is sampled (above); each pseudo prompt (template prefix + generated input
+  + template suffix, under the chat template) is then answered by the same model in a separate
+  greedy generation (``max_answer_tokens``), and the pair becomes an instruction record
+  attributed to the earlier stage (``task``, ``meta.pseudo_stage``). Why: the generation
+  objective below teaches inputs only (the template and chat format already mark where an
+  answer starts), and the count stays exact with nothing to drop. The cost: an answer is the
+  model's greedy reply to the question, not a sample drawn with it, so pseudo answers are less
+  diverse than LAMOL's.
 * **Count.** ``round(ratio * n_new)`` pseudo-examples per stage (``n_new`` = the stage's own
   training records), split evenly over the earlier stages (remainder to the earliest), as in
   LAMOL's task-specific-token variant.
@@ -148,7 +156,9 @@ def describe_stage(stage, n_seeds: int, encoder=None) -> dict:
 # --- the strategy -------------------------------------------------------------------------
 class PseudoReplay(Strategy):
     name = "pseudo_replay"
-    summary = "LAMOL-style pseudo-rehearsal: the model writes and answers earlier tasks' inputs"
+    summary = ("LAMOL-style pseudo-rehearsal: the model samples earlier tasks' inputs, then "
+               "answers them greedily in a second generation (LAMOL samples question and answer "
+               "as one sequence)")
     paper = ("Sun et al. 2020, LAMOL: LAnguage MOdeling for Lifelong Language Learning (ICLR)")
     Options = PseudoReplayOptions
 
