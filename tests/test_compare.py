@@ -135,3 +135,20 @@ def test_cli_compare(tmp_path: Path, capsys):
     assert main(["compare", runs[0]]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "config.yaml: not valid YAML" in err
+
+
+def test_confidence_level_shown_in_every_format(tmp_path: Path):
+    """The text and CSV columns name the interval actually computed, not a fixed 95%."""
+    runs = seeds(tmp_path, "replay", [50.0, 60.0, 70.0], [-10.0, -12.0, -14.0])
+    groups = compare_runs(runs, confidence=0.9)
+    # t_{0.95, 2} from a printed table: the interval is the 90% one
+    assert groups[0].stats["final_ap"][1] == pytest.approx(2.919985580 * 10 / math.sqrt(3))
+    for fmt in ("markdown", "html"):
+        text = format_comparison(groups, fmt)
+        assert "90% Student-t" in text and "95%" not in text
+    header = next(csv.reader(io.StringIO(format_comparison(groups, "csv"))))
+    assert "final_ap_ci90" in header and not any("ci95" in h for h in header)
+    default = next(csv.reader(io.StringIO(format_comparison(compare_runs(runs), "csv"))))
+    assert "final_ap_ci95" in default  # the default keeps its column names
+    odd = format_comparison(compare_runs(runs, confidence=0.975), "csv")
+    assert "final_ap_ci97_5" in next(csv.reader(io.StringIO(odd)))

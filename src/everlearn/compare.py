@@ -1,6 +1,7 @@
 """Runs side by side. Runs whose configs differ only in ``seed`` or in the order of the stream
-are replicates of one experiment, so they are pooled into a mean with a 95% Student-t interval
-(one noisy run says little about a strategy). Pure JSON/YAML/numpy: no torch."""
+are replicates of one experiment, so they are pooled into a mean with a Student-t interval (95%
+unless ``confidence`` says otherwise; every output names the level it used), since one noisy
+run says little about a strategy. Pure JSON/YAML/numpy: no torch."""
 
 from __future__ import annotations
 
@@ -47,6 +48,7 @@ class Group:
     runs: list[RunSummary]
     label: str = ""
     stats: dict[str, tuple[float | None, float | None, int]] = field(default_factory=dict)
+    confidence: float = 0.95  # the level of the intervals in ``stats``
 
     @property
     def strategy(self) -> str:
@@ -153,6 +155,7 @@ def compare_runs(run_dirs: list[str | Path], confidence: float = 0.95) -> list[G
     differing.sort(key=lambda k: (not k.startswith("strategies"), k != "name"))
     for g in out:
         g.label = _label(g, differing) if len(out) > 1 else _label(g, [])
+        g.confidence = confidence
         for key, _, _ in COLUMNS:
             vals = [r.values[key] for r in g.runs if r.values[key] is not None]
             if vals:
@@ -161,6 +164,11 @@ def compare_runs(run_dirs: list[str | Path], confidence: float = 0.95) -> list[G
             else:
                 g.stats[key] = (None, None, 0)
     return out
+
+
+def _level(groups: list[Group]) -> str:
+    """The groups' confidence level as a percentage: '95' for 0.95, '97.5' for 0.975."""
+    return f"{round(100 * (groups[0].confidence if groups else 0.95), 6):g}"
 
 
 def _columns(groups: list[Group]) -> list[tuple[str, str, int]]:
@@ -192,21 +200,26 @@ def format_markdown(groups: list[Group]) -> str:
     esc = lambda s: s.replace("|", "\\|")  # noqa: E731
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(esc(c) for c in r) + " |" for r in rows]
-    lines += ["", "Mean ± half-width of the 95% Student-t confidence interval over the n runs "
-                  "pooled (runs differing only in seed or stream order); wall s, tokens and "
-                  "peak MB are totals per run.",
+    lines += ["", f"Mean ± half-width of the {_level(groups)}% Student-t confidence interval "
+                  "over the n runs pooled (runs differing only in seed or stream order); wall s, "
+                  "tokens and peak MB are totals per run.",
               "", "runs:"]
     lines += [f"- {g.label}: " + ", ".join(str(r.path) for r in g.runs) for g in groups]
     return "\n".join(lines) + "\n"
 
 
 def format_csv(groups: list[Group]) -> str:
-    """One row per group; each metric as _mean, _ci95 (half-width, empty for n=1) and _n."""
+    """One row per group; each metric as _mean, _ci<level> (half-width, empty for n=1) and _n.
+
+    The level is in the column name (``ci95`` by default, ``ci90`` for confidence 0.9,
+    ``ci97_5`` for 0.975), so a CSV read without its command line still says what it holds
+    and the default's columns keep their names."""
     cols = _columns(groups)
+    ci = "ci" + _level(groups).replace(".", "_")
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(["run", "strategy", "n", "pooled", "run_dirs"]
-               + [f"{k}_{s}" for k, _, _ in cols for s in ("mean", "ci95", "n")])
+               + [f"{k}_{s}" for k, _, _ in cols for s in ("mean", ci, "n")])
     for g in groups:
         row: list[Any] = [g.label, g.strategy, len(g.runs), g.pooled,
                           ";".join(str(r.path) for r in g.runs)]
@@ -229,9 +242,9 @@ def format_html(groups: list[Group]) -> str:
     return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
             f"<title>everlearn compare</title><style>{CSS}</style></head><body>"
             f"<h1>everlearn compare</h1><table><thead><tr>{head}</tr></thead>"
-            f"<tbody>{body}</tbody></table><p class=\"note\">Mean ± half-width of the 95% "
-            "Student-t confidence interval over the n pooled runs (differing only in seed or "
-            f"stream order).</p><ul>{runs}</ul></body></html>\n")
+            f"<tbody>{body}</tbody></table><p class=\"note\">Mean ± half-width of the "
+            f"{_level(groups)}% Student-t confidence interval over the n pooled runs (differing "
+            f"only in seed or stream order).</p><ul>{runs}</ul></body></html>\n")
 
 
 def format_comparison(groups: list[Group], fmt: str = "markdown") -> str:
