@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import math
 from pathlib import Path
 
@@ -135,6 +136,69 @@ def test_cli_compare(tmp_path: Path, capsys):
     assert main(["compare", runs[0]]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "config.yaml: not valid YAML" in err
+
+
+ENV = {"everlearn": "0.1.0", "python": "3.11.9", "torch": "2.4.0", "transformers": "4.44.0",
+       "peft": "0.12.0", "accelerate": "0.33.0", "os": "Linux 6.1", "machine": "x86_64",
+       "device": "cpu", "cpu": "AMD EPYC", "cpu_bf16": False, "world_size": 1, "threads": 2,
+       "precision": "fp32"}
+
+
+def test_environment_section_only_for_the_fields_that_differ(tmp_path: Path):
+    a = fake_run(tmp_path, "a", strategy="replay", metrics=cl(50.0, -1.0), environment=ENV)
+    b = fake_run(tmp_path, "b", strategy="ewc", metrics=cl(40.0, -9.0),
+                 environment={**ENV, "transformers": "4.45.1"})
+    groups = compare_runs([a, b])
+    md = format_comparison(groups, "markdown")
+    assert "Environment: the fields that differ" in md
+    assert "| run | run dir | transformers |" in md
+    assert f"| strategies=replay | {a} | 4.44.0 |" in md and f"| {b} | 4.45.1 |" in md
+    assert "| torch |" not in md and "2.4.0" not in md  # equal fields stay out
+    html = format_comparison(groups, "html")
+    assert '<h2 id="environment">Environment</h2>' in html and "<td>4.45.1</td>" in html
+    assert html.index('id="environment"') < html.index("</body>")
+    rows = list(csv.DictReader(io.StringIO(format_comparison(groups, "csv"))))
+    assert [r["env_transformers"] for r in rows] == ["4.44.0", "4.45.1"]
+    assert not [k for k in rows[0] if k.startswith("env_") and k != "env_transformers"]
+
+
+def test_equal_environments_add_no_section(tmp_path: Path):
+    a = fake_run(tmp_path, "a", strategy="replay", metrics=cl(50.0, -1.0), environment=ENV)
+    b = fake_run(tmp_path, "b", strategy="ewc", metrics=cl(40.0, -9.0), environment=dict(ENV))
+    groups = compare_runs([a, b])
+    assert "Environment" not in format_comparison(groups, "markdown")
+    assert 'id="environment"' not in format_comparison(groups, "html")
+    assert not [k for k in next(csv.DictReader(io.StringIO(format_comparison(groups, "csv"))))
+                if k.startswith("env_")]
+
+
+def test_a_run_without_environment_shows_unknown(tmp_path: Path):
+    a = fake_run(tmp_path, "a", strategy="replay", metrics=cl(50.0, -1.0), environment=ENV)
+    old = fake_run(tmp_path, "old", strategy="ewc", metrics=cl(40.0, -9.0))
+    md = format_comparison(compare_runs([a, old]), "markdown")
+    assert f"| {old} | " + " | ".join(["unknown"] * len(ENV)) + " |" in md
+    assert "| 2.4.0 | 4.44.0 |" in md
+
+
+def test_replicates_in_different_environments_stay_pooled_and_listed(tmp_path: Path):
+    runs = seeds(tmp_path, "replay", [50.0, 60.0], [-10.0, -12.0])
+    for run, device in zip(runs, ("cpu", "cuda:0")):
+        res = json.loads((run / "results.json").read_text())
+        res["environment"] = {**ENV, "device": device}
+        (run / "results.json").write_text(json.dumps(res))
+    [group] = compare_runs(runs)
+    assert len(group.runs) == 2 and group.pooled == "seeds 0,1"
+    md = format_comparison([group], "markdown")
+    assert f"| {runs[0]} | cpu |" in md and f"| {runs[1]} | cuda:0 |" in md
+    row = next(csv.DictReader(io.StringIO(format_comparison([group], "csv"))))
+    assert row["env_device"] == "cpu;cuda:0"
+
+
+def test_a_run_resumed_in_another_environment(tmp_path: Path):
+    run = fake_run(tmp_path, "a", metrics=cl(50.0, -1.0), environment=ENV,
+                   environment_history=[{**ENV, "torch": "2.3.1"}])
+    md = format_comparison(compare_runs([run]), "markdown")
+    assert "| run | run dir | torch |" in md and f"| {run} | 2.3.1 → 2.4.0 |" in md
 
 
 def test_confidence_level_shown_in_every_format(tmp_path: Path):

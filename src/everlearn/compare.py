@@ -1,7 +1,15 @@
 """Runs side by side. Runs whose configs differ only in ``seed`` or in the order of the stream
 are replicates of one experiment, so they are pooled into a mean with a Student-t interval (95%
 unless ``confidence`` says otherwise; every output names the level it used), since one noisy
-run says little about a strategy. Pure JSON/YAML/numpy: no torch."""
+run says little about a strategy. Pure JSON/YAML/numpy: no torch.
+
+The environment a run recorded (results.json ``environment``: library versions, device, CPU,
+precision actually used; see everlearn.environment) does not split the pooling, which stays by
+config: a changed library or device is something to see, not a different experiment (and
+threads or a resume would otherwise split replicates). It is not silent either: when runs
+differ in any environment field, the outputs gain an Environment section listing those fields
+for every run, pooled or not (the CSV: ``env_<field>`` columns). Runs without a recorded
+environment show ``unknown``."""
 
 from __future__ import annotations
 
@@ -18,6 +26,10 @@ import yaml
 from everlearn.metrics import mean_ci
 from everlearn.report.data import (
     ReportError,
+    environment_cell,
+    environment_fields,
+    environment_value,
+    environments,
     final_general_delta,
     is_partial,
     load_results,
@@ -166,6 +178,54 @@ def compare_runs(run_dirs: list[str | Path], confidence: float = 0.95) -> list[G
     return out
 
 
+def environment_differences(groups: list[Group]) -> list[str]:
+    """The environment fields whose value is not the same for every run (or changed inside a
+    resumed run); empty when all runs recorded one environment, or none recorded any."""
+    runs = [r for g in groups for r in g.runs]
+    fields = environment_fields([e for r in runs for e in environments(r.results)])
+    return [f for f in fields
+            if len({environment_value(r.results, f) for r in runs}) > 1
+            or any(len({environment_cell(e, f) for e in environments(r.results)}) > 1
+                   for r in runs)]
+
+
+def _environment_rows(groups: list[Group], fields: list[str]) -> list[list[str]]:
+    """One row per run: its group's label, its directory and its value of each field."""
+    return [[g.label, str(r.path), *[environment_value(r.results, f) for f in fields]]
+            for g in groups for r in g.runs]
+
+
+def _environment_markdown(groups: list[Group]) -> list[str]:
+    fields = environment_differences(groups)
+    if not fields:
+        return []
+    esc = lambda s: s.replace("|", "\\|")  # noqa: E731
+    header = ["run", "run dir", *fields]
+    return ["", "Environment: the fields that differ between the runs (unknown: not recorded; "
+                "a → b: changed when the run was resumed):", "",
+            "| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + [
+        "| " + " | ".join(esc(c) for c in row) + " |"
+        for row in _environment_rows(groups, fields)]
+
+
+def _environment_html(groups: list[Group]) -> str:
+    fields = environment_differences(groups)
+    if not fields:
+        return ""
+    head = "".join(f"<th>{escape(h)}</th>" for h in ["run", "run dir", *fields])
+    body = "".join("<tr>" + "".join(f"<td>{escape(c)}</td>" for c in row) + "</tr>"
+                   for row in _environment_rows(groups, fields))
+    return ('<h2 id="environment">Environment</h2><p class="note">The fields that differ '
+            "between the runs (unknown: not recorded; a → b: changed when the run was "
+            f"resumed).</p><table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>")
+
+
+def _environment_csv(group: Group, field: str) -> str:
+    """A group's value of ``field``: one value, or each run's joined by ``;`` when they differ."""
+    values = [environment_value(r.results, field) for r in group.runs]
+    return values[0] if len(set(values)) == 1 else ";".join(values)
+
+
 def _level(groups: list[Group]) -> str:
     """The groups' confidence level as a percentage: '95' for 0.95, '97.5' for 0.975."""
     return f"{round(100 * (groups[0].confidence if groups else 0.95), 6):g}"
@@ -205,6 +265,7 @@ def format_markdown(groups: list[Group]) -> str:
                   "tokens and peak MB are totals per run.",
               "", "runs:"]
     lines += [f"- {g.label}: " + ", ".join(str(r.path) for r in g.runs) for g in groups]
+    lines += _environment_markdown(groups)
     return "\n".join(lines) + "\n"
 
 
@@ -216,17 +277,19 @@ def format_csv(groups: list[Group]) -> str:
     and the default's columns keep their names."""
     cols = _columns(groups)
     ci = "ci" + _level(groups).replace(".", "_")
+    env_fields = environment_differences(groups)
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(["run", "strategy", "n", "pooled", "run_dirs"]
-               + [f"{k}_{s}" for k, _, _ in cols for s in ("mean", ci, "n")])
+               + [f"{k}_{s}" for k, _, _ in cols for s in ("mean", ci, "n")]
+               + [f"env_{f}" for f in env_fields])
     for g in groups:
         row: list[Any] = [g.label, g.strategy, len(g.runs), g.pooled,
                           ";".join(str(r.path) for r in g.runs)]
         for k, _, _ in cols:
             mean, half, n = g.stats[k]
             row += ["" if mean is None else repr(mean), "" if half is None else repr(half), n]
-        w.writerow(row)
+        w.writerow(row + [_environment_csv(g, f) for f in env_fields])
     return buf.getvalue()
 
 
@@ -239,12 +302,13 @@ def format_html(groups: list[Group]) -> str:
                    for r in rows)
     runs = "".join(f"<li>{escape(g.label)}: {escape(', '.join(str(r.path) for r in g.runs))}"
                    "</li>" for g in groups)
-    return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
+    page = ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
             f"<title>everlearn compare</title><style>{CSS}</style></head><body>"
             f"<h1>everlearn compare</h1><table><thead><tr>{head}</tr></thead>"
             f"<tbody>{body}</tbody></table><p class=\"note\">Mean ± half-width of the "
             f"{_level(groups)}% Student-t confidence interval over the n pooled runs (differing "
             f"only in seed or stream order).</p><ul>{runs}</ul></body></html>\n")
+    return page.replace("</body>", _environment_html(groups) + "</body>", 1)
 
 
 def format_comparison(groups: list[Group], fmt: str = "markdown") -> str:

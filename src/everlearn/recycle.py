@@ -49,7 +49,7 @@ from typing import Any
 
 import torch
 
-from everlearn import __version__
+from everlearn import __version__, environment
 from everlearn.checkpoint import RunDir, save_tensors, write_atomic, write_json
 from everlearn.config import RunConfig, dump_yaml
 from everlearn.data.encode import IGNORE, Encoder, collate
@@ -230,6 +230,9 @@ class RecycleRun:
         self.base_eval_s = 0.0
         self.recycling: dict[str, Any] = {}
         self.model = None
+        self.environment: dict[str, Any] | None = None  # this process's (everlearn.environment)
+        self.environment_history: list[dict[str, Any] | None] = []  # earlier ones, if resumed
+        self._previous: dict[str, Any] | None = None  # a resumed run's results.json
 
     # --- results ----------------------------------------------------------------------------
     def _results(self, status: str) -> dict[str, Any]:
@@ -249,6 +252,7 @@ class RecycleRun:
             "R": self.R, "base_eval_time_s": self.base_eval_s, "cost": self.cost,
             "strategy_metrics": {}, "recycling": self.recycling,
         }
+        environment.add_to(res, self.environment, self.environment_history)
         if status == "complete":
             res["metrics"] = compute_metrics(self.R, stages, self.phases)
             self.recycling["summary"] = self._summary()
@@ -287,7 +291,12 @@ class RecycleRun:
 
     # --- running ----------------------------------------------------------------------------
     def execute(self, resume: bool = False) -> dict[str, Any]:
-        from everlearn.runner import _attach_log, make_accelerator, seed_everything
+        from everlearn.runner import (
+            _attach_log,
+            make_accelerator,
+            record_environment,
+            seed_everything,
+        )
 
         cfg = self.cfg
         self.dir.path.mkdir(parents=True, exist_ok=True)
@@ -299,6 +308,8 @@ class RecycleRun:
         seed_everything(cfg.seed)
         acc = make_accelerator(cfg.train.precision)
         self.acc = acc
+        self.environment = record_environment(acc)
+        self.environment_history = environment.history(self._previous, self.environment)
         model, tok = load_base_model(cfg.model)
         if is_vision_model(model):
             raise ConfigError(f"model.name: recyclable tuning takes a text model; "
@@ -346,6 +357,7 @@ class RecycleRun:
         from everlearn.runner import _read_results
 
         prev = _read_results(self.dir)
+        self._previous = prev
         if prev.get("phases") != [[s.name for s in p] for p in self.phases]:
             raise ResumeError(f"{self.dir.results}: phases: the stream no longer matches the "
                               "run's config.yaml")

@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from everlearn import __version__, fsdp, stepstate, zero
+from everlearn import __version__, environment, fsdp, stepstate, zero
 from everlearn import distributed as dist
 from everlearn.checkpoint import RunDir, write_atomic, write_json
 from everlearn.config import RunConfig, dump_yaml, load_config
@@ -139,6 +139,8 @@ class Run:
         self.probes: GeneralProbes | None = None
         self.side_rows: list[dict[str, dict[str, float]]] = []  # per row: stage -> side metrics
         self.pref_rows: list[dict[str, list[float]]] = []  # per row: align stage -> log-ratios
+        self.environment: dict[str, Any] | None = None  # this process's (everlearn.environment)
+        self.environment_history: list[dict[str, Any] | None] = []  # earlier ones, if resumed
         self.tracker = Tracker(cfg, self.dir.path)  # a missing tracker package fails here
 
     def _results(self, R, cost, status, base_eval_s) -> dict[str, Any]:
@@ -161,6 +163,7 @@ class Run:
             "cost": cost,
             "strategy_metrics": self.strategy.metrics(),
         }
+        environment.add_to(res, self.environment, self.environment_history)
         schedule = describe_schedule(self.cfg.eval.every, self.cfg.eval.sample_earlier)
         if schedule:
             res["eval_schedule"] = schedule
@@ -188,6 +191,7 @@ class Run:
         self.dir.path.mkdir(parents=True, exist_ok=True)
         _attach_log(self.dir.path)
         done_R, done_cost, base_eval_s = [], [], 0.0
+        prev: dict[str, Any] | None = None
         if resume and not self.dir.results.exists():
             # killed before the base row was written: nothing is lost, start from the base row
             log.info("no results.json yet; resuming from the start")
@@ -204,6 +208,8 @@ class Run:
 
         seed_everything(cfg.seed)
         acc = make_accelerator(cfg.train.precision, **self.tracker.accelerator_kwargs())
+        self.environment = record_environment(acc)
+        self.environment_history = environment.history(prev, self.environment)
         self.tracker.start(acc, resume)
         with dist.main_first():  # rank 0 fills a model cache (embedded model) before the others
             model, tok = load_base_model(cfg.model)
@@ -394,6 +400,13 @@ class Run:
             except ResumeError as err:
                 log.warning("%s; falling back to the checkpoint before it", err)
         return 0, None
+
+
+def record_environment(acc) -> dict[str, Any]:
+    """This process's environment for results.json, logged in one line (log.txt)."""
+    env = environment.collect(acc.device, acc.mixed_precision, acc.num_processes)
+    log.info("environment: %s", environment.summary(env))
+    return env
 
 
 def routes(strategy: StrategyStack) -> bool:

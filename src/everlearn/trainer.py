@@ -27,6 +27,7 @@ from everlearn import distributed as dist
 from everlearn import fsdp, stepstate, zero
 from everlearn.config import TrainConfig
 from everlearn.data.encode import IGNORE, Encoded, Encoder, collate, image_inputs
+from everlearn.environment import cpu_bf16
 from everlearn.errors import ResumeError, TrainingError
 from everlearn.interrupt import DeferredSignals
 from everlearn.losses import labelled_token_loss, supports_logits_to_keep
@@ -44,11 +45,7 @@ def bf16_supported(device: torch.device) -> bool:
     if device.type == "cuda":
         return torch.cuda.is_bf16_supported()
     if device.type == "cpu":
-        try:
-            flags = open("/proc/cpuinfo", encoding="utf-8").read()
-        except OSError:
-            return False
-        return "avx512_bf16" in flags or "amx_bf16" in flags
+        return cpu_bf16()
     return False
 
 

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from everlearn.environment import FIELDS as ENV_FIELDS
 from everlearn.errors import EverlearnError
 
 # Keys the page renders in their own sections; any other key is shown generically, so results
@@ -15,6 +16,7 @@ KNOWN_TOP = {"everlearn_version", "status", "name", "scenario", "strategies", "m
              "strategy_metrics", "metrics", "general", "general_ability", "eval_schedule"}
 KNOWN_TOP |= {"recycling"}  # recycle runs (page._recycling)
 KNOWN_TOP |= {"text_stream"}  # boundary-free text streams (page._text_stream)
+KNOWN_TOP |= {"environment", "environment_history"}  # page._environment, compare
 CL_KEYS = ("ap", "final_ap", "la", "bwt", "bwt_trace", "forgetting", "fwt")
 KNOWN_METRIC = {*CL_KEYS, "stages", "note", "main", "perplexity", "general_delta",
                 "ap_estimated", "forgetting_lower_bound"}
@@ -118,3 +120,40 @@ def extra_metrics(results: dict[str, Any]) -> dict[str, Any]:
 def extra_results(results: dict[str, Any]) -> dict[str, Any]:
     """Top-level results.json keys the page has no dedicated section for."""
     return {k: v for k, v in results.items() if k not in KNOWN_TOP}
+
+
+UNKNOWN = "unknown"  # an environment results.json does not record (written by an older everlearn)
+
+
+def environments(results: dict[str, Any]) -> list[dict[str, Any] | None]:
+    """The environment of every process that wrote the run, oldest first (a resumed run may
+    have several; see everlearn.environment); None for one not recorded."""
+    history = results.get("environment_history")
+    out = [e if isinstance(e, dict) else None for e in history] if isinstance(history, list) else []
+    env = results.get("environment")
+    return out + [env if isinstance(env, dict) else None]
+
+
+def environment_fields(envs: list[dict[str, Any] | None]) -> list[str]:
+    """The fields recorded in any of ``envs``, in everlearn.environment's order."""
+    seen = dict.fromkeys(k for e in envs if e for k in e)
+    return [k for k in ENV_FIELDS if k in seen] + [k for k in seen if k not in ENV_FIELDS]
+
+
+def environment_cell(env: dict[str, Any] | None, field: str) -> str:
+    """One recorded value as text: ``unknown`` when the environment is not recorded, ``-``
+    when it lacks the field (no GPU on a CPU run, a package not installed)."""
+    if env is None:
+        return UNKNOWN
+    value = env.get(field)
+    if value is None:
+        return "-"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    return str(value)
+
+
+def environment_value(results: dict[str, Any], field: str) -> str:
+    """A run's value of ``field``; ``a → b`` when a resume changed it."""
+    cells = [environment_cell(e, field) for e in environments(results)]
+    return " → ".join(c for i, c in enumerate(cells) if i == 0 or c != cells[i - 1])

@@ -273,6 +273,24 @@ def _cost(res: dict[str, Any]) -> str:
     return "\n".join(out + [table(header, rows + [total], "cost")])
 
 
+def _environment(res: dict[str, Any]) -> str:
+    """What the run used (versions, device, CPU, precision actually used); one column per
+    process when a resumed run changed environment. Nothing for results that predate it."""
+    envs = data.environments(res)
+    fields = data.environment_fields(envs)
+    if not fields:
+        return ""
+    note = ("Recorded by the process that wrote results.json; precision is the one actually "
+            "used (bf16 autocast or fp32), threads are torch's intra-op threads per process.")
+    header = ["field", "value"]
+    if len(envs) > 1:
+        note += " The run was resumed in another environment: one column per process."
+        header = ["field", *[f"process {i}" for i in range(1, len(envs))], "latest"]
+    rows = [[f, *[data.environment_cell(e, f) for e in envs]] for f in fields]
+    return "\n".join(['<h2 id="environment">Environment</h2>', f'<p class="note">{note}</p>',
+                      table(header, rows, "environment")])
+
+
 def build_page(res: dict[str, Any], figs: dict[str, bytes], config_text: str | None) -> str:
     """The whole page; every string from the run is escaped."""
     strategy = res.get("strategy_metrics") or {}
@@ -285,7 +303,7 @@ def build_page(res: dict[str, Any], figs: dict[str, bytes], config_text: str | N
         _generic_section("Strategy metrics", "Method-specific results (strategy_metrics).",
                          strategy if isinstance(strategy, dict) else {"strategy": strategy},
                          "strategy-metrics"),
-        _cost(res),
+        _cost(res), _environment(res),
         _generic_section("Other results", "results.json keys without a section of their own.",
                          data.extra_results(res), "other"),
     ]
