@@ -64,6 +64,7 @@ class Evaluator:
         # what a router's choice switches on (``StrategyStack.activate``); default: the PEFT
         # adapter of that name
         self.activate = None
+        self._truncated: dict[str, dict[int, bool]] = {}  # stage -> id(test record) -> cut
 
     def _subset_key(self, stage: Stage, kind: str, records: list[Record]) -> tuple:
         """Cache key of ``records`` (a stage's test set, or the part routing sends to one
@@ -148,24 +149,43 @@ class Evaluator:
 
     # --- accuracy by option log-likelihood ------------------------------------------------
     def _option_items(self, stage, records) -> list[OptionItem]:
-        """Each record's prompt and option token ids; a long prompt loses its beginning so
-        that the longest option fits ``max_length`` (every option sees the same prompt)."""
+        """Each record's prompt and option token ids; a long prompt is cut so that the longest
+        option fits ``max_length`` (every option sees the same prompt).
+
+        An ``sft`` option is the answer as the chat template writes it, end-of-turn marker
+        (or, without a template, EOS) included: a chat model's answer ends there, and it
+        tells a complete option from the prefix of a longer one. A ``cpt`` option (cloze) is
+        raw text continuing the prompt (:meth:`Encoder.cloze_ids`), without EOS, as
+        lm-evaluation-harness scores log-likelihoods. The token counts (the divisor of
+        ``eval.length_normalize``) count what is scored: the end-of-turn tokens for sft."""
         key = self._subset_key(stage, "options", records)  # routing may pick subsets
         if key not in self._cache:
-            items = []
+            enc, items, cut = self.encoder, [], []
             cloze = stage.kind == "cpt"  # raw-text stage: options continue the prompt as is
             for rec in records:
-                prompt_ids, pixels = ((self.encoder.ids(rec.prompt), None) if cloze else
-                                      self.encoder.prompt_inputs(rec))
-                options = [self.encoder.ids(
-                    (" " + option if rec.prompt[-1:] not in (" ", "\n") else option)
-                    if cloze else self.encoder.response_text(rec, option))[
-                        : self.encoder.max_length - 1] for option in rec.options]
-                room = self.encoder.max_length - max(len(o) for o in options)
-                items.append(OptionItem(self.encoder.fit_prompt(rec, prompt_ids, room, pixels),
-                                        options, pixels))
+                if cloze:
+                    pixels = None
+                    prompt_ids = enc.cloze_prompt_ids(rec.prompt)
+                    whole = [enc.cloze_ids(rec.prompt, o)[1] for o in rec.options]
+                else:
+                    prompt_ids, pixels = enc.prompt_inputs(rec)
+                    whole = [enc.ids(enc.response_text(rec, o)) for o in rec.options]
+                options = [o[: enc.max_length - 1] for o in whole]
+                room = enc.max_length - max(len(o) for o in options)
+                fitted = (enc.cut(prompt_ids, room) if cloze else
+                          enc.fit_prompt(rec, prompt_ids, room, pixels))
+                items.append(OptionItem(fitted, options, pixels))
+                cut.append(fitted != prompt_ids or options != whole)
+            self._note_truncation(stage, records, cut)
             self._cache[key] = items
         return self._cache[key]
+
+    def _note_truncation(self, stage: Stage, records: list[Record], cut: list[bool]) -> None:
+        """Which test records were cut to ``max_length``; the share over the whole test set
+        goes to ``Encoder.truncated`` (records routed to several adapters count once)."""
+        seen = self._truncated.setdefault(stage.name, {})
+        seen.update({id(r): c for r, c in zip(records, cut)})
+        self.encoder.note_truncation(stage.name, "test", list(seen.values()))
 
     def _accuracy(self, model, stage, records):
         items = self._option_items(stage, records)
@@ -246,10 +266,12 @@ class Evaluator:
         if key not in self._cache:
             examples = []
             for rec in records:
-                prompt_ids = self.encoder.ids(self.encoder.prompt_text(rec))
+                prompt_ids = self.encoder.prompt_inputs(rec)[0]
                 examples += [self.encoder.encode_pair(
-                    prompt_ids, self.encoder.ids(self.encoder.response_text(rec, answer)))
+                    prompt_ids, self.encoder.ids(self.encoder.response_text(rec, answer)), rec)
                     for answer in (rec.chosen, rec.rejected)]
+            self._note_truncation(stage, records, [
+                a.truncated or b.truncated for a, b in zip(examples[::2], examples[1::2])])
             self._cache[key] = examples
         lp = self._sequence_logprobs(model, self._cache[key], f"eval {stage.name}",
                                      normalize=False)
@@ -296,6 +318,7 @@ class Evaluator:
         key = self._subset_key(stage, "ppl", records)
         if key not in self._cache:
             self._cache[key] = self.encoder.encode_stage(stage.kind, records)
+            self._note_truncation(stage, records, [False] * len(records))  # packed, never cut
         examples = self._cache[key]
         if world > 1:  # the same packed blocks as one process; the caller sums the ranks
             examples = examples[self.acc.process_index::world]
@@ -321,11 +344,13 @@ class Evaluator:
         return self._cache[key]
 
     def _generate(self, model, stage, records: list[Record]) -> list[str]:
-        prompts, images = [], []
+        prompts, images, cut = [], [], []
         for r in records:
             ids, pixels = self.encoder.prompt_inputs(r)
             prompts.append(self.encoder.fit_prompt(r, ids, self.encoder.max_length, pixels))
             images.append(pixels)
+            cut.append(prompts[-1] != ids)
+        self._note_truncation(stage, records, cut)
         bar = self._bar(len(records), f"generate {stage.name}")
         out = decode_batched(model, self.encoder, prompts, self.max_new_tokens(stage),
                              device=self.acc.device, autocast=self.acc.autocast,
@@ -359,8 +384,8 @@ class Evaluator:
                         greedy.append((len(examples) - 1, enc.edit_prompt_ids(rec, lp)))
             if greedy:
                 n = min(self.max_new_tokens(st), enc.max_length // 2)
-                conts = self._greedy_ids(model, [p[-(enc.max_length - n):] for _, p in greedy],
-                                         n)
+                conts = self._greedy_ids(model, [enc.cut(p, enc.max_length - n)
+                                                 for _, p in greedy], n)
                 for (k, prompt), cont in zip(greedy, conts):
                     examples[k] = enc.encode_pair(prompt, cont)
             preds = self._argmax_along(model, examples, f"locality reference {st.name}")
@@ -432,6 +457,10 @@ class Evaluator:
         # model that did not change there gives bit-identical predictions, even under bf16
         loc_items = [("locality", i, j, e) for (i, j), e in
                      self._cache[(stage.name, "edit_locality")]]
+        cut = [False] * len(stage.test)
+        for _, i, _, ex in items + loc_items:
+            cut[i] = cut[i] or ex.truncated
+        self._note_truncation(stage, stage.test, cut)
         reference = self.edit_reference[stage.name]
         reliable = [False] * len(stage.test)
         predictions = [""] * len(stage.test)

@@ -142,6 +142,7 @@ class Run:
         self.environment: dict[str, Any] | None = None  # this process's (everlearn.environment)
         self.environment_history: list[dict[str, Any] | None] = []  # earlier ones, if resumed
         self.tracker = Tracker(cfg, self.dir.path)  # a missing tracker package fails here
+        self.truncated: dict[str, dict[str, float]] = {}  # the encoder's, once it is made
 
     def _results(self, R, cost, status, base_eval_s) -> dict[str, Any]:
         stages = self.stream.stages
@@ -155,7 +156,8 @@ class Run:
             "finetune": self.cfg.model.finetune,
             "stages": [{"name": s.name, "kind": s.kind, "metric": s.metric,
                         "higher_is_better": s.higher_is_better, "n_train": len(s.train),
-                        "n_test": len(s.test), "task_id": s.task_id} for s in stages],
+                        "n_test": len(s.test), "task_id": s.task_id,
+                        "truncated_share": self.truncated.get(s.name, {})} for s in stages],
             "phases": [[s.name for s in p] for p in self.phases],
             "rows": ["base"] + ["+".join(s.name for s in p) for p in self.phases[:len(R) - 1]],
             "R": R,
@@ -220,6 +222,9 @@ class Run:
         self.model = model  # kept for callers that inspect the trained model (tests, APIs)
         encoder = make_encoder(tok, cfg.train.max_length, cfg.model.chat_template == "auto",
                                cfg.edit.format)
+        self.truncated = encoder.truncated  # share of examples cut, per stage and split
+        for st in prev["stages"] if done_R else []:  # resumed: stages trained before
+            self.truncated[st["name"]] = dict(st.get("truncated_share") or {})
         # vision-language models: which parts each phase trains (None for a text model)
         vision = plan_vision(model, cfg, self.stream, self.phases)
         if cfg.text_stream is not None:

@@ -116,8 +116,12 @@ class Trainer:
         holds (``batch["record_index"]``).
         """
         if stage.kind == "align":
-            return encode_pairs(self.encoder, records, stage.beta, stage.name)
+            pairs = encode_pairs(self.encoder, records, stage.beta, stage.name)
+            self.encoder.note_truncation(stage.name, "train", [
+                p.chosen.truncated or p.rejected.truncated for p in pairs])
+            return pairs
         examples = self.encoder.encode_stage(stage.kind, records)
+        self.encoder.note_truncation(stage.name, "train", [e.truncated for e in examples])
         return [e for e in examples if any(lab != -100 for lab in e.labels)]
 
     def train_phase(self, model, stages: list[Stage], phase: int,

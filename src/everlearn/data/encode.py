@@ -1,13 +1,17 @@
 """Records -> token ids: chat templates, response-only labels, cpt packing, and batching.
 
 Batching groups examples of similar length so that little compute is spent on padding; the
-share of padding tokens is measured and reported as part of each stage's cost.
+share of padding tokens is measured and reported as part of each stage's cost. The share of
+examples cut to ``max_length`` is kept per stage (``Encoder.truncated``, results.json).
+
+A sequence starts with BOS when the tokenizer's own settings add one (Llama-2, Mistral, Gemma
+base models); fragments (answers, options, edit targets) never get one.
 """
 
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -27,6 +31,7 @@ class Encoded:
     # an image record (vision-language models): the processor's image tensors, e.g.
     # {"pixel_values": 1 x 3 x H x W}; None for text
     pixels: dict[str, torch.Tensor] | None = None
+    truncated: bool = False  # the prompt or the answer was cut to max_length
 
 
 def image_inputs(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -58,8 +63,29 @@ class Encoder:
         if tokenizer.pad_token_id is None:
             tokenizer.pad_token = tokenizer.eos_token
         self.pad_id = tokenizer.pad_token_id
+        self.bos_id = self._bos_id()
+        self.space_joins = self._space_joins()
         self.stop_ids = self._stop_ids()
         self.edit_format = "raw"  # how edit records are written (config `edit.format`)
+        # stage name -> {"train" / "test": share of its examples cut to max_length}
+        self.truncated: dict[str, dict[str, float]] = {}
+
+    def _bos_id(self) -> int | None:
+        """The BOS id that starts every sequence, when the tokenizer would add one itself
+        (``add_bos_token``, or its post-processor); None for those that add none (GPT-2 style,
+        SmolLM2), whose ids stay as they were."""
+        bos = self.tok.bos_token_id
+        if bos is None:
+            return None
+        if getattr(self.tok, "add_bos_token", False) is True:
+            return bos
+        added = self.tok("a")["input_ids"]
+        return bos if added[:1] == [bos] and self.ids("a")[:1] != [bos] else None
+
+    def _space_joins(self) -> bool:
+        """Whether whitespace is written into the next word's token (GPT-2 'Ġis', SentencePiece
+        '▁is'): then a prompt's trailing whitespace belongs to its continuation."""
+        return self.ids("a b") != self.ids("a ") + self.ids("b")
 
     # --- text formatting -----------------------------------------------------------------
     def _messages(self, record: Record) -> list[dict[str, str]]:
@@ -82,14 +108,51 @@ class Encoder:
         return "\n\n".join(p for p in parts if p) + "\n"
 
     def prompt_inputs(self, record: Record) -> tuple[list[int], dict[str, torch.Tensor] | None]:
-        """The prompt's token ids and its image tensors (None: a text model or record)."""
-        return self.ids(self.prompt_text(record)), None
+        """The prompt's token ids (BOS first where the tokenizer adds one) and its image
+        tensors (None: a text model or record)."""
+        return self.start_ids(self.prompt_text(record)), None
 
     def fit_prompt(self, record: Record, ids: list[int], room: int,
                    pixels: dict | None) -> list[int]:
-        """The prompt ids cut to at most ``room`` tokens: a text prompt loses its beginning
-        (a vision encoder refuses to cut image tokens)."""
-        return ids[-room:]
+        """The prompt ids cut to at most ``room`` tokens (a vision encoder refuses to cut image
+        tokens). A text prompt loses the middle of its input so that the template, the system
+        prompt, the context turns and the instruction stay whole: the input is the user prompt
+        after its first paragraph (SuperNI's definition), else the whole user prompt; its start
+        and end are kept (the end often holds the question or the answer cue, as LongBench
+        argues for cutting the middle). When even an empty input does not fit, the prompt
+        loses its beginning instead (after BOS)."""
+        if len(ids) <= room:
+            return ids
+        return self._shorten_input(record, ids, room) or self.cut(ids, room)
+
+    def _shorten_input(self, record: Record, ids: list[int], room: int) -> list[int] | None:
+        """The prompt with the middle of its input cut to fit ``room`` (see :meth:`fit_prompt`);
+        None when cutting the input cannot make it fit."""
+        instruction, blank, rest = record.prompt.partition("\n\n")
+        splits = [(instruction + blank, rest)] if blank else []
+        for head, body in splits + [("", record.prompt)]:
+            body_ids = self.ids(body)
+            keep = len(body_ids) - (len(ids) - room)
+            while keep > 0:  # token boundaries may shift when re-encoded: try again shorter
+                front, back = keep - keep // 2, keep // 2
+                text = (self._decode(body_ids[:front]).rstrip("\ufffd")
+                        + self._decode(body_ids[len(body_ids) - back:]).lstrip("\ufffd"))
+                shorter = self.start_ids(self.prompt_text(replace(record, prompt=head + text)))
+                if len(shorter) <= room:
+                    return shorter
+                keep -= len(shorter) - room
+        return None
+
+    def _decode(self, ids: list[int]) -> str:
+        return self.tok.decode(ids, clean_up_tokenization_spaces=False) if ids else ""
+
+    def cut(self, ids: list[int], room: int) -> list[int]:
+        """``ids`` without their beginning, to at most ``room`` tokens; a leading BOS stays."""
+        if len(ids) <= room:
+            return ids
+        if self.bos_id is not None and ids[:1] == [self.bos_id] and room > 1:
+            return ids[:1] + ids[len(ids) - room + 1:]
+        return ids[len(ids) - room:]
 
     def response_text(self, record: Record, answer: str) -> str:
         """The answer as the template writes it, end-of-turn marker included."""
@@ -113,58 +176,109 @@ class Encoder:
         return sorted(ids)
 
     def ids(self, text: str) -> list[int]:
+        """The token ids of ``text`` as a fragment: no special tokens added."""
         return self.tok(text, add_special_tokens=False)["input_ids"]
 
+    def start(self, ids: list[int]) -> list[int]:
+        """``ids`` as the start of a sequence: BOS first when the tokenizer adds one, unless
+        the text brought it already (a chat template that writes ``bos_token``)."""
+        if self.bos_id is None or ids[:1] == [self.bos_id]:
+            return ids
+        return [self.bos_id] + ids
+
+    def start_ids(self, text: str) -> list[int]:
+        """The token ids of ``text`` that starts a sequence (see :meth:`start`)."""
+        return self.start(self.ids(text))
+
+    def _cloze_text(self, prompt: str, target: str = "") -> tuple[str, str]:
+        """Raw text and its continuation as they are split into tokens: a space between them
+        unless the prompt ends in whitespace, which moves into the continuation when the
+        tokenizer writes whitespace into the next word's token (as lm-evaluation-harness does:
+        ``is`` + `` Paris``, not ``is `` + ``Paris``). A tokenizer whose whitespace is a token of
+        its own gives the same tokens either way and keeps the whitespace in the prompt."""
+        if not prompt[-1:].isspace():
+            return prompt, " " + target
+        if not self.space_joins:
+            return prompt, target
+        context = prompt.rstrip()
+        return context, prompt[len(context):] + target
+
+    def cloze_ids(self, prompt: str, target: str) -> tuple[list[int], list[int]]:
+        """(prompt ids, continuation ids) of raw text and its continuation: together the ids of
+        the whole text (``prompt``, a space unless it ends in one, ``target``), as cpt training
+        tokenises it; the prompt starts with BOS where the tokenizer adds one."""
+        context, continuation = self._cloze_text(prompt, target)
+        head, whole = self.ids(context), self.ids(context + continuation)
+        tail = whole[len(head):] if whole[:len(head)] == head else self.ids(continuation)
+        return self.start(head), tail
+
+    def cloze_prompt_ids(self, prompt: str) -> list[int]:
+        """The prompt ids of :meth:`cloze_ids` (the same for every continuation)."""
+        return self.start_ids(self._cloze_text(prompt)[0])
+
+    def note_truncation(self, stage: str, split: str, flags: list[bool]) -> None:
+        """Record the share of a stage's ``split`` ("train", "test") examples that were cut."""
+        self.truncated.setdefault(stage, {})[split] = sum(flags) / max(1, len(flags))
+
     # --- encoding ------------------------------------------------------------------------
-    def encode_pair(self, prompt_ids: list[int], answer_ids: list[int]) -> Encoded:
-        """Prompt + answer with loss on the answer; long prompts lose their beginning."""
-        answer_ids = answer_ids[: self.max_length - 1]
-        room = self.max_length - len(answer_ids)
-        prompt_ids = prompt_ids[-room:]
-        return Encoded(prompt_ids + answer_ids, [IGNORE] * len(prompt_ids) + answer_ids)
+    def encode_pair(self, prompt_ids: list[int], answer_ids: list[int],
+                    record: Record | None = None) -> Encoded:
+        """Prompt + answer with loss on the answer. An answer keeps at most ``max_length - 1``
+        tokens; a prompt too long for the rest loses the middle of its input when ``record``
+        (whose :meth:`prompt_text` it is) is given (:meth:`fit_prompt`), else its beginning."""
+        kept = answer_ids[: self.max_length - 1]
+        room = self.max_length - len(kept)
+        fitted = (self.cut(prompt_ids, room) if record is None
+                  else self.fit_prompt(record, prompt_ids, room, None))
+        return Encoded(fitted + kept, [IGNORE] * len(fitted) + kept,
+                       truncated=len(kept) < len(answer_ids) or fitted != prompt_ids)
 
     def encode_sft(self, record: Record, answer: str | None = None) -> Encoded:
         answer = record.response if answer is None else answer
-        return self.encode_pair(
-            self.ids(self.prompt_text(record)), self.ids(self.response_text(record, answer))
-        )
+        return self.encode_pair(self.start_ids(self.prompt_text(record)),
+                                self.ids(self.response_text(record, answer)), record)
 
     def pack_cpt(self, records: list[Record]) -> list[Encoded]:
-        """Concatenate documents (EOS between them) and cut into max_length blocks. A block of
-        a text stream (``token_ids``) stays one example of its own, first and in order."""
+        """Concatenate documents (EOS after each) and cut into max_length blocks. A block of
+        a text stream (``token_ids``) stays one example of its own, first and in order.
+
+        Where the tokenizer adds a BOS, every document starts with one (as Hugging Face's
+        pretraining scripts and lm-evaluation-harness tokenise documents), also inside a
+        block; it is given, never a target (label -100), so perplexity counts text only."""
         blocks = [Encoded(list(r.token_ids), list(r.token_ids)) for r in records
                   if r.token_ids is not None and len(r.token_ids) >= 2]
         stream: list[int] = []
+        labels: list[int] = []
         for r in records:
             if r.token_ids is not None:
                 continue
-            stream.extend(self.ids(r.text))
-            if self.eos_id is not None:
-                stream.append(self.eos_id)
+            doc = self.start_ids(r.text) + ([] if self.eos_id is None else [self.eos_id])
+            stream.extend(doc)
+            labels.extend([IGNORE] + doc[1:] if self.bos_id is not None else doc)
         for start in range(0, len(stream), self.max_length):
             block = stream[start:start + self.max_length]
             if len(block) >= 2:
-                blocks.append(Encoded(block, list(block)))
+                blocks.append(Encoded(block, labels[start:start + self.max_length]))
         return blocks
 
     def encode_edit(self, record: Record, prompt: str, target: str) -> Encoded:
         """One edit (or a paraphrase or locality prompt of it) with the loss on ``target``:
-        raw = ``prompt``, a space, ``target`` (no end-of-turn, as in EasyEdit); chat = the
-        prompt as a user turn (with the record's system prompt) and ``target`` as the whole
-        answer, end-of-turn marker included."""
+        raw = ``prompt``, a space unless it ends in whitespace, ``target`` (no end-of-turn, as
+        in EasyEdit; split into tokens by :meth:`cloze_ids`, so a trailing space of the prompt
+        may move into the target); chat = the prompt as a user turn (with the record's system
+        prompt) and ``target`` as the whole answer, end-of-turn marker included."""
         if self.edit_format == "chat":
             turn = Record(prompt=prompt, system=record.system, context=record.context)
-            target_ids = self.ids(self.response_text(turn, target))
-        else:
-            target_ids = self.ids(("" if prompt[-1:] in (" ", "\n") else " ") + target)
-        return self.encode_pair(self.edit_prompt_ids(record, prompt), target_ids)
+            return self.encode_pair(self.prompt_inputs(turn)[0],
+                                    self.ids(self.response_text(turn, target)), turn)
+        return self.encode_pair(*self.cloze_ids(prompt, target))
 
     def edit_prompt_ids(self, record: Record, prompt: str) -> list[int]:
         """The tokens of an edit's prompt as :meth:`encode_edit` writes them."""
         if self.edit_format == "chat":
             turn = Record(prompt=prompt, system=record.system, context=record.context)
-            return self.ids(self.prompt_text(turn))
-        return self.ids(prompt)
+            return self.prompt_inputs(turn)[0]
+        return self.cloze_prompt_ids(prompt)
 
     def encode_stage(self, kind: str, records: list[Record]) -> list[Encoded]:
         """A stage's records as examples. Raw-text records inside an sft stage (general data

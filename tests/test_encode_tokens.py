@@ -1,0 +1,207 @@
+"""Token ids that get trained and scored: whitespace at the prompt/continuation boundary, BOS,
+truncation of long prompts (and its share per stage in results.json)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from everlearn.config import build_config
+from everlearn.data.encode import IGNORE, Encoder
+from everlearn.data.records import Record
+from everlearn.evaluate import Evaluator
+from everlearn.models import build_tiny_tokenizer
+from everlearn.stream import Stage
+from tests.conftest import tiny_config, write_jsonl
+
+EVAL = build_config({"stages": [{"builtin": "cipher"}]}).eval
+
+
+def evaluator(enc: Encoder) -> Evaluator:
+    return Evaluator(None, enc, EVAL, quiet=True)
+
+
+def cloze_items(enc: Encoder, recs: list[Record]):
+    stage = Stage(1, "c", "cpt", "accuracy", [], recs)
+    return evaluator(enc)._option_items(stage, recs)
+
+
+# --- whitespace at the end of a prompt ----------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def smol():
+    from transformers import AutoTokenizer
+
+    from everlearn.models import embedded_smollm2_dir
+
+    return AutoTokenizer.from_pretrained(embedded_smollm2_dir())
+
+
+@pytest.mark.slow
+def test_cloze_option_takes_the_prompts_trailing_space(smol):
+    """GPT-2 style BPE writes the space into the next word ('ĠParis'): scoring 'Paris' after a
+    lone 'Ġ' is a split the model never sees in training."""
+    enc = Encoder(smol, 64)
+    text = "The capital of France is Paris"
+    paris = smol(" Paris", add_special_tokens=False)["input_ids"]
+    space = smol.convert_tokens_to_ids("Ġ")
+    for prompt in ("The capital of France is ", "The capital of France is"):
+        item = cloze_items(enc, [Record(prompt=prompt, answers=["Paris"],
+                                        options=["Paris", "London"])])[0]
+        assert item.options[0][:len(paris)] == paris
+        assert item.prompt[-1] != space
+        trained = enc.encode_stage("cpt", [Record(text=text)])[0].input_ids
+        assert item.prompt + item.options[0] == trained[:-1] == enc.ids(text)  # [-1]: EOS
+    assert enc.bos_id is None  # SmolLM2 adds no BOS: its ids stay as they were
+
+
+@pytest.mark.slow
+def test_raw_edit_target_takes_the_prompts_trailing_space(smol):
+    enc = Encoder(smol, 64)
+    e = enc.encode_edit(Record(), "The capital of France is ", "Paris")
+    target = [t for t in e.labels if t != IGNORE]
+    assert target == smol(" Paris", add_special_tokens=False)["input_ids"]
+    assert e.input_ids == enc.ids("The capital of France is Paris")
+    assert enc.edit_prompt_ids(Record(), "The capital of France is ") == e.input_ids[:-1]
+
+
+def test_byte_level_tokenizer_without_merges_keeps_its_split():
+    """Whitespace that is a token of its own stays with the prompt (one-token edit targets)."""
+    tok = build_tiny_tokenizer()
+    enc = Encoder(tok, 64)
+    item = cloze_items(enc, [Record(prompt="Colour of ab is ", answers=["x"],
+                                    options=["x", "y"])])[0]
+    assert item.prompt == enc.ids("Colour of ab is ") and item.options == [[enc.ids("x")[0]],
+                                                                          [enc.ids("y")[0]]]
+    e = enc.encode_edit(Record(), "Colour of ab is ", "x")
+    assert [t for t in e.labels if t != IGNORE] == enc.ids("x")
+
+
+# --- BOS ------------------------------------------------------------------------------------------
+
+
+def bos_tokenizer(how: str):
+    """The tiny tokenizer set to add its BOS, by attribute or by its post-processor."""
+    tok = build_tiny_tokenizer()
+    if how == "attribute":
+        tok.add_bos_token = True
+    else:
+        from tokenizers import processors
+
+        bos = tok.bos_token
+        tok._tokenizer.post_processor = processors.TemplateProcessing(
+            single=f"{bos} $A", pair=f"{bos} $A {bos} $B",
+            special_tokens=[(bos, tok.bos_token_id)])
+    assert tok("ab")["input_ids"][0] == tok.bos_token_id
+    return tok
+
+
+def starts_with_one_bos(ids: list[int], bos: int) -> bool:
+    return ids[0] == bos and ids[1] != bos
+
+
+@pytest.mark.parametrize("how", ["attribute", "post_processor"])
+def test_bos_at_the_start_of_every_sequence_when_the_tokenizer_adds_one(how):
+    tok = bos_tokenizer(how)
+    bos = tok.bos_token_id
+    for chat in (False, True):  # chat: ChatML starts with <|im_start|>, this BOS: no second
+        enc = Encoder(tok, 128, use_chat_template=chat)
+        assert enc.bos_id == bos
+        rec = Record(prompt="What is 2+2?", answers=["four"], system="Be brief.")
+        e = enc.encode_sft(rec)
+        assert starts_with_one_bos(e.input_ids, bos) and e.labels[0] == IGNORE
+        assert starts_with_one_bos(enc.prompt_inputs(rec)[0], bos)
+        if not chat:
+            assert e.input_ids.count(bos) == 1
+            text = enc.prompt_text(rec) + "four"
+            assert e.input_ids == [bos] + enc.ids(text) + [tok.eos_token_id]
+    enc = Encoder(tok, 128)
+    edit = enc.encode_edit(Record(), "Colour of ab is ", "x")
+    assert starts_with_one_bos(edit.input_ids, bos) and edit.input_ids.count(bos) == 1
+    assert enc.edit_prompt_ids(Record(), "Colour of ab is ") == edit.input_ids[:-1]
+    item = cloze_items(enc, [Record(prompt="Colour of ab is", answers=["x"],
+                                    options=["x", "yz"])])[0]
+    assert starts_with_one_bos(item.prompt, bos) and item.prompt.count(bos) == 1
+    assert all(bos not in o for o in item.options)
+    docs = [Record(text="first doc"), Record(text="second")]
+    (block,) = enc.encode_stage("cpt", docs)
+    eos = tok.eos_token_id
+    assert block.input_ids == ([bos] + enc.ids("first doc") + [eos]
+                               + [bos] + enc.ids("second") + [eos])  # one BOS per document
+    second = len(enc.ids("first doc")) + 2
+    assert [i for i, t in enumerate(block.labels) if t == IGNORE] == [0, second]  # BOS: given
+
+
+def test_no_bos_for_tokenizers_that_add_none():
+    tok = build_tiny_tokenizer()
+    enc = Encoder(tok, 128, use_chat_template=False)
+    assert enc.bos_id is None
+    rec = Record(prompt="Q", answers=["A"])
+    assert enc.encode_sft(rec).input_ids == enc.ids("Q\nA") + [tok.eos_token_id]
+    (block,) = enc.encode_stage("cpt", [Record(text="a doc")])
+    assert block.input_ids == block.labels == enc.ids("a doc") + [tok.eos_token_id]
+
+
+def test_long_prompt_keeps_bos_when_it_loses_its_beginning():
+    tok = bos_tokenizer("attribute")
+    enc = Encoder(tok, 16)
+    item = cloze_items(enc, [Record(prompt="z" * 40 + " is", answers=["x"],
+                                    options=["x", "y"])])[0]
+    assert item.prompt[0] == tok.bos_token_id and len(item.prompt) == 16 - 2
+    assert tok.decode(item.prompt[1:]).endswith("zz is")
+
+
+# --- truncation of long prompts -----------------------------------------------------------
+
+
+DEFINITION = "Definition: answer yes when the input repeats one word."
+
+
+def long_record(n_words: int = 200) -> Record:
+    return Record(prompt=f"{DEFINITION}\n\nInput: {'word ' * n_words}END\nOutput:",
+                  answers=["yes"], system="Be brief.")
+
+
+@pytest.mark.parametrize("chat", [True, False])
+def test_long_input_is_cut_and_the_template_and_definition_stay(chat):
+    tok = build_tiny_tokenizer()
+    enc = Encoder(tok, 160, use_chat_template=chat)
+    e = enc.encode_sft(long_record())
+    assert e.truncated and len(e.input_ids) <= 160
+    text = tok.decode(e.input_ids)
+    head = "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\n" if chat else "Be brief."
+    assert text.startswith(f"{head}{'' if chat else chr(10) * 2}{DEFINITION}\n\nInput: word")
+    end = "END\nOutput:<|im_end|>\n<|im_start|>assistant\nyes<|im_end|>" if chat else \
+        "END\nOutput:\nyes<|im_end|>"
+    assert text.endswith(end)  # the input lost its middle
+    assert tok.decode([t for t in e.labels if t != IGNORE]) == "yes<|im_end|>"
+    assert not enc.encode_sft(long_record(5)).truncated
+
+
+def test_prompt_too_long_even_without_its_input_loses_its_beginning():
+    tok = build_tiny_tokenizer()
+    enc = Encoder(tok, 48)
+    rec = Record(prompt="x" * 10, answers=["yes"], system="s" * 80)
+    e = enc.encode_sft(rec)
+    assert e.truncated and len(e.input_ids) == 48
+    full = enc.ids(enc.prompt_text(rec))
+    kept = e.input_ids[: 48 - len(enc.ids(enc.response_text(rec, "yes")))]
+    assert kept == full[-len(kept):]
+
+
+def test_truncated_share_per_stage_in_results(tmp_path):
+    from everlearn.runner import start_run
+
+    short = [{"prompt": f"q{i}", "response": "ok"} for i in range(3)]
+    long = {"prompt": f"{DEFINITION}\n\nInput: {'word ' * 30}\nOutput:", "response": "ok"}
+    train = write_jsonl(tmp_path / "train.jsonl", short + [long])
+    test = write_jsonl(tmp_path / "test.jsonl", short[:1] + [long])
+    stage = {"name": "s", "train": str(train), "test": str(test), "metric": "exact_match"}
+    cfg = build_config(tiny_config(tmp_path, [stage], train={
+        "steps": 1, "max_length": 120, "precision": "fp32", "batch_size": 4}))
+    path, res = start_run(cfg, tmp_path / "run", quiet=True)
+    assert res["stages"][0]["truncated_share"] == {"train": 0.25, "test": 0.5}
+    assert json.loads((path / "results.json").read_text())["stages"][0]["truncated_share"] == {
+        "train": 0.25, "test": 0.5}
