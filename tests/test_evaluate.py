@@ -92,3 +92,37 @@ def test_perplexity_pools_every_adapter_group(tmp_path):
     alone = ev.score(model, Stage(index=1, name="t2", kind="cpt", metric="perplexity",
                                   train=docs, test=[d for d in docs if len(d.text) < 40])).score
     assert abs(alone - pooled) > 2e-2 * pooled
+
+
+def test_exact_match_rows_stop_once_hopeless_with_the_same_scores(tmp_path, monkeypatch):
+    from transformers import LlamaForCausalLM
+
+    import everlearn.evaluate as evaluate
+
+    calls = {"n": 0}
+    forward = LlamaForCausalLM.forward
+
+    def counted(self, *args, **kwargs):
+        calls["n"] += 1
+        return forward(self, *args, **kwargs)
+
+    monkeypatch.setattr(LlamaForCausalLM, "forward", counted)
+    # after stage 1 the model answers green's prompts with red's long answer: hopeless after
+    # "alpha beta ", where a full generation writes on for ~20 more tokens
+    stages = [constant_task(tmp_path, "red", "alpha beta gamma delta epsilon"),
+              constant_task(tmp_path, "green", "zeta")]
+
+    def run(name):
+        calls["n"] = 0
+        cfg = build_config(tiny_config(tmp_path, stages, eval={"max_new_tokens": 40},
+                                       train={"lr": 3e-3, "steps": 80, "precision": "fp32",
+                                              "warmup_ratio": 0.0, "schedule": "constant"}))
+        _, res = start_run(cfg, tmp_path / name, quiet=True)
+        return res["R"], calls["n"]
+
+    early, early_calls = run("early")
+    monkeypatch.setattr(evaluate, "can_still_match", lambda text, refs: True)
+    full, full_calls = run("full")
+    assert early == full  # a row stopped early scored 0 and would have scored 0
+    assert early[1] == [100.0, 0.0]
+    assert early_calls < full_calls - 10  # the wrong answers were cut short

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from everlearn.scoring import (
+    can_still_match,
     exact_match,
     lcs_length,
     normalize_answer,
@@ -141,3 +144,32 @@ def test_empty_prediction_never_matches():
     assert exact_match("The", ["the"]) == 1.0  # article-only reference: compared as it is
     assert exact_match("An", ["the"]) == 0.0
     assert exact_match("The Eiffel Tower", ["eiffel tower"]) == 1.0  # SQuAD's rule otherwise
+
+
+# --- stopping a generation that can no longer match ---------------------------------------
+def test_can_still_match_stops_a_ramble_and_keeps_a_live_answer():
+    assert not can_still_match("The sum of the", ["<0794>"])  # 'sum' is stable and wrong
+    assert can_still_match("The sum of", ["<0794>"])  # 'sum' may still merge with 'of...'
+    assert not can_still_match("The sum is ", ["<0794>"])
+    assert can_still_match("The sum ", ["<0794>"])  # a following "n't" could still merge
+    assert can_still_match("The", ["<0794>"])  # an article, and the last word may still grow
+    assert can_still_match("<07", ["<0794>"])
+    assert can_still_match("The <0794>", ["<0794>"])  # articles vanish in normalisation
+    assert can_still_match("0794 and more", ["0794"])  # 'and' may still merge with 'more'
+    assert not can_still_match("0794 and more words", ["0794"])
+    assert can_still_match("blue sky is", ["red", "blue sky"])  # any reference keeps it
+    assert not can_still_match("The a b", ["A"])  # 'The' against the article-only reference
+
+
+_WORDS = st.sampled_from(["a", "A", "an", "the", "The", "blue", "sky", "n't", "don", ".", ",",
+                          "'s", "<07>", "0794", "-"])
+
+
+@given(words=st.lists(_WORDS, max_size=7), refs=st.lists(
+    st.lists(_WORDS, min_size=1, max_size=3).map(" ".join), min_size=1, max_size=3),
+    glue=st.lists(st.sampled_from([" ", "", "  "]), min_size=7, max_size=7))
+def test_a_prefix_declared_hopeless_never_ends_in_a_match(words, refs, glue):
+    text = "".join(w + g for w, g in zip(words, glue))
+    if exact_match(text, refs) or exact_match(text.strip(), refs):
+        for k in range(len(text) + 1):
+            assert can_still_match(text[:k], refs), (text[:k], text, refs)

@@ -25,7 +25,7 @@ from everlearn.data.records import Record
 from everlearn.generation import decode_batched
 from everlearn.option_scoring import OptionItem, score_options
 from everlearn.preference import preference_accuracy
-from everlearn.scoring import exact_match, rouge_l
+from everlearn.scoring import can_still_match, exact_match, rouge_l
 from everlearn.stream import Stage
 
 
@@ -352,10 +352,14 @@ class Evaluator:
             cut.append(prompts[-1] != ids)
         self._note_truncation(stage, records, cut)
         bar = self._bar(len(records), f"generate {stage.name}")
+        # exact match: a row stops once it cannot match any more (its score is 0 either way)
+        alive = ((lambda i, text: can_still_match(text, records[i].answers))
+                 if stage.metric == "exact_match" else None)
         out = decode_batched(model, self.encoder, prompts, self.max_new_tokens(stage),
                              device=self.acc.device, autocast=self.acc.autocast,
                              batch_size=self.cfg.batch_size, on_batch=bar.update,
-                             images=images if any(p is not None for p in images) else None)
+                             images=images if any(p is not None for p in images) else None,
+                             alive=alive)
         bar.close()
         return out
 

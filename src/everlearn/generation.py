@@ -3,8 +3,10 @@ their own training data (pseudo_replay, ssr).
 
 ``model.generate`` does the decoding; what it lacks and this adds is the batching a CL run wants:
 prompts sorted by length so that left padding stays small, results back in the caller's order,
-and each continuation cut at the first stop token (the chat template's end-of-turn as well as
-EOS) before it is decoded.
+each continuation cut at the first stop token (the chat template's end-of-turn as well as
+EOS) before it is decoded, and, where the caller can tell, a row stopped as soon as what it
+wrote can no longer score (``alive``): an untrained model otherwise writes on to
+``max_new_tokens`` in every row of the batch.
 """
 
 from __future__ import annotations
@@ -13,21 +15,43 @@ from collections.abc import Callable
 from contextlib import nullcontext
 
 import torch
+from transformers import StoppingCriteria, StoppingCriteriaList
 
 from everlearn.data.encode import Encoded, collate, image_inputs
+
+
+class _StopWhenHopeless(StoppingCriteria):
+    """Finishes the rows whose text so far ``alive(prompt index, text)`` rejects, and keeps
+    how many tokens each had then (``generate`` pads a finished row from there on)."""
+
+    def __init__(self, rows: list[int], width: int, text_of: Callable[[list[int]], str],
+                 alive: Callable[[int, str], bool]):
+        self.rows, self.width, self.text_of, self.alive = rows, width, text_of, alive
+        self.stopped_at: dict[int, int] = {}
+
+    def __call__(self, input_ids, scores, **kwargs) -> torch.BoolTensor:
+        done = []
+        for i, row in zip(self.rows, input_ids[:, self.width:].tolist()):
+            if i not in self.stopped_at and not self.alive(i, self.text_of(row)):
+                self.stopped_at[i] = len(row)
+            done.append(i in self.stopped_at)
+        return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
 
 
 def decode_batched(model, encoder, prompt_ids: list[list[int]], max_new_tokens: int, *,
                    device: torch.device | str, autocast: Callable = nullcontext,
                    batch_size: int = 8, sampling: dict | None = None, strip: bool = True,
                    on_batch: Callable[[int], None] | None = None,
-                   images: list[dict | None] | None = None) -> list[str]:
+                   images: list[dict | None] | None = None,
+                   alive: Callable[[int, str], bool] | None = None) -> list[str]:
     """Continuations of ``prompt_ids`` (token ids, already truncated), in the order given.
 
     ``sampling`` holds ``generate`` keyword arguments (``do_sample``, ``top_p``...); greedy
     when None. Sampling draws from torch's global RNG, so callers that need reproducible
     samples seed it around the call. ``images``: per prompt, its image tensors or None (a
-    vision-language model's prompts with image placeholders).
+    vision-language model's prompts with image placeholders). ``alive(i, text)``: whether
+    prompt ``i``'s continuation so far (decoded as it will be returned) can still score; a row
+    it rejects stops there, so its returned text is the prefix that decided it.
     """
     kwargs = sampling or {"do_sample": False}
     order = sorted(range(len(prompt_ids)), key=lambda i: (len(prompt_ids[i]), i))
@@ -35,6 +59,12 @@ def decode_batched(model, encoder, prompt_ids: list[list[int]], max_new_tokens: 
     stops = set(encoder.stop_ids)
     was_training = model.training
     model.eval()
+
+    def text_of(row: list[int]) -> str:
+        cut = next((k for k, t in enumerate(row) if t in stops), len(row))
+        text = encoder.tok.decode(row[:cut], skip_special_tokens=True)
+        return text.strip() if strip else text
+
     try:
         for s in range(0, len(order), batch_size):
             idx = order[s:s + batch_size]
@@ -43,16 +73,19 @@ def decode_batched(model, encoder, prompt_ids: list[list[int]], max_new_tokens: 
                             encoder.pad_id, left=True)
             ids = batch["input_ids"].to(device)
             pixels = {k: v.to(device) for k, v in image_inputs(batch).items()}
+            hopeless = (_StopWhenHopeless(idx, ids.shape[1], text_of, alive)
+                        if alive is not None else None)
             with torch.no_grad(), autocast():
                 gen = model.generate(input_ids=ids,
                                      attention_mask=batch["attention_mask"].to(device),
                                      max_new_tokens=max_new_tokens, use_cache=True,
                                      eos_token_id=encoder.stop_ids, pad_token_id=encoder.pad_id,
+                                     stopping_criteria=StoppingCriteriaList(
+                                         [hopeless] if hopeless else []),
                                      **pixels, **kwargs)
             for i, row in zip(idx, gen[:, ids.shape[1]:].tolist()):
-                cut = next((k for k, t in enumerate(row) if t in stops), len(row))
-                text = encoder.tok.decode(row[:cut], skip_special_tokens=True)
-                out[i] = text.strip() if strip else text
+                end = hopeless.stopped_at.get(i, len(row)) if hopeless else len(row)
+                out[i] = text_of(row[:end])
             if on_batch is not None:
                 on_batch(len(idx))
     finally:

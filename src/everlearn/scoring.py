@@ -17,8 +17,8 @@ import re
 import string
 from collections.abc import Sequence
 
-__all__ = ["comparable", "exact_match", "lcs_length", "normalize_answer", "normalize_light",
-           "rouge_l", "rouge_l_tokens"]
+__all__ = ["can_still_match", "comparable", "exact_match", "lcs_length", "normalize_answer",
+           "normalize_light", "rouge_l", "rouge_l_tokens"]
 
 _ARTICLES = re.compile(r"\b(a|an|the)\b")
 _PUNCTUATION = frozenset(string.punctuation)
@@ -73,6 +73,30 @@ def exact_match(prediction: str, references: str | Sequence[str]) -> float:
         if pred and pred == gold:
             return 1.0
     return 0.0
+
+
+def can_still_match(prefix: str, references: str | Sequence[str]) -> bool:
+    """Whether some continuation of the generated ``prefix`` could still score
+    :func:`exact_match` 1.0, so that greedy decoding can stop a row that cannot (its score is 0
+    whatever it writes next).
+
+    Normalisation works word by word (words split on whitespace), so the words of the prefix
+    that can no longer change, normalised as :func:`comparable` does, must begin some
+    normalised reference. The last word may still grow, and the one before it may still merge
+    with what follows when a tokenizer's decoder cleans up spaces (``do n't`` -> ``don't``),
+    so neither counts until another word follows.
+    """
+    words = prefix.split()
+    stable = words[:max(len(words) - (1 if prefix[-1:].isspace() else 2), 0)]
+    if not stable:
+        return True
+    text = " ".join(stable)
+    for ref in _as_references(references):
+        pred, gold = comparable(text, ref)
+        got, want = pred.split(), gold.split()
+        if got == want[:len(got)]:
+            return True
+    return False
 
 
 def lcs_length(a: Sequence[str], b: Sequence[str]) -> int:
