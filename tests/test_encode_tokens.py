@@ -205,3 +205,26 @@ def test_truncated_share_per_stage_in_results(tmp_path):
     assert res["stages"][0]["truncated_share"] == {"train": 0.25, "test": 0.5}
     assert json.loads((path / "results.json").read_text())["stages"][0]["truncated_share"] == {
         "train": 0.25, "test": 0.5}
+
+
+def test_bos_in_preference_pairs_stream_blocks_and_buffered_raw_text():
+    from everlearn.preference import encode_pairs
+    from everlearn.strategies._buffer import encode_record
+    from everlearn.textstream import build_token_stream
+
+    tok = bos_tokenizer("attribute")
+    bos = tok.bos_token_id
+    enc = Encoder(tok, 32, use_chat_template=False)
+    (pair,) = encode_pairs(enc, [Record(prompt="Pick one", chosen="yes", rejected="no")], 0.1,
+                           "align")
+    for e in (pair.chosen, pair.rejected):  # trained as the align stage's test pairs are scored
+        assert starts_with_one_bos(e.input_ids, bos) and e.labels[0] == IGNORE
+    raw = encode_record(enc, Record(text="some raw text"))
+    assert starts_with_one_bos(raw.input_ids, bos)
+    docs = [Record(text="alpha " * 6), Record(text="beta " * 6)]
+    ts = build_token_stream([Stage(1, "d", "cpt", "perplexity", docs, [])], enc, None, 1)
+    ids = [t for r in ts.records for t in r.token_ids]
+    assert ids.count(bos) == 2 and ids[0] == bos  # one BOS per document of the stream
+    blocks = enc.encode_stage("cpt", ts.records)
+    assert all(lab == IGNORE for b in blocks for t, lab in zip(b.input_ids, b.labels)
+               if t == bos)  # a BOS is given, never a target

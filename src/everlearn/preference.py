@@ -61,9 +61,9 @@ def encode_pairs(encoder: Encoder, records: list[Record], beta: float, stage: st
             "kinds cannot join it")
     pairs = []
     for i, r in enumerate(records):
-        prompt_ids = encoder.ids(encoder.prompt_text(r))
+        prompt_ids = encoder.prompt_inputs(r)[0]  # BOS first where the tokenizer adds one
         chosen, rejected = (encoder.encode_pair(prompt_ids,
-                                                encoder.ids(encoder.response_text(r, answer)))
+                                                encoder.ids(encoder.response_text(r, answer)), r)
                             for answer in (r.chosen, r.rejected))
         chosen.record = rejected.record = i
         pairs.append(Pair(chosen, rejected, i, beta))

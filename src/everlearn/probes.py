@@ -277,8 +277,9 @@ class GeneralProbes:
     # --- internals -------------------------------------------------------------------------
     def _prompt_ids(self) -> list[list[int]]:
         enc = self.encoder
-        return [enc.ids(enc.prompt_text(Record(prompt=p)))[-enc.max_length:]
-                for p in GENERAL_PROMPTS]
+        records = [Record(prompt=p) for p in GENERAL_PROMPTS]
+        return [enc.fit_prompt(r, enc.prompt_inputs(r)[0], enc.max_length, None)
+                for r in records]
 
     def _greedy(self, model) -> list[str]:
         return decode_batched(model, self.encoder, self._prompt_ids(), self.max_new_tokens,

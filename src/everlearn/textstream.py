@@ -81,7 +81,7 @@ def build_token_stream(stages: list[Stage], encoder, budget: int | None,
         for r in st.train:
             if budget is not None and len(ids) >= budget:
                 break
-            ids.extend(encoder.ids(r.text))
+            ids.extend(encoder.start_ids(r.text))  # BOS first where the tokenizer adds one
             if encoder.eos_id is not None:
                 ids.append(encoder.eos_id)
         spans.append((st.name, start, len(ids)))

@@ -238,6 +238,10 @@ class Encoder:
         return self.encode_pair(self.start_ids(self.prompt_text(record)),
                                 self.ids(self.response_text(record, answer)), record)
 
+    def _not_bos(self, ids: list[int]) -> list[int]:
+        """``ids`` as labels with every BOS ignored (a stream block holds several documents)."""
+        return [IGNORE if t == self.bos_id else t for t in ids]
+
     def pack_cpt(self, records: list[Record]) -> list[Encoded]:
         """Concatenate documents (EOS after each) and cut into max_length blocks. A block of
         a text stream (``token_ids``) stays one example of its own, first and in order.
@@ -245,7 +249,7 @@ class Encoder:
         Where the tokenizer adds a BOS, every document starts with one (as Hugging Face's
         pretraining scripts and lm-evaluation-harness tokenise documents), also inside a
         block; it is given, never a target (label -100), so perplexity counts text only."""
-        blocks = [Encoded(list(r.token_ids), list(r.token_ids)) for r in records
+        blocks = [Encoded(list(r.token_ids), self._not_bos(r.token_ids)) for r in records
                   if r.token_ids is not None and len(r.token_ids) >= 2]
         stream: list[int] = []
         labels: list[int] = []

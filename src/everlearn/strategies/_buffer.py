@@ -96,7 +96,7 @@ def encode_record(encoder, record: Record) -> Encoded:
     """One example per record: response-only loss for instructions, full loss for raw text."""
     if record.answers:
         return encoder.encode_sft(record)
-    ids = encoder.ids(record.text)
+    ids = encoder.start_ids(record.text)
     if encoder.eos_id is not None:
         ids = ids + [encoder.eos_id]
     ids = ids[: encoder.max_length]
@@ -126,7 +126,7 @@ def generate(ctx: RunContext, model, prompts: list[Record], max_new_tokens: int,
     temperature 1). Sampling draws from torch's global RNG: call it inside :func:`seeded_torch`.
     """
     enc = ctx.encoder
-    ids = [enc.ids(enc.prompt_text(p))[-enc.max_length:] for p in prompts]
+    ids = [enc.fit_prompt(p, enc.prompt_inputs(p)[0], enc.max_length, None) for p in prompts]
     sampling = dict(do_sample=True, top_k=top_k, top_p=1.0, temperature=1.0) if sample else None
     return decode_batched(model, enc, ids, max_new_tokens, device=device_of(ctx),
                           autocast=ctx.autocast, batch_size=batch_size, sampling=sampling)

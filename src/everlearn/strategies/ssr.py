@@ -371,7 +371,7 @@ def complete(ctx, model, prompts: list[str], max_new_tokens: int, *, top_p: floa
     """Raw-text continuations of ``prompts`` (no chat template); nucleus sampling from torch's
     global RNG (call inside ``seeded_torch``), greedy when ``temperature`` is 0."""
     enc = ctx.encoder
-    ids = [enc.ids(p)[-enc.max_length:] for p in prompts]
+    ids = [enc.cut(enc.start_ids(p), enc.max_length) for p in prompts]
     sampling = (None if temperature == 0 else
                 dict(do_sample=True, top_p=top_p, temperature=temperature, top_k=0))
     return decode_batched(model, enc, ids, max_new_tokens, device=device_of(ctx),
