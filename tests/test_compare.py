@@ -124,8 +124,13 @@ def test_cli_compare(tmp_path: Path, capsys):
     assert main(["compare", *runs, "--format", "csv", "--out", str(out)]) == 0
     assert capsys.readouterr().out.strip() == f"wrote {out}"
     assert next(csv.DictReader(out.open()))["final_ap_n"] == "3"
+    assert main(["compare", *runs, "--confidence", "0.9"]) == 0
+    text = capsys.readouterr().out
+    assert "60.00 ± 16.86" in text and "90%" in text and "95%" not in text
     for argv, expected in ((["--format", "xml"], "--format: expected one of markdown, csv, "
                                                  "html, got 'xml'"),
+                           (["--confidence", "95"], "--confidence: expected a level between 0 "
+                                                    "and 1 (e.g. 0.9), got 95.0"),
                            ([str(tmp_path / "nope")], "no such run directory"),
                            ([str(tmp_path)], "results.json: missing")):
         assert main(["compare", runs[0], *argv]) == 2

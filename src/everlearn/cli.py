@@ -72,10 +72,12 @@ def _parser() -> argparse.ArgumentParser:
     cmp = sub.add_parser("compare", help="runs side by side; seeds and stream orders pooled",
                          description="A table of runs: AP, BWT, FWT, forgetting, cost. Runs "
                          "whose configs differ only in seed or stage order are pooled into a "
-                         "mean and 95% confidence interval.")
+                         "mean and a Student-t confidence interval (95% unless --confidence).")
     cmp.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
     cmp.add_argument("--format", default="markdown", help="markdown (default), csv or html")
     cmp.add_argument("--out", metavar="FILE", help="write the table to FILE instead of stdout")
+    cmp.add_argument("--confidence", type=float, default=0.95, metavar="P",
+                     help="level of the pooled intervals, 0 < P < 1 (default 0.95)")
 
     sw = sub.add_parser("sweep", help="run a grid of configs, then compare them",
                         description="Run the cartesian product of the axes key=[a,b,...] "
@@ -171,7 +173,10 @@ def cmd_compare(args) -> int:
     if args.format not in FORMATS:
         raise EverlearnError(f"--format: expected one of {', '.join(FORMATS)}, "
                              f"got {args.format!r}")
-    text = format_comparison(compare_runs(args.run_dirs), args.format)
+    if not 0 < args.confidence < 1:
+        raise EverlearnError(f"--confidence: expected a level between 0 and 1 (e.g. 0.9), "
+                             f"got {args.confidence}")
+    text = format_comparison(compare_runs(args.run_dirs, args.confidence), args.format)
     if args.out:
         try:
             Path(args.out).write_text(text, encoding="utf-8")
