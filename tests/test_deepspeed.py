@@ -69,6 +69,7 @@ def test_the_example_config_asks_for_zero_stage_2(monkeypatch):
     assert not zero.requested()
 
 
+@pytest.mark.slow  # two torchrun processes
 @pytest.mark.parametrize("strategy", list(CASES))
 def test_zero_gives_the_one_process_matrix(tmp_path, monkeypatch, strategy):
     strategies, finetune, lr, stage, accum = CASES[strategy]

@@ -89,6 +89,7 @@ def run_files(run: Path) -> set[str]:
     return {str(p.relative_to(run)) for p in run.rglob("*") if p.is_file()}
 
 
+@pytest.mark.slow  # two torchrun processes
 @pytest.mark.parametrize("strategy", list(STRATEGIES))
 def test_two_processes_give_the_one_process_matrix(tmp_path, strategy):
     """2 processes vs 1 on a 3-stage stream; the replay case also resumes under torchrun."""

@@ -69,6 +69,7 @@ def test_the_example_config_asks_for_fsdp2_full_shard_by_decoder_layer(monkeypat
     assert s.plugin.transformer_cls_names_to_wrap is None  # the model's own decoder layer class
 
 
+@pytest.mark.slow  # two torchrun processes
 @pytest.mark.parametrize("strategy", list(CASES))
 def test_fsdp_gives_the_one_process_matrix(tmp_path, monkeypatch, strategy):
     """2 FSDP processes vs 1 on a 2-stage stream; then a one-process resume of the FSDP run."""
@@ -177,6 +178,7 @@ def test_launcher_configs_everlearn_cannot_honour_stop_in_one_line(
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.slow  # two torchrun processes
 def test_sigterm_under_fsdp_then_resume_equals_the_uninterrupted_fsdp_run(tmp_path, monkeypatch):
     """SIGTERM to torchrun in the middle of phase 2 (after a step checkpoint): every process
     stops at the same step, rank 0 writes the gathered step checkpoint, and an FSDP resume from
