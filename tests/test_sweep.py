@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from everlearn.checkpoint import MARKER
 from everlearn.sweep import (
     child_env,
     expand,
@@ -207,9 +208,9 @@ def test_resume_finishes_only_what_is_missing(sweep2x2, tmp_path: Path):
     res.pop("metrics")
     (half / "results.json").write_text(json.dumps(res))
     shutil.rmtree(half / "checkpoints" / "phase-02")
-    # new: killed before its first results (only the config the sweep planned)
+    # new: killed before its first results (only what the sweep planned: marker and config)
     for child in new.iterdir():
-        if child.name != "config.yaml":
+        if child.name not in ("config.yaml", MARKER):
             shutil.rmtree(child) if child.is_dir() else child.unlink()
     (sweep_dir / "compare.md").unlink()
     untouched = {p: p.stat().st_mtime_ns for p in sweep_dir.glob("*/results.json")

@@ -14,6 +14,10 @@ Layout::
                                    RNG and strategy tensors), state.json, done.json; only the
                                    newest is kept
 
+A directory is a run directory when everlearn made it: ``RUN_DIR/.everlearn-run`` is written
+first, and a new run writes only into a new or empty directory or one with that marker and no
+run in it yet (``claim_run_dir``), so a user's own files are never written over.
+
 Every file is written to a temporary name and renamed, so a killed run never leaves a
 half-written file that a resume would trust. In a multi-process run (torchrun, accelerate
 launch) only rank 0 writes: on the other ranks, which hold the same values, the writers here
@@ -37,7 +41,7 @@ from safetensors.torch import load_file, save, save_file
 
 from everlearn import distributed as dist
 from everlearn import stepstate
-from everlearn.errors import ResumeError
+from everlearn.errors import ConfigError, ResumeError
 
 log = logging.getLogger("everlearn")
 
@@ -75,6 +79,50 @@ def save_tensors(path: Path, tensors: dict[str, torch.Tensor]) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+MARKER = ".everlearn-run"
+
+
+def check_new_run_dir(path: Path) -> None:
+    """Refuse, in one line, a ``path`` that a new run must not write into: a file, a link to
+    nothing, a path under a file, a directory that holds a run already, or one that holds
+    files everlearn did not write (no marker). Reads only."""
+    if path.is_symlink() and not path.exists():
+        raise ConfigError(f"{path}: a symbolic link to nothing; expected a directory")
+    if path.exists() and not path.is_dir():
+        raise ConfigError(f"{path}: exists and is not a directory")
+    for parent in path.parents:
+        if parent.exists() and not parent.is_dir():
+            raise ConfigError(f"{path}: {parent} is a file, not a directory")
+    if not path.is_dir():
+        return
+    if (path / "results.json").exists():
+        raise ConfigError(f"{path}: already holds a run; use --resume {path} or another --output")
+    if any(path.iterdir()) and not (path / MARKER).exists():
+        raise ConfigError(f"{path}: holds files everlearn did not write (no {MARKER}); a run "
+                          "writes only into a new or empty directory, so choose another --output")
+
+
+def claim_run_dir(path: Path) -> None:
+    """Create ``path`` (if needed) and mark it as everlearn's run directory (rank 0 writes)."""
+    if not dist.is_main():
+        return
+    path.mkdir(parents=True, exist_ok=True)
+    if not (path / MARKER).exists():
+        from everlearn import __version__
+
+        write_json(path / MARKER, {"everlearn": __version__})
+
+
+def check_resumable(path: Path) -> None:
+    """A resume writes into ``path``: only into a run directory everlearn made (its marker, or
+    results.json from a run older than the marker)."""
+    if not (path / "config.yaml").exists():
+        raise ResumeError(f"{path}: config.yaml: missing; not an everlearn run directory")
+    if not (path / MARKER).exists() and not (path / "results.json").exists():
+        raise ResumeError(f"{path}: not a run directory everlearn made (no {MARKER} and no "
+                          "results.json); start a run with --output instead")
 
 
 def sha256(path: Path) -> str:

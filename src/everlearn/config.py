@@ -572,6 +572,12 @@ def _check_suite(st: StageConfig, p: str) -> None:
         raise _Mismatch(f"{p}.periods", f"expected an integer >= 1, got {st.periods}")
 
 
+def _is_plain_name(name: str) -> bool:
+    """A run name names a directory under ``output_dir``: a name, never a path out of it."""
+    return (bool(name.strip()) and name not in (".", "..") and "/" not in name
+            and "\\" not in name and not Path(name).is_absolute())
+
+
 def _check_semantics(cfg: RunConfig) -> None:
     """Checks that need more than types: ranges and cross-field rules."""
 
@@ -579,6 +585,8 @@ def _check_semantics(cfg: RunConfig) -> None:
         if not ok:
             raise _Mismatch(path, message)
 
+    need(_is_plain_name(cfg.name), "name",
+         f"expected a run name (not empty, no '/', not '.' or '..'), got {cfg.name!r}")
     t = cfg.train
     need(t.lr > 0, "train.lr", f"expected a positive number, got {t.lr}")
     need(t.batch_size >= 1, "train.batch_size", f"expected an integer >= 1, got {t.batch_size}")

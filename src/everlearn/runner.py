@@ -20,7 +20,14 @@ import torch
 
 from everlearn import __version__, environment, fsdp, stepstate, zero
 from everlearn import distributed as dist
-from everlearn.checkpoint import RunDir, write_atomic, write_json
+from everlearn.checkpoint import (
+    RunDir,
+    check_new_run_dir,
+    check_resumable,
+    claim_run_dir,
+    write_atomic,
+    write_json,
+)
 from everlearn.config import RunConfig, dump_yaml, load_config
 from everlearn.data.encode import make_encoder
 from everlearn.editing import editing_section
@@ -456,13 +463,14 @@ def start_run(cfg: RunConfig, run_dir: str | Path | None = None, quiet: bool = F
               source: str = "config") -> tuple[Path, dict[str, Any]]:
     """A new run; ``run_dir`` must not already hold results."""
     dist.init()
+    if run_dir is not None and not str(run_dir).strip():
+        raise ConfigError(f"--output: expected a directory for the run, got {str(run_dir)!r}")
     # several processes: rank 0 names the directory (a timestamp), every rank looks at it
     # before rank 0 writes there
-    path = dist.broadcast_object(Path(run_dir) if run_dir else new_run_dir(cfg))
-    taken = (path / "results.json").exists()
+    path = dist.broadcast_object(Path(run_dir) if run_dir is not None else new_run_dir(cfg))
+    check_new_run_dir(path)  # every rank, before rank 0 writes anything
     dist.barrier()
-    if taken:
-        raise ConfigError(f"{path}: already holds a run; use --resume {path} or another --output")
+    claim_run_dir(path)
     if cfg.recycle is not None:  # recyclable tuning (everlearn.recycle) instead of a stream
         from everlearn.recycle import RecycleRun
 
@@ -476,8 +484,7 @@ def resume_run(run_dir: str | Path, quiet: bool = False) -> tuple[Path, dict[str
     """Continue a run after its last finished phase, from its own resolved config."""
     dist.init()
     path = Path(run_dir)
-    if not (path / "config.yaml").exists():
-        raise ResumeError(f"{path}: config.yaml: missing; not an everlearn run directory")
+    check_resumable(path)
     cfg = load_config(path / "config.yaml")
     if cfg.recycle is not None:
         from everlearn.recycle import RecycleRun

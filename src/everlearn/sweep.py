@@ -177,7 +177,7 @@ def _override(key: str, value: Any) -> str:
 def plan_sweep(config: str | None, grid: list[str], preset: str | None,
                output: str | None) -> Path:
     """Validate every point, write SWEEP_DIR/<point>/config.yaml and SWEEP_DIR/sweep.json."""
-    from everlearn.checkpoint import write_atomic, write_json
+    from everlearn.checkpoint import check_new_run_dir, claim_run_dir, write_atomic, write_json
     from everlearn.cli import _load, _split_overrides
     from everlearn.config import dump_yaml
     from everlearn.strategies import build_strategy
@@ -209,10 +209,12 @@ def plan_sweep(config: str | None, grid: list[str], preset: str | None,
     if (sweep_dir / "sweep.json").exists():
         raise ConfigError(f"{sweep_dir}: already holds a sweep; use --resume {sweep_dir} "
                           "or another --output")
+    check_new_run_dir(sweep_dir)  # the sweep's own directory: new or empty, never the user's
     for name in names:
         if (sweep_dir / name / "config.yaml").exists():
             raise ConfigError(f"{sweep_dir / name}: already holds a run; use another --output")
     for name, cfg in zip(names, configs):
+        claim_run_dir(sweep_dir / name)  # the points run with --resume: everlearn's own
         write_atomic(sweep_dir / name / "config.yaml", dump_yaml(cfg))
     manifest = {
         "everlearn_version": __version__,
