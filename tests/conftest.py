@@ -10,6 +10,15 @@ import pytest
 import torch
 
 
+def pytest_report_header(config) -> list[str]:
+    """The versions and machine the suite ran with, in its first lines (so a log says it)."""
+    from everlearn.environment import PACKAGES, cpu_bf16, cpu_model, package_version
+
+    versions = ", ".join(f"{n} {package_version(n)}" for n in PACKAGES)
+    return [f"everlearn: {versions}",
+            f"everlearn: CPU {cpu_model()}, native bf16 {'yes' if cpu_bf16() else 'no'}"]
+
+
 @pytest.fixture(autouse=True, scope="session")
 def _one_thread():
     """One intra-op thread: the tiny model's matrices gain nothing from two, and on a shared

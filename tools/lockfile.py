@@ -81,6 +81,11 @@ def main(argv: list[str]) -> int:
         print(f"{len(lines)} distributions differ from {path}" + (":" if lines else ""))
         print("\n".join(lines)) if lines else None
         return 0
+    if not lines:
+        have = installed()
+        key = ", ".join(f"{n} {have[n]}" for n in ("torch", "transformers", "peft", "accelerate")
+                        if n in have)
+        print(f"{path}: all {len(have)} installed distributions match the lock ({key})")
     if lines:
         print(f"{path}: this environment differs from the lock:\n" + "\n".join(lines)
               + "\nA dependency changed without the lock: run `make test-latest`, then "

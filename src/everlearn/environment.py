@@ -22,7 +22,7 @@ FIELDS = ("everlearn", "python", *PACKAGES, "os", "machine", "device", "gpu", "c
           "cpu_bf16", "world_size", "threads", "precision")
 
 
-def _version(name: str) -> str | None:
+def package_version(name: str) -> str | None:
     try:
         return metadata.version(name)
     except metadata.PackageNotFoundError:
@@ -67,7 +67,7 @@ def collect(device: Any, mixed_precision: str, world_size: int = 1) -> dict[str,
     from everlearn import __version__
 
     env: dict[str, Any] = {"everlearn": __version__, "python": platform.python_version()}
-    env.update({name: _version(name) for name in PACKAGES})
+    env.update({name: package_version(name) for name in PACKAGES})
     env.update(os=f"{platform.system()} {platform.release()}".strip(),
                machine=platform.machine() or None)
     device = torch.device(device)
