@@ -14,7 +14,7 @@ Layout::
                                    RNG and strategy tensors), state.json, done.json; only the
                                    newest is kept
 
-A directory is a run directory when everlearn made it: ``RUN_DIR/.everlearn-run`` is written
+A directory is a run directory when everlearn made it: ``RUN_DIR/everlearn-run.json`` is written
 first, and a new run writes only into a new or empty directory or one with that marker and no
 run in it yet (``claim_run_dir``), so a user's own files are never written over.
 
@@ -81,7 +81,7 @@ def save_tensors(path: Path, tensors: dict[str, torch.Tensor]) -> None:
         raise
 
 
-MARKER = ".everlearn-run"
+MARKER = "everlearn-run.json"  # not a dot-file: those are atomic writes in progress
 
 
 def check_new_run_dir(path: Path) -> None:

@@ -589,6 +589,7 @@ def _check_semantics(cfg: RunConfig) -> None:
          f"expected a run name (not empty, no '/', not '.' or '..'), got {cfg.name!r}")
     t = cfg.train
     need(t.lr > 0, "train.lr", f"expected a positive number, got {t.lr}")
+    need(math.isfinite(t.lr), "train.lr", f"expected a finite number, got {t.lr}")
     need(t.batch_size >= 1, "train.batch_size", f"expected an integer >= 1, got {t.batch_size}")
     need(t.grad_accum >= 1, "train.grad_accum", f"expected an integer >= 1, got {t.grad_accum}")
     need(t.checkpoint_every >= 0, "train.checkpoint_every",

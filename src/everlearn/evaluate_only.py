@@ -68,7 +68,11 @@ def evaluate_config(cfg: RunConfig, weights: str | None = None, quiet: bool = Fa
             f = path / "trainable.safetensors" if path.is_dir() else path
             if not f.is_file():
                 raise ResumeError(f"{weights}: trainable.safetensors: not found")
-            tensors = load_file(f)
+            try:
+                tensors = load_file(f)
+            except Exception as exc:  # safetensors raises its own errors on a damaged file
+                raise ResumeError(f"{f}: not a valid safetensors checkpoint "
+                                  f"({type(exc).__name__})") from None
         load_trainable_state(model, tensors, str(path))
     out = {}
     for st in stream:

@@ -72,13 +72,17 @@ def _read_json(p: Path) -> Any:
         return json.loads(p.read_text(encoding="utf-8"))
     except json.JSONDecodeError as exc:
         raise DataError(f"{p}: line {exc.lineno}: invalid JSON ({exc.msg})") from None
+    except RecursionError:
+        raise DataError(f"{p}: nested too deeply to be a record file") from None
     except UnicodeDecodeError:
         raise DataError(f"{p}: not UTF-8 text") from None
 
 
 def _read_jsonl(p: Path):
+    """One JSON value per line. Lines end at ``\n`` only (JSON Lines): ``str.splitlines`` would
+    also split at U+2028 and other Unicode line breaks, which JSON strings may hold raw."""
     try:
-        lines = p.read_text(encoding="utf-8").splitlines()
+        lines = p.read_text(encoding="utf-8").split("\n")
     except UnicodeDecodeError:
         raise DataError(f"{p}: not UTF-8 text") from None
     for n, line in enumerate(lines, 1):
@@ -88,6 +92,8 @@ def _read_jsonl(p: Path):
             yield json.loads(line)
         except json.JSONDecodeError as exc:
             raise DataError(f"{p}: line {n}: invalid JSON ({exc.msg})") from None
+        except RecursionError:
+            raise DataError(f"{p}: line {n}: nested too deeply to be a record") from None
 
 
 def _read_text(p: Path, task: str) -> list[Record]:
