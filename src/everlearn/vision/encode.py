@@ -7,7 +7,9 @@ into ``pixel_values``. Records without an image are encoded exactly as for a tex
 stages, general probes and replayed text run unchanged on a vision-language model.
 
 Image tokens are never cut: an image record whose prompt does not fit ``train.max_length``
-raises a one-line DataError (a text prompt loses its beginning instead).
+raises a one-line DataError (a text prompt loses the middle of its input instead, see
+:meth:`Encoder.fit_prompt`). An image prompt starts with BOS where the tokenizer adds one, as a
+text prompt does.
 """
 
 from __future__ import annotations
@@ -68,7 +70,7 @@ class VisionEncoder(Encoder):
         out = self.processor(text=[self.prompt_text(record)], images=[load_image(record.image)],
                              return_tensors="pt", add_special_tokens=False)
         pixels = {k: v for k, v in out.items() if k not in TEXT_KEYS and torch.is_tensor(v)}
-        return out["input_ids"][0].tolist(), pixels
+        return self.start(out["input_ids"][0].tolist()), pixels
 
     def image_tensors(self, images: list[str]) -> dict[str, torch.Tensor]:
         """The image processor's tensors (``pixel_values``...) of several images, batched."""
