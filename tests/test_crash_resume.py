@@ -17,8 +17,9 @@ import pytest
 import yaml
 
 from everlearn.config import build_config
+from everlearn.errors import ResumeError
 from everlearn.runner import resume_run, start_run
-from tests.conftest import tiny_config
+from tests.conftest import killed_at_phase, tiny_config
 
 # Timings and memory differ between any two runs; everything else in results.json must not.
 VOLATILE = {"wall_time_s", "train_time_s", "eval_time_s", "strategy_time_s", "tokens_per_s",
@@ -26,7 +27,9 @@ VOLATILE = {"wall_time_s", "train_time_s", "eval_time_s", "strategy_time_s", "to
 
 
 def comparable(results: dict) -> dict:
-    out = {k: v for k, v in results.items() if k not in VOLATILE}
+    """Results without machine measurements, and without the config record (the runs compared
+    may differ in settings that change no number, such as train.checkpoint_every)."""
+    out = {k: v for k, v in results.items() if k not in VOLATILE and k != "config"}
     out["cost"] = [{k: v for k, v in c.items() if k not in VOLATILE} for c in results["cost"]]
     return out
 
@@ -140,3 +143,34 @@ def test_sigterm_exits_cleanly_and_the_run_resumes(tmp_path, replay_config):
     _, resumed = resume_run(run, quiet=True)
     assert f"resumed phase 2 at step {step} of 40" in (run / "log.txt").read_text()
     assert comparable(resumed) == comparable(full)
+
+
+@pytest.mark.parametrize(("field", "edit"), [
+    ("train.lr", lambda c: c["train"].update(lr=c["train"]["lr"] * 10)),
+    ("seed", lambda c: c.update(seed=7)),
+    ("stages.0.test.path", lambda c: c["stages"][0].update(test=c["stages"][1]["test"])),
+])
+def test_resume_refuses_a_config_edited_since_the_run_started(tmp_path, monkeypatch,
+                                                               replay_config, field, edit):
+    run = tmp_path / "run"
+    with killed_at_phase(monkeypatch, 3):
+        start_run(build_config(replay_config), run, quiet=True)
+    before = (run / "results.json").read_text()
+    cfg = yaml.safe_load((run / "config.yaml").read_text())
+    edit(cfg)
+    (run / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+    with pytest.raises(ResumeError) as err:
+        resume_run(run, quiet=True)
+    assert str(err.value).startswith(f"{run / 'config.yaml'}: {field}: changed since the run "
+                                     "started") and "\n" not in str(err.value)
+    assert (run / "results.json").read_text() == before  # nothing mixed in
+
+
+def test_resume_may_change_the_tracker(tmp_path, monkeypatch, replay_config):
+    run = tmp_path / "run"
+    with killed_at_phase(monkeypatch, 3):
+        start_run(build_config(replay_config), run, quiet=True)
+    cfg = yaml.safe_load((run / "config.yaml").read_text())
+    cfg["tracker"]["log_every"] = 5
+    (run / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+    assert resume_run(run, quiet=True)[1]["status"] == "complete"

@@ -986,3 +986,20 @@ def to_dict(cfg: Any) -> Any:
 
 def dump_yaml(cfg: RunConfig) -> str:
     return yaml.safe_dump(to_dict(cfg), sort_keys=False, allow_unicode=True)
+
+
+# Fields a resumed run may change: they do not touch what the finished rows were computed with.
+RESUME_MAY_CHANGE = ("tracker", "output_dir", "train.checkpoint_every")
+
+
+def changed_fields(before: Any, after: Any, prefix: str = "") -> list[tuple[str, Any, Any]]:
+    """(dotted field, old value, new value) for every leaf where two config dicts differ."""
+    if isinstance(before, dict) and isinstance(after, dict):
+        out = []
+        for key in list(before) + [k for k in after if k not in before]:
+            out += changed_fields(before.get(key), after.get(key), f"{prefix}{key}.")
+        return out
+    if isinstance(before, list) and isinstance(after, list) and len(before) == len(after):
+        return [c for i, (a, b) in enumerate(zip(before, after))
+                for c in changed_fields(a, b, f"{prefix}{i}.")]
+    return [] if before == after else [(prefix.rstrip("."), before, after)]

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import yaml
 
 from everlearn import __version__, environment, fsdp, stepstate, zero
 from everlearn import distributed as dist
@@ -28,7 +29,7 @@ from everlearn.checkpoint import (
     write_atomic,
     write_json,
 )
-from everlearn.config import RunConfig, dump_yaml, load_config
+from everlearn.config import RESUME_MAY_CHANGE, RunConfig, changed_fields, dump_yaml, load_config
 from everlearn.data.encode import make_encoder
 from everlearn.editing import editing_section
 from everlearn.errors import ConfigError, ResumeError
@@ -150,6 +151,7 @@ class Run:
         self.environment_history: list[dict[str, Any] | None] = []  # earlier ones, if resumed
         self.tracker = Tracker(cfg, self.dir.path)  # a missing tracker package fails here
         self.truncated: dict[str, dict[str, float]] = {}  # the encoder's, once it is made
+        self.started_config: dict[str, Any] = yaml.safe_load(dump_yaml(cfg))
 
     def _results(self, R, cost, status, base_eval_s) -> dict[str, Any]:
         stages = self.stream.stages
@@ -171,6 +173,7 @@ class Run:
             "base_eval_time_s": base_eval_s,
             "cost": cost,
             "strategy_metrics": self.strategy.metrics(),
+            "config": self.started_config,  # what every row was computed with (resume checks)
         }
         environment.add_to(res, self.environment, self.environment_history)
         schedule = describe_schedule(self.cfg.eval.every, self.cfg.eval.sample_earlier)
@@ -194,6 +197,23 @@ class Run:
         finally:  # flush and close the tracker run, also when training fails or is interrupted
             self.tracker.finish()
 
+    def _check_same_config(self, prev: dict[str, Any]) -> None:
+        """A resume continues the run it resumes: refuse, naming the field, a config.yaml edited
+        since the run started (the finished rows were computed with the old values, and the
+        results would mix two configs). Runs older than the recorded config are not checked."""
+        started = prev.get("config")
+        if not isinstance(started, dict):
+            return
+        self.started_config = started
+        changes = [c for c in changed_fields(started, yaml.safe_load(dump_yaml(self.cfg)))
+                   if not c[0].startswith(RESUME_MAY_CHANGE)]
+        if changes:
+            field, old, new = changes[0]
+            more = f" (and {len(changes) - 1} more)" if len(changes) > 1 else ""
+            raise ResumeError(f"{self.source}: {field}: changed since the run started ({old!r} "
+                              f"-> {new!r}){more}; the finished rows were computed with the old "
+                              "value: restore it, or start a new run")
+
     def _execute(self, resume: bool) -> dict[str, Any]:
         cfg = self.cfg
         dist.init()  # several processes: before anything is written (rank 0 writes alone)
@@ -208,6 +228,7 @@ class Run:
             prev = _read_results(self.dir)
             done_R, done_cost = prev["R"], prev["cost"]
             base_eval_s = prev.get("base_eval_time_s", 0.0)
+            self._check_same_config(prev)
             if (self.cfg.text_stream is None and prev.get("phases")
                     and prev["phases"] != [[s.name for s in p] for p in self.phases]):
                 raise ResumeError(f"{self.dir.results}: phases: the stream no longer matches "
