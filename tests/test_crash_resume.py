@@ -174,3 +174,16 @@ def test_resume_may_change_the_tracker(tmp_path, monkeypatch, replay_config):
     cfg["tracker"]["log_every"] = 5
     (run / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
     assert resume_run(run, quiet=True)[1]["status"] == "complete"
+
+
+def test_resume_removes_what_a_killed_write_left_behind(tmp_path, monkeypatch, replay_config):
+    run = tmp_path / "run"
+    with killed_at_phase(monkeypatch, 3):
+        start_run(build_config(replay_config), run, quiet=True)
+    stale = [run / ".results.json.k1ll3d0a", run / "checkpoints" / "phase-01" /
+             ".trainable.safetensors.x_9q2w7e"]  # mkstemp names, as write_atomic leaves them
+    for p in stale:
+        p.write_bytes(b"half")
+    _, res = resume_run(run, quiet=True)
+    assert res["status"] == "complete" and not any(p.exists() for p in stale)
+    assert "left by a write that was killed" in (run / "log.txt").read_text()

@@ -81,6 +81,7 @@ def save_tensors(path: Path, tensors: dict[str, torch.Tensor]) -> None:
         raise
 
 
+_TEMPORARY = re.compile(r"^\..+\.[A-Za-z0-9_]{8}$")  # tempfile.mkstemp's prefix + 8 random
 MARKER = "everlearn-run.json"  # not a dot-file: those are atomic writes in progress
 
 
@@ -138,6 +139,17 @@ class RunDir:
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
+
+    def remove_temporaries(self) -> list[Path]:
+        """Delete what a killed write left behind (``.<name>.<random>`` beside its target,
+        from :func:`write_atomic` and :func:`save_tensors`); returns the paths removed. Nothing
+        else starts with a dot in a run directory."""
+        if not dist.is_main() or not self.path.is_dir():
+            return []
+        stale = [p for p in self.path.rglob(".*") if p.is_file() and _TEMPORARY.match(p.name)]
+        for p in stale:
+            p.unlink(missing_ok=True)
+        return stale
 
     @property
     def config(self) -> Path:

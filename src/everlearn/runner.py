@@ -219,6 +219,9 @@ class Run:
         dist.init()  # several processes: before anything is written (rank 0 writes alone)
         self.dir.path.mkdir(parents=True, exist_ok=True)
         _attach_log(self.dir.path)
+        if resume:
+            for stale in self.dir.remove_temporaries():
+                log.info("removed %s, left by a write that was killed", stale)
         done_R, done_cost, base_eval_s = [], [], 0.0
         prev: dict[str, Any] | None = None
         if resume and not self.dir.results.exists():
