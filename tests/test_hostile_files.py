@@ -52,3 +52,19 @@ def test_an_infinite_learning_rate_is_refused_before_training(tmp_path, value, e
                          str(tmp_path / "run"), "-q"])
     assert code == 2 and f"train.lr: {expected}" in one_line_error(err)
     assert not (tmp_path / "run").exists()
+
+
+def test_an_empty_response_is_refused_with_its_record_number(tmp_path):
+    path = tmp_path / "d.jsonl"
+    path.write_text('{"prompt": "a", "response": "b"}\n{"prompt": "c", "response": " "}\n')
+    with pytest.raises(DataError) as err:
+        read_source(str(path), "jsonl", "sft", {}, None, "t")
+    assert f"{path}: record 1: response: empty" in str(err.value)  # records count from 0
+
+
+def test_a_key_given_twice_in_the_config_is_refused(tmp_path):
+    cfg = write_config(tmp_path)
+    cfg.write_text(cfg.read_text() + "seed: 7\n" if "seed:" in cfg.read_text()
+                   else "seed: 0\n" + cfg.read_text() + "seed: 7\n")
+    code, _, err = call(["validate", str(cfg)])
+    assert code == 2 and "invalid YAML (duplicate key 'seed', first at line" in one_line_error(err)

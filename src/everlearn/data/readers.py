@@ -184,6 +184,9 @@ def _to_record(row: Any, kind: str, fields: dict[str, str], path: str, i: int,
             raise DataError(f"{where}: response: expected a string, got {type(answer).__name__}")
     if not answers:
         raise DataError(f"{where}: response: missing (expected response, output or answers)")
+    if not any(a.strip() for a in answers):
+        raise DataError(f"{where}: response: empty; an instruction record needs an answer to "
+                        "train and score on")
     return Record(prompt=prompt, answers=answers, system=system if isinstance(system, str)
                   else None, options=options, image=image, task=task,
                   meta={"id": row.get("id", str(i))})
