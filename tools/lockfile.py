@@ -76,13 +76,13 @@ def main(argv: list[str]) -> int:
     if verb == "write":
         write(path)
         return 0
-    lines = differences(read(path), installed())
+    have = installed()
+    lines = differences(read(path), have)
     if verb == "diff":
         print(f"{len(lines)} distributions differ from {path}" + (":" if lines else ""))
         print("\n".join(lines)) if lines else None
         return 0
     if not lines:
-        have = installed()
         key = ", ".join(f"{n} {have[n]}" for n in ("torch", "transformers", "peft", "accelerate")
                         if n in have)
         print(f"{path}: all {len(have)} installed distributions match the lock ({key})")

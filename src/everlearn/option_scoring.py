@@ -56,7 +56,7 @@ def score_options(model, items: list[OptionItem], pad_id: int, device, autocast)
         out = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True,
                     logits_to_keep=1, **extra)
     first = torch.log_softmax(out.logits[:, -1].float(), dim=-1)
-    cache = cache_of(out)
+    cache, cache_arg = cache_of(out), cache_kwarg(model)
     prompt_width = cache.get_seq_length()  # what the model cached (a soft prompt adds to it)
     lengths = mask.sum(-1)
     results: list[list[tuple[float, int]]] = [[] for _ in items]
@@ -70,8 +70,7 @@ def score_options(model, items: list[OptionItem], pad_id: int, device, autocast)
             pos = lengths[:, None] + torch.arange(rest, device=device)[None, :]
             with autocast():
                 logits = model(input_ids=feed, attention_mask=torch.cat([mask, feed_mask], -1),
-                               position_ids=pos, use_cache=True,
-                               **{cache_kwarg(model): cache}).logits
+                               position_ids=pos, use_cache=True, **{cache_arg: cache}).logits
             logp = torch.log_softmax(logits.float(), dim=-1)
             for b, o in enumerate(opts):
                 if len(o) > 1:

@@ -201,11 +201,11 @@ class Run:
         """A resume continues the run it resumes: refuse, naming the field, a config.yaml edited
         since the run started (the finished rows were computed with the old values, and the
         results would mix two configs). Runs older than the recorded config are not checked."""
-        started = prev.get("config")
+        started, now = prev.get("config"), self.started_config  # now: this config.yaml's
         if not isinstance(started, dict):
             return
         self.started_config = started
-        changes = [c for c in changed_fields(started, yaml.safe_load(dump_yaml(self.cfg)))
+        changes = [c for c in changed_fields(started, now)
                    if not c[0].startswith(RESUME_MAY_CHANGE)]
         if changes:
             field, old, new = changes[0]
