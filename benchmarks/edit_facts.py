@@ -20,7 +20,7 @@ import torch
 
 from everlearn.config import ModelConfig
 from everlearn.data.builtin.counterfactual import TEMPLATES, prompt_of
-from everlearn.models import load_base_model
+from everlearn.models.loading import load_base_model
 
 CANDIDATES: dict[str, dict[str, str]] = {
     "capital": {

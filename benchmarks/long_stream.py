@@ -67,10 +67,10 @@ def one(strategy: str, args) -> dict:
     """Run one strategy in this process; per-stage measurements."""
     import torch
 
-    import everlearn.runner as runner
-    from everlearn.checkpoint import RunDir
+    import everlearn.runs.runner as runner
     from everlearn.config import build_config
-    from everlearn.resources import current_rss_mb
+    from everlearn.runs.run_dir import RunDir
+    from everlearn.training.resources import current_rss_mb
 
     torch.set_num_threads(args.threads)
     writes: dict[int, dict] = {}  # rows in results.json -> the first write with that many rows

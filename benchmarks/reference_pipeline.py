@@ -41,9 +41,9 @@ from transformers import (
 )
 
 from everlearn.config import load_config
-from everlearn.models import embedded_smollm2_dir
-from everlearn.scoring import exact_match
-from everlearn.stream import build_stream
+from everlearn.evaluation.scoring import exact_match
+from everlearn.models.loading import embedded_smollm2_dir
+from everlearn.stages.stream import build_stream
 
 SEED = 0
 REPLAY_SHARE = 0.2

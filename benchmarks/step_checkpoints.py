@@ -26,9 +26,9 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-from everlearn.checkpoint import RunDir
 from everlearn.config import build_config
-from everlearn.runner import Run
+from everlearn.runs.run_dir import RunDir
+from everlearn.runs.runner import Run
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "superni"
 TASK = "task1687_sentiment140_classification"

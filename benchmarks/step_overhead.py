@@ -28,7 +28,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from everlearn.config import build_config
-from everlearn.runner import Run
+from everlearn.runs.runner import Run
 from everlearn.strategies.base import Strategy
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "superni"

@@ -30,7 +30,7 @@ from pathlib import Path
 
 from everlearn.config import build_config, read_yaml
 from everlearn.presets import worldline
-from everlearn.runner import start_run
+from everlearn.runs.runner import start_run
 
 ROOT = Path(__file__).resolve().parents[1]
 PROBES = {"general_probes": ["kl", "labelled"]}

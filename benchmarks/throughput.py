@@ -8,7 +8,8 @@ noisy machine slows all of them alike.
 
 What is timed, per round of n steps (tokens = non-padding tokens, i.e. attention_mask sum):
 
-* everlearn: the wall time of ``everlearn.trainer.Trainer.train_phase(model, [stage], phase)``
+* everlearn: the wall time of ``everlearn.training.trainer.Trainer.train_phase(model, [stage],
+phase)``
   (optimizer + schedule set-up, the loop, progress bar and memory sampling). Its ``encode`` is
   served from the shared pre-tokenised examples, so tokenisation is not timed (it is measured
   once, separately, and reported as a note).
@@ -47,12 +48,12 @@ from everlearn.config import ModelConfig, StrategySpec, TrainConfig
 from everlearn.data.builtin import get_builtin_task
 from everlearn.data.encode import Encoded, Encoder, collate, length_grouped_batches
 from everlearn.data.readers import read_source
-from everlearn.models import load_base_model, make_trainable
-from everlearn.runner import make_accelerator, seed_everything
+from everlearn.models.loading import load_base_model, make_trainable
+from everlearn.runs.runner import make_accelerator, seed_everything
+from everlearn.stages.stream import Stage
 from everlearn.strategies import StrategyStack, build_strategy
 from everlearn.strategies.base import Strategy
-from everlearn.stream import Stage
-from everlearn.trainer import Trainer as EverlearnTrainer
+from everlearn.training.trainer import Trainer as EverlearnTrainer
 
 REPO = Path(__file__).resolve().parents[1]
 SUPERNI_TASK = REPO.parent / "shared/data/superni/task1687_sentiment140_classification/train.json"

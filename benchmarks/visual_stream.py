@@ -41,8 +41,13 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from everlearn.config import ModelConfig, build_config
-from everlearn.models import cache_dir, load_base_model, load_trainable_state, write_model_dir
-from everlearn.runner import start_run
+from everlearn.models.loading import (
+    cache_dir,
+    load_base_model,
+    load_trainable_state,
+    write_model_dir,
+)
+from everlearn.runs.runner import start_run
 
 OPTIONS: dict[str, dict] = {  # options that differ from a strategy's defaults here
     "replay": {"buffer_size": 80, "mix_ratio": 0.2},

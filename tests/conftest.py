@@ -12,7 +12,7 @@ import torch
 
 def pytest_report_header(config) -> list[str]:
     """The versions and machine the suite ran with, in its first lines (so a log says it)."""
-    from everlearn.environment import PACKAGES, cpu_bf16, cpu_model, package_version
+    from everlearn.runs.environment import PACKAGES, cpu_bf16, cpu_model, package_version
 
     versions = ", ".join(f"{n} {package_version(n)}" for n in PACKAGES)
     return [f"everlearn: {versions}",
@@ -69,7 +69,7 @@ def three_stages(tmp_path: Path) -> list[dict]:
 def killed_at_phase(monkeypatch, phase: int):
     """Inside the block, training phase ``phase`` raises KeyboardInterrupt - a killed run seen
     from the inside - and the block expects it; the trainer is restored afterwards."""
-    from everlearn.trainer import Trainer
+    from everlearn.training.trainer import Trainer
 
     original = Trainer.train_phase
 

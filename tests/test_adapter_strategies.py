@@ -6,11 +6,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from everlearn.checkpoint import RunDir
 from everlearn.config import StrategySpec, build_config
 from everlearn.data.records import Record
 from everlearn.errors import ConfigError
-from everlearn.runner import Run, resume_run
+from everlearn.runs.run_dir import RunDir
+from everlearn.runs.runner import Run, resume_run
 from everlearn.strategies import build_strategy
 from everlearn.strategies._adapters import adapter_parameters
 from everlearn.strategies.olora import orthogonality_loss, subspace_overlap

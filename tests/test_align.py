@@ -14,10 +14,10 @@ from everlearn.data.builtin import get_builtin_task, list_builtin_tasks
 from everlearn.data.encode import IGNORE
 from everlearn.data.readers import read_source
 from everlearn.errors import ConfigError, DataError, TrainingError
-from everlearn.evaluate import Evaluator
-from everlearn.preference import credit, dpo_loss, preference_accuracy, sequence_logprobs
-from everlearn.runner import resume_run, start_run
-from everlearn.stream import Stage, build_stream
+from everlearn.evaluation.matrix import Evaluator
+from everlearn.runs.runner import resume_run, start_run
+from everlearn.stages.align import credit, dpo_loss, preference_accuracy, sequence_logprobs
+from everlearn.stages.stream import Stage, build_stream
 from tests.conftest import constant_task, killed_at_phase, tiny_config, write_jsonl
 
 PREF_STREAM = ("pref_concise", "pref_format", "pref_refuse")

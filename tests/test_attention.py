@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from everlearn.attention import NAME, use_one_dtype_sdpa
-from everlearn.models import build_tiny_model, build_tiny_tokenizer
+from everlearn.models.attention import NAME, use_one_dtype_sdpa
+from everlearn.models.loading import build_tiny_model, build_tiny_tokenizer
 
 TOK = build_tiny_tokenizer()
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from everlearn.cli import main
-from everlearn.compare import compare_runs, format_comparison
+from everlearn.report.compare import compare_runs, format_comparison
 from tests.test_report import fake_run
 
 # Student t quantile t_{0.975, df} from a printed table (df = 2, 3).

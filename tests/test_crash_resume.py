@@ -18,7 +18,7 @@ import yaml
 
 from everlearn.config import build_config
 from everlearn.errors import ResumeError
-from everlearn.runner import resume_run, start_run
+from everlearn.runs.runner import resume_run, start_run
 from tests.conftest import killed_at_phase, tiny_config
 
 # Timings and memory differ between any two runs; everything else in results.json must not.

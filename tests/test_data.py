@@ -21,8 +21,8 @@ from everlearn.data.encode import (
 from everlearn.data.readers import read_source
 from everlearn.data.records import Record
 from everlearn.errors import DataError
-from everlearn.models import build_tiny_tokenizer
-from everlearn.stream import MAX_INFERRED_LABELS, build_stream
+from everlearn.models.loading import build_tiny_tokenizer
+from everlearn.stages.stream import MAX_INFERRED_LABELS, build_stream
 from tests.conftest import write_jsonl
 
 

@@ -19,11 +19,11 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from everlearn import zero
 from everlearn.cli import main
 from everlearn.config import build_config
 from everlearn.errors import ConfigError
-from everlearn.runner import Run, start_run
+from everlearn.parallel import zero
+from everlearn.runs.runner import Run, start_run
 from tests.conftest import constant_task, tiny_config
 from tests.test_distributed import assert_checkpoints_close, torchrun
 

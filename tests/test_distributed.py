@@ -26,8 +26,8 @@ import yaml
 from safetensors.torch import load_file
 
 from everlearn.config import build_config
-from everlearn.runner import resume_run, start_run
-from everlearn.tracking import Tracker
+from everlearn.runs.runner import resume_run, start_run
+from everlearn.runs.tracking import Tracker
 from tests.conftest import constant_task, tiny_config
 
 pytestmark = pytest.mark.skipif(not torch.distributed.is_available(),

@@ -14,16 +14,16 @@ from everlearn.data.builtin.suites import SUITES
 from everlearn.data.encode import Encoder
 from everlearn.data.readers import read_source
 from everlearn.data.records import Record
-from everlearn.editing import all_hit, edit_metrics, editing_section, pooled
 from everlearn.errors import ConfigError, DataError
-from everlearn.evaluate import Evaluator
-from everlearn.models import build_tiny_model, build_tiny_tokenizer
-from everlearn.runner import make_accelerator, resume_run, start_run
+from everlearn.evaluation.matrix import Evaluator
+from everlearn.models.loading import build_tiny_model, build_tiny_tokenizer
+from everlearn.report.tables import format_summary
+from everlearn.runs.runner import make_accelerator, resume_run, start_run
+from everlearn.stages.edit import all_hit, edit_metrics, editing_section, pooled
+from everlearn.stages.stream import Stage, build_stream
 from everlearn.strategies import STRATEGIES, build_strategy
 from everlearn.strategies.base import RunContext
 from everlearn.strategies.grace import Codebook, Grace, GraceOptions
-from everlearn.stream import Stage, build_stream
-from everlearn.tables import format_summary
 from tests.conftest import killed_at_phase, tiny_config, write_jsonl
 
 SUBJECTS = ("ab", "cd", "ef", "gh", "ij", "kl")

@@ -10,9 +10,9 @@ import pytest
 from everlearn.config import build_config
 from everlearn.data.encode import IGNORE, Encoder
 from everlearn.data.records import Record
-from everlearn.evaluate import Evaluator
-from everlearn.models import build_tiny_tokenizer
-from everlearn.stream import Stage
+from everlearn.evaluation.matrix import Evaluator
+from everlearn.models.loading import build_tiny_tokenizer
+from everlearn.stages.stream import Stage
 from tests.conftest import tiny_config, write_jsonl
 
 EVAL = build_config({"stages": [{"builtin": "cipher"}]}).eval
@@ -34,7 +34,7 @@ def cloze_items(enc: Encoder, recs: list[Record]):
 def smol():
     from transformers import AutoTokenizer
 
-    from everlearn.models import embedded_smollm2_dir
+    from everlearn.models.loading import embedded_smollm2_dir
 
     return AutoTokenizer.from_pretrained(embedded_smollm2_dir())
 
@@ -192,7 +192,7 @@ def test_prompt_too_long_even_without_its_input_loses_its_beginning():
 
 
 def test_truncated_share_per_stage_in_results(tmp_path):
-    from everlearn.runner import start_run
+    from everlearn.runs.runner import start_run
 
     short = [{"prompt": f"q{i}", "response": "ok"} for i in range(3)]
     long = {"prompt": f"{DEFINITION}\n\nInput: {'word ' * 30}\nOutput:", "response": "ok"}
@@ -208,9 +208,9 @@ def test_truncated_share_per_stage_in_results(tmp_path):
 
 
 def test_bos_in_preference_pairs_stream_blocks_and_buffered_raw_text():
-    from everlearn.preference import encode_pairs
+    from everlearn.stages.align import encode_pairs
     from everlearn.strategies._buffer import encode_record
-    from everlearn.textstream import build_token_stream
+    from everlearn.training.textstream import build_token_stream
 
     tok = bos_tokenizer("attribute")
     bos = tok.bos_token_id

@@ -9,8 +9,8 @@ from safetensors.torch import load_file
 
 from everlearn.config import build_config, load_config
 from everlearn.errors import TrainingError
-from everlearn.runner import resume_run, start_run
-from everlearn.trainer import Trainer
+from everlearn.runs.runner import resume_run, start_run
+from everlearn.training.trainer import Trainer
 from tests.conftest import tiny_config
 
 

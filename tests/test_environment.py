@@ -1,4 +1,4 @@
-"""results.json records the environment a run used (everlearn.environment), also on resume."""
+"""results.json records the environment a run used (everlearn.runs.environment), also on resume."""
 
 from __future__ import annotations
 
@@ -10,10 +10,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from everlearn import __version__, environment
+from everlearn import __version__
 from everlearn.config import build_config
 from everlearn.report import write_report
-from everlearn.runner import resume_run, start_run
+from everlearn.runs import environment
+from everlearn.runs.runner import resume_run, start_run
 from tests.conftest import constant_task, killed_at_phase, tiny_config
 from tests.test_report import fake_run
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from everlearn.config import build_config
-from everlearn.runner import start_run
+from everlearn.runs.runner import start_run
 from tests.conftest import constant_task, tiny_config, write_jsonl
 
 
@@ -47,8 +47,8 @@ def test_shared_prompt_option_scores_equal_separate_sequences():
 
     import torch
 
-    from everlearn.models import build_tiny_model, build_tiny_tokenizer
-    from everlearn.option_scoring import OptionItem, score_options
+    from everlearn.evaluation.option_scoring import OptionItem, score_options
+    from everlearn.models.loading import build_tiny_model, build_tiny_tokenizer
 
     tok = build_tiny_tokenizer()
     model = build_tiny_model(tok, seed=3).eval()
@@ -74,10 +74,10 @@ def test_perplexity_pools_every_adapter_group(tmp_path):
     from everlearn.config import EvalConfig, ModelConfig
     from everlearn.data.encode import Encoder
     from everlearn.data.records import Record
-    from everlearn.evaluate import Evaluator
-    from everlearn.models import build_tiny_model, build_tiny_tokenizer, make_trainable
-    from everlearn.runner import make_accelerator
-    from everlearn.stream import Stage
+    from everlearn.evaluation.matrix import Evaluator
+    from everlearn.models.loading import build_tiny_model, build_tiny_tokenizer, make_trainable
+    from everlearn.runs.runner import make_accelerator
+    from everlearn.stages.stream import Stage
 
     tok = build_tiny_tokenizer()
     model = make_trainable(build_tiny_model(tok, seed=2), ModelConfig(finetune="lora"))
@@ -97,7 +97,7 @@ def test_perplexity_pools_every_adapter_group(tmp_path):
 def test_exact_match_rows_stop_once_hopeless_with_the_same_scores(tmp_path, monkeypatch):
     from transformers import LlamaForCausalLM
 
-    import everlearn.evaluate as evaluate
+    import everlearn.evaluation.matrix as evaluate
 
     calls = {"n": 0}
     forward = LlamaForCausalLM.forward

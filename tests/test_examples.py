@@ -18,9 +18,9 @@ import pytest
 from everlearn.cli import main
 from everlearn.config import load_config, read_yaml
 from everlearn.errors import ConfigError, DataError, EverlearnError
+from everlearn.stages.stream import build_stream
 from everlearn.strategies import STRATEGIES, build_strategy
 from everlearn.strategies.general_mix import read_corpus
-from everlearn.stream import build_stream
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES_DIR = ROOT / "examples"

@@ -9,9 +9,8 @@ import pytest
 
 from everlearn.config import EvalConfig, build_config
 from everlearn.data.encode import Encoder
-from everlearn.evaluate import Evaluator
-from everlearn.models import build_tiny_model, build_tiny_tokenizer
-from everlearn.probes import (
+from everlearn.evaluation.matrix import Evaluator
+from everlearn.evaluation.probes import (
     CACHE_FILE,
     GENERAL_PROMPTS,
     LABELLED_QUESTIONS,
@@ -19,8 +18,9 @@ from everlearn.probes import (
     general_sections,
     rows_from_results,
 )
-from everlearn.runner import make_accelerator, resume_run, start_run
-from everlearn.tables import format_summary
+from everlearn.models.loading import build_tiny_model, build_tiny_tokenizer
+from everlearn.report.tables import format_summary
+from everlearn.runs.runner import make_accelerator, resume_run, start_run
 from tests.conftest import killed_at_phase, tiny_config
 
 PROBES = {"batch_size": 16, "max_new_tokens": 8, "general_probes": ["kl", "labelled"],

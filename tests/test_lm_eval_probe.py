@@ -10,9 +10,9 @@ import pytest
 
 from everlearn.config import build_config
 from everlearn.errors import ConfigError
-from everlearn.lm_eval_probe import main_metric
-from everlearn.runner import start_run
-from everlearn.tables import format_summary
+from everlearn.evaluation.lm_eval_probe import main_metric
+from everlearn.report.tables import format_summary
+from everlearn.runs.runner import start_run
 from tests.conftest import constant_task, tiny_config, write_jsonl
 
 pytest.importorskip("lm_eval")

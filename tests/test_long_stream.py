@@ -8,11 +8,11 @@ import pytest
 
 from everlearn.config import EvalConfig, build_config
 from everlearn.errors import ConfigError
-from everlearn.evaluate import SUBSETS_KEPT, Evaluator
-from everlearn.runner import resume_run, start_run
-from everlearn.schedule import describe, scored_columns
-from everlearn.stream import build_stream
-from everlearn.tables import format_summary
+from everlearn.evaluation.matrix import SUBSETS_KEPT, Evaluator
+from everlearn.evaluation.schedule import describe, scored_columns
+from everlearn.report.tables import format_summary
+from everlearn.runs.runner import resume_run, start_run
+from everlearn.stages.stream import build_stream
 from tests.conftest import killed_at_phase, tiny_config
 
 SIX = [[0], [1], [2], [3], [4], [5]]  # one stage per phase
@@ -143,8 +143,8 @@ def test_scheduled_run_leaves_unscored_cells_null_and_computes_metrics(tmp_path)
     text = format_summary(res)
     assert "–" in text and "AP estimated" in text
 
-    from everlearn.compare import compare_runs, format_comparison
     from everlearn.report import write_report
+    from everlearn.report.compare import compare_runs, format_comparison
 
     html = write_report(path).read_text(encoding="utf-8")
     assert "Evaluation schedule" in html and "<td>–</td>" in html
@@ -169,7 +169,7 @@ def test_resume_with_a_schedule_equals_uninterrupted(tmp_path, monkeypatch):
 
 def test_evaluator_cache_keeps_a_bounded_number_of_routed_subsets():
     from everlearn.data.records import Record
-    from everlearn.stream import Stage
+    from everlearn.stages.stream import Stage
 
     records = [Record(prompt=f"p{i}", response="a") for i in range(60)]
     stage = Stage(index=1, name="s", kind="sft", metric="accuracy", train=[], test=records)
@@ -185,7 +185,7 @@ def test_evaluator_cache_keeps_a_bounded_number_of_routed_subsets():
 
 def test_inc_lora_over_a_scheduled_stream_resumes_exactly(tmp_path, monkeypatch):
     # per-stage adapters: arrange / state / rebuild find every adapter's weights in one pass
-    from everlearn.runner import Run
+    from everlearn.runs.runner import Run
     from everlearn.strategies._adapters import adapter_parameters, adapters_parameters
 
     def config():

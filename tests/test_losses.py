@@ -6,8 +6,8 @@ import torch
 
 from everlearn.config import ModelConfig
 from everlearn.data.encode import IGNORE
-from everlearn.losses import labelled_token_loss, supports_logits_to_keep
-from everlearn.models import build_tiny_model, build_tiny_tokenizer, make_trainable
+from everlearn.models.loading import build_tiny_model, build_tiny_tokenizer, make_trainable
+from everlearn.training.losses import labelled_token_loss, supports_logits_to_keep
 
 
 def test_labelled_token_loss_equals_the_models_loss_and_gradient():
@@ -43,7 +43,7 @@ def test_labelled_token_loss_equals_the_models_loss_and_gradient():
 def test_frozen_linears_in_bf16_give_the_same_logits_under_autocast():
     import copy
 
-    from everlearn.models import store_frozen_linears_in_bf16
+    from everlearn.models.loading import store_frozen_linears_in_bf16
 
     tok = build_tiny_tokenizer()
     model = make_trainable(build_tiny_model(tok, seed=4), ModelConfig(finetune="lora"))

@@ -10,16 +10,16 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from everlearn.checkpoint import RunDir
 from everlearn.config import LoraConfig, ModelConfig, build_config
 from everlearn.errors import ConfigError
-from everlearn.models import (
+from everlearn.models.loading import (
     build_tiny_model,
     build_tiny_tokenizer,
     load_trainable_state,
     make_trainable,
 )
-from everlearn.runner import Run
+from everlearn.runs.run_dir import RunDir
+from everlearn.runs.runner import Run
 from everlearn.strategies import _merging as M
 from everlearn.strategies import build_strategy
 from everlearn.strategies.base import RunContext

@@ -1,4 +1,4 @@
-"""Hand-computed checks of the continual-learning metrics in ``everlearn.metrics``.
+"""Hand-computed checks of the continual-learning metrics in ``everlearn.evaluation.metrics``.
 
 Notation in comments: R[t][j] = row t (0 = base model), stage j (1-based), i.e. ``R[t, j - 1]``.
 """
@@ -10,7 +10,7 @@ import math
 import numpy as np
 import pytest
 
-from everlearn.metrics import (
+from everlearn.evaluation.metrics import (
     ap_estimated_rows,
     average_performance,
     backward_transfer,

@@ -15,7 +15,8 @@ from everlearn.config import build_config
 from everlearn.data.encode import Encoded, Encoder, collate
 from everlearn.data.records import Record
 from everlearn.errors import ConfigError
-from everlearn.models import build_tiny_model, build_tiny_tokenizer
+from everlearn.models.loading import build_tiny_model, build_tiny_tokenizer
+from everlearn.stages.stream import Stage
 from everlearn.strategies import _penalty as P
 from everlearn.strategies import build_strategy
 from everlearn.strategies.base import RunContext
@@ -23,7 +24,6 @@ from everlearn.strategies.ewc import EWC, EWCOptions
 from everlearn.strategies.l2 import L2, L2Options
 from everlearn.strategies.lwf import LwF, LwFOptions
 from everlearn.strategies.mas import MAS, MASOptions
-from everlearn.stream import Stage
 from tests.conftest import constant_task, tiny_config
 
 
@@ -349,7 +349,7 @@ def test_lwf_is_a_noop_in_stage_one_then_distils_the_previous_model():
     kl = lwf.extra_loss(ctx.model, batch, out)
     assert kl.item() > 1e-3
     # The trainer's sparse forward (logits at labelled positions only) gives the same KL.
-    from everlearn.losses import labelled_token_loss
+    from everlearn.training.losses import labelled_token_loss
 
     sparse_batch = dict(batch)
     _, sparse_out, sparse_batch["logit_positions"] = labelled_token_loss(
@@ -397,10 +397,10 @@ STRONG = {
 def two_stage_runs(tmp_path_factory):
     """Stage red->alpha trained once; then green->bravo under seqft and each regulariser, from
     the same weights with the same seed. Returns {name: (old NLL, new NLL, distance moved)}."""
-    from everlearn.models import load_base_model, make_trainable
-    from everlearn.runner import make_accelerator, seed_everything
-    from everlearn.stream import build_stream
-    from everlearn.trainer import Trainer
+    from everlearn.models.loading import load_base_model, make_trainable
+    from everlearn.runs.runner import make_accelerator, seed_everything
+    from everlearn.stages.stream import build_stream
+    from everlearn.training.trainer import Trainer
 
     tmp = tmp_path_factory.mktemp("two_stage")
     stages = [constant_task(tmp, "red", "alpha", n_train=16),
@@ -472,7 +472,7 @@ def test_sampled_fisher_protects_more_than_the_empirical_fisher(two_stage_runs):
 
 @pytest.mark.parametrize("name", ["ewc", "mas"])
 def test_no_importance_passes_after_the_last_stage(tmp_path, three_stages, name):
-    from everlearn.runner import Run
+    from everlearn.runs.runner import Run
     from tests.conftest import tiny_config
 
     cfg = build_config(tiny_config(tmp_path, three_stages[:2], strategies=[

@@ -18,8 +18,9 @@ from everlearn.config import StrategySpec, build_config
 from everlearn.data.encode import Encoder, collate
 from everlearn.data.records import Record
 from everlearn.errors import ConfigError
-from everlearn.models import build_tiny_model, build_tiny_tokenizer
-from everlearn.runner import Run
+from everlearn.models.loading import build_tiny_model, build_tiny_tokenizer
+from everlearn.runs.runner import Run
+from everlearn.stages.stream import Stage
 from everlearn.strategies import agem as agem_module
 from everlearn.strategies import build_strategy
 from everlearn.strategies._general_data import GENERAL_PAIRS
@@ -39,7 +40,6 @@ from everlearn.strategies.pseudo_replay import (
     middle,
     split_template,
 )
-from everlearn.stream import Stage
 from tests.conftest import constant_task, tiny_config, write_jsonl
 
 

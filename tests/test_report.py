@@ -16,7 +16,7 @@ import pytest
 import yaml
 
 from everlearn.cli import main
-from everlearn.metrics import summarize
+from everlearn.evaluation.metrics import summarize
 from everlearn.report import write_report
 
 R3 = [[10.0, 20.0, 30.0],
@@ -187,7 +187,7 @@ def test_report_and_compare_never_import_torch(tmp_path: Path):
     run = fake_run(tmp_path)
     code = ("import sys\n"
             "from everlearn.cli import main\n"
-            "import everlearn.report, everlearn.compare\n"
+            "import everlearn.report, everlearn.report.compare\n"
             f"assert main(['report', {str(run)!r}]) == 0\n"
             f"assert main(['compare', {str(run)!r}, '--format', 'csv']) == 0\n"
             "heavy = [m for m in ('torch', 'transformers', 'peft', 'accelerate') "
@@ -219,11 +219,11 @@ def test_cli_report_and_errors(tmp_path: Path, capsys):
 def test_run_writes_report_and_survives_its_failure(tmp_path: Path, monkeypatch, capsys):
     """`everlearn run` ends with the report; a failing report is a warning, the run stands."""
     import everlearn.report
-    import everlearn.runner
+    import everlearn.runs.runner
 
     run = fake_run(tmp_path)
     results = json.loads((run / "results.json").read_text())
-    monkeypatch.setattr(everlearn.runner, "start_run", lambda *a, **k: (run, results))
+    monkeypatch.setattr(everlearn.runs.runner, "start_run", lambda *a, **k: (run, results))
     assert main(["run", "--preset", "smoke", "-q"]) == 0
     out = capsys.readouterr().out
     assert f"report: {run / 'report' / 'index.html'}" in out

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from everlearn.checkpoint import MARKER
+from everlearn.runs.run_dir import MARKER
 from tests.test_cli import call, one_line_error, write_config
 
 

@@ -1,4 +1,4 @@
-"""Checks of the text scorers in ``everlearn.scoring`` against hand-computed values."""
+"""Checks of the text scorers in ``everlearn.evaluation.scoring`` against hand-computed values."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from everlearn.scoring import (
+from everlearn.evaluation.scoring import (
     can_still_match,
     exact_match,
     lcs_length,

@@ -11,13 +11,14 @@ import numpy as np
 import pytest
 import torch
 
-from everlearn.checkpoint import RunDir
 from everlearn.config import LoraConfig, ModelConfig, StrategySpec, build_config
 from everlearn.data.encode import Encoded, Encoder, collate
 from everlearn.data.records import Record
 from everlearn.errors import ConfigError
-from everlearn.models import build_tiny_model, build_tiny_tokenizer, make_trainable
-from everlearn.runner import Run
+from everlearn.models.loading import build_tiny_model, build_tiny_tokenizer, make_trainable
+from everlearn.runs.run_dir import RunDir
+from everlearn.runs.runner import Run
+from everlearn.stages.stream import Stage
 from everlearn.strategies import _kmeans as K
 from everlearn.strategies import build_strategy
 from everlearn.strategies import ssr as ssr_module
@@ -28,7 +29,6 @@ from everlearn.strategies.progressive_prompts import (
     extend_inputs,
 )
 from everlearn.strategies.ssr import SSR, SSROptions, demo_orders, icl_prompt, parse_input
-from everlearn.stream import Stage
 from tests.conftest import constant_task, tiny_config
 
 TOK = build_tiny_tokenizer()

@@ -7,7 +7,7 @@ import pytest
 import torch
 from peft import LoraConfig, get_peft_model
 
-from everlearn.models import build_tiny_model, build_tiny_tokenizer
+from everlearn.models.loading import build_tiny_model, build_tiny_tokenizer
 from everlearn.strategies._adapters import arrange
 from everlearn.strategies._stacked_lora import stacked
 

@@ -13,9 +13,9 @@ import pytest
 
 from everlearn.cli import _interrupt
 from everlearn.config import build_config
-from everlearn.interrupt import DeferredSignals
-from everlearn.runner import resume_run, start_run
-from everlearn.tracking import Tracker
+from everlearn.runs.runner import resume_run, start_run
+from everlearn.runs.tracking import Tracker
+from everlearn.training.interrupt import DeferredSignals
 from tests.conftest import constant_task, tiny_config
 from tests.test_crash_resume import comparable
 
@@ -179,7 +179,7 @@ def test_a_second_signal_is_not_held():
 
 
 def test_a_step_checkpoint_that_cannot_be_written_does_not_stop_the_run(tmp_path, monkeypatch):
-    from everlearn.checkpoint import RunDir
+    from everlearn.runs.run_dir import RunDir
 
     def full_disk(self, *args, **kwargs):
         raise OSError(28, "No space left on device")

@@ -11,10 +11,10 @@ import torch
 from everlearn.config import StrategySpec
 from everlearn.data.records import Record
 from everlearn.errors import ConfigError
+from everlearn.stages.stream import Stage
 from everlearn.strategies import build_strategy
 from everlearn.strategies.base import RunContext, Strategy, StrategyStack
 from everlearn.strategies.replay import Replay, ReplayOptions
-from everlearn.stream import Stage
 
 
 def _stage(index: int, n: int) -> Stage:

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from everlearn.checkpoint import MARKER
-from everlearn.sweep import (
+from everlearn.runs.run_dir import MARKER
+from everlearn.runs.sweep import (
     child_env,
     expand,
     parse_grid,
@@ -107,7 +107,7 @@ def test_plan_writes_resolved_config_per_point(tmp_path: Path):
 
 
 def test_child_threads_split_the_cores(monkeypatch):
-    import everlearn.sweep as sweep
+    import everlearn.runs.sweep as sweep
 
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     monkeypatch.delenv("MKL_NUM_THREADS", raising=False)

@@ -1,4 +1,5 @@
-"""A stream without task boundaries (everlearn.textstream): fixed boundaries, the shift detector,
+"""A stream without task boundaries (everlearn.training.textstream): fixed boundaries, the shift
+detector,
 the stream's metrics, and whole runs on the tiny model."""
 
 from __future__ import annotations
@@ -12,10 +13,10 @@ from safetensors.torch import load_file
 
 from everlearn.config import build_config, load_config
 from everlearn.errors import ConfigError
-from everlearn.metrics import summarize_stream
-from everlearn.runner import Run, resume_run, start_run
-from everlearn.tables import format_summary
-from everlearn.textstream import ShiftDetector, match_shifts
+from everlearn.evaluation.metrics import summarize_stream
+from everlearn.report.tables import format_summary
+from everlearn.runs.runner import Run, resume_run, start_run
+from everlearn.training.textstream import ShiftDetector, match_shifts
 from tests.conftest import killed_at_phase, tiny_config, write_jsonl
 from tests.test_crash_resume import comparable
 
@@ -288,7 +289,7 @@ def test_joint_is_refused_in_a_text_stream(tmp_path):
 
 
 def test_text_stream_is_refused_under_fsdp(tmp_path, monkeypatch):
-    from everlearn import fsdp
+    from everlearn.parallel import fsdp
 
     monkeypatch.setattr(fsdp, "requested", lambda: True)
     cfg = stream_config(tmp_path, "none")

@@ -10,7 +10,7 @@ import pytest
 
 from everlearn.config import build_config
 from everlearn.errors import ConfigError
-from everlearn.runner import resume_run, start_run
+from everlearn.runs.runner import resume_run, start_run
 from tests.conftest import constant_task, tiny_config
 
 
@@ -37,7 +37,7 @@ def test_tracker_off_by_default_and_shorthand(tmp_path: Path):
 def test_missing_package_is_a_clear_error(tmp_path: Path, monkeypatch):
     import importlib.util
 
-    from everlearn import tracking
+    from everlearn.runs import tracking
 
     real = importlib.util.find_spec
     monkeypatch.setattr(tracking.importlib.util, "find_spec",

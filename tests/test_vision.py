@@ -16,10 +16,10 @@ from everlearn.data.builtin.visual import LABELS, NUMBERS, QUADRANTS, TASK_ORDER
 from everlearn.data.encode import make_encoder
 from everlearn.data.readers import read_source
 from everlearn.errors import ConfigError, DataError, TrainingError
-from everlearn.evaluate import Evaluator
-from everlearn.models import build_tiny_model, build_tiny_tokenizer
-from everlearn.option_scoring import score_options
-from everlearn.runner import Run, resume_run, start_run
+from everlearn.evaluation.matrix import Evaluator
+from everlearn.evaluation.option_scoring import score_options
+from everlearn.models.loading import build_tiny_model, build_tiny_tokenizer
+from everlearn.runs.runner import Run, resume_run, start_run
 from everlearn.vision import scenes
 from everlearn.vision.images import load_image
 from everlearn.vision.models import build_llava, build_tiny_llava

@@ -18,9 +18,9 @@ from everlearn.data.builtin.worldline import (
     simulate,
 )
 from everlearn.errors import ConfigError
-from everlearn.runner import start_run
-from everlearn.stream import build_stream
-from everlearn.tables import format_summary
+from everlearn.report.tables import format_summary
+from everlearn.runs.runner import start_run
+from everlearn.stages.stream import build_stream
 from tests.conftest import killed_at_phase, tiny_config
 
 SMALL = {"people": 8, "new_people": 2, "companies": 3, "cities": 4, "roles": 4}
@@ -120,8 +120,8 @@ def test_config_errors_name_the_field(tmp_path, stage, where):
 
 def test_cloze_probes_are_scored_without_the_chat_template(tmp_path):
     from everlearn.data.encode import Encoder
-    from everlearn.evaluate import Evaluator
-    from everlearn.models import build_tiny_tokenizer
+    from everlearn.evaluation.matrix import Evaluator
+    from everlearn.models.loading import build_tiny_tokenizer
 
     cfg = build_config(tiny_config(tmp_path, [{"builtin": "worldline", "periods": 1,
                                                "max_test": 2, "builtin_options": SMALL}]))
@@ -166,7 +166,7 @@ def test_three_periods_end_to_end_with_fuar(tmp_path):
 
 
 def test_resumed_worldline_run_continues_the_temporal_rows(tmp_path, monkeypatch):
-    from everlearn.runner import resume_run
+    from everlearn.runs.runner import resume_run
 
     stages = [{"builtin": "worldline", "periods": 2, "builtin_options": SMALL}]
     _, full = start_run(build_config(tiny_config(tmp_path, stages)), tmp_path / "full",

@@ -132,8 +132,8 @@ def _load(config: str | None, overrides: list[str], preset: str | None = None):
 
 
 def cmd_run(args) -> int:
-    from everlearn.runner import resume_run, start_run
-    from everlearn.tables import format_summary
+    from everlearn.report.tables import format_summary
+    from everlearn.runs.runner import resume_run, start_run
 
     if args.resume:
         if args.config or args.overrides or args.preset:
@@ -143,7 +143,7 @@ def cmd_run(args) -> int:
     else:
         cfg, source = _load(args.config, args.overrides, args.preset)
         path, results = start_run(cfg, args.output, quiet=args.quiet, source=source)
-    from everlearn import distributed
+    from everlearn.parallel import distributed
 
     if not distributed.is_main():  # several processes: rank 0 prints and writes the report
         return 0
@@ -168,7 +168,7 @@ def cmd_report(args) -> int:
 
 
 def cmd_compare(args) -> int:
-    from everlearn.compare import FORMATS, compare_runs, format_comparison
+    from everlearn.report.compare import FORMATS, compare_runs, format_comparison
 
     if args.format not in FORMATS:
         raise EverlearnError(f"--format: expected one of {', '.join(FORMATS)}, "
@@ -189,7 +189,7 @@ def cmd_compare(args) -> int:
 
 
 def cmd_sweep(args) -> int:
-    from everlearn.sweep import plan_sweep, run_sweep
+    from everlearn.runs.sweep import plan_sweep, run_sweep
 
     if args.jobs < 1:
         raise EverlearnError(f"--jobs: expected an integer >= 1, got {args.jobs}")
@@ -204,11 +204,11 @@ def cmd_sweep(args) -> int:
 
 
 def cmd_eval(args) -> int:
-    from everlearn.evaluate_only import evaluate_config
+    from everlearn.runs.eval_only import evaluate_config
 
     cfg, source = _load(args.config, args.overrides, args.preset)
     scores = evaluate_config(cfg, args.weights, quiet=args.quiet, source=source)
-    from everlearn import distributed
+    from everlearn.parallel import distributed
 
     if not distributed.is_main():  # several processes: every rank has the scores; one prints
         return 0
@@ -223,7 +223,7 @@ def cmd_eval(args) -> int:
 
 def cmd_ls(args) -> int:
     from everlearn.data.builtin import list_builtin_tasks
-    from everlearn.models import EMBEDDED_MODELS
+    from everlearn.models.loading import EMBEDDED_MODELS
     from everlearn.presets import PRESETS
     from everlearn.strategies import STRATEGIES
     from everlearn.strategies.base import option_fields
@@ -253,8 +253,8 @@ def cmd_ls(args) -> int:
 
 
 def cmd_validate(args) -> int:
+    from everlearn.stages.stream import build_stream
     from everlearn.strategies import build_strategy
-    from everlearn.stream import build_stream
 
     cfg, source = _load(args.config, args.overrides, args.preset)
     stack = build_strategy(cfg.strategies, source, cfg.model.finetune)
@@ -315,7 +315,7 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     finally:
         if args.command in ("run", "eval"):  # torchrun: leave the process group before exit
-            from everlearn import distributed
+            from everlearn.parallel import distributed
 
             distributed.shutdown()
 

@@ -70,7 +70,7 @@ def _small(tmp: Path, stages: list[dict], **overrides) -> dict:
 
 def _run(cfg: dict, tmp: Path) -> dict:
     from everlearn.config import build_config
-    from everlearn.runner import start_run
+    from everlearn.runs.runner import start_run
 
     return start_run(build_config(cfg), tmp / "run", quiet=True)[1]
 
@@ -135,8 +135,8 @@ def vision_case(tmp: Path) -> dict:
 def resume_case(tmp: Path) -> dict:
     """Killed after step 5 of phase 2 (its step checkpoint is from step 4), then resumed."""
     from everlearn.config import build_config
-    from everlearn.runner import resume_run, start_run
-    from everlearn.tracking import Tracker
+    from everlearn.runs.runner import resume_run, start_run
+    from everlearn.runs.tracking import Tracker
 
     cfg = _small(tmp, _three(tmp), strategies=[{"name": "replay", "buffer_size": 8}],
                  train={"steps": 6, "checkpoint_every": 2})

@@ -309,7 +309,8 @@ class Encoder:
 
 def make_encoder(tokenizer, max_length: int, use_chat_template: bool = True,
                  edit_format: str = "raw") -> Encoder:
-    """The encoder for what :func:`everlearn.models.load_base_model` returned: a tokenizer, or
+    """The encoder for what :func:`everlearn.models.loading.load_base_model` returned: a tokenizer,
+    or
     a vision-language model's processor (which also encodes images)."""
     if hasattr(tokenizer, "image_processor") and hasattr(tokenizer, "tokenizer"):
         from everlearn.vision.encode import VisionEncoder

@@ -25,7 +25,8 @@ class Record:
     (``target_new``, kept as ``response``), paraphrases of the prompt (``rephrase_prompt``) and
     unrelated prompts whose answers must not change (``locality_prompt``, with
     ``locality_ground_truth`` where known, "" where not). ``token_ids`` holds one block of a
-    boundary-free text stream already tokenised (:mod:`everlearn.textstream`): it is trained
+    boundary-free text stream already tokenised (:mod:`everlearn.training.textstream`): it is
+    trained
     as it is, so the stream's token positions stay exact; ``text`` is then its decoded text.
     """
 

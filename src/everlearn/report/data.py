@@ -6,8 +6,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from everlearn.environment import FIELDS as ENV_FIELDS
 from everlearn.errors import EverlearnError
+from everlearn.runs.environment import FIELDS as ENV_FIELDS
 
 # Keys the page renders in their own sections; any other key is shown generically, so results
 # added later (by a new stage kind or evaluator) appear without a report change.
@@ -127,7 +127,7 @@ UNKNOWN = "unknown"  # an environment results.json does not record (written by a
 
 def environments(results: dict[str, Any]) -> list[dict[str, Any] | None]:
     """The environment of every process that wrote the run, oldest first (a resumed run may
-    have several; see everlearn.environment); None for one not recorded."""
+    have several; see everlearn.runs.environment); None for one not recorded."""
     history = results.get("environment_history")
     out = [e if isinstance(e, dict) else None for e in history] if isinstance(history, list) else []
     env = results.get("environment")
@@ -135,7 +135,7 @@ def environments(results: dict[str, Any]) -> list[dict[str, Any] | None]:
 
 
 def environment_fields(envs: list[dict[str, Any] | None]) -> list[str]:
-    """The fields recorded in any of ``envs``, in everlearn.environment's order."""
+    """The fields recorded in any of ``envs``, in everlearn.runs.environment's order."""
     seen = dict.fromkeys(k for e in envs if e for k in e)
     return [k for k in ENV_FIELDS if k in seen] + [k for k in seen if k not in ENV_FIELDS]
 

@@ -156,7 +156,7 @@ def _general(res: dict[str, Any], figs: dict[str, bytes]) -> str:
 def _recycling(res: dict[str, Any]) -> str:
     """Recyclable tuning (a recycle run): each task's score with the old base + adapter, the
     new base alone and every policy's adapter on the new base, then cost per policy."""
-    from everlearn.tables import RECYCLE_POLICIES, recycling_update_line
+    from everlearn.report.tables import RECYCLE_POLICIES, recycling_update_line
 
     rec = res.get("recycling")
     if not isinstance(rec, dict) or not isinstance(rec.get("tasks"), dict):
@@ -192,7 +192,7 @@ def _recycling(res: dict[str, Any]) -> str:
 def _text_stream(res: dict[str, Any], figs: dict[str, bytes]) -> str:
     """A boundary-free text stream: where each segment ended and why, the true shifts, what
     the detector found, and each stage's score before, after and at the end of the stream."""
-    from everlearn.tables import text_stream_line
+    from everlearn.report.tables import text_stream_line
 
     ts = res.get("text_stream")
     if not isinstance(ts, dict):

@@ -16,7 +16,7 @@ import torch
 
 from everlearn.data.encode import Encoded, collate
 from everlearn.data.records import Record
-from everlearn.generation import decode_batched
+from everlearn.evaluation.generation import decode_batched
 from everlearn.strategies.base import RunContext
 from everlearn.strategies.replay import Replay, ReplayOptions
 

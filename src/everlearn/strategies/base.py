@@ -17,7 +17,7 @@ if TYPE_CHECKING:
     import torch
 
     from everlearn.data.records import Record
-    from everlearn.stream import Stage, Stream
+    from everlearn.stages.stream import Stage, Stream
 
 
 @dataclass
@@ -152,7 +152,7 @@ class Strategy:
 
         import torch
 
-        from everlearn.stepstate import python_rng_state
+        from everlearn.training.stepstate import python_rng_state
 
         meta, tensors = {}, {}
         for key, value in vars(self).items():
@@ -166,7 +166,7 @@ class Strategy:
         """Restore what ``step_state`` returned."""
         import random
 
-        from everlearn.stepstate import set_python_rng_state
+        from everlearn.training.stepstate import set_python_rng_state
 
         for key, value in state.get("meta", {}).get("rng", {}).items():
             if not isinstance(getattr(self, key, None), random.Random):  # made lazily

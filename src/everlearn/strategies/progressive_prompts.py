@@ -49,7 +49,7 @@ import torch
 from torch import nn
 
 from everlearn.errors import ConfigError, ResumeError
-from everlearn.kvcache import cache_in
+from everlearn.models.kvcache import cache_in
 from everlearn.strategies._adapters import stable_seed
 from everlearn.strategies.base import Strategy
 

@@ -56,7 +56,7 @@ import torch
 
 from everlearn.data.mixing import as_kind
 from everlearn.data.records import Record
-from everlearn.generation import decode_batched
+from everlearn.evaluation.generation import decode_batched
 from everlearn.strategies._adapters import base_model_only
 from everlearn.strategies._buffer import (
     device_of,

@@ -243,6 +243,6 @@ def build_batches(periods: int, seed: int, opt: CounterfactualOptions
 
 def sample_edits(records: list[Record], n: int | None, seed: int, key: str) -> list[Record]:
     """``max_test`` keeps the same edits as ``max_train`` (the stage's train sample)."""
-    from everlearn.stream import _sample
+    from everlearn.stages.stream import _sample
 
     return _sample(records, n, seed, f"{key}:train")

@@ -19,8 +19,8 @@ config section measures what carrying the adapters over costs and keeps:
      plus ``distill_task_weight`` x the task loss;
    - ``scratch`` (the baseline): a fresh adapter trained on the new base with the full budget.
 
-Everything trains through the one :class:`~everlearn.trainer.Trainer` and scores through the
-:class:`~everlearn.evaluate.Evaluator`. The consumer model is one PEFT model with one adapter
+Everything trains through the one :class:`~everlearn.training.trainer.Trainer` and scores through the
+:class:`~everlearn.evaluation.matrix.Evaluator`. The consumer model is one PEFT model with one adapter
 slot; changing the base copies the old or the new base weights into it in place, and changing
 the adapter loads saved adapter tensors (``load_trainable_state``).
 
@@ -49,13 +49,15 @@ from typing import Any
 
 import torch
 
-from everlearn import __version__, environment
-from everlearn.checkpoint import RunDir, save_tensors, write_atomic, write_json
+from everlearn import __version__
+
+from everlearn.runs import environment
+from everlearn.runs.run_dir import RunDir, save_tensors, write_atomic, write_json
 from everlearn.config import RunConfig, dump_yaml
 from everlearn.data.encode import IGNORE, Encoder, collate
 from everlearn.errors import ConfigError, ModelError, ResumeError
-from everlearn.evaluate import Evaluator
-from everlearn.models import (
+from everlearn.evaluation.matrix import Evaluator
+from everlearn.models.loading import (
     count_parameters,
     load_base_model,
     load_trainable_state,
@@ -63,12 +65,12 @@ from everlearn.models import (
     trainable_on_device,
     trainable_state,
 )
-from everlearn.resources import PeakMemory
+from everlearn.training.resources import PeakMemory
 from everlearn.strategies import _penalty as P
 from everlearn.strategies.base import RunContext, Strategy
 from everlearn.strategies.lwf import LwF, LwFOptions
-from everlearn.stream import Stage, build_stream
-from everlearn.trainer import PhaseCost, Trainer
+from everlearn.stages.stream import Stage, build_stream
+from everlearn.training.trainer import PhaseCost, Trainer
 from everlearn.vision import is_vision_model
 
 log = logging.getLogger("everlearn")
@@ -230,13 +232,13 @@ class RecycleRun:
         self.base_eval_s = 0.0
         self.recycling: dict[str, Any] = {}
         self.model = None
-        self.environment: dict[str, Any] | None = None  # this process's (everlearn.environment)
+        self.environment: dict[str, Any] | None = None  # this process's (everlearn.runs.environment)
         self.environment_history: list[dict[str, Any] | None] = []  # earlier ones, if resumed
         self._previous: dict[str, Any] | None = None  # a resumed run's results.json
 
     # --- results ----------------------------------------------------------------------------
     def _results(self, status: str) -> dict[str, Any]:
-        from everlearn.runner import compute_metrics
+        from everlearn.runs.runner import compute_metrics
 
         stages = self.stream.stages
         n_rows = len(self.R)
@@ -291,7 +293,7 @@ class RecycleRun:
 
     # --- running ----------------------------------------------------------------------------
     def execute(self, resume: bool = False) -> dict[str, Any]:
-        from everlearn.runner import (
+        from everlearn.runs.runner import (
             _attach_log,
             make_accelerator,
             record_environment,
@@ -354,7 +356,7 @@ class RecycleRun:
 
     def _restore(self) -> None:
         """What a resumed run already has: R, cost, the recycling entries so far."""
-        from everlearn.runner import _read_results
+        from everlearn.runs.runner import _read_results
 
         prev = _read_results(self.dir)
         self._previous = prev
@@ -372,7 +374,7 @@ class RecycleRun:
     # --- units ------------------------------------------------------------------------------
     def _train_adapter(self, k: int) -> None:
         """Task k's adapter on the old base, its score, R row k, checkpoint phase k."""
-        from everlearn.runner import seed_everything
+        from everlearn.runs.runner import seed_everything
 
         stage = self.tasks[k - 1]
         seed_everything(self.cfg.seed + k)
@@ -403,7 +405,7 @@ class RecycleRun:
     def _do_update(self) -> None:
         """The new base (trained on the cpt stage, or loaded), the new base's scores without
         and with each old adapter (reapply), R's last row when the update is a stage."""
-        from everlearn.runner import seed_everything
+        from everlearn.runs.runner import seed_everything
 
         n = len(self.tasks)
         for task in self.tasks:  # the old system's outputs, while the old base is loaded
@@ -457,7 +459,7 @@ class RecycleRun:
 
     def _recycle(self, task: Stage, policy: str) -> None:
         """One task x trained policy: the adapter it gives on the new base, its score and cost."""
-        from everlearn.runner import seed_everything
+        from everlearn.runs.runner import seed_everything
 
         k = self.tasks.index(task) + 1
         unit = self.units[(task.name, policy)]

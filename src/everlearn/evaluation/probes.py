@@ -31,13 +31,13 @@ from typing import Any
 
 import torch
 
-from everlearn.checkpoint import write_json
 from everlearn.data.encode import IGNORE, Encoded, collate
 from everlearn.data.records import Record
-from everlearn.generation import decode_batched
-from everlearn.lm_eval_probe import KEY_PREFIX, LmEvalProbe
-from everlearn.scoring import exact_match
-from everlearn.stream import Stage
+from everlearn.evaluation.generation import decode_batched
+from everlearn.evaluation.lm_eval_probe import KEY_PREFIX, LmEvalProbe
+from everlearn.evaluation.scoring import exact_match
+from everlearn.runs.run_dir import write_json
+from everlearn.stages.stream import Stage
 
 log = logging.getLogger("everlearn")
 

@@ -4,7 +4,7 @@ unless ``confidence`` says otherwise; every output names the level it used), sin
 run says little about a strategy. Pure JSON/YAML/numpy: no torch.
 
 The environment a run recorded (results.json ``environment``: library versions, device, CPU,
-precision actually used; see everlearn.environment) does not split the pooling, which stays by
+precision actually used; see everlearn.runs.environment) does not split the pooling, which stays by
 config: a changed library or device is something to see, not a different experiment (and
 threads or a resume would otherwise split replicates). It is not silent either: when runs
 differ in any environment field, the outputs gain an Environment section listing those fields
@@ -23,7 +23,7 @@ from typing import Any
 
 import yaml
 
-from everlearn.metrics import mean_ci
+from everlearn.evaluation.metrics import mean_ci
 from everlearn.report.data import (
     ReportError,
     environment_cell,

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import torch
 
 from everlearn.data.encode import Encoded, collate, image_inputs, stack_pixels
-from everlearn.kvcache import cache_kwarg, cache_of
+from everlearn.models.kvcache import cache_kwarg, cache_of
 
 
 @dataclass

@@ -19,9 +19,15 @@ from typing import Any
 import torch
 import yaml
 
-from everlearn import __version__, environment, fsdp, stepstate, zero
-from everlearn import distributed as dist
-from everlearn.checkpoint import (
+from everlearn import __version__
+
+from everlearn.runs import environment
+
+from everlearn.parallel import fsdp, zero
+
+from everlearn.training import stepstate
+from everlearn.parallel import distributed as dist
+from everlearn.runs.run_dir import (
     RunDir,
     check_new_run_dir,
     check_resumable,
@@ -31,28 +37,28 @@ from everlearn.checkpoint import (
 )
 from everlearn.config import RESUME_MAY_CHANGE, RunConfig, changed_fields, dump_yaml, load_config
 from everlearn.data.encode import make_encoder
-from everlearn.editing import editing_section
+from everlearn.stages.edit import editing_section
 from everlearn.errors import ConfigError, ResumeError
-from everlearn.evaluate import Evaluator
-from everlearn.metrics import summarize_columns
-from everlearn.models import (
+from everlearn.evaluation.matrix import Evaluator
+from everlearn.evaluation.metrics import summarize_columns
+from everlearn.models.loading import (
     count_parameters,
     load_base_model,
     load_trainable_state,
     trainable_on_device,
     trainable_state,
 )
-from everlearn.probes import GeneralProbes, general_sections, rows_from_results
-from everlearn.resources import PeakMemory
-from everlearn.schedule import describe as describe_schedule
-from everlearn.schedule import scored_columns
+from everlearn.evaluation.probes import GeneralProbes, general_sections, rows_from_results
+from everlearn.training.resources import PeakMemory
+from everlearn.evaluation.schedule import describe as describe_schedule
+from everlearn.evaluation.schedule import scored_columns
 from everlearn.strategies import StrategyStack, build_strategy
 from everlearn.strategies.base import RunContext
-from everlearn.stream import Stage, Stream, build_stream
-from everlearn.temporal import row_counts, temporal_section
-from everlearn.textstream import TextStreamRun, build_token_stream, stream_metrics
-from everlearn.tracking import Tracker
-from everlearn.trainer import Trainer, resolve_precision
+from everlearn.stages.stream import Stage, Stream, build_stream
+from everlearn.evaluation.temporal import row_counts, temporal_section
+from everlearn.training.textstream import TextStreamRun, build_token_stream, stream_metrics
+from everlearn.runs.tracking import Tracker
+from everlearn.training.trainer import Trainer, resolve_precision
 from everlearn.vision.training import plan_vision
 
 log = logging.getLogger("everlearn")
@@ -79,7 +85,7 @@ def make_accelerator(precision: str, **kwargs: Any):
     another precision in the same process (an API user, a benchmark) resets it first.
     ``kwargs`` go to ``Accelerator`` (``log_with``/``project_dir`` of a tracker). Under
     torchrun or ``accelerate launch`` it joins the process group (data parallel, see
-    everlearn.distributed; FSDP, see everlearn.fsdp; DeepSpeed ZeRO 1/2, see everlearn.zero)."""
+    everlearn.parallel.distributed; FSDP, see everlearn.parallel.fsdp; DeepSpeed ZeRO 1/2, see everlearn.parallel.zero)."""
     from accelerate import Accelerator
     from accelerate.state import AcceleratorState
 
@@ -97,7 +103,7 @@ def make_accelerator(precision: str, **kwargs: Any):
 def compute_metrics(R: list[list[float | None]], stages: list[Stage],
                     phases: list[list[Stage]]):
     """CL metrics on R; one phase per stage gives the full set, joint gives final AP only.
-    Cells an evaluation schedule skipped (None) are left out (see everlearn.metrics)."""
+    Cells an evaluation schedule skipped (None) are left out (see everlearn.evaluation.metrics)."""
     if len(phases) != len(stages):
         last = R[-1]
         cols = [j for j, s in enumerate(stages) if s.higher_is_better]
@@ -134,7 +140,7 @@ class Run:
                        text_stream=cfg.text_stream is not None,
                        checkpoint_every=cfg.train.checkpoint_every)
         planned = self.strategy.plan(stages)
-        # a text stream (everlearn.textstream): the phases are its segments, found as it trains
+        # a text stream (everlearn.training.textstream): the phases are its segments, found as it trains
         self.text: TextStreamRun | None = None
         if cfg.text_stream is not None and planned is not None:
             who = next(m.name for m in self.strategy.members if m.plan(stages) is not None)
@@ -147,7 +153,7 @@ class Run:
         self.probes: GeneralProbes | None = None
         self.side_rows: list[dict[str, dict[str, float]]] = []  # per row: stage -> side metrics
         self.pref_rows: list[dict[str, list[float]]] = []  # per row: align stage -> log-ratios
-        self.environment: dict[str, Any] | None = None  # this process's (everlearn.environment)
+        self.environment: dict[str, Any] | None = None  # this process's (everlearn.runs.environment)
         self.environment_history: list[dict[str, Any] | None] = []  # earlier ones, if resumed
         self.tracker = Tracker(cfg, self.dir.path)  # a missing tracker package fails here
         self.truncated: dict[str, dict[str, float]] = {}  # the encoder's, once it is made
@@ -248,7 +254,7 @@ class Run:
             model, tok = load_base_model(cfg.model)
         model = trainable_on_device(model, cfg.model, acc.device,
                                     acc.mixed_precision == "bf16")
-        if fsdp.requested():  # accelerate FSDP config: shard it (everlearn.fsdp)
+        if fsdp.requested():  # accelerate FSDP config: shard it (everlearn.parallel.fsdp)
             fsdp.shard(model, fsdp.settings())
         self.model = model  # kept for callers that inspect the trained model (tests, APIs)
         encoder = make_encoder(tok, cfg.train.max_length, cfg.model.chat_template == "auto",
@@ -495,8 +501,8 @@ def start_run(cfg: RunConfig, run_dir: str | Path | None = None, quiet: bool = F
     check_new_run_dir(path)  # every rank, before rank 0 writes anything
     dist.barrier()
     claim_run_dir(path)
-    if cfg.recycle is not None:  # recyclable tuning (everlearn.recycle) instead of a stream
-        from everlearn.recycle import RecycleRun
+    if cfg.recycle is not None:  # recyclable tuning (everlearn.runs.recycle) instead of a stream
+        from everlearn.runs.recycle import RecycleRun
 
         dist.check_run([], [], source, recycle=True)
         return path, RecycleRun(cfg, path, quiet, source).execute(resume=False)
@@ -511,7 +517,7 @@ def resume_run(run_dir: str | Path, quiet: bool = False) -> tuple[Path, dict[str
     check_resumable(path)
     cfg = load_config(path / "config.yaml")
     if cfg.recycle is not None:
-        from everlearn.recycle import RecycleRun
+        from everlearn.runs.recycle import RecycleRun
 
         dist.check_run([], [], str(path / "config.yaml"), recycle=True)
         return path, RecycleRun(cfg, path, quiet, str(path / "config.yaml")).execute(resume=True)

@@ -4,7 +4,8 @@
 ``ACCELERATE_USE_FSDP`` / ``FSDP_*`` environment variables) shards the model: each decoder
 layer (the wrap policy's modules) and then the model itself become FSDP units, so every process
 keeps 1/N of the weights, gradients and AdamW state and gathers a unit's weights only while it
-runs. Everything else stays as in the hand-written data parallelism of everlearn.distributed:
+runs. Everything else stays as in the hand-written data parallelism of
+everlearn.parallel.distributed:
 the same batch plan, each process training on its rows of every batch with its share of the
 loss. FSDP reduce-scatters the gradients instead of the hand all-reduce, set to sum (not average)
 so the step is the one-process step; evaluation is replicated (every process scores every
@@ -17,7 +18,7 @@ with them stops at once with a one-line error. See docs/distributed.md.
 
 Step checkpoints hold optimizer state, which is sharded like the weights: the trainer gathers
 each AdamW moment with :func:`full` and lays it out again with :func:`like` on resume (see
-everlearn.trainer._PhaseParts), so they too are the one-process files.
+everlearn.training.trainer._PhaseParts), so they too are the one-process files.
 """
 
 from __future__ import annotations
@@ -144,11 +145,11 @@ def shard(model, cfg: Settings):
     """Apply ``fully_shard`` to the wrap policy's modules (the decoder layers), then to the
     causal LM itself (inside a PEFT wrapper, so that ``generate`` and PEFT's forward both go
     through the root unit). Gradients are summed over the ranks, not averaged: each rank's loss
-    is already weighted by its share of the batch (see everlearn.trainer._ShardPlan)."""
+    is already weighted by its share of the batch (see everlearn.training.trainer._ShardPlan)."""
     from accelerate.utils.fsdp_utils import fsdp2_prepare_auto_wrap_policy
     from torch.distributed.fsdp import fully_shard
 
-    from everlearn import distributed as dist
+    from everlearn.parallel import distributed as dist
 
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     # every rank starts from rank 0's trainable weights, as in the replicated design (they are

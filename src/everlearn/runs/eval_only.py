@@ -16,21 +16,21 @@ from typing import Any
 
 from safetensors.torch import load_file
 
-from everlearn import distributed as dist
-from everlearn.checkpoint import RunDir
+from everlearn.parallel import distributed as dist
+from everlearn.runs.run_dir import RunDir
 from everlearn.config import RunConfig
 from everlearn.data.encode import make_encoder
 from everlearn.errors import ResumeError
-from everlearn.evaluate import Evaluator
-from everlearn.models import (
+from everlearn.evaluation.matrix import Evaluator
+from everlearn.models.loading import (
     load_base_model,
     load_trainable_state,
     trainable_on_device,
 )
-from everlearn.runner import make_accelerator, routes, seed_everything
+from everlearn.runs.runner import make_accelerator, routes, seed_everything
 from everlearn.strategies import build_strategy
 from everlearn.strategies.base import RunContext
-from everlearn.stream import build_stream
+from everlearn.stages.stream import build_stream
 from everlearn.vision.training import plan_vision
 
 

@@ -6,7 +6,7 @@ on, ``max_new_tokens`` derived from the test answers unless set); ``perplexity``
 mean token loss on the test text; ``preference_accuracy`` scores held-out preference pairs by
 their implicit reward margin (see ``Evaluator.begin_phase``); ``reliability`` scores an edit
 stage's edits teacher-forced, with generalisation and locality beside it (see
-:mod:`everlearn.editing`). Scores are in [0, 100] except perplexity.
+:mod:`everlearn.stages.edit`). Scores are in [0, 100] except perplexity.
 """
 
 from __future__ import annotations
@@ -17,16 +17,16 @@ from dataclasses import dataclass, field
 import torch
 from tqdm.auto import tqdm
 
-from everlearn import distributed as dist
-from everlearn import fsdp
 from everlearn.config import EvalConfig
 from everlearn.data.encode import IGNORE, Encoded, Encoder, collate, image_inputs
 from everlearn.data.records import Record
-from everlearn.generation import decode_batched
-from everlearn.option_scoring import OptionItem, score_options
-from everlearn.preference import preference_accuracy
-from everlearn.scoring import can_still_match, exact_match, rouge_l
-from everlearn.stream import Stage
+from everlearn.evaluation.generation import decode_batched
+from everlearn.evaluation.option_scoring import OptionItem, score_options
+from everlearn.evaluation.scoring import can_still_match, exact_match, rouge_l
+from everlearn.parallel import distributed as dist
+from everlearn.parallel import fsdp
+from everlearn.stages.align import preference_accuracy
+from everlearn.stages.stream import Stage
 
 
 @dataclass
@@ -280,7 +280,7 @@ class Evaluator:
     def _preference(self, stage: Stage, logratios: list[float]) -> StageScore:
         """Preference accuracy: a pair counts when its implicit reward margin
         ``(log pi(c) - log ref(c)) - (log pi(r) - log ref(r))`` is above 0, half when it is
-        exactly 0 (:func:`everlearn.preference.credit`). The first model scored, the base row,
+        exactly 0 (:func:`everlearn.stages.align.credit`). The first model scored, the base row,
         is every stage's reference until ``begin_phase`` moves it, so the base row scores 50."""
         reference = self.pref_reference.setdefault(stage.name, list(logratios))
         self.pref_last[stage.name] = list(logratios)
@@ -442,8 +442,8 @@ class Evaluator:
 
     def _edit(self, model, stage: Stage, router=None) -> StageScore:
         """Reliability (the score), generalisation and locality of an edit stage's edits; see
-        :mod:`everlearn.editing` for the definitions."""
-        from everlearn.editing import all_hit, edit_metrics
+        :mod:`everlearn.stages.edit` for the definitions."""
+        from everlearn.stages.edit import all_hit, edit_metrics
 
         if stage.name not in self.edit_reference:  # not prepared: this model is the reference
             self.prepare_edits(model, [stage])

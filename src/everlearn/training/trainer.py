@@ -5,7 +5,7 @@ Per phase it builds a fresh AdamW and a re-warmed learning-rate schedule, iterat
 batches for a fixed number of optimizer steps, and returns the phase's cost. With a step
 checkpoint writer it saves the phase in progress every ``train.checkpoint_every`` steps and when
 Ctrl-C or SIGTERM arrives (at the end of the step), and it continues a phase from such a
-checkpoint exactly (see everlearn.stepstate).
+checkpoint exactly (see everlearn.training.stepstate).
 """
 
 from __future__ import annotations
@@ -23,19 +23,20 @@ import torch
 from tqdm.auto import tqdm
 from transformers import get_scheduler
 
-from everlearn import distributed as dist
-from everlearn import fsdp, stepstate, zero
 from everlearn.config import TrainConfig
 from everlearn.data.encode import IGNORE, Encoded, Encoder, collate, image_inputs
-from everlearn.environment import cpu_bf16
 from everlearn.errors import ResumeError, TrainingError
-from everlearn.interrupt import DeferredSignals
-from everlearn.losses import labelled_token_loss, supports_logits_to_keep
-from everlearn.preference import Pair, batch_loss, collate_pairs, encode_pairs, fill_reference
-from everlearn.resources import PeakMemory
+from everlearn.parallel import distributed as dist
+from everlearn.parallel import fsdp, zero
+from everlearn.runs.environment import cpu_bf16
+from everlearn.stages.align import Pair, batch_loss, collate_pairs, encode_pairs, fill_reference
+from everlearn.stages.stream import Stage
 from everlearn.strategies.base import Strategy
-from everlearn.stream import Stage
-from everlearn.textstream import SegmentPlan
+from everlearn.training import stepstate
+from everlearn.training.interrupt import DeferredSignals
+from everlearn.training.losses import labelled_token_loss, supports_logits_to_keep
+from everlearn.training.resources import PeakMemory
+from everlearn.training.textstream import SegmentPlan
 
 log = logging.getLogger("everlearn")
 
@@ -129,7 +130,8 @@ class Trainer:
                     segment: SegmentPlan | None = None) -> PhaseCost:
         """Train one phase; ``resume`` (a step checkpoint of this phase, as
         ``RunDir.load_step`` reads it) continues it from that step instead of its start.
-        ``segment``: the phase is a segment of a text stream (everlearn.textstream): its blocks
+        ``segment``: the phase is a segment of a text stream (everlearn.training.textstream): its
+        blocks
         train once, in order, and the plan gets back how many did (the detector may end the
         segment early); segments take no step checkpoints."""
         try:
@@ -145,12 +147,12 @@ class Trainer:
     _edit_trained = 0
 
     def _edit_setup(self, model, stages: list[Stage], lr: float):
-        """Constrained fine-tuning of an edit phase (see everlearn.editing): the trainable MLP
+        """Constrained fine-tuning of an edit phase (see everlearn.stages.edit): the trainable MLP
         weights of ``edit.layers`` (the rest frozen until the phase ends), the learning rate
         (``edit.lr``, else the phase's ``lr``), and the L-inf bound around the weights entering
         the phase (or None)."""
         from everlearn.config import EditConfig
-        from everlearn.editing import ChangeBound, edit_parameters
+        from everlearn.stages.edit import ChangeBound, edit_parameters
 
         edit = stages[0].edit or EditConfig()
         params = [p for _, p in edit_parameters(model, edit.layers)]
@@ -274,12 +276,14 @@ class Trainer:
         # Several processes (torchrun / accelerate launch): every rank draws the batch plan of a
         # one-process run and trains on rows rank::world of each batch; the gradients are summed
         # across ranks by hand (distributed.all_reduce_gradients; under FSDP by its
-        # reduce-scatter, see everlearn.fsdp) before the strategies' after_backward hooks and
+        # reduce-scatter, see everlearn.parallel.fsdp) before the strategies' after_backward hooks
+        # and
         # clipping. accelerate's prepare() (a DDP wrapper) does not fit:
         # strategies add adapters, prompts and blocks to the model between stages and read and
         # rewrite gradients themselves, and DDP would also sync each micro-batch.
         share = _ShardPlan(examples, align, rank, world) if world > 1 else None
-        # DeepSpeed ZeRO 1/2 (everlearn.zero): its engine reduces, clips and steps; it starts
+        # DeepSpeed ZeRO 1/2 (everlearn.parallel.zero): its engine reduces, clips and steps; it
+        # starts
         # every rank from rank 0's weights
         engine = (zero.Engine(model, optimizer, cfg.max_grad_norm, zero.settings())
                   if share is not None and zero.requested() else None)

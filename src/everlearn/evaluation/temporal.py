@@ -7,15 +7,15 @@ module turns those counts into the ``temporal`` section of results.json. Pure Py
 
 The step of stage *t* compares its probes on the row before the phase that trains *t* with the
 row after it (for one stage per phase: rows ``t - 1`` and ``t``), and FUAR follows
-:func:`everlearn.metrics.fuar`.
+:func:`everlearn.evaluation.metrics.fuar`.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from everlearn.metrics import fuar, knowledge_gaps
-from everlearn.scoring import exact_match
+from everlearn.evaluation.metrics import fuar, knowledge_gaps
+from everlearn.evaluation.scoring import exact_match
 
 SPLITS = ("invariant", "updated", "new")
 NOT_DEFINED = "n.d."

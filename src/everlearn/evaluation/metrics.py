@@ -274,10 +274,11 @@ def summarize_columns(R: np.ndarray | Iterable[Iterable[float]], cols: Iterable[
 def summarize_stream(R: Iterable[Iterable[float]], cols: Iterable[int],
                      trained_rows: list[int | None], before_rows: list[int | None],
                      higher_is_better: bool = True) -> dict[str, Any]:
-    """The metrics of a boundary-free text stream (everlearn.textstream), whose rows of R are
+    """The metrics of a boundary-free text stream (everlearn.training.textstream), whose rows of R
+    are
     boundaries rather than stages: ``R`` is (boundaries + 1) x stages.
 
-    Stage j counts as trained at row ``trained_rows[j]`` (in everlearn.textstream: the
+    Stage j counts as trained at row ``trained_rows[j]`` (in everlearn.training.textstream: the
     boundary nearest to the end of its text; None: never reached) and as not yet trained at
     row ``before_rows[j]`` (the boundary nearest to where its text begins). With those rows
     in place of the diagonal the definitions are the stage-wise ones

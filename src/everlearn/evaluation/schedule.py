@@ -10,7 +10,7 @@ per phase, T^2 in all. A long stream can score less:
   the phase, drawn from the run seed and the row (the same in every run and on resume).
 
 With neither set every row is full (the default). Cells a row does not score are ``null`` in
-``results.json``; :mod:`everlearn.metrics` computes the metrics from the scored cells.
+``results.json``; :mod:`everlearn.evaluation.metrics` computes the metrics from the scored cells.
 Pure Python: no torch.
 """
 

@@ -177,11 +177,11 @@ def _override(key: str, value: Any) -> str:
 def plan_sweep(config: str | None, grid: list[str], preset: str | None,
                output: str | None) -> Path:
     """Validate every point, write SWEEP_DIR/<point>/config.yaml and SWEEP_DIR/sweep.json."""
-    from everlearn.checkpoint import check_new_run_dir, claim_run_dir, write_atomic, write_json
+    from everlearn.runs.run_dir import check_new_run_dir, claim_run_dir, write_atomic, write_json
     from everlearn.cli import _load, _split_overrides
     from everlearn.config import dump_yaml
     from everlearn.strategies import build_strategy
-    from everlearn.tracking import check_available
+    from everlearn.runs.tracking import check_available
 
     config, grid = _split_overrides(config, grid)
     axes, fixed = parse_grid(grid)
@@ -281,7 +281,7 @@ def run_sweep(sweep_dir: str | Path, jobs: int = 1, quiet: bool = False,
               echo: Callable[[str], None] = print) -> int:
     """Run every point not yet complete, then write the comparison. Exit status: 0 when all
     points are complete, 1 when some failed, 130 when interrupted."""
-    from everlearn.checkpoint import write_json
+    from everlearn.runs.run_dir import write_json
 
     if jobs < 1:
         raise ConfigError(f"--jobs: expected an integer >= 1, got {jobs}")
@@ -378,8 +378,8 @@ def _last_line(run_dir: Path) -> str:
 def write_comparison(sweep_dir: Path, manifest: dict[str, Any],
                      echo: Callable[[str], None] = print, quiet: bool = False) -> list[Path]:
     """SWEEP_DIR/compare.md, .csv and .html over every point that has results."""
-    from everlearn.checkpoint import write_atomic
-    from everlearn.compare import compare_runs, format_comparison
+    from everlearn.runs.run_dir import write_atomic
+    from everlearn.report.compare import compare_runs, format_comparison
 
     dirs = [sweep_dir / p["dir"] for p in manifest["points"]
             if (sweep_dir / p["dir"] / "results.json").is_file()]

@@ -24,7 +24,7 @@ import secrets
 from pathlib import Path
 from typing import Any
 
-from everlearn.checkpoint import write_json
+from everlearn.runs.run_dir import write_json
 from everlearn.config import RunConfig, to_dict
 from everlearn.errors import ConfigError
 

@@ -24,8 +24,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from everlearn.data.records import Record
-from everlearn.metrics import summarize_stream
-from everlearn.stream import Stage
+from everlearn.evaluation.metrics import summarize_stream
+from everlearn.stages.stream import Stage
 
 SEGMENT_PREFIX = "segment"
 
@@ -319,10 +319,11 @@ def match_shifts(shifts: list[int], boundaries: list[int], chunk_tokens: int) ->
 
 def stream_metrics(R: list[list[float]], stages: list[Stage],
                    run: TextStreamRun) -> dict[str, Any]:
-    """The CL metrics of a finished text stream: as for stages (everlearn.metrics), with stage
+    """The CL metrics of a finished text stream: as for stages (everlearn.evaluation.metrics), with
+    stage
     j "trained" at the row nearest to where its text ends and "not yet trained" at the row
     nearest to where it begins (:meth:`TextStreamRun.rows_of`,
-    :func:`everlearn.metrics.summarize_stream`)."""
+    :func:`everlearn.evaluation.metrics.summarize_stream`)."""
     rows = [run.rows_of(d) if d.end > d.start else (None, None) for d in run.ts.domains]
     out: dict[str, Any] = {}
     for direction, scope in ((True, "main"), (False, "perplexity")):

@@ -21,9 +21,9 @@ from pathlib import Path
 
 import torch
 
-from everlearn.attention import use_one_dtype_sdpa
 from everlearn.config import ModelConfig
 from everlearn.errors import ModelError
+from everlearn.models.attention import use_one_dtype_sdpa
 from everlearn.vision import is_vision_model
 
 log = logging.getLogger(__name__)
@@ -179,7 +179,7 @@ def load_base_model(cfg: ModelConfig):
     """(model, tokenizer) for ``cfg.name``, before any adapter is added; a vision-language model
     comes with its processor in place of the tokenizer (see ``data.encode.make_encoder``).
 
-    Attention runs as :mod:`everlearn.attention`'s one-dtype SDPA, so bf16 autocast on a CPU
+    Attention runs as :mod:`everlearn.models.attention`'s one-dtype SDPA, so bf16 autocast on a CPU
     works whatever the transformers version."""
     model, tok = _load_base_model(cfg)
     return use_one_dtype_sdpa(model), tok
@@ -283,7 +283,7 @@ def count_parameters(model) -> tuple[int, int]:
 def trainable_state(model) -> dict[str, torch.Tensor]:
     """The weights that training changes, by parameter name (what a stage checkpoint stores).
     A model sharded with FSDP gives its whole tensors (gathered: every rank must call this)."""
-    from everlearn import fsdp
+    from everlearn.parallel import fsdp
 
     if fsdp.is_sharded(model):
         fsdp.reshard(model)
@@ -294,7 +294,7 @@ def trainable_state(model) -> dict[str, torch.Tensor]:
 def load_trainable_state(model, state: dict[str, torch.Tensor], where: str) -> None:
     """Copy saved trainable weights back; names and shapes must match exactly. Into a model
     sharded with FSDP each rank copies its shard of the whole saved tensor."""
-    from everlearn import fsdp
+    from everlearn.parallel import fsdp
 
     if fsdp.is_sharded(model):
         fsdp.reshard(model)

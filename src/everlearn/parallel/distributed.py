@@ -1,7 +1,8 @@
 """Multi-process runs (``torchrun``, ``accelerate launch``): data parallel by hand.
 
 Every rank holds the whole model (replicated; under an FSDP config it is sharded instead, see
-everlearn.fsdp), draws the same batch plan as a one-process run and trains on its rows of each
+everlearn.parallel.fsdp), draws the same batch plan as a one-process run and trains on its rows of
+each
 batch; the gradients are summed across ranks after backward, so every rank takes the same
 optimizer step. Evaluation shards each stage's test records and gathers the per-record scores.
 Strategies run their hooks on every rank with the same seeds and the same examples, so buffers,
@@ -28,7 +29,7 @@ import torch
 from everlearn.errors import ConfigError, TrainingError
 
 # accelerate launch sets this for the back-end everlearn does not drive (FSDP: see
-# everlearn.fsdp; DeepSpeed ZeRO 1/2: everlearn.zero)
+# everlearn.parallel.fsdp; DeepSpeed ZeRO 1/2: everlearn.parallel.zero)
 _REFUSED = {"ACCELERATE_USE_MEGATRON_LM": "MEGATRON_LM"}
 _BUCKET = 1 << 26  # elements per flattened all-reduce buffer (256 MB of fp32)
 
@@ -53,11 +54,11 @@ def check_launcher() -> None:
     for var, name in _REFUSED.items():
         if os.environ.get(var, "false").lower() == "true":
             raise _refused(name)
-    from everlearn import fsdp
+    from everlearn.parallel import fsdp
 
     if fsdp.requested():
         fsdp.settings()
-    from everlearn import zero
+    from everlearn.parallel import zero
 
     if zero.requested():
         zero.settings()
@@ -67,8 +68,9 @@ def check_run(strategies: list[str], stage_kinds: list[str], source: str, *,
               recycle: bool = False, text_stream: bool = False,
               checkpoint_every: int = 0) -> None:
     """A one-line error, before anything is written, for what the launcher's sharding back-end
-    (FSDP: everlearn.fsdp; DeepSpeed ZeRO: everlearn.zero) cannot run; nothing without one."""
-    from everlearn import fsdp, zero
+    (FSDP: everlearn.parallel.fsdp; DeepSpeed ZeRO: everlearn.parallel.zero) cannot run; nothing
+    without one."""
+    from everlearn.parallel import fsdp, zero
 
     fsdp.check_run(strategies, stage_kinds, recycle, text_stream, source)
     zero.check_run(strategies, stage_kinds, recycle, text_stream, checkpoint_every, source)
@@ -77,7 +79,7 @@ def check_run(strategies: list[str], stage_kinds: list[str], source: str, *,
 def check_accelerator(acc) -> None:
     """The same check on a created Accelerator (its ``distributed_type``)."""
     kind = str(getattr(acc, "distributed_type", "")).rsplit(".", 1)[-1].upper()
-    if kind == "MEGATRON_LM":  # (DeepSpeed: hidden from accelerate, see everlearn.zero)
+    if kind == "MEGATRON_LM":  # (DeepSpeed: hidden from accelerate, see everlearn.parallel.zero)
         raise _refused(kind)
 
 
@@ -91,7 +93,7 @@ def init() -> None:
     if launched() and not _active():
         from accelerate.state import PartialState
 
-        from everlearn import zero
+        from everlearn.parallel import zero
 
         with zero.hidden_from_accelerate():
             PartialState(cpu=not torch.cuda.is_available())  # the run's Accelerator's choice

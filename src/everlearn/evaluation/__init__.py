@@ -1,0 +1,1 @@
+"""Evaluation: the accuracy matrix, scorers, general-ability probes and the pure-numpy metrics."""

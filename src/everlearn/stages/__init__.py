@@ -1,0 +1,1 @@
+"""Stage kinds (sft, cpt, align, edit) and the stream of stages a run trains on."""
