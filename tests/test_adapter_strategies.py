@@ -12,7 +12,7 @@ from everlearn.errors import ConfigError
 from everlearn.runs.run_dir import RunDir
 from everlearn.runs.runner import Run, resume_run
 from everlearn.strategies import build_strategy
-from everlearn.strategies._adapters import adapter_parameters
+from everlearn.strategies.common.adapters import adapter_parameters
 from everlearn.strategies.olora import orthogonality_loss, subspace_overlap
 from everlearn.strategies.routed_lora import masked_mean, nearest_prototype
 from tests.conftest import constant_task, killed_at_phase, tiny_config, write_jsonl

@@ -209,7 +209,7 @@ def test_truncated_share_per_stage_in_results(tmp_path):
 
 def test_bos_in_preference_pairs_stream_blocks_and_buffered_raw_text():
     from everlearn.stages.align import encode_pairs
-    from everlearn.strategies._buffer import encode_record
+    from everlearn.strategies.common.buffer import encode_record
     from everlearn.training.textstream import build_token_stream
 
     tok = bos_tokenizer("attribute")

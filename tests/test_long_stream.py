@@ -186,7 +186,7 @@ def test_evaluator_cache_keeps_a_bounded_number_of_routed_subsets():
 def test_inc_lora_over_a_scheduled_stream_resumes_exactly(tmp_path, monkeypatch):
     # per-stage adapters: arrange / state / rebuild find every adapter's weights in one pass
     from everlearn.runs.runner import Run
-    from everlearn.strategies._adapters import adapter_parameters, adapters_parameters
+    from everlearn.strategies.common.adapters import adapter_parameters, adapters_parameters
 
     def config():
         lora = {"strategies": ["inc_lora"],

@@ -20,7 +20,6 @@ from everlearn.models.loading import (
 )
 from everlearn.runs.run_dir import RunDir
 from everlearn.runs.runner import Run
-from everlearn.strategies import _merging as M
 from everlearn.strategies import build_strategy
 from everlearn.strategies.base import RunContext
 from everlearn.strategies.block_expansion import (
@@ -28,6 +27,7 @@ from everlearn.strategies.block_expansion import (
     BlockExpansionOptions,
     insertion_points,
 )
+from everlearn.strategies.common import merging as M
 from everlearn.strategies.merge import Merge, MergeOptions
 from tests.conftest import constant_task, tiny_config
 

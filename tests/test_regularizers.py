@@ -17,9 +17,9 @@ from everlearn.data.records import Record
 from everlearn.errors import ConfigError
 from everlearn.models.loading import build_tiny_model, build_tiny_tokenizer
 from everlearn.stages.stream import Stage
-from everlearn.strategies import _penalty as P
 from everlearn.strategies import build_strategy
 from everlearn.strategies.base import RunContext
+from everlearn.strategies.common import penalty as P
 from everlearn.strategies.ewc import EWC, EWCOptions
 from everlearn.strategies.l2 import L2, L2Options
 from everlearn.strategies.lwf import LwF, LwFOptions

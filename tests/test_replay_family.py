@@ -23,9 +23,9 @@ from everlearn.runs.runner import Run
 from everlearn.stages.stream import Stage
 from everlearn.strategies import agem as agem_module
 from everlearn.strategies import build_strategy
-from everlearn.strategies._general_data import GENERAL_PAIRS
 from everlearn.strategies.agem import AGEM, project, project_grads
 from everlearn.strategies.base import RunContext
+from everlearn.strategies.common.general_data import GENERAL_PAIRS
 from everlearn.strategies.der import (
     DER,
     DEROptions,

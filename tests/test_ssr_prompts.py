@@ -19,10 +19,10 @@ from everlearn.models.loading import build_tiny_model, build_tiny_tokenizer, mak
 from everlearn.runs.run_dir import RunDir
 from everlearn.runs.runner import Run
 from everlearn.stages.stream import Stage
-from everlearn.strategies import _kmeans as K
 from everlearn.strategies import build_strategy
 from everlearn.strategies import ssr as ssr_module
 from everlearn.strategies.base import RunContext
+from everlearn.strategies.common import kmeans as K
 from everlearn.strategies.progressive_prompts import (
     ProgressivePrompts,
     ProgressivePromptsOptions,

@@ -1,4 +1,4 @@
-"""Stacked LoRA (``strategies._stacked_lora``): one pass per layer computes the same sum of
+"""Stacked LoRA (``strategies.common.stacked_lora``): one pass per layer computes the same sum of
 frozen adapters plus a trainable one as PEFT's adapter-by-adapter forward."""
 
 from __future__ import annotations
@@ -8,8 +8,8 @@ import torch
 from peft import LoraConfig, get_peft_model
 
 from everlearn.models.loading import build_tiny_model, build_tiny_tokenizer
-from everlearn.strategies._adapters import arrange
-from everlearn.strategies._stacked_lora import stacked
+from everlearn.strategies.common.adapters import arrange
+from everlearn.strategies.common.stacked_lora import stacked
 
 
 def _three_adapters(dropout: float = 0.0):

@@ -66,7 +66,7 @@ from everlearn.models.loading import (
     trainable_state,
 )
 from everlearn.training.resources import PeakMemory
-from everlearn.strategies import _penalty as P
+from everlearn.strategies.common import penalty as P
 from everlearn.strategies.base import RunContext, Strategy
 from everlearn.strategies.lwf import LwF, LwFOptions
 from everlearn.stages.stream import Stage, build_stream

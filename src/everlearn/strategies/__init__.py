@@ -16,7 +16,7 @@ from everlearn.strategies.base import RunContext, Strategy, StrategyStack
 def _discover() -> dict[str, type[Strategy]]:
     found: dict[str, type[Strategy]] = {}
     for info in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
-        if info.name.startswith("_") or info.name == "base":
+        if info.name.startswith("_") or info.name == "base" or info.ispkg:
             continue
         module = importlib.import_module(f"{__name__}.{info.name}")
         for obj in vars(module).values():

@@ -27,8 +27,8 @@ from dataclasses import dataclass, field
 import torch
 
 from everlearn.data.encode import image_inputs
-from everlearn.strategies._buffer import Memory, record_batch, stage_rng
 from everlearn.strategies.base import Strategy
+from everlearn.strategies.common.buffer import Memory, record_batch, stage_rng
 
 
 @dataclass

@@ -36,8 +36,8 @@ import torch.nn.functional as F
 
 from everlearn.data.encode import IGNORE, image_inputs
 from everlearn.errors import ResumeError
-from everlearn.strategies._buffer import Memory, eval_mode, record_batch, stage_rng
 from everlearn.strategies.base import Strategy
+from everlearn.strategies.common.buffer import Memory, eval_mode, record_batch, stage_rng
 
 
 @dataclass

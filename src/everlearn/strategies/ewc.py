@@ -41,8 +41,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from everlearn.strategies import _penalty as P
 from everlearn.strategies.base import Strategy
+from everlearn.strategies.common import penalty as P
 
 
 @dataclass

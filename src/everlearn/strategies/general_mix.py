@@ -23,9 +23,9 @@ from everlearn.data.mixing import as_kind
 from everlearn.data.readers import detect_format, read_source
 from everlearn.data.records import Record
 from everlearn.errors import DataError
-from everlearn.strategies._buffer import stage_rng
-from everlearn.strategies._general_data import general_records
 from everlearn.strategies.base import Strategy
+from everlearn.strategies.common.buffer import stage_rng
+from everlearn.strategies.common.general_data import general_records
 
 TASK = "general"
 

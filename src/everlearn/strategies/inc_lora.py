@@ -13,7 +13,7 @@ Built on PEFT's named adapters (one per stage, ``stage<i>``; see ``_adapters``).
 
 from __future__ import annotations
 
-from everlearn.strategies._adapters import StageAdapters
+from everlearn.strategies.common.adapters import StageAdapters
 
 
 class IncLoRA(StageAdapters):

@@ -14,8 +14,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from everlearn.strategies import _penalty as P
 from everlearn.strategies.base import Strategy
+from everlearn.strategies.common import penalty as P
 
 
 @dataclass

@@ -31,8 +31,8 @@ import torch
 
 from everlearn.data.encode import IGNORE, collate
 from everlearn.errors import TrainingError
-from everlearn.strategies import _penalty as P
 from everlearn.strategies.base import Strategy
+from everlearn.strategies.common import penalty as P
 
 
 @dataclass

@@ -52,8 +52,8 @@ import torch
 import torch.nn.functional as F
 
 from everlearn.errors import ConfigError, TrainingError
-from everlearn.strategies import _merging as M
 from everlearn.strategies.base import Strategy
+from everlearn.strategies.common import merging as M
 
 METHODS = ("interpolate", "task_arithmetic", "ties")
 

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from everlearn.strategies._adapters import adapter_parameters, lora_A_matrices
+from everlearn.strategies.common.adapters import adapter_parameters, lora_A_matrices
 from everlearn.strategies.inc_lora import IncLoRA
 
 ORTH_NORMS = ("squared", "abs")

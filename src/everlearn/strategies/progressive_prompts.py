@@ -50,8 +50,8 @@ from torch import nn
 
 from everlearn.errors import ConfigError, ResumeError
 from everlearn.models.kvcache import cache_in
-from everlearn.strategies._adapters import stable_seed
 from everlearn.strategies.base import Strategy
+from everlearn.strategies.common.adapters import stable_seed
 
 ATTR = "everlearn_prompts"
 TENSOR_PREFIX = "prompt/"

@@ -48,14 +48,14 @@ from dataclasses import dataclass, field
 
 from everlearn.data.mixing import as_kind
 from everlearn.data.records import Record
-from everlearn.strategies._buffer import (
+from everlearn.strategies.base import Strategy
+from everlearn.strategies.common.buffer import (
     device_of,
     generate,
     seeded_torch,
     stage_rng,
     torch_seed,
 )
-from everlearn.strategies.base import Strategy
 
 SEED_CHARS = 300  # a text stage's seed documents are cut to this many characters
 

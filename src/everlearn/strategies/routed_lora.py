@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from everlearn.strategies._adapters import StageAdapters, adapter_name, base_model_only
+from everlearn.strategies.common.adapters import StageAdapters, adapter_name, base_model_only
 
 ROUTE_BY = ("auto", "task_id", "prototype")
 

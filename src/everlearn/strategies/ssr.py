@@ -16,7 +16,7 @@ The paper's three steps, run before every stage t > 1 for each earlier stage j <
    chat template, exactly as evaluation prompts; the base model's own outputs are discarded.
 3. **Diverse selection.** Every refined instance (prompt + answer) is embedded as the mean of the
    latest model's last hidden state over its tokens, L2-normalised, clustered by a seeded,
-   hand-written k-means (:mod:`everlearn.strategies._kmeans`) and the instances nearest the
+   hand-written k-means (:mod:`everlearn.strategies.common.kmeans`) and the instances nearest the
    centroids are kept: ``n_clusters`` defaults to the number to keep, i.e. one per cluster; with
    fewer clusters each contributes in proportion to its size (the authors' selection script).
    The candidate pool is ``ceil(candidates * n)`` for ``n`` kept instances.
@@ -57,8 +57,9 @@ import torch
 from everlearn.data.mixing import as_kind
 from everlearn.data.records import Record
 from everlearn.evaluation.generation import decode_batched
-from everlearn.strategies._adapters import base_model_only
-from everlearn.strategies._buffer import (
+from everlearn.strategies.base import Strategy
+from everlearn.strategies.common.adapters import base_model_only
+from everlearn.strategies.common.buffer import (
     device_of,
     eval_mode,
     generate,
@@ -67,8 +68,7 @@ from everlearn.strategies._buffer import (
     stage_rng,
     torch_seed,
 )
-from everlearn.strategies._kmeans import select_diverse
-from everlearn.strategies.base import Strategy
+from everlearn.strategies.common.kmeans import select_diverse
 from everlearn.strategies.pseudo_replay import even_split, middle, split_template
 
 DEMO_CHARS = 300  # a text stage's demonstrations are document openings of this many characters

@@ -24,8 +24,8 @@ from typing import Any
 import torch
 
 from everlearn.errors import ConfigError, ResumeError
-from everlearn.strategies._stacked_lora import stacked
 from everlearn.strategies.base import Strategy
+from everlearn.strategies.common.stacked_lora import stacked
 
 TENSOR_PREFIX = "adapter/"
 

@@ -1,0 +1,1 @@
+"""Building blocks several strategies share: adapters, buffers, penalties, merging, k-means."""
