@@ -68,9 +68,9 @@ def one(strategy: str, args) -> dict:
     import torch
 
     import everlearn.runs.runner as runner
-    from everlearn.config import build_config
     from everlearn.runs.run_dir import RunDir
     from everlearn.training.resources import current_rss_mb
+    from everlearn.validation import build_config
 
     torch.set_num_threads(args.threads)
     writes: dict[int, dict] = {}  # rows in results.json -> the first write with that many rows

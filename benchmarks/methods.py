@@ -25,9 +25,9 @@ import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
 
-from everlearn.config import build_config
 from everlearn.runs.runner import start_run
 from everlearn.strategies import STRATEGIES
+from everlearn.validation import build_config
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "superni"
 STREAM = [

@@ -40,10 +40,10 @@ from transformers import (
     TrainingArguments,
 )
 
-from everlearn.config import load_config
 from everlearn.evaluation.scoring import exact_match
 from everlearn.models.loading import embedded_smollm2_dir
 from everlearn.stages.stream import build_stream
+from everlearn.validation import load_config
 
 SEED = 0
 REPLAY_SHARE = 0.2

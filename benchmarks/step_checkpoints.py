@@ -26,9 +26,9 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-from everlearn.config import build_config
 from everlearn.runs.run_dir import RunDir
 from everlearn.runs.runner import Run
+from everlearn.validation import build_config
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "superni"
 TASK = "task1687_sentiment140_classification"

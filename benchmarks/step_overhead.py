@@ -27,9 +27,9 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-from everlearn.config import build_config
 from everlearn.runs.runner import Run
 from everlearn.strategies.base import Strategy
+from everlearn.validation import build_config
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "superni"
 TASKS = ["task1687_sentiment140_classification", "task1510_evalution_relation_extraction"]

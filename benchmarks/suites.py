@@ -28,9 +28,10 @@ import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
 
-from everlearn.config import build_config, read_yaml
+from everlearn.config_files import read_yaml
 from everlearn.presets import worldline
 from everlearn.runs.runner import start_run
+from everlearn.validation import build_config
 
 ROOT = Path(__file__).resolve().parents[1]
 PROBES = {"general_probes": ["kl", "labelled"]}

@@ -30,8 +30,8 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-from everlearn.config import build_config
 from everlearn.runs.runner import start_run
+from everlearn.validation import build_config
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "superni"
 DOMAINS = [("news", "task1290_xsum_summarization"), ("medical", "task181_outcome_extraction"),

@@ -40,7 +40,7 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-from everlearn.config import ModelConfig, build_config
+from everlearn.config import ModelConfig
 from everlearn.models.loading import (
     cache_dir,
     load_base_model,
@@ -48,6 +48,7 @@ from everlearn.models.loading import (
     write_model_dir,
 )
 from everlearn.runs.runner import start_run
+from everlearn.validation import build_config
 
 OPTIONS: dict[str, dict] = {  # options that differ from a strategy's defaults here
     "replay": {"buffer_size": 80, "mix_ratio": 0.2},

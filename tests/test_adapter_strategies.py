@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from everlearn.config import StrategySpec, build_config
+from everlearn.config import StrategySpec
 from everlearn.data.records import Record
 from everlearn.errors import ConfigError
 from everlearn.runs.run_dir import RunDir
@@ -15,6 +15,7 @@ from everlearn.strategies import build_strategy
 from everlearn.strategies.common.adapters import adapter_parameters
 from everlearn.strategies.olora import orthogonality_loss, subspace_overlap
 from everlearn.strategies.routed_lora import masked_mean, nearest_prototype
+from everlearn.validation import build_config
 from tests.conftest import constant_task, killed_at_phase, tiny_config, write_jsonl
 
 

@@ -9,7 +9,6 @@ from pathlib import Path
 import pytest
 import torch
 
-from everlearn.config import build_config
 from everlearn.data.builtin import get_builtin_task, list_builtin_tasks
 from everlearn.data.encode import IGNORE
 from everlearn.data.readers import read_source
@@ -18,6 +17,7 @@ from everlearn.evaluation.matrix import Evaluator
 from everlearn.runs.runner import resume_run, start_run
 from everlearn.stages.align import credit, dpo_loss, preference_accuracy, sequence_logprobs
 from everlearn.stages.stream import Stage, build_stream
+from everlearn.validation import build_config
 from tests.conftest import constant_task, killed_at_phase, tiny_config, write_jsonl
 
 PREF_STREAM = ("pref_concise", "pref_format", "pref_refuse")
@@ -238,7 +238,7 @@ def test_pairs_replayed_into_an_sft_stage_train_on_the_chosen_answer(tmp_path):
 
 
 def test_example_config_validates():
-    from everlearn.config import load_config
+    from everlearn.validation import load_config
 
     root = Path(__file__).resolve().parents[1]
     cfg = load_config(root / "examples" / "continual_alignment.yaml")

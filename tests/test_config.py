@@ -7,16 +7,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from everlearn.config import (
-    DataSource,
-    RunConfig,
-    StrategySpec,
-    build_config,
-    dump_yaml,
-    load_config,
-)
+from everlearn.config import DataSource, RunConfig, StrategySpec, dump_yaml
 from everlearn.errors import ConfigError
 from everlearn.strategies import build_strategy
+from everlearn.validation import build_config, load_config
 
 
 def write_yaml(path: Path, data) -> Path:
@@ -403,3 +397,88 @@ def test_stage_name_with_control_characters_is_refused(tmp_path: Path):
     data = {"stages": [{"name": "bad\x1ename", "builtin": "dates"}]}
     msg = config_error(tmp_path / "s.yaml", data=data)
     assert "stages.0.name: expected a name without control characters" in msg
+
+
+# --- ranges declared on the fields (issue #22: each a one-line error, none a traceback) ------
+
+
+@pytest.mark.parametrize("where, value, expected", [
+    ("train.steps", 0, "expected an integer >= 1 or null, got 0"),
+    ("train.steps", -5, "expected an integer >= 1 or null, got -5"),
+    ("train.weight_decay", -1, "expected a number >= 0, got -1.0"),
+    ("train.max_grad_norm", -1, "expected a positive number or null, got -1.0"),
+    ("train.lr", 0, "expected a positive number, got 0.0"),
+    ("train.lr", float("inf"), "expected a finite number, got inf"),
+    ("model.lora.dropout", 5, "expected 0 <= x < 1, got 5.0"),
+    ("model.lora.alpha", -16, "expected an integer >= 1, got -16"),
+    ("seed", -1, "expected 0 <= x <= 4294967295, got -1"),
+    ("seed", 2**40, "expected 0 <= x <= 4294967295, got 1099511627776"),
+    ("eval.max_new_tokens", 0, "expected an integer >= 1 or null, got 0"),
+    ("eval.max_new_tokens", -3, "expected an integer >= 1 or null, got -3"),
+    ("stages.0.labels", ["", ""], "expected a list of non-empty strings without repeats"),
+    ("stages.0.lr", -1, "expected a positive number or null, got -1.0"),
+    ("edit.lr", float("inf"), "expected a finite number or null, got inf"),
+    ("recycle.update_lr", 0, "expected a positive number or null, got 0.0"),
+    ("recycle.lr", -0.1, "expected a positive number or null, got -0.1"),
+])
+def test_out_of_range_values_are_one_line_naming_file_and_field(tmp_path, where, value,
+                                                                expected):
+    data = one_stage()
+    node, *path = where.split(".")
+    parent = data
+    for key in [node, *path][:-1]:
+        parent = parent[int(key)] if key.isdigit() else parent.setdefault(key, {})
+    parent[[node, *path][-1]] = value
+    msg = config_error(tmp_path / "s.yaml", data=data)
+    assert msg.startswith(f"{tmp_path / 's.yaml'}: {where}: {expected}"), msg
+
+
+@pytest.mark.parametrize("where, value", [("train.epochs", -1), ("train.epochs", 0),
+                                          ("stages.0.epochs", 0)])
+def test_epochs_must_be_positive(tmp_path, where, value):
+    data = one_stage()
+    data["train"] = {"steps": None, "epochs": 1}
+    if where.startswith("train."):
+        data["train"]["epochs"] = value
+    else:
+        data["stages"][0]["epochs"] = value
+    msg = config_error(tmp_path / "s.yaml", data=data)
+    assert msg.startswith(f"{tmp_path / 's.yaml'}: {where}: expected a positive number or null")
+
+
+def test_every_learning_rate_field_declares_the_same_rule():
+    import dataclasses
+
+    from everlearn.config import (
+        LEARNING_RATE,
+        EditConfig,
+        RecycleConfig,
+        StageConfig,
+        TrainConfig,
+    )
+    from everlearn.schema import Range, field_range
+
+    fields = {cls: {f.name: f for f in dataclasses.fields(cls)} for cls in
+              (TrainConfig, StageConfig, EditConfig, RecycleConfig)}
+    for cls, name in [(TrainConfig, "lr"), (StageConfig, "lr"), (EditConfig, "lr"),
+                      (RecycleConfig, "update_lr"), (RecycleConfig, "lr")]:
+        assert field_range(fields[cls][name]) == Range(**LEARNING_RATE), (cls, name)
+
+
+def test_ranges_are_checked_on_overrides_too(cfg_file: Path):
+    msg = config_error(cfg_file, ["train.batch_size=0"])
+    assert msg == f"{cfg_file}: train.batch_size: expected an integer >= 1, got 0"
+
+
+def test_config_imports_no_registry():
+    """config sits below the registries that use its fields: it must not import them back."""
+    import ast
+
+    import everlearn.config
+
+    tree = ast.parse(Path(everlearn.config.__file__).read_text(encoding="utf-8"))
+    modules = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
+    modules |= {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+    assert not {m for m in modules if m and m.startswith(("everlearn.stages",
+                                                          "everlearn.strategies",
+                                                          "everlearn.data"))}

@@ -16,9 +16,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from everlearn.config import build_config
 from everlearn.errors import ResumeError
 from everlearn.runs.runner import resume_run, start_run
+from everlearn.validation import build_config
 from tests.conftest import killed_at_phase, tiny_config
 
 # Timings and memory differ between any two runs; everything else in results.json must not.

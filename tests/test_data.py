@@ -9,7 +9,6 @@ from pathlib import Path
 import pytest
 import torch
 
-from everlearn.config import build_config
 from everlearn.data.encode import (
     IGNORE,
     Encoded,
@@ -23,6 +22,7 @@ from everlearn.data.records import Record
 from everlearn.errors import DataError
 from everlearn.models.loading import build_tiny_tokenizer
 from everlearn.stages.stream import MAX_INFERRED_LABELS, build_stream
+from everlearn.validation import build_config
 from tests.conftest import write_jsonl
 
 

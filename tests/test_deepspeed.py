@@ -20,10 +20,10 @@ import yaml
 from safetensors.torch import load_file
 
 from everlearn.cli import main
-from everlearn.config import build_config
 from everlearn.errors import ConfigError
 from everlearn.parallel import zero
 from everlearn.runs.runner import Run, start_run
+from everlearn.validation import build_config
 from tests.conftest import constant_task, tiny_config
 from tests.test_distributed import assert_checkpoints_close, torchrun
 

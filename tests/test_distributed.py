@@ -25,9 +25,9 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from everlearn.config import build_config
 from everlearn.runs.runner import resume_run, start_run
 from everlearn.runs.tracking import Tracker
+from everlearn.validation import build_config
 from tests.conftest import constant_task, tiny_config
 
 pytestmark = pytest.mark.skipif(not torch.distributed.is_available(),

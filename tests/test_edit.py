@@ -8,7 +8,6 @@ import math
 import pytest
 import torch
 
-from everlearn.config import build_config
 from everlearn.data.builtin import counterfactual
 from everlearn.data.builtin.suites import SUITES
 from everlearn.data.encode import Encoder
@@ -24,6 +23,7 @@ from everlearn.stages.stream import Stage, build_stream
 from everlearn.strategies import STRATEGIES, build_strategy
 from everlearn.strategies.base import RunContext
 from everlearn.strategies.grace import Codebook, Grace, GraceOptions
+from everlearn.validation import build_config
 from tests.conftest import killed_at_phase, tiny_config, write_jsonl
 
 SUBJECTS = ("ab", "cd", "ef", "gh", "ij", "kl")

@@ -7,12 +7,12 @@ import json
 
 import pytest
 
-from everlearn.config import build_config
 from everlearn.data.encode import IGNORE, Encoder
 from everlearn.data.records import Record
 from everlearn.evaluation.matrix import Evaluator
 from everlearn.models.loading import build_tiny_tokenizer
 from everlearn.stages.stream import Stage
+from everlearn.validation import build_config
 from tests.conftest import tiny_config, write_jsonl
 
 EVAL = build_config({"stages": [{"builtin": "cipher"}]}).eval

@@ -7,10 +7,10 @@ import json
 import pytest
 from safetensors.torch import load_file
 
-from everlearn.config import build_config, load_config
 from everlearn.errors import TrainingError
 from everlearn.runs.runner import resume_run, start_run
 from everlearn.training.trainer import Trainer
+from everlearn.validation import build_config, load_config
 from tests.conftest import tiny_config
 
 

@@ -11,10 +11,10 @@ import pytest
 import torch
 
 from everlearn import __version__
-from everlearn.config import build_config
 from everlearn.report import write_report
 from everlearn.runs import environment
 from everlearn.runs.runner import resume_run, start_run
+from everlearn.validation import build_config
 from tests.conftest import constant_task, killed_at_phase, tiny_config
 from tests.test_report import fake_run
 

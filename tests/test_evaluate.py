@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from everlearn.config import build_config
 from everlearn.runs.runner import start_run
+from everlearn.validation import build_config
 from tests.conftest import constant_task, tiny_config, write_jsonl
 
 

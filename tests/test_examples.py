@@ -16,11 +16,12 @@ from pathlib import Path
 import pytest
 
 from everlearn.cli import main
-from everlearn.config import load_config, read_yaml
+from everlearn.config_files import read_yaml
 from everlearn.errors import ConfigError, DataError, EverlearnError
 from everlearn.stages.stream import build_stream
 from everlearn.strategies import STRATEGIES, build_strategy
 from everlearn.strategies.general_mix import read_corpus
+from everlearn.validation import load_config
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES_DIR = ROOT / "examples"

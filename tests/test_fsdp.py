@@ -27,10 +27,10 @@ import torch
 import yaml
 
 from everlearn.cli import main
-from everlearn.config import build_config
 from everlearn.errors import ConfigError
 from everlearn.parallel import fsdp
 from everlearn.runs.runner import Run, resume_run, start_run
+from everlearn.validation import build_config
 from tests.conftest import constant_task, tiny_config
 from tests.test_distributed import assert_checkpoints_close, free_port, torchrun
 

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from everlearn.config import EvalConfig, build_config
+from everlearn.config import EvalConfig
 from everlearn.data.encode import Encoder
 from everlearn.evaluation.matrix import Evaluator
 from everlearn.evaluation.probes import (
@@ -21,6 +21,7 @@ from everlearn.evaluation.probes import (
 from everlearn.models.loading import build_tiny_model, build_tiny_tokenizer
 from everlearn.report.tables import format_summary
 from everlearn.runs.runner import make_accelerator, resume_run, start_run
+from everlearn.validation import build_config
 from tests.conftest import killed_at_phase, tiny_config
 
 PROBES = {"batch_size": 16, "max_new_tokens": 8, "general_probes": ["kl", "labelled"],

@@ -8,11 +8,11 @@ import json
 
 import pytest
 
-from everlearn.config import build_config
 from everlearn.errors import ConfigError
 from everlearn.evaluation.lm_eval_probe import main_metric
 from everlearn.report.tables import format_summary
 from everlearn.runs.runner import start_run
+from everlearn.validation import build_config
 from tests.conftest import constant_task, tiny_config, write_jsonl
 
 pytest.importorskip("lm_eval")

@@ -6,13 +6,14 @@ import json
 
 import pytest
 
-from everlearn.config import EvalConfig, build_config
+from everlearn.config import EvalConfig
 from everlearn.errors import ConfigError
 from everlearn.evaluation.matrix import SUBSETS_KEPT, Evaluator
 from everlearn.evaluation.schedule import describe, scored_columns
 from everlearn.report.tables import format_summary
 from everlearn.runs.runner import resume_run, start_run
 from everlearn.stages.stream import build_stream
+from everlearn.validation import build_config
 from tests.conftest import killed_at_phase, tiny_config
 
 SIX = [[0], [1], [2], [3], [4], [5]]  # one stage per phase

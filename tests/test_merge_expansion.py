@@ -10,7 +10,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from everlearn.config import LoraConfig, ModelConfig, build_config
+from everlearn.config import LoraConfig, ModelConfig
 from everlearn.errors import ConfigError
 from everlearn.models.loading import (
     build_tiny_model,
@@ -29,6 +29,7 @@ from everlearn.strategies.block_expansion import (
 )
 from everlearn.strategies.common import merging as M
 from everlearn.strategies.merge import Merge, MergeOptions
+from everlearn.validation import build_config
 from tests.conftest import constant_task, tiny_config
 
 TOK = build_tiny_tokenizer()

@@ -12,13 +12,13 @@ import yaml
 from safetensors.torch import load_file
 
 from everlearn.cli import main
-from everlearn.config import build_config
 from everlearn.errors import ConfigError, ModelError
 from everlearn.models.loading import build_tiny_model, build_tiny_tokenizer
 from everlearn.report.tables import format_summary
 from everlearn.runs.recycle import Distill, RecycleRun, base_parameters
 from everlearn.runs.runner import resume_run, start_run
 from everlearn.training.trainer import Trainer
+from everlearn.validation import build_config
 from tests.conftest import constant_task, killed_at_phase, tiny_config, write_jsonl
 
 pytestmark = pytest.mark.filterwarnings("ignore:Model has `tie_word_embeddings=True`")  # LORA

@@ -11,7 +11,6 @@ import pytest
 import torch
 from torch import nn
 
-from everlearn.config import build_config
 from everlearn.data.encode import Encoded, Encoder, collate
 from everlearn.data.records import Record
 from everlearn.errors import ConfigError
@@ -24,6 +23,7 @@ from everlearn.strategies.ewc import EWC, EWCOptions
 from everlearn.strategies.l2 import L2, L2Options
 from everlearn.strategies.lwf import LwF, LwFOptions
 from everlearn.strategies.mas import MAS, MASOptions
+from everlearn.validation import build_config
 from tests.conftest import constant_task, tiny_config
 
 

@@ -14,7 +14,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from everlearn.config import StrategySpec, build_config
+from everlearn.config import StrategySpec
 from everlearn.data.encode import Encoder, collate
 from everlearn.data.records import Record
 from everlearn.errors import ConfigError
@@ -40,6 +40,7 @@ from everlearn.strategies.pseudo_replay import (
     middle,
     split_template,
 )
+from everlearn.validation import build_config
 from tests.conftest import constant_task, tiny_config, write_jsonl
 
 

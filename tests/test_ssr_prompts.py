@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from everlearn.config import LoraConfig, ModelConfig, StrategySpec, build_config
+from everlearn.config import LoraConfig, ModelConfig, StrategySpec
 from everlearn.data.encode import Encoded, Encoder, collate
 from everlearn.data.records import Record
 from everlearn.errors import ConfigError
@@ -29,6 +29,7 @@ from everlearn.strategies.progressive_prompts import (
     extend_inputs,
 )
 from everlearn.strategies.ssr import SSR, SSROptions, demo_orders, icl_prompt, parse_input
+from everlearn.validation import build_config
 from tests.conftest import constant_task, tiny_config
 
 TOK = build_tiny_tokenizer()

@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 
 from everlearn.cli import _interrupt
-from everlearn.config import build_config
 from everlearn.runs.runner import resume_run, start_run
 from everlearn.runs.tracking import Tracker
 from everlearn.training.interrupt import DeferredSignals
+from everlearn.validation import build_config
 from tests.conftest import constant_task, tiny_config
 from tests.test_crash_resume import comparable
 

@@ -14,12 +14,12 @@ import math
 import pytest
 import torch
 
-from everlearn.config import build_config
 from everlearn.models.loading import build_tiny_model, build_tiny_tokenizer
 from everlearn.runs.run_dir import RunDir
 from everlearn.runs.runner import Run, resume_run, start_run
 from everlearn.runs.tracking import Tracker
 from everlearn.strategies import STRATEGIES, build_strategy
+from everlearn.validation import build_config
 from tests.conftest import constant_task, tiny_config
 from tests.test_crash_resume import comparable
 

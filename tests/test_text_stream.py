@@ -11,12 +11,12 @@ from pathlib import Path
 import pytest
 from safetensors.torch import load_file
 
-from everlearn.config import build_config, load_config
 from everlearn.errors import ConfigError
 from everlearn.evaluation.metrics import summarize_stream
 from everlearn.report.tables import format_summary
 from everlearn.runs.runner import Run, resume_run, start_run
 from everlearn.training.textstream import ShiftDetector, match_shifts
+from everlearn.validation import build_config, load_config
 from tests.conftest import killed_at_phase, tiny_config, write_jsonl
 from tests.test_crash_resume import comparable
 

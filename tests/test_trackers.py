@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from everlearn.config import build_config
 from everlearn.errors import ConfigError
 from everlearn.runs.runner import resume_run, start_run
+from everlearn.validation import build_config
 from tests.conftest import constant_task, tiny_config
 
 

@@ -10,7 +10,6 @@ from pathlib import Path
 import pytest
 import torch
 
-from everlearn.config import build_config, load_config
 from everlearn.data.builtin import get_builtin_task
 from everlearn.data.builtin.visual import LABELS, NUMBERS, QUADRANTS, TASK_ORDER
 from everlearn.data.encode import make_encoder
@@ -20,6 +19,7 @@ from everlearn.evaluation.matrix import Evaluator
 from everlearn.evaluation.option_scoring import score_options
 from everlearn.models.loading import build_tiny_model, build_tiny_tokenizer
 from everlearn.runs.runner import Run, resume_run, start_run
+from everlearn.validation import build_config, load_config
 from everlearn.vision import scenes
 from everlearn.vision.images import load_image
 from everlearn.vision.models import build_llava, build_tiny_llava

@@ -8,7 +8,6 @@ from collections import Counter
 
 import pytest
 
-from everlearn.config import build_config
 from everlearn.data.builtin.worldline import (
     SPLITS,
     WorldlineOptions,
@@ -21,6 +20,7 @@ from everlearn.errors import ConfigError
 from everlearn.report.tables import format_summary
 from everlearn.runs.runner import start_run
 from everlearn.stages.stream import build_stream
+from everlearn.validation import build_config
 from tests.conftest import killed_at_phase, tiny_config
 
 SMALL = {"people": 8, "new_people": 2, "companies": 3, "cities": 4, "roles": 4}

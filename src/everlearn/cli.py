@@ -117,8 +117,8 @@ def _split_overrides(config: str | None, overrides: list[str]) -> tuple[str | No
 
 
 def _load(config: str | None, overrides: list[str], preset: str | None = None):
-    from everlearn.config import load_config
     from everlearn.presets import PRESETS
+    from everlearn.validation import load_config
 
     config, overrides = _split_overrides(config, overrides)
     if config is not None and preset is not None:

@@ -1,7 +1,9 @@
 """Generate the config reference (docs/config.md) from the dataclass field docs.
 
 The reference is produced from the code, and a test checks that the committed file matches,
-so the docs cannot drift from the fields. Regenerate with ``python -m everlearn.docgen``.
+so the docs cannot drift from the fields: each field's help and its range (declared on the
+field with ``schema.field``, the one ``schema.build`` checks) are rendered from it.
+Regenerate with ``python -m everlearn.docgen``.
 """
 
 from __future__ import annotations
@@ -26,11 +28,11 @@ from everlearn.config import (
     TrackerConfig,
     TrainConfig,
     VisionConfig,
-    _type_name,
 )
 from everlearn.data.builtin.counterfactual import CounterfactualOptions
 from everlearn.data.builtin.visual import VisualOptions
 from everlearn.data.builtin.worldline import WorldlineOptions
+from everlearn.schema import field_range, type_name
 
 SECTIONS = [
     ("top level", RunConfig),
@@ -68,16 +70,20 @@ def config_reference() -> str:
              "Generated from the dataclasses in `src/everlearn/config.py` by "
              "`python -m everlearn.docgen`; a test keeps it in sync. Any field can be overridden "
              "on the command line as `section.field=value` (lists by index: "
-             "`stages.0.max_train=200`).", ""]
+             "`stages.0.max_train=200`). A value outside a field's range is refused in one line "
+             "naming the file and the field.", ""]
     for title, cls in SECTIONS:
         hints = typing.get_type_hints(cls)
         lines += [f"## {title}", "", (cls.__doc__ or "").strip(), "",
-                  "| field | type | default | meaning |", "| --- | --- | --- | --- |"]
+                  "| field | type | default | range | meaning |",
+                  "| --- | --- | --- | --- | --- |"]
         for f in dataclasses.fields(cls):
             tp = hints[f.name]
             default = ("see its section" if dataclasses.is_dataclass(tp) else _default(f))
-            kind = _type_name(tp).replace("|", "\\|")
-            lines.append(f"| `{f.name}` | {kind} | {default} | {f.metadata.get('help', '')} |")
+            kind = type_name(tp).replace("|", "\\|")
+            rng = field_range(f)
+            lines.append(f"| `{f.name}` | {kind} | {default} | {rng or ''} | "
+                         f"{f.metadata.get('help', '')} |")
         lines.append("")
     return "\n".join(lines)
 

@@ -69,8 +69,8 @@ def _small(tmp: Path, stages: list[dict], **overrides) -> dict:
 
 
 def _run(cfg: dict, tmp: Path) -> dict:
-    from everlearn.config import build_config
     from everlearn.runs.runner import start_run
+    from everlearn.validation import build_config
 
     return start_run(build_config(cfg), tmp / "run", quiet=True)[1]
 
@@ -134,9 +134,9 @@ def vision_case(tmp: Path) -> dict:
 
 def resume_case(tmp: Path) -> dict:
     """Killed after step 5 of phase 2 (its step checkpoint is from step 4), then resumed."""
-    from everlearn.config import build_config
     from everlearn.runs.runner import resume_run, start_run
     from everlearn.runs.tracking import Tracker
+    from everlearn.validation import build_config
 
     cfg = _small(tmp, _three(tmp), strategies=[{"name": "replay", "buffer_size": 8}],
                  train={"steps": 6, "checkpoint_every": 2})

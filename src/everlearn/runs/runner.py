@@ -35,7 +35,8 @@ from everlearn.runs.run_dir import (
     write_atomic,
     write_json,
 )
-from everlearn.config import RESUME_MAY_CHANGE, RunConfig, changed_fields, dump_yaml, load_config
+from everlearn.config import RESUME_MAY_CHANGE, RunConfig, changed_fields, dump_yaml
+from everlearn.validation import load_config
 from everlearn.data.encode import make_encoder
 from everlearn.stages.edit import editing_section
 from everlearn.errors import ConfigError, ResumeError

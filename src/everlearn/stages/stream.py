@@ -155,7 +155,7 @@ def _resolve_labels(sc: StageConfig, metric: str, train: list[Record], test: lis
 def _suite_stages(sc: StageConfig, seed: int, where: str) -> list[Stage]:
     """The stages one suite entry expands into (``builtin: worldline, periods: N``): named
     ``NAME-01 .. NAME-N``, each with its own ``max_train`` / ``max_test`` sample."""
-    from everlearn.config import _build
+    from everlearn.schema import build as _build
 
     suite = get_suite(sc.builtin)
     if sc.metric not in (None, suite.metric):

@@ -37,7 +37,8 @@ def build_strategy(specs: list[Any], source: str = "config",
                    finetune: str | None = None) -> StrategyStack:
     """Instantiate and validate the configured strategies (``config.strategies``); with
     ``finetune`` (``model.finetune``) also check that each strategy supports it."""
-    from everlearn.config import _build, _Mismatch
+    from everlearn.schema import FieldError as _Mismatch
+    from everlearn.schema import build as _build
 
     members = []
     for i, spec in enumerate(specs):

@@ -39,9 +39,9 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from everlearn.config import _f
 from everlearn.data.encode import IGNORE
 from everlearn.errors import TrainingError
+from everlearn.schema import field as _f
 from everlearn.strategies.base import Strategy
 
 log = logging.getLogger("everlearn")

@@ -24,8 +24,8 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
-from everlearn.config import _f
 from everlearn.data.records import Record
+from everlearn.schema import field as _f
 
 # relation -> templates ({s}: subject, {S}: subject capitalised); the first is the edit prompt,
 # the others are its paraphrases (the model need not know the fact in those forms)

@@ -20,10 +20,10 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
-from everlearn.config import _f
 from everlearn.data.builtin.base import stable_unit
 from everlearn.data.builtin.classify import TEST_WORDS, WORDS
 from everlearn.data.records import Record
+from everlearn.schema import field as _f
 
 CATEGORIES = list(WORDS)  # classify's categories (named there vorn/glim/tesk/drub)
 NUMBERS = range(1, 1000)

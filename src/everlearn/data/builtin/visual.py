@@ -23,9 +23,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
 
-from everlearn.config import _f
 from everlearn.data.builtin.base import BuiltinTask, Item
 from everlearn.data.records import Record
+from everlearn.schema import field as _f
 from everlearn.vision.scenes import COLOURS, KINDS, Scene, Shape
 
 SIZE = 64

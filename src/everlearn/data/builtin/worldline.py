@@ -27,8 +27,8 @@ import random
 from dataclasses import dataclass
 from typing import NamedTuple
 
-from everlearn.config import _f
 from everlearn.data.records import Record
+from everlearn.schema import field as _f
 
 SPLITS = ("invariant", "updated", "new")
 

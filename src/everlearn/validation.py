@@ -1,0 +1,117 @@
+"""A run config checked against what is registered, and the two ways to get one.
+
+``config`` knows the sections and their rules but no registry: the built-in tasks and suites
+and the strategies import it (their option fields are ``schema`` fields), so it cannot import
+them back. This module sits above both: it fills what a registry decides (a built-in task's or
+suite's kind, a suite's periods), checks what only a registry knows (a suite's options,
+``periods`` only with a suite), and resolves relative paths, including strategy options marked
+``path``. ``build_config`` (plain data) and ``load_config`` (a YAML file or preset, plus
+overrides) are the entry points; each raises a one-line ``ConfigError``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+from everlearn.config import RunConfig, StageConfig
+from everlearn.config_files import read_config_data
+from everlearn.data.builtin import get_builtin_task
+from everlearn.data.builtin.suites import get_suite
+from everlearn.schema import FieldError, build
+from everlearn.strategies import STRATEGIES
+
+
+def build_config(data: dict[str, Any], source: str = "<config>") -> RunConfig:
+    """Validate plain data into a ``RunConfig``; errors name ``source`` and the field."""
+    try:
+        cfg = build(RunConfig, data)
+        for i, st in enumerate(cfg.stages):
+            fill_from_registries(st, f"stages.{i}")
+        cfg.fill()
+        cfg.check()
+    except FieldError as exc:
+        raise exc.in_file(source) from None
+    return cfg
+
+
+def load_config(
+    path: str | Path | None = None,
+    overrides: list[str] | tuple[str, ...] = (),
+    base: dict[str, Any] | None = None,
+) -> RunConfig:
+    """YAML file (or ``base`` data) + overrides -> validated ``RunConfig``.
+
+    Relative data paths in the file are resolved against the file's directory, so a config
+    works from any working directory.
+    """
+    data, source = read_config_data(path, overrides, base)
+    cfg = build_config(data, source)
+    if path is not None:
+        resolve_paths(cfg, Path(path).resolve().parent)
+    return cfg
+
+
+def fill_from_registries(st: StageConfig, where: str) -> None:
+    """A built-in task's kind; for a suite entry (``builtin: worldline``) its kind, checked
+    options and ``periods``; ``periods`` and ``builtin_options`` only with a suite."""
+    suite = get_suite(st.builtin)
+    if suite is None:
+        for key in ("periods", "builtin_options"):
+            if getattr(st, key):
+                raise FieldError(f"{where}.{key}", "expected only with a built-in suite "
+                                 "(e.g. builtin: worldline)")
+        if st.kind is None and st.builtin:
+            st.kind = _builtin_kind(st.builtin)
+        return
+    if st.kind not in (None, suite.kind):
+        raise FieldError(f"{where}.kind", f"expected '{suite.kind}' (or nothing) for the "
+                         f"{suite.name} suite, got {st.kind!r}")
+    st.kind = suite.kind
+    options = build(suite.Options, st.builtin_options, f"{where}.builtin_options")
+    problem = options.check() if hasattr(options, "check") else None
+    if problem:
+        raise FieldError(f"{where}.builtin_options.{problem[0]}", problem[1])
+    st.periods = suite.periods_for(options) if st.periods is None else st.periods
+    if st.periods < 1:
+        raise FieldError(f"{where}.periods", f"expected an integer >= 1, got {st.periods}")
+
+
+def _builtin_kind(name: str) -> str:
+    """The stage kind a built-in task is made for (an unknown name is reported by the stream)."""
+    try:
+        return get_builtin_task(name).kind
+    except KeyError:
+        return "sft"
+
+
+def resolve_paths(cfg: RunConfig, root: Path) -> None:
+    """Relative paths (stage data, model, strategy options marked ``path``) -> absolute."""
+    for spec in cfg.strategies:
+        cls = STRATEGIES.get(spec.name)
+        for f in dataclasses.fields(cls.Options) if cls else ():
+            value = spec.options.get(f.name)
+            if f.metadata.get("path") and isinstance(value, str) and ":" not in value:
+                if not Path(value).expanduser().is_absolute():
+                    spec.options[f.name] = str(root / value)
+    for st in cfg.stages:
+        for src in (st.train, st.test):
+            if src is None or not src.path or ":" in src.path.split("/")[0]:
+                continue  # hf:..., builtin:... are not file paths
+            if not Path(src.path).is_absolute():
+                src.path = str(root / src.path)
+    include = cfg.eval.lm_eval.include_path
+    if include and not Path(include).expanduser().is_absolute():
+        cfg.eval.lm_eval.include_path = str(root / include)
+    cfg.model.name = _model_path(cfg.model.name, root)
+    if cfg.recycle is not None and cfg.recycle.new_base:
+        cfg.recycle.new_base = _model_path(cfg.recycle.new_base, root)
+
+
+def _model_path(name: str, root: Path) -> str:
+    """A model named by a path (``./m``, ``~/m``, ``x.gguf``) -> absolute; a Hub id unchanged."""
+    if name.startswith((".", "/", "~")) or name.endswith(".gguf"):
+        p = Path(name).expanduser()
+        return str(p if p.is_absolute() else root / p)
+    return name
