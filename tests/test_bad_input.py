@@ -148,3 +148,34 @@ def test_run_on_bad_input_leaves_nothing_a_resume_would_trust(tmp_path, data_dir
         assert not (out / "results.json").exists()
     else:
         assert json.loads((out / "results.json").read_text())["status"] == "complete"
+
+
+@pytest.mark.parametrize("override, field", [
+    ("train.steps=0", "train.steps"), ("train.steps=-5", "train.steps"),
+    ("train.weight_decay=-1", "train.weight_decay"), ("model.lora.dropout=5", "model.lora.dropout"),
+    ("seed=-1", "seed"), (f"seed={2**40}", "seed"),
+    ("eval.max_new_tokens=0", "eval.max_new_tokens"),
+    ("eval.max_new_tokens=-3", "eval.max_new_tokens"),
+    ("train.max_grad_norm=-1", "train.max_grad_norm"), ("model.lora.alpha=-16", "model.lora.alpha"),
+    ("stages.0.labels=['', '']", "stages.0.labels"),
+])
+def test_out_of_range_values_are_refused_before_anything_runs(tmp_path, data_dir, capsys,
+                                                              override, field):
+    path = tmp_path / "stream.yaml"
+    path.write_text(yaml.safe_dump(valid_config(data_dir)))
+    out = tmp_path / "run"
+    code = main(["run", str(path), override, "--output", str(out), "-q"])
+    err = capsys.readouterr().err
+    check_outcome(code, err, "stream.yaml")
+    assert code == 2 and f"stream.yaml: {field}: expected " in err
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("epochs", [-1, 0])
+def test_epochs_without_steps_must_be_positive(tmp_path, data_dir, capsys, epochs):
+    path = tmp_path / "stream.yaml"
+    path.write_text(yaml.safe_dump(valid_config(data_dir)))
+    code = main(["validate", str(path), "train.steps=null", f"train.epochs={epochs}"])
+    err = capsys.readouterr().err
+    check_outcome(code, err, "stream.yaml")
+    assert code == 2 and "stream.yaml: train.epochs: expected a positive number or null" in err
