@@ -25,6 +25,7 @@ from everlearn.evaluation.option_scoring import OptionItem, score_options
 from everlearn.evaluation.scoring import can_still_match, exact_match, rouge_l
 from everlearn.parallel import distributed as dist
 from everlearn.parallel import fsdp
+from everlearn.stages import get_kind
 from everlearn.stages.align import preference_accuracy
 from everlearn.stages.stream import Stage
 
@@ -85,7 +86,7 @@ class Evaluator:
     @torch.no_grad()
     def score(self, model, stage: Stage, router=None) -> StageScore:
         model.eval()
-        if stage.kind == "edit":
+        if get_kind(stage.kind).edits:
             return self._edit(model, stage, router)
         groups = _route(stage.test, router)
         results: list[tuple[float, str]] = [(0.0, "")] * len(stage.test)
@@ -161,7 +162,7 @@ class Evaluator:
         key = self._subset_key(stage, "options", records)  # routing may pick subsets
         if key not in self._cache:
             enc, items, cut = self.encoder, [], []
-            cloze = stage.kind == "cpt"  # raw-text stage: options continue the prompt as is
+            cloze = get_kind(stage.kind).raw_text  # raw-text stage: options continue the prompt as is
             for rec in records:
                 if cloze:
                     pixels = None
@@ -373,7 +374,7 @@ class Evaluator:
         ``locality_ground_truth`` when given, else the base model's greedy continuation."""
         model.eval()
         for st in stages:
-            if st.kind != "edit" or st.name in self.edit_reference:
+            if not get_kind(st.kind).edits or st.name in self.edit_reference:
                 continue
             enc, owners, greedy = self.encoder, [], []
             examples: list[Encoded | None] = []

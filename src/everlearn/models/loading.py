@@ -177,7 +177,7 @@ def _is_vision_source(name: str, cfg: ModelConfig) -> bool:
 
 def load_base_model(cfg: ModelConfig):
     """(model, tokenizer) for ``cfg.name``, before any adapter is added; a vision-language model
-    comes with its processor in place of the tokenizer (see ``data.encode.make_encoder``).
+    comes with its processor in place of the tokenizer (see ``data.encoders.make_encoder``).
 
     Attention runs as :mod:`everlearn.models.attention`'s one-dtype SDPA, so bf16 autocast on a CPU
     works whatever the transformers version."""
