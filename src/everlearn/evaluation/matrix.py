@@ -162,7 +162,8 @@ class Evaluator:
         key = self._subset_key(stage, "options", records)  # routing may pick subsets
         if key not in self._cache:
             enc, items, cut = self.encoder, [], []
-            cloze = get_kind(stage.kind).raw_text  # raw-text stage: options continue the prompt as is
+            # a raw-text stage (cpt): options continue the prompt as is
+            cloze = get_kind(stage.kind).raw_text
             for rec in records:
                 if cloze:
                     pixels = None
