@@ -2,7 +2,7 @@
 
 Documents (``text`` records, or blank-line separated plain text) are packed into
 ``max_length`` blocks with the loss on every token; label options of a raw-text stage are
-scored as cloze continuations of the prompt (:mod:`everlearn.evaluation.option_items`).
+scored as cloze continuations of the prompt (:mod:`everlearn.evaluation.option_accuracy`).
 """
 
 from __future__ import annotations
