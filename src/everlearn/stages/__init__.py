@@ -37,7 +37,9 @@ class Kind:
     name: str
     order: int  # position in kinds()
     description: str
-    metrics: tuple[str, ...]  # the metrics a stage of this kind may be scored by
+    # the metrics a configured stage of this kind may name (a built-in suite scores its own
+    # stages as it declares: worldline's cpt stages by accuracy, options read as a cloze)
+    metrics: tuple[str, ...]
     default_metric: str | None  # None: inferred from the data (labels -> accuracy ...)
     read_record: Callable[..., Any]
     encode: Callable[[Any, list], list]
