@@ -41,12 +41,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from everlearn.config import ModelConfig
-from everlearn.models.loading import (
-    cache_dir,
-    load_base_model,
-    load_trainable_state,
-    write_model_dir,
-)
+from everlearn.models.embedded import cache_dir, write_model_dir
+from everlearn.models.loading import load_base_model, load_trainable_state
 from everlearn.runs.runner import start_run
 from everlearn.validation import build_config
 

@@ -12,7 +12,7 @@ import torch
 
 from everlearn.data.builtin import get_builtin_task
 from everlearn.data.builtin.visual import LABELS, NUMBERS, QUADRANTS, TASK_ORDER
-from everlearn.data.encode import make_encoder
+from everlearn.data.encoders import make_encoder
 from everlearn.data.readers import read_source
 from everlearn.errors import ConfigError, DataError, TrainingError
 from everlearn.evaluation.matrix import Evaluator

@@ -16,6 +16,7 @@ from dataclasses import dataclass, replace
 import torch
 
 from everlearn.data.records import Record
+from everlearn.stages import get_kind
 
 IGNORE = -100
 IMAGE_PREFIX = "image."  # batch keys of a vision-language model's image inputs (pixel_values...)
@@ -52,7 +53,8 @@ class Encoder:
     """Formats records for one tokenizer: the chat template when it has one, else plain text.
 
     A vision-language model's processor gets :class:`everlearn.vision.encode.VisionEncoder`
-    (see :func:`make_encoder`), which adds images and encodes text records as this class does.
+    (see :func:`everlearn.data.encoders.make_encoder`), which adds images and encodes text
+    records as this class does.
     """
 
     def __init__(self, tokenizer, max_length: int, use_chat_template: bool = True):
@@ -284,42 +286,24 @@ class Encoder:
             return self.prompt_inputs(turn)[0]
         return self.cloze_prompt_ids(prompt)
 
-    def encode_stage(self, kind: str, records: list[Record]) -> list[Encoded]:
-        """A stage's records as examples. Raw-text records inside an sft stage (general data
-        mixed in by a strategy) are packed like cpt text; the rest get response-only loss."""
-        if kind == "cpt":
-            return self.pack_cpt(records)
-        text_only = [r for r in records if (r.text or r.token_ids) and not r.answers]
-        if kind == "edit":  # every record with an answer is an edit: prompt -> target_new
-            edits = []
-            for i, r in enumerate(records):
-                if r.answers:
-                    e = self.encode_edit(r, r.prompt, r.response)
-                    e.record = i
-                    edits.append(e)
-            return edits + self.pack_cpt(text_only)
-        sft = []
+    def encode_answered(self, records: list[Record], encode_one) -> list[Encoded]:
+        """Every record with an answer through ``encode_one(record)`` (response-only loss),
+        then the raw-text records among them (general data a strategy mixed in) packed like
+        cpt text."""
+        out = []
         for i, r in enumerate(records):
             if r.answers:
-                e = self.encode_sft(r)
+                e = encode_one(r)
                 e.record = i
-                sft.append(e)
-        return sft + self.pack_cpt(text_only)
+                out.append(e)
+        text_only = [r for r in records if (r.text or r.token_ids) and not r.answers]
+        return out + self.pack_cpt(text_only)
 
-
-def make_encoder(tokenizer, max_length: int, use_chat_template: bool = True,
-                 edit_format: str = "raw") -> Encoder:
-    """The encoder for what :func:`everlearn.models.loading.load_base_model` returned: a tokenizer,
-    or
-    a vision-language model's processor (which also encodes images)."""
-    if hasattr(tokenizer, "image_processor") and hasattr(tokenizer, "tokenizer"):
-        from everlearn.vision.encode import VisionEncoder
-
-        encoder: Encoder = VisionEncoder(tokenizer, max_length, use_chat_template)
-    else:
-        encoder = Encoder(tokenizer, max_length, use_chat_template)
-    encoder.edit_format = edit_format
-    return encoder
+    def encode_stage(self, kind: str, records: list[Record]) -> list[Encoded]:
+        """A stage's records as examples, the way its kind encodes them
+        (:mod:`everlearn.stages`: cpt packs text, sft and align answer with the chat template,
+        edit writes prompt -> target_new)."""
+        return get_kind(kind).encode(self, records)
 
 
 def collate(examples: list[Encoded], pad_id: int, left: bool = False) -> dict[str, torch.Tensor]:

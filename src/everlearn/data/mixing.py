@@ -7,15 +7,17 @@ stage's own; a ``cpt`` stage packs raw text only, so instruction records must be
 from __future__ import annotations
 
 from everlearn.data.records import Record
+from everlearn.stages import get_kind
 
 
 def as_kind(records: list[Record], kind: str) -> list[Record]:
     """Records ready to mix into a stage of ``kind``.
 
-    A cpt stage packs ``text`` only, so instruction records become ``prompt\\nresponse`` text;
-    an sft stage takes raw-text records as they are (the encoder packs them with full loss).
+    A raw-text stage (cpt) packs ``text`` only, so instruction records become
+    ``prompt\\nresponse`` text; an sft stage takes raw-text records as they are (the encoder
+    packs them with full loss).
     """
-    if kind != "cpt":
+    if not get_kind(kind).raw_text:
         return list(records)
     out = []
     for r in records:

@@ -3,6 +3,9 @@
 Every reader returns ``list[Record]``; every problem raises ``DataError`` naming the file, the
 record and the field. Field names follow the common conventions (prompt/response, Alpaca
 instruction/input/output, chat messages, raw text); ``fields`` renames source fields first.
+Which reader a record goes through, and which file formats a stage may use, is its kind's
+(:mod:`everlearn.stages`): ``text_record``, ``instruction_record``, ``pair_record`` and
+``edit_record`` are the readers the kinds name.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from typing import Any
 
 from everlearn.data.records import Record
 from everlearn.errors import DataError
+from everlearn.stages import get_kind, kinds_with
 
 TEXT_SUFFIXES = {".txt", ".md", ".text"}
 
@@ -40,31 +44,33 @@ def detect_format(path: str) -> str:
 def read_source(path: str, fmt: str, kind: str, fields: dict[str, str], split: str | None,
                 task: str) -> list[Record]:
     """Read one split of a stage's data into records of the stage's kind."""
+    spec = get_kind(kind)
     fmt = detect_format(path) if fmt == "auto" else fmt
     if fmt == "hf":
         rows = _read_hf(path, split)
-        return [_to_record(r, kind, fields, path, i, task) for i, r in enumerate(rows)]
+        return [to_record(r, spec.read_record, fields, path, i, task) for i, r in enumerate(rows)]
     p = Path(path)
     if not p.is_file():
         raise DataError(f"{path}: file not found")
     if fmt == "text":
-        if kind != "cpt":
-            raise DataError(f"{path}: plain text is only for cpt stages (this stage is {kind})")
+        if not spec.plain_text_files:
+            raise DataError(f"{path}: plain text is only for {kinds_with('plain_text_files')} "
+                            f"stages (this stage is {kind})")
         return _read_text(p, task)
     if fmt == "jsonl":
         rows = list(_read_jsonl(p))
-        return [_to_record(r, kind, fields, path, i, task) for i, r in enumerate(rows)]
+        return [to_record(r, spec.read_record, fields, path, i, task) for i, r in enumerate(rows)]
     data = _read_json(p)
     if fmt == "superni" or (fmt == "json" and isinstance(data, dict) and "Instances" in data):
-        if kind != "sft":
-            raise DataError(f"{path}: a SuperNI task is instruction data, only for sft stages "
-                            f"(this stage is {kind})")
+        if not spec.superni_files:
+            raise DataError(f"{path}: a SuperNI task is instruction data, only for "
+                            f"{kinds_with('superni_files')} stages (this stage is {kind})")
         return _read_superni(data, path, task)
     if isinstance(data, dict) and isinstance(data.get("data"), list):
         data = data["data"]
     if not isinstance(data, list):
         raise DataError(f"{path}: expected a list of records (or a SuperNI task with 'Instances')")
-    return [_to_record(r, kind, fields, path, i, task) for i, r in enumerate(data)]
+    return [to_record(r, spec.read_record, fields, path, i, task) for i, r in enumerate(data)]
 
 
 def _read_json(p: Path) -> Any:
@@ -138,9 +144,9 @@ def _read_superni(data: dict, path: str, task: str) -> list[Record]:
     return records
 
 
-def _to_record(row: Any, kind: str, fields: dict[str, str], path: str, i: int,
-               task: str) -> Record:
-    """One JSON object -> Record, accepting the common field conventions."""
+def to_record(row: Any, read_record, fields: dict[str, str], path: str, i: int,
+              task: str) -> Record:
+    """One JSON object -> Record: ``fields`` renamed, then read by the kind's ``read_record``."""
     where = f"{path}: record {i}"
     if not isinstance(row, dict):
         raise DataError(f"{where}: expected an object, got {type(row).__name__}")
@@ -149,16 +155,20 @@ def _to_record(row: Any, kind: str, fields: dict[str, str], path: str, i: int,
         if source not in row:
             raise DataError(f"{where}: field '{source}' (mapped to {target}) is missing")
         row[target] = row[source]
-    if kind == "cpt":
-        text = row.get("text")
-        if not isinstance(text, str) or not text.strip():
-            raise DataError(f"{where}: text: expected a non-empty string for a cpt stage")
-        return Record(text=text, task=task)
-    if kind == "align":
-        return _pair_record(row, where, task, i)
-    if kind == "edit":
-        return _edit_record(row, where, task, i)
+    return read_record(row, where, task, i, path)
 
+
+def text_record(row: dict, where: str, task: str, i: int, path: str) -> Record:
+    """A raw-text record (cpt): a non-empty ``text``."""
+    text = row.get("text")
+    if not isinstance(text, str) or not text.strip():
+        raise DataError(f"{where}: text: expected a non-empty string for a cpt stage")
+    return Record(text=text, task=task)
+
+
+def instruction_record(row: dict, where: str, task: str, i: int, path: str) -> Record:
+    """An instruction (sft): prompt/response, Alpaca instruction/input/output or chat
+    ``messages``; optional ``answers``, ``options``, ``system`` and ``image``."""
     options = _str_list(row.get("options", []), f"{where}: options")
     system = row.get("system")
     image = _image_path(row.get("image"), path, where)
@@ -232,7 +242,7 @@ def _chat_record(messages: Any, where: str, task: str, options: list[str],
                   context=context, options=options, image=image, task=task)
 
 
-def _pair_record(row: dict, where: str, task: str, i: int) -> Record:
+def pair_record(row: dict, where: str, task: str, i: int, path: str = "") -> Record:
     """A preference pair: ``prompt``, ``chosen``, ``rejected``. The answers may be strings or
     chat message lists ending with the assistant's turn (UltraFeedback-style exports); the
     prompt may then be left out and is taken from the chosen conversation."""
@@ -265,7 +275,7 @@ def _pair_record(row: dict, where: str, task: str, i: int) -> Record:
                   task=task, meta={"id": row.get("id", str(i))})
 
 
-def _edit_record(row: dict, where: str, task: str, i: int) -> Record:
+def edit_record(row: dict, where: str, task: str, i: int, path: str = "") -> Record:
     """A fact edit, with the field names of EasyEdit's CounterFact/ZsRE files: ``prompt``,
     ``target_new`` (a string, or CounterFact's ``{"str": ...}``), optional ``rephrase_prompt``
     and ``locality_prompt`` (a string or a list of strings) and ``locality_ground_truth`` (one

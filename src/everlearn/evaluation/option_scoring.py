@@ -9,7 +9,8 @@ prompt before the next option. transformers' ``generate`` relies on the same cac
 (``DynamicCache.crop``), which is what keeps this portable across causal LMs.
 
 The result per option equals the summed log-probability of the option's tokens after the prompt,
-as the separate-sequence scorer gives (``Evaluator._sequence_logprobs``), up to float rounding.
+as the separate-sequence scorer gives (``EvaluatorBase._sequence_logprobs``), up to float
+rounding.
 """
 
 from __future__ import annotations

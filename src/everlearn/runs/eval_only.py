@@ -19,7 +19,7 @@ from safetensors.torch import load_file
 from everlearn.parallel import distributed as dist
 from everlearn.runs.run_dir import RunDir
 from everlearn.config import RunConfig
-from everlearn.data.encode import make_encoder
+from everlearn.data.encoders import make_encoder
 from everlearn.errors import ResumeError
 from everlearn.evaluation.matrix import Evaluator
 from everlearn.models.loading import (

@@ -37,7 +37,7 @@ from everlearn.runs.run_dir import (
 )
 from everlearn.config import RESUME_MAY_CHANGE, RunConfig, changed_fields, dump_yaml
 from everlearn.validation import load_config
-from everlearn.data.encode import make_encoder
+from everlearn.data.encoders import make_encoder
 from everlearn.stages.edit import editing_section
 from everlearn.errors import ConfigError, ResumeError
 from everlearn.evaluation.matrix import Evaluator

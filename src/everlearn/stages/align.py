@@ -27,8 +27,11 @@ import torch
 import torch.nn.functional as F
 
 from everlearn.data.encode import IGNORE, Encoded, Encoder, collate
+from everlearn.data.readers import pair_record
 from everlearn.data.records import Record
 from everlearn.errors import TrainingError
+from everlearn.stages import Kind
+from everlearn.stages.sft import encode_responses
 
 
 @dataclass
@@ -145,3 +148,21 @@ def credit(margin: float) -> float:
 def preference_accuracy(margins: list[float]) -> float:
     """Percentage of pairs whose margin is above 0, ties counting half (see :func:`credit`)."""
     return 100.0 * sum(credit(m) for m in margins) / max(1, len(margins))
+
+
+def check_pairs(split: str, records: list[Record], source: str) -> str | None:
+    """Every record of an align stage, train and test, is a preference pair."""
+    if any(not (r.chosen and r.rejected) for r in records):
+        return (f"an align stage needs preference pairs (prompt, chosen, rejected); '{source}' "
+                "has records without them")
+    return None
+
+
+# Outside DPO (a strategy encoding the stage's records) a pair is an instruction whose target
+# is the chosen answer, so the examples are sft's.
+KIND = Kind(
+    name="align", order=3,
+    description="preference pairs (prompt, chosen, rejected) trained with DPO",
+    metrics=("preference_accuracy",), default_metric="preference_accuracy",
+    read_record=pair_record, encode=encode_responses, check_records=check_pairs, loss="dpo",
+)

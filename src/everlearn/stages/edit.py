@@ -31,7 +31,9 @@ from typing import Any
 
 import torch
 
+from everlearn.data.readers import edit_record
 from everlearn.errors import TrainingError
+from everlearn.stages import Kind, get_kind
 
 # the MLP of decoder layer N: Llama/Mistral/Qwen (layers.N.mlp), GPT-2 (h.N.mlp), others
 _MLP = re.compile(r"(?:^|\.)(?:layers|h|blocks|layer)\.(\d+)\.(?:mlp|feed_forward|ffn)\.")
@@ -145,7 +147,7 @@ def editing_section(stages, phases: list[list[str]], side_rows: list[dict]) -> d
     trained so far (row 0, the base model, and rows before the first edit stage: None; a row
     that did not score every such stage, under an evaluation schedule: None too), and the
     per-stage matrices of each metric (rows x edit stages, None where not scored)."""
-    names = [s.name for s in stages if s.kind == "edit"]
+    names = [s.name for s in stages if get_kind(s.kind).edits]
     phase_of = {name: k for k, phase in enumerate(phases, 1) for name in phase}
     rows, matrices = [], {m: [] for m in METRICS}
     for r, side in enumerate(side_rows):
@@ -164,3 +166,17 @@ def editing_section(stages, phases: list[list[str]], side_rows: list[dict]) -> d
         "final": rows[-1] if rows else None,
         "matrices": matrices,
     }
+
+
+def encode_edits(encoder, records: list) -> list:
+    """Every record with an answer is an edit: prompt -> target_new (:meth:`encode_edit`)."""
+    return encoder.encode_answered(records, lambda r: encoder.encode_edit(r, r.prompt, r.response))
+
+
+KIND = Kind(
+    name="edit", order=4,
+    description="fact edits (prompt -> target_new) by constrained fine-tuning or an editor; "
+                "scored by reliability, generalisation and locality",
+    metrics=("reliability",), default_metric="reliability",
+    read_record=edit_record, encode=encode_edits, edits=True,
+)

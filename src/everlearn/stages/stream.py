@@ -6,7 +6,6 @@ samples ``max_train`` / ``max_test`` deterministically from the run seed and the
 
 from __future__ import annotations
 
-import random
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -15,7 +14,9 @@ from everlearn.data.builtin import get_builtin_task
 from everlearn.data.builtin.suites import get_suite
 from everlearn.data.readers import read_source
 from everlearn.data.records import Record
+from everlearn.data.sampling import sample_records
 from everlearn.errors import DataError
+from everlearn.stages import get_kind
 
 MAX_INFERRED_LABELS = 32
 MAX_LABEL_WORDS = 3
@@ -69,14 +70,6 @@ class Stream:
         return any(r.image for s in self.stages for r in s.train + s.test)
 
 
-def _sample(records: list[Record], n: int | None, seed: int, key: str) -> list[Record]:
-    if n is None or n >= len(records):
-        return records
-    rng = random.Random(f"{seed}:{key}")
-    idx = sorted(rng.sample(range(len(records)), n))
-    return [records[i] for i in idx]
-
-
 def _load_split(sc: StageConfig, split: str, seed: int, source_name: str) -> list[Record]:
     task = sc.task_id or sc.name
     if sc.builtin is not None:
@@ -94,18 +87,15 @@ def _load_split(sc: StageConfig, split: str, seed: int, source_name: str) -> lis
     if not records:
         raise DataError(f"{src.path}: no records found")
     limit = sc.max_train if split == "train" else sc.max_test
-    return _sample(records, limit, seed, f"{sc.name}:{split}")
+    return sample_records(records, limit, seed, f"{sc.name}:{split}")
 
 
 def _resolve_metric(sc: StageConfig, train: list[Record], test: list[Record]) -> str:
     if sc.metric:
         return sc.metric
-    if sc.kind == "cpt":
-        return "perplexity"
-    if sc.kind == "align":
-        return "preference_accuracy"
-    if sc.kind == "edit":
-        return "reliability"
+    default = get_kind(sc.kind).default_metric  # cpt, align and edit stages have one
+    if default is not None:
+        return default
     if sc.builtin is not None:
         return get_builtin_task(sc.builtin).metric
     if sc.labels or all(r.options for r in test) or closed_label_set(train, test):
@@ -174,7 +164,7 @@ def _suite_stages(sc: StageConfig, seed: int, where: str) -> list[Stage]:
     for k, ((train, test), suffix) in enumerate(zip(periods, suffixes), 1):
         name = f"{sc.name}-{suffix}"
         task = sc.task_id or name
-        train = _sample(train, sc.max_train, seed, f"{name}:train")
+        train = sample_records(train, sc.max_train, seed, f"{name}:train")
         test = suite.sample_test(test, sc.max_test, seed, name)
         for r in train + test:
             r.task = task
@@ -182,6 +172,16 @@ def _suite_stages(sc: StageConfig, seed: int, where: str) -> list[Stage]:
                             train=train, test=test, task_id=task, steps=sc.steps,
                             epochs=sc.epochs, freeze_lm=sc.freeze_lm, lr=sc.lr))
     return stages
+
+
+def _check_records(sc: StageConfig, train: list[Record], test: list[Record], where: str
+                   ) -> None:
+    """The stage kind's record check on both splits (sft: responses, align: pairs)."""
+    check = get_kind(sc.kind).check_records
+    for split, records in (("train", train), ("test", test)):
+        problem = check(split, records, sc.builtin or sc.name) if check else None
+        if problem:
+            raise DataError(f"{where}: {split}: {problem}")
 
 
 def _numbered(stages: list[Stage], source_name: str) -> list[Stage]:
@@ -207,13 +207,7 @@ def build_stream(cfg: RunConfig, source_name: str = "config") -> Stream:
         train = _load_split(sc, "train", cfg.seed, where)
         test = _load_split(sc, "test", cfg.seed, where)
         metric = _resolve_metric(sc, train, test)
-        if sc.kind == "sft" and any(not r.answers for r in train):
-            raise DataError(f"{where}: train: every sft record needs a response")
-        for split, records in (("train", train), ("test", test)):
-            if sc.kind == "align" and any(not (r.chosen and r.rejected) for r in records):
-                raise DataError(f"{where}: {split}: an align stage needs preference pairs "
-                                f"(prompt, chosen, rejected); '{sc.builtin or sc.name}' has "
-                                "records without them")
+        _check_records(sc, train, test, where)
         labels = _resolve_labels(sc, metric, train, test, where)
         for r in test:
             if metric == "accuracy" and not r.options:
@@ -223,7 +217,7 @@ def build_stream(cfg: RunConfig, source_name: str = "config") -> Stream:
                             steps=sc.steps, epochs=sc.epochs, beta=sc.beta,
                             freeze_lm=sc.freeze_lm, lr=sc.lr))
     for st in stages:
-        if st.kind == "edit":
+        if get_kind(st.kind).edits:
             st.edit = cfg.edit
     if cfg.scenario == "CIL":
         _pool_labels(stages)

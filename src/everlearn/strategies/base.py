@@ -40,8 +40,9 @@ class RunContext:
     def batch(self, records: list[Record]) -> dict:
         """Encode and pad ``records`` like the trainer does, on the training device."""
         from everlearn.data.encode import collate
+        from everlearn.stages.sft import encode_responses
 
-        batch = collate(self.encoder.encode_stage("sft", records), self.encoder.pad_id)
+        batch = collate(encode_responses(self.encoder, records), self.encoder.pad_id)
         device = self.accelerator.device if self.accelerator is not None else "cpu"
         return {k: v.to(device) for k, v in batch.items()}
 

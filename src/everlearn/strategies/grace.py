@@ -42,6 +42,7 @@ import torch.nn.functional as F
 from everlearn.data.encode import IGNORE
 from everlearn.errors import TrainingError
 from everlearn.schema import field as _f
+from everlearn.stages import get_kind
 from everlearn.strategies.base import Strategy
 
 log = logging.getLogger("everlearn")
@@ -227,7 +228,7 @@ class Grace(Strategy):
 
     # --- editing ---------------------------------------------------------------------------
     def apply_edits(self, stage, records):
-        if stage.kind != "edit":
+        if not get_kind(stage.kind).edits:
             return None
         ctx, opt = self.ctx, self.options
         model, device = ctx.model, self.codebook.keys.device

@@ -48,6 +48,7 @@ from dataclasses import dataclass, field
 
 from everlearn.data.mixing import as_kind
 from everlearn.data.records import Record
+from everlearn.stages import get_kind
 from everlearn.strategies.base import Strategy
 from everlearn.strategies.common.buffer import (
     device_of,
@@ -119,7 +120,7 @@ def generation_prompt(task: str, seeds: list[str], kind: str = "sft") -> str:
     The template itself is left out: shown with a placeholder, a long instruction (a SuperNI
     definition) made SmolLM2-135M-Instruct write about the task instead of writing an input.
     """
-    what = "input" if kind == "sft" else "text"
+    what = "input" if get_kind(kind).instructions else "text"
     lines = [f'Task: "{task}". Example {what}s for this task:', ""]
     for i, s in enumerate(seeds, 1):
         lines += [f"Example {i}:", s, ""]
@@ -139,7 +140,7 @@ def describe_stage(stage, n_seeds: int, encoder=None) -> dict:
     task = stage.task_id or stage.name
     info = {"index": stage.index, "task": task, "kind": stage.kind, "prefix": "",
             "suffix": "", "seeds": [], "system": None, "max_answer_tokens": 16}
-    if stage.kind == "cpt":
+    if get_kind(stage.kind).raw_text:
         info["seeds"] = [r.text[:SEED_CHARS] for r in stage.train[:n_seeds]]
         return info
     prompts = [r.prompt for r in stage.train]
@@ -172,7 +173,7 @@ class PseudoReplay(Strategy):
     def generation_records(self, stage) -> list[Record]:
         """LAMOL's generation objective for the stage being trained (``gen_ratio``)."""
         n = round(self.options.gen_ratio * len(stage.train))
-        if stage.kind != "sft" or n == 0:
+        if not get_kind(stage.kind).instructions or n == 0:
             return []
         info = describe_stage(stage, self.options.seeds)
         prompt = generation_prompt(info["task"], info["seeds"], "sft")
@@ -216,7 +217,7 @@ class PseudoReplay(Strategy):
         questions: list[tuple[int, Record]] = []
         for i, (t, x) in enumerate(zip(plan, inputs)):
             meta = {"pseudo": True, "pseudo_stage": t["index"]}
-            if t["kind"] == "cpt":
+            if get_kind(t["kind"]).raw_text:
                 out[i] = Record(text=x, task=t["task"], meta=meta)
             else:
                 q = Record(prompt=t["prefix"] + x + t["suffix"], system=t["system"],

@@ -57,6 +57,7 @@ import torch
 from everlearn.data.mixing import as_kind
 from everlearn.data.records import Record
 from everlearn.evaluation.generation import decode_batched
+from everlearn.stages import get_kind
 from everlearn.strategies.base import Strategy
 from everlearn.strategies.common.adapters import base_model_only
 from everlearn.strategies.common.buffer import (
@@ -142,11 +143,11 @@ def icl_prompt(header: str, demos: list[tuple[str, str | None]], kind: str = "sf
     """The raw-text in-context prompt that asks the model for a new input (or document)."""
     parts = [header.strip()] if header.strip() else []
     for x, y in demos:
-        if kind == "cpt":
+        if get_kind(kind).raw_text:
             parts.append(f"Text: {x.strip()}")
         else:
             parts.append(f"Input: {x.strip()}\nOutput: {(y or '').strip()}")
-    parts.append("Text:" if kind == "cpt" else "Input:")
+    parts.append("Text:" if get_kind(kind).raw_text else "Input:")
     return "\n\n".join(parts)
 
 
@@ -154,7 +155,8 @@ def parse_input(continuation: str, kind: str = "sft") -> str:
     """The synthetic input in a completion of :func:`icl_prompt`: the text before the model goes
     on to write its output (or the next example)."""
     text = continuation
-    markers = ("\nText:",) if kind == "cpt" else ("\nOutput:", "Output:", "\nInput:", "\n\n")
+    markers = (("\nText:",) if get_kind(kind).raw_text
+               else ("\nOutput:", "Output:", "\nInput:", "\n\n"))
     for marker in markers:
         cut = text.find(marker)
         if cut >= 0:
@@ -174,7 +176,7 @@ def describe_stage(stage, records: list[Record], encoder=None) -> dict:
     info = {"index": stage.index, "task": task, "kind": stage.kind, "prefix": "", "suffix": "",
             "system": None, "max_answer_tokens": 16,
             "demos": [r.to_dict() for r in records]}
-    if stage.kind == "cpt":
+    if get_kind(stage.kind).raw_text:
         return info
     prompts = [r.prompt for r in stage.train if r.answers]
     prefix, suffix = split_template(prompts)
@@ -189,7 +191,7 @@ def header_of(info: dict) -> str:
     """The line that heads a stage's in-context prompt: its template prefix (for SuperNI the
     task definition) when the prompts share one, else the task name."""
     prefix = info["prefix"].strip()
-    if info["kind"] == "cpt":
+    if get_kind(info["kind"]).raw_text:
         return f'Texts of "{info["task"]}".'
     return prefix if prefix else f'Task: "{info["task"]}".'
 
@@ -220,11 +222,11 @@ class SSR(Strategy):
             self._base_copy = base
 
     def after_stage(self, stage) -> None:
-        pool = [r for r in stage.train if (r.text if stage.kind == "cpt" else r.answers)]
+        pool = [r for r in stage.train if (r.text if get_kind(stage.kind).raw_text else r.answers)]
         rng = stage_rng(self.ctx, stage.index, self.name, "demos")
         picked = sorted(rng.sample(range(len(pool)), min(self.options.demos, len(pool))))
         demos = [pool[i] for i in picked]
-        if stage.kind == "cpt":
+        if get_kind(stage.kind).raw_text:
             demos = [Record(text=r.text[:DEMO_CHARS], task=r.task) for r in demos]
         encoder = self.ctx.encoder if self.ctx is not None else None
         self.tasks = [t for t in self.tasks if t["index"] != stage.index]
@@ -266,7 +268,7 @@ class SSR(Strategy):
         prompts, owners = [], []
         for t, n in plan:
             demos = [Record.from_dict(d) for d in t["demos"]]
-            pairs = [(r.text, None) if t["kind"] == "cpt" else
+            pairs = [(r.text, None) if get_kind(t["kind"]).raw_text else
                      (middle(r.prompt, t["prefix"], t["suffix"]), r.response) for r in demos]
             rng = stage_rng(self.ctx, stage.index, self.name, f"orders:{t['index']}")
             for order in demo_orders(len(pairs), opts.shots, math.ceil(opts.candidates * n), rng):
@@ -282,7 +284,7 @@ class SSR(Strategy):
             inputs = _distinct(
                 [parse_input(c, t["kind"]) for c, o in zip(completions, owners)
                  if o == t["index"]],
-                exclude={(d["text"] if t["kind"] == "cpt" else
+                exclude={(d["text"] if get_kind(t["kind"]).raw_text else
                           middle(d["prompt"], t["prefix"], t["suffix"])).strip()
                          for d in t["demos"]})
             # (2) the latest model writes the outputs
@@ -298,7 +300,7 @@ class SSR(Strategy):
 
     def _refine(self, info: dict, inputs: list[str]) -> list[Record]:
         meta = {"ssr": True, "ssr_stage": info["index"]}
-        if info["kind"] == "cpt":
+        if get_kind(info["kind"]).raw_text:
             return [Record(text=x, task=info["task"], meta=dict(meta)) for x in inputs]
         questions = [Record(prompt=info["prefix"] + x + info["suffix"], system=info["system"],
                             task=info["task"], meta=dict(meta)) for x in inputs]

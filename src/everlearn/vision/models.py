@@ -20,6 +20,15 @@ from pathlib import Path
 import torch
 
 from everlearn.errors import ModelError
+from everlearn.models.embedded import (
+    DTYPES,
+    build_tiny_model,
+    build_tiny_tokenizer,
+    cache_dir,
+    embedded_smollm2_dir,
+    is_cached_model,
+    write_model_dir,
+)
 
 log = logging.getLogger(__name__)
 
@@ -82,13 +91,6 @@ def build_llava(language_model, image_token_id: int, *, image_size: int = 64,
 
 def embedded_llava_dir() -> Path:
     """The default VLM in the model cache, built from the embedded SmolLM2 on first use."""
-    from everlearn.models.loading import (
-        cache_dir,
-        embedded_smollm2_dir,
-        is_cached_model,
-        write_model_dir,
-    )
-
     target = cache_dir() / "models" / DEFAULT_NAME
     if is_cached_model(target):
         return target
@@ -107,8 +109,6 @@ def embedded_llava_dir() -> Path:
 def build_tiny_llava(seed: int = 0):
     """(model, processor): a random tiny LLaVA on the tiny byte-level tokenizer (plus an
     ``<image>`` token), 32x32 images in 8x8 patches (16 image tokens); trains in milliseconds."""
-    from everlearn.models.loading import build_tiny_model, build_tiny_tokenizer
-
     tok = build_tiny_tokenizer()
     tok.add_tokens(["<image>"], special_tokens=True)
     lm = build_tiny_model(tok, seed=seed)
@@ -134,8 +134,6 @@ def load_vision_model(source: str, cfg):
     from transformers import AutoModelForImageTextToText, AutoProcessor
     from transformers.utils import logging as hf_logging
 
-    from everlearn.models.loading import DTYPES
-
     kwargs = dict(trust_remote_code=cfg.trust_remote_code, revision=cfg.revision)
     try:
         verbosity = hf_logging.get_verbosity()
@@ -158,8 +156,6 @@ def load_vision_model(source: str, cfg):
 
 def load_embedded(name: str, cfg):
     """(model, processor) of an embedded vision-language model name."""
-    from everlearn.models.loading import DTYPES
-
     if name == TINY_NAME:
         model, processor = build_tiny_llava()
         return model.to(DTYPES[cfg.dtype]), processor

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import NamedTuple
 
 from everlearn.data.records import Record
+from everlearn.stages import kind_of_metric
 
 SPLITS = ("train", "test")
 _MAX_MISSES = 1000
@@ -61,8 +62,9 @@ class BuiltinTask:
 
     @property
     def kind(self) -> str:
-        """The stage kind the task is made for: preference tasks are ``align`` stages."""
-        return "align" if self.metric == "preference_accuracy" else "sft"
+        """The stage kind the task is made for, the first scored by its metric: preference
+        tasks are ``align`` stages, the others ``sft``."""
+        return kind_of_metric(self.metric)
 
     def generate(self, n: int, seed: int = 0, split: str = "train") -> list[Record]:
         """``n`` records of ``split``; the same arguments always give the same records.

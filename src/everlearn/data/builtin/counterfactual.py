@@ -25,6 +25,7 @@ import random
 from dataclasses import dataclass
 
 from everlearn.data.records import Record
+from everlearn.data.sampling import sample_records
 from everlearn.schema import field as _f
 
 # relation -> templates ({s}: subject, {S}: subject capitalised); the first is the edit prompt,
@@ -243,6 +244,4 @@ def build_batches(periods: int, seed: int, opt: CounterfactualOptions
 
 def sample_edits(records: list[Record], n: int | None, seed: int, key: str) -> list[Record]:
     """``max_test`` keeps the same edits as ``max_train`` (the stage's train sample)."""
-    from everlearn.stages.stream import _sample
-
-    return _sample(records, n, seed, f"{key}:train")
+    return sample_records(records, n, seed, f"{key}:train")
