@@ -18,7 +18,7 @@ with them stops at once with a one-line error. See docs/distributed.md.
 
 Step checkpoints hold optimizer state, which is sharded like the weights: the trainer gathers
 each AdamW moment with :func:`full` and lays it out again with :func:`like` on resume (see
-everlearn.training.trainer._PhaseParts), so they too are the one-process files.
+everlearn.training.step_checkpoint.PhaseParts), so they too are the one-process files.
 """
 
 from __future__ import annotations
@@ -31,23 +31,10 @@ import torch
 
 from everlearn.errors import ConfigError
 
-# strategies whose hooks only choose data or add forward passes that every rank makes alike
-SUPPORTED = ("seqft", "joint", "replay", "general_mix", "der", "lwf")
-_WHY = {  # why the others are refused (one clause each, for the error and the docs)
-    "ewc": "its Fisher and anchors are per-weight tensors of the whole model",
-    "mas": "its importance and anchors are per-weight tensors of the whole model",
-    "l2": "it keeps a copy of every previous weight",
-    "agem": "it projects the flattened whole-model gradient",
-    "olora": "it adds a LoRA adapter per stage",
-    "inc_lora": "it adds a LoRA adapter per stage",
-    "routed_lora": "it adds a LoRA adapter per stage",
-    "progressive_prompts": "it adds prompt parameters per stage",
-    "block_expansion": "it inserts decoder blocks",
-    "merge": "it averages whole weights",
-    "grace": "it edits layers with a codebook",
-    "pseudo_replay": "it samples its own training data (untested under FSDP)",
-    "ssr": "it samples its own training data (untested under FSDP)",
-}
+# The order the error lists the supported strategies in (docs/distributed.md's); what each
+# strategy supports is its own declaration (Strategy.unsupported_parallel), and one not listed
+# here follows these, by name.
+_LISTED_FIRST = ("seqft", "joint", "replay", "general_mix", "der", "lwf")
 
 
 def requested() -> bool:
@@ -101,10 +88,10 @@ def check_run(strategies: list[str], stage_kinds: list[str], recycle: bool, text
         raise ConfigError(f"{source}: recycle: not supported under FSDP; run it without the "
                           "FSDP config (examples/accelerate/ddp.yaml or torchrun)")
     for name in strategies:
-        if name not in SUPPORTED:
-            why = _WHY.get(name, "it is not known to work on a sharded model")
+        why = refusal(name)
+        if why is not None:
             raise ConfigError(f"{source}: strategies: '{name}' is not supported under FSDP ("
-                              f"{why}); supported: {', '.join(SUPPORTED)}; or run without "
+                              f"{why}); supported: {', '.join(supported())}; or run without "
                               "sharding (examples/accelerate/ddp.yaml)")
     if "edit" in stage_kinds:
         raise ConfigError(f"{source}: stages: edit stages are not supported under FSDP "
@@ -114,6 +101,22 @@ def check_run(strategies: list[str], stage_kinds: list[str], recycle: bool, text
         raise ConfigError(f"{source}: text_stream: not supported under FSDP (AdamW's state "
                           "is carried over boundaries unsharded); run without sharding "
                           "(examples/accelerate/ddp.yaml)")
+
+
+def refusal(name: str) -> str | None:
+    """Why strategy ``name`` cannot run under FSDP, as it declares (None: it can)."""
+    from everlearn.strategies import STRATEGIES, Strategy
+
+    return STRATEGIES.get(name, Strategy).unsupported_parallel.get("fsdp")
+
+
+def supported() -> list[str]:
+    """The registered strategies that run under FSDP, in the documented order."""
+    from everlearn.strategies import STRATEGIES
+
+    names = [n for n in STRATEGIES if refusal(n) is None]
+    return sorted(names, key=lambda n: (_LISTED_FIRST.index(n) if n in _LISTED_FIRST
+                                        else len(_LISTED_FIRST), n))
 
 
 def _fsdp_module_type():
@@ -145,16 +148,17 @@ def shard(model, cfg: Settings):
     """Apply ``fully_shard`` to the wrap policy's modules (the decoder layers), then to the
     causal LM itself (inside a PEFT wrapper, so that ``generate`` and PEFT's forward both go
     through the root unit). Gradients are summed over the ranks, not averaged: each rank's loss
-    is already weighted by its share of the batch (see everlearn.training.trainer._ShardPlan)."""
+    is already weighted by its share of the batch (see
+    everlearn.parallel.data_parallel.ShardPlan)."""
     from accelerate.utils.fsdp_utils import fsdp2_prepare_auto_wrap_policy
     from torch.distributed.fsdp import fully_shard
 
-    from everlearn.parallel import distributed as dist
+    from everlearn.parallel.collectives import broadcast_parameters
 
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     # every rank starts from rank 0's trainable weights, as in the replicated design (they are
     # seeded anyway; frozen weights come from the same files)
-    dist.broadcast_parameters([p for p in base.parameters() if p.requires_grad])
+    broadcast_parameters([p for p in base.parameters() if p.requires_grad])
     try:
         policy = fsdp2_prepare_auto_wrap_policy(cfg.plugin, base)
     except ValueError as exc:

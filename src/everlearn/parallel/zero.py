@@ -39,10 +39,6 @@ import torch
 from everlearn.errors import ConfigError
 
 _WHERE = "accelerate config: deepspeed_config"
-_WHY = {  # strategies DeepSpeed cannot run, and why (one clause each, for the error and docs)
-    "agem": "it projects the whole-model gradient, which ZeRO keeps in flat partitions",
-    "grace": "it edits layers with a codebook outside the training loop",
-}
 
 
 def requested() -> bool:
@@ -97,9 +93,10 @@ def check_run(strategies: list[str], stage_kinds: list[str], recycle: bool, text
     if recycle:
         raise ConfigError(f"{source}: recycle: not supported under DeepSpeed; {alternative}")
     for name in strategies:
-        if name in _WHY:
+        why = refusal(name)
+        if why is not None:
             raise ConfigError(f"{source}: strategies: '{name}' is not supported under DeepSpeed "
-                              f"({_WHY[name]}); {alternative}")
+                              f"({why}); {alternative}")
     if "edit" in stage_kinds:
         raise ConfigError(f"{source}: stages: edit stages are not supported under DeepSpeed; "
                           f"{alternative}")
@@ -110,6 +107,13 @@ def check_run(strategies: list[str], stage_kinds: list[str], recycle: bool, text
         raise ConfigError(f"{source}: train.checkpoint_every: step checkpoints are not taken "
                           "under DeepSpeed (its optimizer state lives in flat partitions); set "
                           f"it to 0 (a killed run resumes from its last stage) or {alternative}")
+
+
+def refusal(name: str) -> str | None:
+    """Why strategy ``name`` cannot run under DeepSpeed ZeRO, as it declares (None: it can)."""
+    from everlearn.strategies import STRATEGIES, Strategy
+
+    return STRATEGIES.get(name, Strategy).unsupported_parallel.get("zero")
 
 
 @contextlib.contextmanager
