@@ -30,6 +30,7 @@ from dataclasses import dataclass
 import torch
 
 from everlearn.errors import ConfigError
+from everlearn.parallel.data_parallel import DataParallel
 
 # The order the error lists the supported strategies in (docs/distributed.md's); what each
 # strategy supports is its own declaration (Strategy.unsupported_parallel), and one not listed
@@ -211,3 +212,17 @@ def like(param: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
         return value
     return distribute_tensor(value.to(param.device, param.dtype), param.device_mesh,
                              param.placements)
+
+
+class Sharded(DataParallel):
+    """The training loop's FSDP mode: the data-parallel split, FSDP's reduce-scatter (summing,
+    see :func:`shard`) instead of the hand all-reduce, and no broadcast (the shards came from
+    rank 0's weights when the model was sharded)."""
+
+    sharded = True
+
+    def start_from_rank_zero(self) -> None:
+        """Nothing: :func:`shard` started every rank from rank 0's weights."""
+
+    def reduce(self) -> None:
+        """Nothing: FSDP reduce-scattered the gradients during backward."""

@@ -37,6 +37,7 @@ from dataclasses import dataclass
 import torch
 
 from everlearn.errors import ConfigError
+from everlearn.parallel.data_parallel import DataParallel
 
 _WHERE = "accelerate config: deepspeed_config"
 
@@ -186,3 +187,38 @@ class Engine:
             if hook is not None:  # they would keep this engine and its partitions alive
                 hook.remove()
         self.engine = None
+
+
+class ZeRO(DataParallel):
+    """The training loop's DeepSpeed mode: the data-parallel split; one :class:`Engine` per
+    phase reduces, clips, steps and zeroes the gradients (it starts every rank from rank 0's
+    weights). Step checkpoints are neither taken nor resumed: the AdamW state lives in
+    DeepSpeed's flat partitions."""
+
+    step_checkpoints = False
+    resume_refusal = "a step checkpoint is not resumed under DeepSpeed"
+
+    def __init__(self, accelerator, model) -> None:
+        super().__init__(accelerator, model)
+        self.engine: Engine | None = None
+
+    def start_from_rank_zero(self) -> None:
+        """The phase's engine (which starts every rank from rank 0's weights)."""
+        self.engine = Engine(self.model, self.optimizer, self.max_grad_norm, settings())
+
+    def close(self) -> None:
+        if self.engine is not None:
+            self.engine.close()
+            self.engine = None
+
+    def backward(self, loss: torch.Tensor) -> None:
+        self.engine.backward(loss)
+
+    def reduce(self) -> None:
+        """Nothing: the engine reduces at its step."""
+
+    def step(self) -> None:
+        self.engine.step()  # reduce, clip, step and zero the gradients
+
+    def zero_grad(self) -> None:
+        """Nothing: the engine's step zeroed them."""
