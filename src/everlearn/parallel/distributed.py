@@ -1,18 +1,19 @@
-"""Multi-process runs (``torchrun``, ``accelerate launch``): data parallel by hand.
+"""Multi-process runs (``torchrun``, ``accelerate launch``): joining, launcher checks, agreement.
 
 Every rank holds the whole model (replicated; under an FSDP config it is sharded instead, see
 everlearn.parallel.fsdp), draws the same batch plan as a one-process run and trains on its rows of
-each
-batch; the gradients are summed across ranks after backward, so every rank takes the same
-optimizer step. Evaluation shards each stage's test records and gathers the per-record scores.
-Strategies run their hooks on every rank with the same seeds and the same examples, so buffers,
-Fisher and importance estimates, reference gradients and teachers come out the same everywhere;
-:func:`check_consistent` verifies it after every phase. Only rank 0 writes the run directory.
-See docs/distributed.md.
+each batch (everlearn.parallel.data_parallel); the gradients are summed across ranks after
+backward, so every rank takes the same optimizer step. Evaluation shards each stage's test records
+and gathers the per-record scores. Strategies run their hooks on every rank with the same seeds and
+the same examples, so buffers, Fisher and importance estimates, reference gradients and teachers
+come out the same everywhere; :func:`check_consistent` verifies it after every phase. Only rank 0
+writes the run directory. See docs/distributed.md.
 
 The rank and world size come from accelerate's process state (the run's Accelerator creates the
 process group: gloo on CPU, NCCL on GPUs). Without a launcher every helper here is a no-op and a
-run is exactly the one-process run.
+run is exactly the one-process run. The collectives live in everlearn.parallel.collectives (so the
+parallel modes reach them without importing this module's launcher checks) and are re-exported
+here for the callers that use ``dist.rank()`` and the like.
 """
 
 from __future__ import annotations

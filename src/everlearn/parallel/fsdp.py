@@ -1,20 +1,20 @@
 """Sharded data parallelism with PyTorch FSDP2 (``fully_shard``) under an accelerate FSDP config.
 
 ``accelerate launch --config_file examples/accelerate/fsdp.yaml`` (or torchrun with the same
-``ACCELERATE_USE_FSDP`` / ``FSDP_*`` environment variables) shards the model: each decoder
-layer (the wrap policy's modules) and then the model itself become FSDP units, so every process
-keeps 1/N of the weights, gradients and AdamW state and gathers a unit's weights only while it
-runs. Everything else stays as in the hand-written data parallelism of
-everlearn.parallel.distributed:
-the same batch plan, each process training on its rows of every batch with its share of the
-loss. FSDP reduce-scatters the gradients instead of the hand all-reduce, set to sum (not average)
-so the step is the one-process step; evaluation is replicated (every process scores every
-record with the same calls, since each forward pass gathers weights collectively) and rank 0's
-scores are kept; checkpoints gather full tensors, so they are the one-process files.
+``ACCELERATE_USE_FSDP`` / ``FSDP_*`` environment variables) shards the model: each decoder layer
+(the wrap policy's modules) and then the model itself become FSDP units, so every process keeps 1/N
+of the weights, gradients and AdamW state and gathers a unit's weights only while it runs.
+Everything else stays as in the hand-written data parallelism of everlearn.parallel.data_parallel:
+the same batch plan, each process training on its rows of every batch with its share of the loss.
+FSDP reduce-scatters the gradients instead of the hand all-reduce, set to sum (not average) so the
+step is the one-process step; evaluation is replicated (every process scores every record with the
+same calls, since each forward pass gathers weights collectively) and rank 0's scores are kept;
+checkpoints gather full tensors, so they are the one-process files.
 
-Only strategies that work on data (and forward passes every rank makes alike) are supported;
-the others read or rewrite whole weights or gradients, or change the parameter set, and a run
-with them stops at once with a one-line error. See docs/distributed.md.
+Only strategies that work on data (and forward passes every rank makes alike) are supported (each
+strategy says so in ``Strategy.unsupported_parallel``); the others read or rewrite whole weights or
+gradients, or change the parameter set, and a run with them stops at once with a one-line error.
+See docs/distributed.md.
 
 Step checkpoints hold optimizer state, which is sharded like the weights: the trainer gathers
 each AdamW moment with :func:`full` and lays it out again with :func:`like` on resume (see

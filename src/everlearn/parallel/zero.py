@@ -4,10 +4,9 @@
 the same ``ACCELERATE_USE_DEEPSPEED`` / ``ACCELERATE_DEEPSPEED_*`` variables) shards the
 optimizer state (stage 1) and also the gradients (stage 2) over the processes with DeepSpeed's
 own ZeRO optimizer. Everything else stays as in the hand-written data parallelism of
-everlearn.parallel.distributed: every process holds the whole model, draws the one-process batch
-plan and
-trains on its rows of every batch with its share of the loss, and the strategies run their hooks
-on whole weights as usual.
+everlearn.parallel.data_parallel: every process holds the whole model, draws the one-process
+batch plan and trains on its rows of every batch with its share of the loss, and the strategies
+run their hooks on whole weights as usual.
 
 Each training phase wraps the model and its AdamW in a DeepSpeed engine
 (``deepspeed.initialize``) and tears it down when the phase ends, because strategies add

@@ -76,8 +76,7 @@ class Trainer:
         """Train one phase; ``resume`` (a step checkpoint of this phase, as
         ``RunDir.load_step`` reads it) continues it from that step instead of its start.
         ``segment``: the phase is a segment of a text stream (everlearn.training.textstream): its
-        blocks
-        train once, in order, and the plan gets back how many did (the detector may end the
+        blocks train once, in order, and the plan gets back how many did (the detector may end the
         segment early); segments take no step checkpoints."""
         try:
             return self._train_phase(model, stages, phase, resume, segment)
