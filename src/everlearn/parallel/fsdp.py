@@ -1,24 +1,24 @@
 """Sharded data parallelism with PyTorch FSDP2 (``fully_shard``) under an accelerate FSDP config.
 
 ``accelerate launch --config_file examples/accelerate/fsdp.yaml`` (or torchrun with the same
-``ACCELERATE_USE_FSDP`` / ``FSDP_*`` environment variables) shards the model: each decoder
-layer (the wrap policy's modules) and then the model itself become FSDP units, so every process
-keeps 1/N of the weights, gradients and AdamW state and gathers a unit's weights only while it
-runs. Everything else stays as in the hand-written data parallelism of
-everlearn.parallel.distributed:
-the same batch plan, each process training on its rows of every batch with its share of the
-loss. FSDP reduce-scatters the gradients instead of the hand all-reduce, set to sum (not average)
-so the step is the one-process step; evaluation is replicated (every process scores every
-record with the same calls, since each forward pass gathers weights collectively) and rank 0's
-scores are kept; checkpoints gather full tensors, so they are the one-process files.
+``ACCELERATE_USE_FSDP`` / ``FSDP_*`` environment variables) shards the model: each decoder layer
+(the wrap policy's modules) and then the model itself become FSDP units, so every process keeps 1/N
+of the weights, gradients and AdamW state and gathers a unit's weights only while it runs.
+Everything else stays as in the hand-written data parallelism of everlearn.parallel.data_parallel:
+the same batch plan, each process training on its rows of every batch with its share of the loss.
+FSDP reduce-scatters the gradients instead of the hand all-reduce, set to sum (not average) so the
+step is the one-process step; evaluation is replicated (every process scores every record with the
+same calls, since each forward pass gathers weights collectively) and rank 0's scores are kept;
+checkpoints gather full tensors, so they are the one-process files.
 
-Only strategies that work on data (and forward passes every rank makes alike) are supported;
-the others read or rewrite whole weights or gradients, or change the parameter set, and a run
-with them stops at once with a one-line error. See docs/distributed.md.
+Only strategies that work on data (and forward passes every rank makes alike) are supported (each
+strategy says so in ``Strategy.unsupported_parallel``); the others read or rewrite whole weights or
+gradients, or change the parameter set, and a run with them stops at once with a one-line error.
+See docs/distributed.md.
 
 Step checkpoints hold optimizer state, which is sharded like the weights: the trainer gathers
 each AdamW moment with :func:`full` and lays it out again with :func:`like` on resume (see
-everlearn.training.trainer._PhaseParts), so they too are the one-process files.
+everlearn.training.step_checkpoint.PhaseParts), so they too are the one-process files.
 """
 
 from __future__ import annotations
@@ -30,24 +30,12 @@ from dataclasses import dataclass
 import torch
 
 from everlearn.errors import ConfigError
+from everlearn.parallel.data_parallel import DataParallel
 
-# strategies whose hooks only choose data or add forward passes that every rank makes alike
-SUPPORTED = ("seqft", "joint", "replay", "general_mix", "der", "lwf")
-_WHY = {  # why the others are refused (one clause each, for the error and the docs)
-    "ewc": "its Fisher and anchors are per-weight tensors of the whole model",
-    "mas": "its importance and anchors are per-weight tensors of the whole model",
-    "l2": "it keeps a copy of every previous weight",
-    "agem": "it projects the flattened whole-model gradient",
-    "olora": "it adds a LoRA adapter per stage",
-    "inc_lora": "it adds a LoRA adapter per stage",
-    "routed_lora": "it adds a LoRA adapter per stage",
-    "progressive_prompts": "it adds prompt parameters per stage",
-    "block_expansion": "it inserts decoder blocks",
-    "merge": "it averages whole weights",
-    "grace": "it edits layers with a codebook",
-    "pseudo_replay": "it samples its own training data (untested under FSDP)",
-    "ssr": "it samples its own training data (untested under FSDP)",
-}
+# The order the error lists the supported strategies in (docs/distributed.md's); what each
+# strategy supports is its own declaration (Strategy.unsupported_parallel), and one not listed
+# here follows these, by name.
+_LISTED_FIRST = ("seqft", "joint", "replay", "general_mix", "der", "lwf")
 
 
 def requested() -> bool:
@@ -101,10 +89,10 @@ def check_run(strategies: list[str], stage_kinds: list[str], recycle: bool, text
         raise ConfigError(f"{source}: recycle: not supported under FSDP; run it without the "
                           "FSDP config (examples/accelerate/ddp.yaml or torchrun)")
     for name in strategies:
-        if name not in SUPPORTED:
-            why = _WHY.get(name, "it is not known to work on a sharded model")
+        why = refusal(name)
+        if why is not None:
             raise ConfigError(f"{source}: strategies: '{name}' is not supported under FSDP ("
-                              f"{why}); supported: {', '.join(SUPPORTED)}; or run without "
+                              f"{why}); supported: {', '.join(supported())}; or run without "
                               "sharding (examples/accelerate/ddp.yaml)")
     if "edit" in stage_kinds:
         raise ConfigError(f"{source}: stages: edit stages are not supported under FSDP "
@@ -114,6 +102,22 @@ def check_run(strategies: list[str], stage_kinds: list[str], recycle: bool, text
         raise ConfigError(f"{source}: text_stream: not supported under FSDP (AdamW's state "
                           "is carried over boundaries unsharded); run without sharding "
                           "(examples/accelerate/ddp.yaml)")
+
+
+def refusal(name: str) -> str | None:
+    """Why strategy ``name`` cannot run under FSDP, as it declares (None: it can)."""
+    from everlearn.strategies import STRATEGIES, Strategy
+
+    return STRATEGIES.get(name, Strategy).unsupported_parallel.get("fsdp")
+
+
+def supported() -> list[str]:
+    """The registered strategies that run under FSDP, in the documented order."""
+    from everlearn.strategies import STRATEGIES
+
+    names = [n for n in STRATEGIES if refusal(n) is None]
+    return sorted(names, key=lambda n: (_LISTED_FIRST.index(n) if n in _LISTED_FIRST
+                                        else len(_LISTED_FIRST), n))
 
 
 def _fsdp_module_type():
@@ -145,16 +149,17 @@ def shard(model, cfg: Settings):
     """Apply ``fully_shard`` to the wrap policy's modules (the decoder layers), then to the
     causal LM itself (inside a PEFT wrapper, so that ``generate`` and PEFT's forward both go
     through the root unit). Gradients are summed over the ranks, not averaged: each rank's loss
-    is already weighted by its share of the batch (see everlearn.training.trainer._ShardPlan)."""
+    is already weighted by its share of the batch (see
+    everlearn.parallel.data_parallel.ShardPlan)."""
     from accelerate.utils.fsdp_utils import fsdp2_prepare_auto_wrap_policy
     from torch.distributed.fsdp import fully_shard
 
-    from everlearn.parallel import distributed as dist
+    from everlearn.parallel.collectives import broadcast_parameters
 
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     # every rank starts from rank 0's trainable weights, as in the replicated design (they are
     # seeded anyway; frozen weights come from the same files)
-    dist.broadcast_parameters([p for p in base.parameters() if p.requires_grad])
+    broadcast_parameters([p for p in base.parameters() if p.requires_grad])
     try:
         policy = fsdp2_prepare_auto_wrap_policy(cfg.plugin, base)
     except ValueError as exc:
@@ -207,3 +212,17 @@ def like(param: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
         return value
     return distribute_tensor(value.to(param.device, param.dtype), param.device_mesh,
                              param.placements)
+
+
+class Sharded(DataParallel):
+    """The training loop's FSDP mode: the data-parallel split, FSDP's reduce-scatter (summing,
+    see :func:`shard`) instead of the hand all-reduce, and no broadcast (the shards came from
+    rank 0's weights when the model was sharded)."""
+
+    sharded = True
+
+    def start_from_rank_zero(self) -> None:
+        """Nothing: :func:`shard` started every rank from rank 0's weights."""
+
+    def reduce(self) -> None:
+        """Nothing: FSDP reduce-scattered the gradients during backward."""

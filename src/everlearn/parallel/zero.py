@@ -4,10 +4,9 @@
 the same ``ACCELERATE_USE_DEEPSPEED`` / ``ACCELERATE_DEEPSPEED_*`` variables) shards the
 optimizer state (stage 1) and also the gradients (stage 2) over the processes with DeepSpeed's
 own ZeRO optimizer. Everything else stays as in the hand-written data parallelism of
-everlearn.parallel.distributed: every process holds the whole model, draws the one-process batch
-plan and
-trains on its rows of every batch with its share of the loss, and the strategies run their hooks
-on whole weights as usual.
+everlearn.parallel.data_parallel: every process holds the whole model, draws the one-process
+batch plan and trains on its rows of every batch with its share of the loss, and the strategies
+run their hooks on whole weights as usual.
 
 Each training phase wraps the model and its AdamW in a DeepSpeed engine
 (``deepspeed.initialize``) and tears it down when the phase ends, because strategies add
@@ -37,12 +36,9 @@ from dataclasses import dataclass
 import torch
 
 from everlearn.errors import ConfigError
+from everlearn.parallel.data_parallel import DataParallel
 
 _WHERE = "accelerate config: deepspeed_config"
-_WHY = {  # strategies DeepSpeed cannot run, and why (one clause each, for the error and docs)
-    "agem": "it projects the whole-model gradient, which ZeRO keeps in flat partitions",
-    "grace": "it edits layers with a codebook outside the training loop",
-}
 
 
 def requested() -> bool:
@@ -97,9 +93,10 @@ def check_run(strategies: list[str], stage_kinds: list[str], recycle: bool, text
     if recycle:
         raise ConfigError(f"{source}: recycle: not supported under DeepSpeed; {alternative}")
     for name in strategies:
-        if name in _WHY:
+        why = refusal(name)
+        if why is not None:
             raise ConfigError(f"{source}: strategies: '{name}' is not supported under DeepSpeed "
-                              f"({_WHY[name]}); {alternative}")
+                              f"({why}); {alternative}")
     if "edit" in stage_kinds:
         raise ConfigError(f"{source}: stages: edit stages are not supported under DeepSpeed; "
                           f"{alternative}")
@@ -110,6 +107,13 @@ def check_run(strategies: list[str], stage_kinds: list[str], recycle: bool, text
         raise ConfigError(f"{source}: train.checkpoint_every: step checkpoints are not taken "
                           "under DeepSpeed (its optimizer state lives in flat partitions); set "
                           f"it to 0 (a killed run resumes from its last stage) or {alternative}")
+
+
+def refusal(name: str) -> str | None:
+    """Why strategy ``name`` cannot run under DeepSpeed ZeRO, as it declares (None: it can)."""
+    from everlearn.strategies import STRATEGIES, Strategy
+
+    return STRATEGIES.get(name, Strategy).unsupported_parallel.get("zero")
 
 
 @contextlib.contextmanager
@@ -182,3 +186,38 @@ class Engine:
             if hook is not None:  # they would keep this engine and its partitions alive
                 hook.remove()
         self.engine = None
+
+
+class ZeRO(DataParallel):
+    """The training loop's DeepSpeed mode: the data-parallel split; one :class:`Engine` per
+    phase reduces, clips, steps and zeroes the gradients (it starts every rank from rank 0's
+    weights). Step checkpoints are neither taken nor resumed: the AdamW state lives in
+    DeepSpeed's flat partitions."""
+
+    step_checkpoints = False
+    resume_refusal = "a step checkpoint is not resumed under DeepSpeed"
+
+    def __init__(self, accelerator, model) -> None:
+        super().__init__(accelerator, model)
+        self.engine: Engine | None = None
+
+    def start_from_rank_zero(self) -> None:
+        """The phase's engine (which starts every rank from rank 0's weights)."""
+        self.engine = Engine(self.model, self.optimizer, self.max_grad_norm, settings())
+
+    def close(self) -> None:
+        if self.engine is not None:
+            self.engine.close()
+            self.engine = None
+
+    def backward(self, loss: torch.Tensor) -> None:
+        self.engine.backward(loss)
+
+    def reduce(self) -> None:
+        """Nothing: the engine reduces at its step."""
+
+    def step(self) -> None:
+        self.engine.step()  # reduce, clip, step and zero the gradients
+
+    def zero_grad(self) -> None:
+        """Nothing: the engine's step zeroed them."""

@@ -70,7 +70,8 @@ from everlearn.strategies.common import penalty as P
 from everlearn.strategies.base import RunContext, Strategy
 from everlearn.strategies.lwf import LwF, LwFOptions
 from everlearn.stages.stream import Stage, build_stream
-from everlearn.training.trainer import PhaseCost, Trainer
+from everlearn.training.phase import PhaseCost
+from everlearn.training.trainer import Trainer
 from everlearn.vision import is_vision_model
 
 log = logging.getLogger("everlearn")

@@ -59,7 +59,8 @@ from everlearn.stages.stream import Stage, Stream, build_stream
 from everlearn.evaluation.temporal import row_counts, temporal_section
 from everlearn.training.textstream import TextStreamRun, build_token_stream, stream_metrics
 from everlearn.runs.tracking import Tracker
-from everlearn.training.trainer import Trainer, resolve_precision
+from everlearn.training.precision import resolve_precision
+from everlearn.training.trainer import Trainer
 from everlearn.vision.training import plan_vision
 
 log = logging.getLogger("everlearn")

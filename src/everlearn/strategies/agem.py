@@ -98,6 +98,10 @@ def project_grads(grads: list[torch.Tensor | None], refs: list[torch.Tensor | No
 class AGEM(Strategy):
     name = "agem"
     summary = "A-GEM: project gradients that would raise the loss on an episodic memory"
+    unsupported_parallel = {
+        "fsdp": "it projects the flattened whole-model gradient",
+        "zero": "it projects the whole-model gradient, which ZeRO keeps in flat partitions",
+    }
     paper = "Chaudhry et al. 2019, Efficient Lifelong Learning with A-GEM (ICLR)"
     Options = AGEMOptions
 

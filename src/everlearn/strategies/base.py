@@ -69,6 +69,12 @@ class Strategy:
     # Factor on the task loss (the data's labels) before extra_loss is added: 0 trains on
     # extra_loss alone (distillation without labels, as recycle's distill policy does).
     task_loss_weight: float = 1.0
+    # The parallel modes (everlearn.parallel) this strategy cannot run under, each with why (one
+    # clause, for the error and the docs): "fsdp" (sharded weights, everlearn.parallel.fsdp) and
+    # "zero" (DeepSpeed ZeRO 1/2, everlearn.parallel.zero); one process and data parallelism by
+    # hand run every strategy. FSDP is refused until a strategy declares it works (``{}``).
+    unsupported_parallel: ClassVar[dict[str, str]] = {
+        "fsdp": "it is not known to work on a sharded model"}
 
     def __init__(self, options: Any = None):
         self.options = options if options is not None else self.Options()

@@ -149,6 +149,7 @@ class BlockExpansion(Strategy):
     requires_finetune = "full"
     name = "block_expansion"
     summary = "insert identity-initialised decoder blocks and train only them (LLaMA-Pro)"
+    unsupported_parallel = {"fsdp": "it inserts decoder blocks"}
     paper = "Wu et al. 2024, LLaMA Pro: Progressive LLaMA with Block Expansion (ACL)"
     Options = BlockExpansionOptions
 

@@ -112,6 +112,8 @@ def token_cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Ten
 class DER(Strategy):
     name = "der"
     summary = "Dark Experience Replay++: replay buffered examples' top-k logits and labels"
+    # FSDP: its hooks only choose data or add forward passes every rank makes alike
+    unsupported_parallel = {}
     paper = ("Buzzega et al. 2020, Dark Experience for General Continual Learning: "
              "a Strong, Simple Baseline (NeurIPS)")
     Options = DEROptions

@@ -75,6 +75,9 @@ class EWCOptions:
 class EWC(Strategy):
     name = "ewc"
     summary = "elastic weight consolidation: Fisher-weighted pull to earlier weights (online opt.)"
+    unsupported_parallel = {
+        "fsdp": "its Fisher and anchors are per-weight tensors of the whole model",
+    }
     paper = ("Kirkpatrick et al. 2017, Overcoming catastrophic forgetting in neural networks "
              "(PNAS); online EWC: Schwarz et al. 2018, Progress & Compress (ICML)")
     Options = EWCOptions

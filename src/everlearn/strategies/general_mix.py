@@ -78,6 +78,8 @@ def draw(n_corpus: int, wanted: int, rng) -> list[int]:
 class GeneralMix(Strategy):
     name = "general_mix"
     summary = "mix a general corpus into every stage at a fixed share (DAPT-style rehearsal)"
+    # FSDP: its hooks only choose data or add forward passes every rank makes alike
+    unsupported_parallel = {}
     paper = ("Ibrahim et al. 2024, Simple and Scalable Strategies to Continually Pre-train "
              "Large Language Models (TMLR); DAPT setting: Gururangan et al. 2020 (ACL)")
     Options = GeneralMixOptions

@@ -178,6 +178,10 @@ class Grace(Strategy):
     name = "grace"
     summary = ("GRACE model editor: edits as a codebook of keys, values and deferral radii at "
                "one layer's output; acts on edit stages, weights unchanged")
+    unsupported_parallel = {
+        "fsdp": "it edits layers with a codebook",
+        "zero": "it edits layers with a codebook outside the training loop",
+    }
     paper = ("Hartvigsen et al. 2023, Aging with GRACE: Lifelong Model Editing with Discrete "
              "Key-Value Adaptors (NeurIPS)")
     Options = GraceOptions

@@ -19,6 +19,7 @@ from everlearn.strategies.common.adapters import StageAdapters
 class IncLoRA(StageAdapters):
     name = "inc_lora"
     summary = "a new LoRA adapter per stage; earlier ones frozen but active (their deltas add up)"
+    unsupported_parallel = {"fsdp": "it adds a LoRA adapter per stage"}
     paper = ("IncLoRA baseline in Wang et al. 2023, Orthogonal Subspace Learning for Language "
              "Model Continual Learning (EMNLP Findings); LoRA: Hu et al. 2022")
 

@@ -10,6 +10,8 @@ from everlearn.strategies.base import Strategy
 class Joint(Strategy):
     name = "joint"
     summary = "multitask training on all stages at once (upper bound; one row)"
+    # FSDP: its hooks only choose data or add forward passes every rank makes alike
+    unsupported_parallel = {}
     paper = "multitask upper bound (e.g. Lopez-Paz & Ranzato 2017, GEM)"
 
     def plan(self, stages):

@@ -33,6 +33,7 @@ class L2Options:
 class L2(Strategy):
     name = "l2"
     summary = "L2 pull to the previous stage's weights (uniform importance)"
+    unsupported_parallel = {"fsdp": "it keeps a copy of every previous weight"}
     paper = ("L2 baseline of Kirkpatrick et al. 2017 (PNAS); L2-SP: Li, Grandvalet & Davoine "
              "2018, Explicit inductive bias for transfer learning (ICML)")
     Options = L2Options

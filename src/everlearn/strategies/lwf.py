@@ -61,6 +61,8 @@ Key = tuple[int, ...]
 class LwF(Strategy):
     name = "lwf"
     summary = "learning without forgetting: distil the previous model on the new stage's inputs"
+    # FSDP: its hooks only choose data or add forward passes every rank makes alike
+    unsupported_parallel = {}
     paper = "Li & Hoiem 2017, Learning without Forgetting (TPAMI)"
     Options = LwFOptions
 

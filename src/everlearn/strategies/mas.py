@@ -53,6 +53,9 @@ class MASOptions:
 class MAS(Strategy):
     name = "mas"
     summary = "memory aware synapses: pull to earlier weights, weighted by output sensitivity"
+    unsupported_parallel = {
+        "fsdp": "its importance and anchors are per-weight tensors of the whole model",
+    }
     paper = ("Aljundi et al. 2018, Memory Aware Synapses: Learning what (not) to forget "
              "(ECCV)")
     Options = MASOptions

@@ -110,6 +110,7 @@ def _seed(*parts) -> int:
 class Merge(Strategy):
     name = "merge"
     summary = "merge old and new weights after each stage (interpolation, task arithmetic, TIES)"
+    unsupported_parallel = {"fsdp": "it averages whole weights"}
     paper = ("Wortsman et al. 2022 (model soups); Lin et al. 2024 (model averaging, alignment "
              "tax); Ilharco et al. 2023 (task arithmetic); Yadav et al. 2023 (TIES-Merging)")
     Options = MergeOptions

@@ -81,6 +81,7 @@ class OLoRA(IncLoRA):
     name = "olora"
     summary = ("per-stage LoRA adapters, each new lora_A kept orthogonal to the earlier ones' "
                "(all active at test time)")
+    unsupported_parallel = {"fsdp": "it adds a LoRA adapter per stage"}
     paper = ("Wang et al. 2023, Orthogonal Subspace Learning for Language Model Continual "
              "Learning (EMNLP Findings); code: github.com/cmnfriend/O-LoRA")
     Options = OLoRAOptions

@@ -138,6 +138,7 @@ class ProgressivePrompts(Strategy):
     name = "progressive_prompts"
     summary = ("a new soft prompt per stage in front of the frozen earlier ones; the model frozen "
                "(needs finetune: full)")
+    unsupported_parallel = {"fsdp": "it adds prompt parameters per stage"}
     needs_full_logits = True  # puts its soft prompt in front of the input
     paper = ("Razdaibiedina et al. 2023, Progressive Prompts: Continual Learning for Language "
              "Models (ICLR)")

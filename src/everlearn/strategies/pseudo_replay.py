@@ -160,6 +160,7 @@ class PseudoReplay(Strategy):
     summary = ("LAMOL-style pseudo-rehearsal: the model samples earlier tasks' inputs, then "
                "answers them greedily in a second generation (LAMOL samples question and answer "
                "as one sequence)")
+    unsupported_parallel = {"fsdp": "it samples its own training data (untested under FSDP)"}
     paper = ("Sun et al. 2020, LAMOL: LAnguage MOdeling for Lifelong Language Learning (ICLR)")
     Options = PseudoReplayOptions
 

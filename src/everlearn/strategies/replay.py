@@ -51,6 +51,8 @@ class ReplayOptions:
 class Replay(Strategy):
     name = "replay"
     summary = "rehearsal from a budgeted buffer of earlier stages (reservoir or balanced)"
+    # FSDP: its hooks only choose data or add forward passes every rank makes alike
+    unsupported_parallel = {}
     paper = "Experience replay: Rolnick et al. 2019; reservoir sampling: Vitter 1985"
     Options = ReplayOptions
 

@@ -111,6 +111,7 @@ class RoutedLoRA(StageAdapters):
     name = "routed_lora"
     summary = ("one LoRA adapter per stage, isolated in training; each test record is routed to "
                "one adapter by task id (TIL) or by the nearest stage prototype")
+    unsupported_parallel = {"fsdp": "it adds a LoRA adapter per stage"}
     paper = ("Per-task adapters: Madotto et al. 2021, Continual Learning in Task-Oriented Dialogue "
              "Systems (AdapterCL); task identification from frozen features: Wang et al. 2023, "
              "Rehearsal-free Continual Language Learning via Efficient Parameter Isolation (EPI)")

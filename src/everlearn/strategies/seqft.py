@@ -9,4 +9,6 @@ from everlearn.strategies.base import Strategy
 class SeqFT(Strategy):
     name = "seqft"
     summary = "sequential fine-tuning, the no-protection baseline"
+    # FSDP: its hooks only choose data or add forward passes every rank makes alike
+    unsupported_parallel = {}
     paper = "baseline (e.g. TRACE, Wang et al. 2023)"

@@ -201,6 +201,7 @@ class SSR(Strategy):
     name = "ssr"
     summary = "self-synthesised rehearsal: base-model in-context inputs, latest-model outputs, " \
               "k-means selection"
+    unsupported_parallel = {"fsdp": "it samples its own training data (untested under FSDP)"}
     paper = ("Huang et al. 2024, Mitigating Catastrophic Forgetting in Large Language Models "
              "with Self-Synthesized Rehearsal (ACL)")
     Options = SSROptions

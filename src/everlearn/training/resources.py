@@ -1,4 +1,5 @@
-"""Peak memory during a phase: resident set size on CPU, allocator peak on CUDA.
+"""What a phase costs: peak memory (resident set size on CPU, allocator peak on CUDA) and the
+time inside strategy hooks.
 
 The process-wide ``ru_maxrss`` never decreases, so it cannot tell stages apart; sampling the
 current RSS at every step can.
@@ -8,6 +9,7 @@ from __future__ import annotations
 
 import os
 import resource
+import time
 
 import torch
 
@@ -42,3 +44,17 @@ class PeakMemory:
             return torch.cuda.max_memory_allocated(self.device) / 2**20
         self.sample()
         return self._peak
+
+
+class Stopwatch:
+    """Accumulates the time spent inside ``with`` blocks (strategy hooks)."""
+
+    def __init__(self) -> None:
+        self.total = 0.0
+
+    def __enter__(self):
+        self._start = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.total += time.perf_counter() - self._start
