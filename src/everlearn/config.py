@@ -28,7 +28,6 @@ from everlearn.schema import FieldError, field
 # at step 2 as "loss is nan", naming neither the file nor the field.
 LEARNING_RATE = {"gt": 0, "finite": True}
 
-StageKind = Literal["sft", "cpt", "align", "edit"]
 MetricName = Literal["accuracy", "exact_match", "rouge_l", "perplexity", "preference_accuracy",
                      "reliability"]
 
@@ -150,10 +149,11 @@ class StageConfig:
     """One stage of the stream: what to train on and how to score it."""
 
     name: str = field("", "Stage name (unique; defaults to the task or file name).")
-    kind: StageKind | None = field(
-        None, "sft = instruction -> response; cpt = raw text, packed; align = preference pairs "
-        "(prompt, chosen, rejected), DPO loss; edit = one batch of fact edits (prompt, "
-        "target_new, rephrase_prompt, locality_prompt; see `edit` and docs/editing.md). "
+    kind: str | None = field(
+        None, "A stage kind (`everlearn ls` lists them): sft = instruction -> response; "
+        "cpt = raw text, packed; align = preference pairs (prompt, chosen, rejected), DPO loss; "
+        "edit = one batch of fact edits (prompt, target_new, rephrase_prompt, locality_prompt; "
+        "see `edit` and docs/editing.md). "
         "Default: the built-in task's kind, else sft.")
     train: DataSource | None = field(None, "Training data.")
     test: DataSource | None = field(None, "Test data (builtin tasks and files may share a path).")
@@ -198,7 +198,8 @@ class StageConfig:
             self.kind = "sft"
 
     def check(self, where: str) -> None:
-        """Data given one way, a printable name, and a metric and freeze_lm that fit the kind."""
+        """Data given one way and a printable name (the kind, its metric and freeze_lm are
+        checked against the registry of kinds: everlearn.validation.check_kind)."""
         if self.builtin is None:
             if self.train is None or not self.train.path:
                 raise FieldError(f"{where}.train", "expected a data path (or set `builtin`)")
@@ -210,27 +211,6 @@ class StageConfig:
         if not self.name.isprintable():
             raise FieldError(f"{where}.name",
                              f"expected a name without control characters, got {self.name!r}")
-        self._check_metric(where)
-        if self.freeze_lm and self.kind != "sft":
-            raise FieldError(f"{where}.freeze_lm", "an alignment stage trains on image-text "
-                             f"pairs: only for sft stages (this stage is {self.kind})")
-        if self.kind != "edit" and self.metric == "reliability":
-            raise FieldError(f"{where}.metric", "reliability scores fact edits: only for edit "
-                             f"stages (this stage is {self.kind})")
-
-    def _check_metric(self, where: str) -> None:
-        kind, metric, at = self.kind, self.metric, f"{where}.metric"
-        if kind == "align" and metric not in (None, "preference_accuracy"):
-            raise FieldError(at, "expected 'preference_accuracy' for an align stage, got "
-                             f"{metric!r}")
-        if kind != "align" and metric == "preference_accuracy":
-            raise FieldError(at, "preference_accuracy scores preference pairs: only for align "
-                             f"stages (this stage is {kind})")
-        if kind == "cpt" and metric not in (None, "perplexity"):
-            raise FieldError(at, f"expected 'perplexity' for a cpt stage, got {metric!r}")
-        if kind == "edit" and metric not in (None, "reliability"):
-            raise FieldError(at, f"expected 'reliability' for an edit stage, got {metric!r}")
-
 
 @dataclass
 class StrategySpec:

@@ -20,6 +20,7 @@ from everlearn.config_files import read_config_data
 from everlearn.data.builtin import get_builtin_task
 from everlearn.data.builtin.suites import get_suite
 from everlearn.schema import FieldError, build
+from everlearn.stages import get_kind, kinds
 from everlearn.strategies import STRATEGIES
 
 
@@ -30,6 +31,8 @@ def build_config(data: dict[str, Any], source: str = "<config>") -> RunConfig:
         for i, st in enumerate(cfg.stages):
             fill_from_registries(st, f"stages.{i}")
         cfg.fill()
+        for i, st in enumerate(cfg.stages):
+            check_kind(st, f"stages.{i}")
         cfg.check()
     except FieldError as exc:
         raise exc.in_file(source) from None
@@ -76,6 +79,29 @@ def fill_from_registries(st: StageConfig, where: str) -> None:
     st.periods = suite.periods_for(options) if st.periods is None else st.periods
     if st.periods < 1:
         raise FieldError(f"{where}.periods", f"expected an integer >= 1, got {st.periods}")
+
+
+def check_kind(st: StageConfig, where: str) -> None:
+    """A registered kind, a metric its stages may be scored by, freeze_lm only where the kind
+    allows it (everlearn.stages: what each kind declares)."""
+    if st.kind not in kinds():
+        raise FieldError(f"{where}.kind", f"expected one of {', '.join(map(repr, kinds()))}, "
+                         f"got {st.kind!r}")
+    kind = get_kind(st.kind)
+    if st.metric is not None and st.metric not in kind.metrics:
+        owners = [k for k in kinds() if st.metric in get_kind(k).metrics]
+        if len(owners) == 1 and get_kind(owners[0]).metrics == (st.metric,):  # its own kind's
+            raise FieldError(f"{where}.metric", f"{st.metric} scores {owners[0]} stages only "
+                             f"(this stage is {kind.name})")
+        expected = (repr(kind.metrics[0]) if len(kind.metrics) == 1
+                    else "one of " + ", ".join(map(repr, kind.metrics)))
+        article = "an" if kind.name[0] in "aeiou" else "a"
+        raise FieldError(f"{where}.metric", f"expected {expected} for {article} {kind.name} "
+                         f"stage, got {st.metric!r}")
+    if st.freeze_lm and not kind.freeze_lm:
+        allowed = " or ".join(k for k in kinds() if get_kind(k).freeze_lm)
+        raise FieldError(f"{where}.freeze_lm", "an alignment stage trains on image-text pairs: "
+                         f"only for {allowed} stages (this stage is {kind.name})")
 
 
 def _builtin_kind(name: str) -> str:
