@@ -16,7 +16,9 @@ from everlearn.config import build_config
 from everlearn.errors import ConfigError, ModelError
 from everlearn.models.loading import build_tiny_model, build_tiny_tokenizer
 from everlearn.report.tables import format_summary
-from everlearn.runs.recycle import Distill, RecycleRun, base_parameters
+from everlearn.runs.base_weights import base_parameters
+from everlearn.runs.recycle import RecycleRun
+from everlearn.runs.recycle_distill import Distill
 from everlearn.runs.runner import resume_run, start_run
 from everlearn.training.trainer import Trainer
 from tests.conftest import constant_task, killed_at_phase, tiny_config, write_jsonl

@@ -16,8 +16,6 @@ from typing import Any
 
 from safetensors.torch import load_file
 
-from everlearn.parallel import distributed as dist
-from everlearn.runs.run_dir import RunDir
 from everlearn.config import RunConfig
 from everlearn.data.encode import make_encoder
 from everlearn.errors import ResumeError
@@ -27,10 +25,12 @@ from everlearn.models.loading import (
     load_trainable_state,
     trainable_on_device,
 )
-from everlearn.runs.runner import make_accelerator, routes, seed_everything
+from everlearn.parallel import distributed as dist
+from everlearn.runs.run_dir import RunDir
+from everlearn.runs.session import make_accelerator, routes, seed_everything
+from everlearn.stages.stream import build_stream
 from everlearn.strategies import build_strategy
 from everlearn.strategies.base import RunContext
-from everlearn.stages.stream import build_stream
 from everlearn.vision.training import plan_vision
 
 
