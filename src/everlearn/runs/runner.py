@@ -74,6 +74,32 @@ from everlearn.vision.training import plan_vision
 log = logging.getLogger("everlearn")
 
 
+class StagePhases:
+    """The phase source of a stream of stages: phases fixed before training, one per stage or
+    as a strategy groups them (joint). A text stream's is everlearn.runs.text_stream's
+    TextStreamRun, whose phases are segments cut as it trains."""
+
+    carries_optimizer = False  # each phase starts a fresh optimizer
+
+    def __init__(self, phases: list[list[Stage]]):
+        self.phases = phases
+
+    def next_phase(self, phase: int) -> tuple[list[Stage], None] | None:
+        return (self.phases[phase - 1], None) if phase <= len(self.phases) else None
+
+    def end_phase(self, stages: list[Stage], plan: None) -> None:
+        """Nothing to record: the phase was known before it trained."""
+
+    def finished(self, phase: int) -> bool:
+        return phase == len(self.phases)
+
+    def trained_names(self, phase: int) -> set[str]:
+        return {s.name for p in self.phases[:phase] for s in p}
+
+    def keep(self, n: int) -> None:
+        """The phases stay (they are the config's); only the rows after ``n`` are redone."""
+
+
 class Run:
     """One run directory being filled: the model, the strategies and the matrix so far."""
 
@@ -98,7 +124,7 @@ class Run:
             who = next(m.name for m in self.strategy.members if m.plan(stages) is not None)
             raise ConfigError(f"{source}: strategies: '{who}' groups stages into phases; a "
                               "text_stream has no stages to group")
-        self.phases: list[list[Stage]] = (
+        self.phase_source: StagePhases | TextStreamRun = StagePhases(
             [] if cfg.text_stream is not None else planned or [[s] for s in stages])
         self.rows: list[Row] = []  # R's rows so far, each with what was measured with it
         self.base_eval_s = 0.0
@@ -107,6 +133,10 @@ class Run:
         self.tracker = Tracker(cfg, self.dir.path)  # a missing tracker package fails here
         self.truncated: dict[str, dict[str, float]] = {}  # the encoder's, once it is made
         self.started_config: dict[str, Any] = yaml.safe_load(dump_yaml(cfg))
+
+    @property
+    def phases(self) -> list[list[Stage]]:
+        return self.phase_source.phases
 
     # --- results.json ---------------------------------------------------------------------
     def _results(self, status: str) -> Results:
@@ -183,8 +213,8 @@ class Run:
             self.tracker.log_row(0, self.rows[0].scores, self.stream.stages, set())
             self._write("running")
         phase = len(self.rows)
-        while (nxt := self._next_phase(phase)) is not None:
-            stages, segment = nxt
+        while (nxt := self.phase_source.next_phase(phase)) is not None:
+            stages, segment = nxt  # segment: a text stream's plan (None for stages)
             self._train_and_score(phase, stages, segment, step_ckpt)
             step_ckpt = None  # only the first phase trained here resumes from a step
             self._save_phase(phase)
@@ -249,7 +279,8 @@ class Run:
         if cfg.text_stream is not None:
             self.text = TextStreamRun.build(cfg, self.stream.stages, encoder, self.source)
             if done:  # resumed: the segments finished so far, one phase each
-                self.phases = self.text.resumed_phases(prev, done)
+                self.text.resume(prev, done)
+            self.phase_source = self.text
         self.strategy.setup(RunContext(model=model, tokenizer=encoder.tok, encoder=encoder,
                                        config=cfg, stream=self.stream, seed=cfg.seed,
                                        accelerator=acc))
@@ -273,9 +304,7 @@ class Run:
         if n > 1:
             last, loaded = self._last_good_checkpoint(n - 1)
             n = last + 1
-            if self.text is not None:  # the segments after the checkpoint are found again
-                self.text.truncate(last)
-                del self.phases[last:]
+            self.phase_source.keep(last)  # a text stream's later segments are found again
             if loaded is not None:
                 self._load_checkpoint(last, *loaded)
             if self.vision is not None:  # the parts the kept phases trained are saved from now
@@ -295,7 +324,7 @@ class Run:
         # fill.
         self.strategy.load_state_dict(state)
         load_trainable_state(self.model, weights, str(self.dir.phase_dir(phase)))
-        if self.text is not None and "optimizer" in state:  # AdamW over the boundary
+        if self.phase_source.carries_optimizer and "optimizer" in state:  # AdamW's state
             self.trainer.carried = stepstate.unflatten(state["optimizer"])
 
     def _last_good_checkpoint(self, phase: int):
@@ -311,14 +340,6 @@ class Run:
         return 0, None
 
     # --- one phase ------------------------------------------------------------------------
-    def _next_phase(self, phase: int):
-        """(stages, segment plan) of phase ``phase``; None after the last. A text stream's
-        phases are its segments, cut as it trains; the segment plan is None for stages."""
-        if self.text is not None:
-            nxt = self.text.next_segment(phase)
-            return None if nxt is None else ([nxt[0]], nxt[1])
-        return (self.phases[phase - 1], None) if phase <= len(self.phases) else None
-
     def _train_and_score(self, phase: int, stages: list[Stage], segment, step_ckpt) -> None:
         """Train phase ``phase`` and append its row of R, with the phase's cost."""
         seed_everything(self.cfg.seed + phase)
@@ -329,9 +350,7 @@ class Run:
         pc = (self.trainer.train_phase(self.model, stages, phase, resume=step_ckpt)
               if segment is None
               else self.trainer.train_phase(self.model, stages, phase, segment=segment))
-        if segment is not None:
-            self.text.finish(stages[0], segment)
-            self.phases.append(stages)
+        self.phase_source.end_phase(stages, segment)
         eval_memory = PeakMemory(self.session.acc.device)
         t1 = time.perf_counter()
         row = self._evaluate_row(phase)
@@ -368,15 +387,13 @@ class Run:
         dist.check_consistent(f"phase {phase}", {**weights, **{
             f"strategy/{k}": v for k, v in state.get("tensors", {}).items()}},
             state.get("meta"))
+        source = self.phase_source
         self.dir.save_phase(phase, weights, state, stepstate.flatten(self.trainer.carried)
-                            if self.text is not None else None)
+                            if source.carries_optimizer else None)
         self.dir.drop_steps()  # the stage checkpoint supersedes them
-        finished = self.text.done if self.text is not None else phase == len(self.phases)
-        self._write("complete" if finished else "running")
-        trained = (self.text.trained_names() if self.text is not None
-                   else {s.name for p in self.phases[:phase] for s in p})
-        self.tracker.log_row(phase, self.rows[-1].scores, self.stream.stages, trained,
-                             self.rows[-1].cost)
+        self._write("complete" if source.finished(phase) else "running")
+        self.tracker.log_row(phase, self.rows[-1].scores, self.stream.stages,
+                             source.trained_names(phase), self.rows[-1].cost)
         cfg = self.cfg
         keep_all = cfg.keep_stage_weights == "all" or (
             cfg.keep_stage_weights == "auto" and cfg.model.finetune == "lora")

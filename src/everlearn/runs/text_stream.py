@@ -30,6 +30,7 @@ class TextStreamRun:
         self.cfg = cfg  # TextStreamConfig
         self.ts = ts
         self.segments: list[dict[str, Any]] = []  # finished: name, blocks, start, end, reason
+        self.phases: list[list[Stage]] = []  # one per finished segment: the driver's phases
 
     @classmethod
     def build(cls, cfg, stages: list[Stage], encoder, source: str) -> TextStreamRun:
@@ -41,11 +42,6 @@ class TextStreamRun:
             raise ConfigError(f"{source}: stages: the text stream is empty (no training "
                               "text in the cpt stages)")
         return run
-
-    def resumed_phases(self, prev: dict[str, Any], n_rows: int) -> list[list[Stage]]:
-        """A resumed run's phases: the segments its results.json has rows for, one each."""
-        segments = (prev.get("text_stream") or {}).get("segments") or []
-        return [[st] for st in self.restore(segments[:n_rows - 1])]
 
     @property
     def done(self) -> bool:
@@ -100,6 +96,31 @@ class TextStreamRun:
     def truncate(self, n: int) -> None:
         del self.segments[n:]
 
+    # --- the phase source of the stream driver (everlearn.runs.runner) -------------------
+    carries_optimizer = True  # AdamW's state crosses a segment boundary (phase checkpoints)
+
+    def resume(self, prev: dict[str, Any], n_rows: int) -> None:
+        """A resumed run's phases: the segments its results.json has rows for, one each."""
+        segments = (prev.get("text_stream") or {}).get("segments") or []
+        self.phases = [[st] for st in self.restore(segments[:n_rows - 1])]
+
+    def next_phase(self, phase: int) -> tuple[list[Stage], SegmentPlan] | None:
+        """The next segment as phase ``phase``, cut as it trains; None after the stream's end."""
+        nxt = self.next_segment(phase)
+        return None if nxt is None else ([nxt[0]], nxt[1])
+
+    def end_phase(self, stages: list[Stage], plan: SegmentPlan) -> None:
+        self.finish(stages[0], plan)
+        self.phases.append(stages)
+
+    def finished(self, phase: int) -> bool:
+        return self.done
+
+    def keep(self, n: int) -> None:
+        """Keep the first ``n`` segments (a resume); the later ones are found again."""
+        self.truncate(n)
+        del self.phases[n:]
+
     # --- results ------------------------------------------------------------------------
     def rows_of(self, domain: Domain) -> tuple[int, int | None]:
         """(the row of R at the boundary nearest to where the domain's text begins, the row at
@@ -116,8 +137,9 @@ class TextStreamRun:
                      key=lambda k: (abs(ends[k] - domain.start), -k))
         return before, after
 
-    def trained_names(self) -> set[str]:
-        """Stages whose text the stream has reached so far."""
+    def trained_names(self, phase: int | None = None) -> set[str]:
+        """Stages whose text the stream has reached so far (after any phase: the stream knows
+        how far it got)."""
         reached = self.segments[-1]["end"] if self.segments else 0
         return {d.name for d in self.ts.domains if d.end > d.start and d.start < reached}
 
