@@ -5,7 +5,9 @@ adapters.
 
 from __future__ import annotations
 
+import dataclasses
 import math
+from pathlib import Path
 
 import torch
 
@@ -57,3 +59,34 @@ def relative_change(old: dict[str, torch.Tensor], new: dict[str, torch.Tensor]) 
         diff += float((new[name].float() - t.float()).pow(2).sum())
         norm += float(t.float().pow(2).sum())
     return math.sqrt(diff / max(norm, 1e-30))
+
+
+def load_new_base(cfg, source: str, old_base: dict[str, torch.Tensor], old_model,
+                  old_tok) -> dict[str, torch.Tensor]:
+    """``recycle.new_base`` of run config ``cfg`` loaded and checked against the old base: same
+    weights, shapes, model type and tokenizer (adapters and data encodings carry over only
+    then)."""
+    from everlearn.models.loading import load_base_model
+
+    where = "recycle.new_base"
+    mcfg = dataclasses.replace(cfg.model, name=cfg.recycle.new_base, gguf_file=None)
+    name = cfg.recycle.new_base
+    if name.startswith((".", "/", "~")) and not Path(name).expanduser().exists():
+        raise ModelError(f"{source}: {where}: path '{name}' not found")
+    try:
+        new_model, new_tok = load_base_model(mcfg)
+    except ModelError as exc:
+        raise ModelError(f"{source}: {where}: "
+                         f"{str(exc).removeprefix('model.name: ')}") from None
+    old_type = getattr(old_model.config, "model_type", None)
+    new_type = getattr(new_model.config, "model_type", None)
+    state = plain_state(new_model)
+    problem = (f"model type {new_type!r}, expected {old_type!r}" if new_type != old_type
+               else architecture_problem(old_base, state))
+    if problem is None and new_tok.get_vocab() != old_tok.get_vocab():
+        problem = "its tokenizer's vocabulary differs"
+    if problem:
+        raise ModelError(f"{source}: {where}: '{name}' is not the architecture of "
+                         f"model.name '{cfg.model.name}': {problem}")
+    del new_model
+    return state

@@ -51,7 +51,7 @@ import torch
 
 from everlearn.config import RunConfig, dump_yaml
 from everlearn.data.encode import Encoder
-from everlearn.errors import ConfigError, ModelError, ResumeError
+from everlearn.errors import ConfigError, ResumeError
 from everlearn.evaluation.matrix import Evaluator
 from everlearn.models.loading import (
     count_parameters,
@@ -62,8 +62,8 @@ from everlearn.models.loading import (
     trainable_state,
 )
 from everlearn.runs.base_weights import (
-    architecture_problem,
     load_base_weights,
+    load_new_base,
     plain_state,
     relative_change,
 )
@@ -210,7 +210,7 @@ class RecycleRun:
         self.old_base = plain_state(model)
         self.new_base: dict[str, torch.Tensor] | None = None
         if self.rc.new_base is not None:  # checked before any training
-            self.new_base = self._load_new_base(model, tok)
+            self.new_base = load_new_base(cfg, self.source, self.old_base, model, tok)
         model = trainable_on_device(model, cfg.model, self.acc.device, self.session.bf16)
         self.model = model
         self.fresh = trainable_state(model)  # the initial adapter (LoRA B = 0: the base itself)
@@ -286,23 +286,42 @@ class RecycleRun:
             self._test_teacher(task)
         seed_everything(self.cfg.seed + n + 1)
         t0 = time.perf_counter()
-        info: dict[str, Any]
-        if self.update is not None:
-            pc = self._train_base(self.update, n + 1)
-            info = {"source": "cpt", "stage": self.update.name, "finetune": self.rc.update,
-                    "lr": self._update_lr(), "steps": pc.steps,
-                    "train_time_s": pc.train_time_s, "tokens_trained": pc.tokens_trained}
-            changed = {k: v for k, v in self.new_base.items()
-                       if not torch.equal(v, self.old_base[k])}
-            self.dir.save_phase(n + 1, changed, {"meta": {"changed": len(changed)},
-                                                 "tensors": {}})
-        else:
-            pc = _no_training()
-            info = {"source": "checkpoint", "new_base": self.rc.new_base, "steps": 0}
+        pc, info = self._update_base(n + 1)
         update_s = time.perf_counter() - t0
         info["relative_change"] = relative_change(self.old_base, self.new_base)
         memory = PeakMemory(self.acc.device)
         t1 = time.perf_counter()
+        update_score, reapplied = self._score_new_base()
+        eval_s = time.perf_counter() - t1
+        if self.update is not None:
+            info["scores"] = {"old_base": self.R[0][n], "new_base": update_score}
+            self.R.append([reapplied[t.name]["score"] for t in self.tasks] + [update_score])
+            self.cost.append(cost_entry(n + 1, [self.update.name], pc, update_s + eval_s,
+                                        eval_s, self.vendor_params, memory.peak_mb, 0))
+        info["wall_time_s"] = update_s
+        self.recycling["update"] = info
+        for name, entry in reapplied.items():
+            self.recycling["tasks"][name]["policies"]["reapply"] = entry
+        self._write()
+
+    def _update_base(self, phase: int) -> tuple[PhaseCost, dict[str, Any]]:
+        """Train the base on the update stage (checkpoint ``phase``: the changed weights), or
+        take ``recycle.new_base``; its cost and the recycling ``update`` entry so far."""
+        if self.update is None:
+            return _no_training(), {"source": "checkpoint", "new_base": self.rc.new_base,
+                                    "steps": 0}
+        pc = self._train_base(self.update, phase)
+        info = {"source": "cpt", "stage": self.update.name, "finetune": self.rc.update,
+                "lr": self._update_lr(), "steps": pc.steps,
+                "train_time_s": pc.train_time_s, "tokens_trained": pc.tokens_trained}
+        changed = {k: v for k, v in self.new_base.items()
+                   if not torch.equal(v, self.old_base[k])}
+        self.dir.save_phase(phase, changed, {"meta": {"changed": len(changed)}, "tensors": {}})
+        return pc, info
+
+    def _score_new_base(self) -> tuple[float | None, dict[str, dict[str, Any]]]:
+        """The update stage's score on the new base (None without one); every task's entry
+        for the new base alone, and for it with the old adapter re-applied as is."""
         self._use("new", self.fresh)
         new_scores = {t.name: self._score(t) for t in self.tasks}
         update_score = self._score(self.update) if self.update is not None else None
@@ -319,17 +338,7 @@ class RecycleRun:
             self._use("new", self.adapters[k - 1])
             wall = time.perf_counter() - t2
             reapplied[task.name] = self._policy_entry(task, 0, wall, 0.0, "reapply")
-        eval_s = time.perf_counter() - t1
-        if self.update is not None:
-            info["scores"] = {"old_base": self.R[0][n], "new_base": update_score}
-            self.R.append([reapplied[t.name]["score"] for t in self.tasks] + [update_score])
-            self.cost.append(cost_entry(n + 1, [self.update.name], pc, update_s + eval_s,
-                                        eval_s, self.vendor_params, memory.peak_mb, 0))
-        info["wall_time_s"] = update_s
-        self.recycling["update"] = info
-        for name, entry in reapplied.items():
-            self.recycling["tasks"][name]["policies"]["reapply"] = entry
-        self._write()
+        return update_score, reapplied
 
     def _recycle(self, task: Stage, policy: str) -> None:
         """One task x trained policy: the adapter it gives on the new base, its score and cost."""
@@ -438,32 +447,6 @@ class RecycleRun:
         """A resumed run's new base: the old base with the update's changed weights."""
         changed, _ = self.dir.load_phase(len(self.tasks) + 1, need_weights=True)
         return {n: changed.get(n, t) for n, t in self.old_base.items()}
-
-    def _load_new_base(self, old_model, old_tok) -> dict[str, torch.Tensor]:
-        """``recycle.new_base`` loaded and checked against the old base: same weights, shapes,
-        model type and tokenizer (adapters and data encodings carry over only then)."""
-        where = "recycle.new_base"
-        mcfg = dataclasses.replace(self.cfg.model, name=self.rc.new_base, gguf_file=None)
-        name = self.rc.new_base
-        if name.startswith((".", "/", "~")) and not Path(name).expanduser().exists():
-            raise ModelError(f"{self.source}: {where}: path '{name}' not found")
-        try:
-            new_model, new_tok = load_base_model(mcfg)
-        except ModelError as exc:
-            raise ModelError(f"{self.source}: {where}: "
-                             f"{str(exc).removeprefix('model.name: ')}") from None
-        old_type = getattr(old_model.config, "model_type", None)
-        new_type = getattr(new_model.config, "model_type", None)
-        state = plain_state(new_model)
-        problem = (f"model type {new_type!r}, expected {old_type!r}" if new_type != old_type
-                   else architecture_problem(self.old_base, state))
-        if problem is None and new_tok.get_vocab() != old_tok.get_vocab():
-            problem = "its tokenizer's vocabulary differs"
-        if problem:
-            raise ModelError(f"{self.source}: {where}: '{name}' is not the architecture of "
-                             f"model.name '{self.cfg.model.name}': {problem}")
-        del new_model
-        return state
 
 
 def is_recycle(cfg: RunConfig) -> bool:
