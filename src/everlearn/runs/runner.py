@@ -5,6 +5,12 @@ so ``--resume`` continues after the last finished phase and ends with the same r
 uninterrupted run (every phase is seeded from the run seed and its index, not from leftover
 random state). Inside a phase, step checkpoints (``train.checkpoint_every``, or Ctrl-C /
 SIGTERM) let ``--resume`` continue the phase in progress from its latest saved step.
+
+The driver keeps one record per row of R (everlearn.runs.results ``Row``: scores, the phase's
+cost, side metrics, preference log-ratios, temporal and general-probe values) and takes its
+phases from a phase source: the stages' fixed phases (:class:`StagePhases`) or a text stream's
+segments, cut as it trains (everlearn.runs.text_stream). What every run mode sets up first is
+in everlearn.runs.session; recyclable tuning has its own driver (everlearn.runs.recycle).
 """
 
 from __future__ import annotations
