@@ -75,22 +75,24 @@ def one(strategy: str, args) -> dict:
     torch.set_num_threads(args.threads)
     writes: dict[int, dict] = {}  # rows in results.json -> the first write with that many rows
     saves: dict[int, float] = {}
-    real_write, real_save = runner.write_json, RunDir.save_phase
+    real_write, real_save = runner.write_results, RunDir.save_phase
 
-    def write_json(path, obj):
+    def write_results(run_dir, results):
         t0 = time.perf_counter()
-        real_write(path, obj)
+        obj = real_write(run_dir, results)
         t1 = time.perf_counter()
-        if path.name == "results.json" and len(obj["R"]) not in writes:
+        if len(obj["R"]) not in writes:
+            path = Path(run_dir) / "results.json"
             writes[len(obj["R"])] = {"t": t1, "write_s": t1 - t0,
                                     "bytes": path.stat().st_size, "rss_mb": current_rss_mb()}
+        return obj
 
     def save_phase(self, phase, weights, state):
         t0 = time.perf_counter()
         real_save(self, phase, weights, state)
         saves[phase] = time.perf_counter() - t0
 
-    runner.write_json = write_json
+    runner.write_results = write_results
     RunDir.save_phase = save_phase
     tmp = Path(tempfile.mkdtemp(prefix="long-stream-"))
     try:

@@ -49,7 +49,7 @@ from everlearn.data.builtin import get_builtin_task
 from everlearn.data.encode import Encoded, Encoder, collate, length_grouped_batches
 from everlearn.data.readers import read_source
 from everlearn.models.loading import load_base_model, make_trainable
-from everlearn.runs.runner import make_accelerator, seed_everything
+from everlearn.runs.session import make_accelerator, seed_everything
 from everlearn.stages.stream import Stage
 from everlearn.strategies import StrategyStack, build_strategy
 from everlearn.strategies.base import Strategy

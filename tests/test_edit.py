@@ -17,7 +17,8 @@ from everlearn.errors import ConfigError, DataError
 from everlearn.evaluation.matrix import Evaluator
 from everlearn.models.loading import build_tiny_model, build_tiny_tokenizer
 from everlearn.report.tables import format_summary
-from everlearn.runs.runner import make_accelerator, resume_run, start_run
+from everlearn.runs.runner import resume_run, start_run
+from everlearn.runs.session import make_accelerator
 from everlearn.stages.edit import all_hit, edit_metrics, editing_section, pooled
 from everlearn.stages.stream import Stage, build_stream
 from everlearn.strategies import STRATEGIES, build_strategy

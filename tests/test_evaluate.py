@@ -76,7 +76,7 @@ def test_perplexity_pools_every_adapter_group(tmp_path):
     from everlearn.data.records import Record
     from everlearn.evaluation.matrix import Evaluator
     from everlearn.models.loading import build_tiny_model, build_tiny_tokenizer, make_trainable
-    from everlearn.runs.runner import make_accelerator
+    from everlearn.runs.session import make_accelerator
     from everlearn.stages.stream import Stage
 
     tok = build_tiny_tokenizer()

@@ -20,7 +20,8 @@ from everlearn.evaluation.probes import (
 )
 from everlearn.models.loading import build_tiny_model, build_tiny_tokenizer
 from everlearn.report.tables import format_summary
-from everlearn.runs.runner import make_accelerator, resume_run, start_run
+from everlearn.runs.runner import resume_run, start_run
+from everlearn.runs.session import make_accelerator
 from everlearn.validation import build_config
 from tests.conftest import killed_at_phase, tiny_config
 

@@ -15,7 +15,9 @@ from everlearn.cli import main
 from everlearn.errors import ConfigError, ModelError
 from everlearn.models.loading import build_tiny_model, build_tiny_tokenizer
 from everlearn.report.tables import format_summary
-from everlearn.runs.recycle import Distill, RecycleRun, base_parameters
+from everlearn.runs.base_weights import base_parameters
+from everlearn.runs.recycle import RecycleRun
+from everlearn.runs.recycle_distill import Distill
 from everlearn.runs.runner import resume_run, start_run
 from everlearn.training.trainer import Trainer
 from everlearn.validation import build_config

@@ -398,7 +398,7 @@ def two_stage_runs(tmp_path_factory):
     """Stage red->alpha trained once; then green->bravo under seqft and each regulariser, from
     the same weights with the same seed. Returns {name: (old NLL, new NLL, distance moved)}."""
     from everlearn.models.loading import load_base_model, make_trainable
-    from everlearn.runs.runner import make_accelerator, seed_everything
+    from everlearn.runs.session import make_accelerator, seed_everything
     from everlearn.stages.stream import build_stream
     from everlearn.training.trainer import Trainer
 

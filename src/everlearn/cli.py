@@ -17,6 +17,7 @@ from pathlib import Path
 
 from everlearn import __version__
 from everlearn.errors import ConfigError, EverlearnError
+from everlearn.runs.config_source import load_run_config
 
 EPILOG = """examples:
   everlearn run                                   # the built-in quickstart (4 stages, replay)
@@ -41,7 +42,12 @@ def _parser() -> argparse.ArgumentParser:
                     "matrix, forgetting and transfer metrics, and cost per stage.")
     p.add_argument("--version", action="version", version=f"everlearn {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
+    for add in (_add_run, _add_eval, _add_report, _add_compare, _add_sweep, _add_ls_validate):
+        add(sub)
+    return p
 
+
+def _add_run(sub) -> None:
     run = sub.add_parser("run", help="train a stream and write a run directory",
                          description="Train a stream. CONFIG is a YAML file (none: the built-in "
                          "quickstart); key=value pairs override config fields.")
@@ -54,6 +60,8 @@ def _parser() -> argparse.ArgumentParser:
                      "finished stage (takes the config from RUN_DIR)")
     run.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
 
+
+def _add_eval(sub) -> None:
     ev = sub.add_parser("eval", help="score a model (or a stage checkpoint) on a stream",
                         description="Evaluate without training: one row of scores per stage.")
     ev.add_argument("config", nargs="?", help="stream YAML (omit for the quickstart)")
@@ -64,11 +72,15 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument("--json", action="store_true", help="print the scores as JSON")
     ev.add_argument("--quiet", "-q", action="store_true")
 
+
+def _add_report(sub) -> None:
     rep = sub.add_parser("report", help="write RUN_DIR/report/index.html from results.json",
                          description="A self-contained HTML page (figures embedded) plus the "
                          "PNG figures in RUN_DIR/report/; works on unfinished runs too.")
     rep.add_argument("run_dir", metavar="RUN_DIR")
 
+
+def _add_compare(sub) -> None:
     cmp = sub.add_parser("compare", help="runs side by side; seeds and stream orders pooled",
                          description="A table of runs: AP, BWT, FWT, forgetting, cost. Runs "
                          "whose configs differ only in seed or stage order are pooled into a "
@@ -79,6 +91,8 @@ def _parser() -> argparse.ArgumentParser:
     cmp.add_argument("--confidence", type=float, default=0.95, metavar="P",
                      help="level of the pooled intervals, 0 < P < 1 (default 0.95)")
 
+
+def _add_sweep(sub) -> None:
     sw = sub.add_parser("sweep", help="run a grid of configs, then compare them",
                         description="Run the cartesian product of the axes key=[a,b,...] "
                         "(strategies x seeds x stream orders x any field), each point a run "
@@ -100,35 +114,14 @@ def _parser() -> argparse.ArgumentParser:
     sw.add_argument("--quiet", "-q", action="store_true", help="print only where the "
                     "comparison went")
 
+
+def _add_ls_validate(sub) -> None:
     sub.add_parser("ls", help="list strategies, built-in tasks, embedded models and presets")
 
     val = sub.add_parser("validate", help="check a config and its data without training")
     val.add_argument("config", nargs="?", help="stream YAML")
     val.add_argument("--preset", help="a built-in config instead of CONFIG")
     val.add_argument("overrides", nargs="*", metavar="key=value")
-    return p
-
-
-def _split_overrides(config: str | None, overrides: list[str]) -> tuple[str | None, list[str]]:
-    """``everlearn run train.lr=1`` (no config): the first positional is an override."""
-    if config is not None and "=" in config and not Path(config).exists():
-        return None, [config, *overrides]
-    return config, overrides
-
-
-def _load(config: str | None, overrides: list[str], preset: str | None = None):
-    from everlearn.presets import PRESETS
-    from everlearn.validation import load_config
-
-    config, overrides = _split_overrides(config, overrides)
-    if config is not None and preset is not None:
-        raise EverlearnError("give either CONFIG or --preset, not both")
-    if config is None:
-        name = preset or "quickstart"
-        if name not in PRESETS:
-            raise EverlearnError(f"--preset: expected one of {', '.join(PRESETS)}, got {name!r}")
-        return load_config(None, overrides, base=PRESETS[name][1]()), f"<preset {name}>"
-    return load_config(config, overrides), config
 
 
 def cmd_run(args) -> int:
@@ -141,7 +134,7 @@ def cmd_run(args) -> int:
                                  "do not pass CONFIG or overrides with it")
         path, results = resume_run(args.resume, quiet=args.quiet)
     else:
-        cfg, source = _load(args.config, args.overrides, args.preset)
+        cfg, source = load_run_config(args.config, args.overrides, args.preset)
         path, results = start_run(cfg, args.output, quiet=args.quiet, source=source)
     from everlearn.parallel import distributed
 
@@ -206,7 +199,7 @@ def cmd_sweep(args) -> int:
 def cmd_eval(args) -> int:
     from everlearn.runs.eval_only import evaluate_config
 
-    cfg, source = _load(args.config, args.overrides, args.preset)
+    cfg, source = load_run_config(args.config, args.overrides, args.preset)
     scores = evaluate_config(cfg, args.weights, quiet=args.quiet, source=source)
     from everlearn.parallel import distributed
 
@@ -256,7 +249,7 @@ def cmd_validate(args) -> int:
     from everlearn.stages.stream import build_stream
     from everlearn.strategies import build_strategy
 
-    cfg, source = _load(args.config, args.overrides, args.preset)
+    cfg, source = load_run_config(args.config, args.overrides, args.preset)
     stack = build_strategy(cfg.strategies, source, cfg.model.finetune)
     stream = build_stream(cfg, source)
     if cfg.text_stream is not None and stack.plan(stream.stages) is not None:

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 from everlearn.errors import EverlearnError
 from everlearn.runs.environment import FIELDS as ENV_FIELDS
+from everlearn.runs.results import read_for_report
 
 # Keys the page renders in their own sections; any other key is shown generically, so results
 # added later (by a new stage kind or evaluator) appear without a report change.
@@ -27,25 +27,9 @@ class ReportError(EverlearnError):
 
 
 def load_results(run_dir: str | Path) -> dict[str, Any]:
-    """``RUN_DIR/results.json`` checked for the fields every report needs."""
-    path = Path(run_dir)
-    if not path.is_dir():
-        raise ReportError(f"{path}: no such run directory")
-    res_path = path / "results.json"
-    if not res_path.is_file():
-        raise ReportError(f"{res_path}: missing; not an everlearn run directory "
-                          "(or the run stopped before its base row)")
-    try:
-        data = json.loads(res_path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ReportError(f"{res_path}: not valid JSON ({exc})") from None
-    ok = (isinstance(data, dict) and isinstance(data.get("R"), list)
-          and isinstance(data.get("stages"), list) and data["R"]
-          and all(isinstance(r, list) and len(r) == len(data["stages"]) for r in data["R"]))
-    if not ok:
-        raise ReportError(f"{res_path}: expected everlearn results with R (one list per row, "
-                          "one value per stage) and stages")
-    return data
+    """``RUN_DIR/results.json`` checked for the fields every report needs (everlearn.runs.
+    results reads it)."""
+    return read_for_report(run_dir, ReportError)
 
 
 def phases_total(results: dict[str, Any]) -> int:

@@ -19,10 +19,11 @@ config section measures what carrying the adapters over costs and keeps:
      plus ``distill_task_weight`` x the task loss;
    - ``scratch`` (the baseline): a fresh adapter trained on the new base with the full budget.
 
-Everything trains through the one :class:`~everlearn.training.trainer.Trainer` and scores through the
-:class:`~everlearn.evaluation.matrix.Evaluator`. The consumer model is one PEFT model with one adapter
-slot; changing the base copies the old or the new base weights into it in place, and changing
-the adapter loads saved adapter tensors (``load_trainable_state``).
+Everything trains through the one :class:`~everlearn.training.trainer.Trainer` and scores
+through the :class:`~everlearn.evaluation.matrix.Evaluator`. The consumer model is one PEFT model
+with one adapter slot; changing the base copies the old or the new base weights into it in place
+(everlearn.runs.base_weights), and changing the adapter loads saved adapter tensors
+(``load_trainable_state``). The ``distill`` policy's teacher is in everlearn.runs.recycle_distill.
 
 ``results.json`` is a normal run's (R, metrics, cost per phase, so ``report`` and ``compare``
 work) plus a ``recycling`` section. R reads as the consumer's system over time, each task
@@ -41,7 +42,6 @@ from __future__ import annotations
 import copy
 import dataclasses
 import logging
-import math
 import os
 import time
 from pathlib import Path
@@ -49,13 +49,9 @@ from typing import Any
 
 import torch
 
-from everlearn import __version__
-
-from everlearn.runs import environment
-from everlearn.runs.run_dir import RunDir, save_tensors, write_atomic, write_json
 from everlearn.config import RunConfig, dump_yaml
-from everlearn.data.encode import IGNORE, Encoder, collate
-from everlearn.errors import ConfigError, ModelError, ResumeError
+from everlearn.data.encode import Encoder
+from everlearn.errors import ConfigError, ResumeError
 from everlearn.evaluation.matrix import Evaluator
 from everlearn.models.loading import (
     count_parameters,
@@ -65,12 +61,28 @@ from everlearn.models.loading import (
     trainable_on_device,
     trainable_state,
 )
-from everlearn.training.resources import PeakMemory
-from everlearn.strategies.common import penalty as P
-from everlearn.strategies.base import RunContext, Strategy
-from everlearn.strategies.lwf import LwF, LwFOptions
+from everlearn.runs.base_weights import (
+    load_base_weights,
+    load_new_base,
+    plain_state,
+    relative_change,
+)
+from everlearn.runs.metrics import compute_metrics
+from everlearn.runs.recycle_distill import Distill
+from everlearn.runs.results import (
+    Results,
+    cost_entry,
+    read_for_resume,
+    stage_entry,
+    write_results,
+)
+from everlearn.runs.run_dir import RunDir, save_tensors, write_atomic
+from everlearn.runs.session import Session, begin, open_run_dir, seed_everything
 from everlearn.stages.stream import Stage, build_stream
+from everlearn.strategies.base import RunContext, Strategy
 from everlearn.training.phase import PhaseCost
+from everlearn.training.plan import learning_rate
+from everlearn.training.resources import PeakMemory
 from everlearn.training.trainer import Trainer
 from everlearn.vision import is_vision_model
 
@@ -79,125 +91,7 @@ log = logging.getLogger("everlearn")
 TRAINED_POLICIES = ("retune", "distill", "scratch")  # reapply is measured with the update
 
 
-# --- base weights in a PEFT model -----------------------------------------------------------
-def plain_state(model) -> dict[str, torch.Tensor]:
-    """Every weight of a plain (unwrapped) model by name, tied names included, as CPU copies."""
-    return {n: p.detach().cpu().clone().contiguous()
-            for n, p in model.named_parameters(remove_duplicate=False)}
-
-
-def base_parameters(model) -> dict[str, torch.nn.Parameter]:
-    """The base weights inside a PEFT-wrapped model, by their plain-model names (PEFT moves an
-    adapted ``q_proj.weight`` to ``q_proj.base_layer.weight``); LoRA weights are left out."""
-    inner = model.get_base_model()
-    return {n.replace(".base_layer", ""): p
-            for n, p in inner.named_parameters(remove_duplicate=False) if "lora_" not in n}
-
-
-@torch.no_grad()
-def load_base_weights(model, state: dict[str, torch.Tensor], where: str) -> None:
-    """Copy a base checkpoint (plain names) into the PEFT model's base weights, in place (each
-    weight keeps its dtype, e.g. bf16 storage); the adapters are left as they are."""
-    params = base_parameters(model)
-    missing = sorted(set(params) - set(state))
-    if missing:
-        raise ModelError(f"{where}: weight '{missing[0]}' is missing")
-    for name, p in params.items():
-        p.copy_(state[name])
-
-
-def architecture_problem(old: dict[str, torch.Tensor], new: dict[str, torch.Tensor]) -> str | None:
-    """Why ``new`` cannot replace ``old`` under the same adapters (None when it can)."""
-    for name in old:
-        if name not in new:
-            return f"it has no weight '{name}'"
-        if new[name].shape != old[name].shape:
-            return (f"weight '{name}' has shape {tuple(new[name].shape)}, expected "
-                    f"{tuple(old[name].shape)}")
-    extra = sorted(set(new) - set(old))
-    return f"it has an extra weight '{extra[0]}'" if extra else None
-
-
-def relative_change(old: dict[str, torch.Tensor], new: dict[str, torch.Tensor]) -> float:
-    """||new - old|| / ||old|| over every base weight (how far the update moved the base)."""
-    diff = norm = 0.0
-    for name, t in old.items():
-        diff += float((new[name].float() - t.float()).pow(2).sum())
-        norm += float(t.float().pow(2).sum())
-    return math.sqrt(diff / max(norm, 1e-30))
-
-
-# --- distillation from the old base + adapter -------------------------------------------------
-class Distill(LwF):
-    """``lwf``'s distillation with a fixed teacher: the old base + old adapter, its outputs
-    computed before the swap (:meth:`set_teacher`), on the adapter's own training inputs."""
-
-    name = "recycle_distill"
-
-    def __init__(self, ctx: RunContext, temperature: float, top_k: int,
-                 task_weight: float = 0.0):
-        super().__init__(LwFOptions(alpha=1.0, temperature=temperature, top_k=top_k))
-        self.ctx = ctx
-        self.task_loss_weight = task_weight
-
-    def set_teacher(self, records) -> None:
-        """The teacher's compressed outputs at every answer position of ``records``, from the
-        model as it is now."""
-        self.cache = self.teacher_outputs("sft", records)
-
-    def before_stage(self, stage) -> None:
-        """The teacher stays (lwf would clear it)."""
-
-    def train_data(self, stage, records):
-        return records
-
-    def after_stage(self, stage) -> None:
-        """The teacher stays."""
-
-    @torch.no_grad()
-    def mean_kl(self, model, records) -> float:
-        """Mean over the answer positions of ``records`` of the bucketed KL(teacher || model):
-        >= 0, 0 when the model reproduces the teacher (at ``temperature``)."""
-        ctx = self.ctx
-        examples = [e for e in ctx.encoder.encode_stage("sft", records)
-                    if any(lab != IGNORE for lab in e.labels)]
-        device = next(model.parameters()).device
-        size = ctx.config.train.batch_size
-        total, count = 0.0, 0
-        was_training = model.training
-        model.eval()
-        try:
-            for s in range(0, len(examples), size):
-                batch = {k: v.to(device) for k, v in
-                         collate(examples[s:s + size], ctx.encoder.pad_id).items()}
-                with ctx.autocast():
-                    outputs = model(input_ids=batch["input_ids"],
-                                    attention_mask=batch["attention_mask"])
-                kl = self.extra_loss(model, batch, outputs)
-                n = int(P.answer_mask(batch["labels"]).sum())
-                if kl is not None:
-                    T = self.options.temperature
-                    total += float(kl) / (T * T) * n
-                    count += n
-        finally:
-            model.train(was_training)
-        return total / max(count, 1)
-
-
 # --- the run ----------------------------------------------------------------------------------
-def _phase_cost(phase: int, names: list[str], pc: PhaseCost, wall: float, eval_s: float,
-                params: tuple[int, int], eval_peak: float) -> dict[str, Any]:
-    trainable, total = params
-    return {"phase": phase, "stages": names, "steps": pc.steps, "examples": pc.examples,
-            "wall_time_s": wall, "train_time_s": pc.train_time_s, "eval_time_s": eval_s,
-            "strategy_time_s": pc.strategy_time_s, "tokens_trained": pc.tokens_trained,
-            "tokens_per_s": pc.tokens_trained / max(pc.train_time_s, 1e-9),
-            "padding_fraction": pc.padding_fraction, "final_loss": pc.final_loss,
-            "trainable_params": trainable, "total_params": total,
-            "peak_memory_mb": max(pc.peak_memory_mb, eval_peak), "buffer_size": 0,
-            "skipped_batches": pc.skipped_batches}
-
-
 def _no_training() -> PhaseCost:
     return PhaseCost(steps=0, train_time_s=0.0, tokens_trained=0, padding_fraction=0.0,
                      examples=0, final_loss=float("nan"), peak_memory_mb=0.0)
@@ -233,38 +127,28 @@ class RecycleRun:
         self.base_eval_s = 0.0
         self.recycling: dict[str, Any] = {}
         self.model = None
-        self.environment: dict[str, Any] | None = None  # this process's (everlearn.runs.environment)
-        self.environment_history: list[dict[str, Any] | None] = []  # earlier ones, if resumed
+        self.session: Session | None = None  # everlearn.runs.session, once execute begins
         self._previous: dict[str, Any] | None = None  # a resumed run's results.json
 
     # --- results ----------------------------------------------------------------------------
-    def _results(self, status: str) -> dict[str, Any]:
-        from everlearn.runs.runner import compute_metrics
-
+    def _results(self, status: str) -> Results:
         stages = self.stream.stages
-        n_rows = len(self.R)
-        res: dict[str, Any] = {
-            "everlearn_version": __version__, "status": status, "name": self.cfg.name,
-            "scenario": self.stream.scenario, "strategies": ["recycle"],
-            "model": self.cfg.model.name, "finetune": self.cfg.model.finetune,
-            "stages": [{"name": s.name, "kind": s.kind, "metric": s.metric,
-                        "higher_is_better": s.higher_is_better, "n_train": len(s.train),
-                        "n_test": len(s.test), "task_id": s.task_id} for s in stages],
-            "phases": [[s.name for s in p] for p in self.phases],
-            "rows": ["base"] + [p[0].name for p in self.phases[:n_rows - 1]],
-            "R": self.R, "base_eval_time_s": self.base_eval_s, "cost": self.cost,
-            "strategy_metrics": {}, "recycling": self.recycling,
-        }
-        environment.add_to(res, self.environment, self.environment_history)
+        res = Results(
+            status=status, name=self.cfg.name, scenario=self.stream.scenario,
+            strategies=["recycle"], model=self.cfg.model.name,
+            finetune=self.cfg.model.finetune, stages=[stage_entry(s) for s in stages],
+            phases=[[s.name for s in p] for p in self.phases],
+            rows=["base"] + [p[0].name for p in self.phases[:len(self.R) - 1]],
+            R=self.R, base_eval_time_s=self.base_eval_s, cost=self.cost, strategy_metrics={},
+            recycling=self.recycling, environment=self.session.environment,
+            environment_history=self.session.environment_history)
         if status == "complete":
-            res["metrics"] = compute_metrics(self.R, stages, self.phases)
+            res.metrics = compute_metrics(self.R, stages, self.phases)
             self.recycling["summary"] = self._summary()
         return res
 
     def _write(self, status: str = "running") -> dict[str, Any]:
-        res = self._results(status)
-        write_json(self.dir.results, res)
-        return res
+        return write_results(self.dir.path, self._results(status))
 
     def _summary(self) -> dict[str, Any]:
         """Per policy over the tasks: mean score, mean change against old base + adapter, mean
@@ -294,55 +178,16 @@ class RecycleRun:
 
     # --- running ----------------------------------------------------------------------------
     def execute(self, resume: bool = False) -> dict[str, Any]:
-        from everlearn.runs.runner import (
-            _attach_log,
-            make_accelerator,
-            record_environment,
-            seed_everything,
-        )
-
-        cfg = self.cfg
-        self.dir.path.mkdir(parents=True, exist_ok=True)
-        _attach_log(self.dir.path)
+        open_run_dir(self.dir.path)
         if resume and self.dir.results.exists():
             self._restore()
         elif not resume:
-            write_atomic(self.dir.config, dump_yaml(cfg))
-        seed_everything(cfg.seed)
-        acc = make_accelerator(cfg.train.precision)
-        self.acc = acc
-        self.environment = record_environment(acc)
-        self.environment_history = environment.history(self._previous, self.environment)
-        model, tok = load_base_model(cfg.model)
-        if is_vision_model(model):
-            raise ConfigError(f"model.name: recyclable tuning takes a text model; "
-                              f"'{cfg.model.name}' is a vision-language model")
-        self.old_base = plain_state(model)
-        self.new_base: dict[str, torch.Tensor] | None = None
-        if self.rc.new_base is not None:  # checked before any training
-            self.new_base = self._load_new_base(model, tok)
-        model = trainable_on_device(model, cfg.model, acc.device,
-                                    acc.mixed_precision == "bf16")
-        self.model = model
-        self.fresh = trainable_state(model)  # the initial adapter (LoRA B = 0: the base itself)
-        self.on_base = "old"
-        self.encoder = Encoder(tok, cfg.train.max_length, cfg.model.chat_template == "auto")
-        self.ctx = RunContext(model=model, tokenizer=tok, encoder=self.encoder, config=cfg,
-                              stream=self.stream, seed=cfg.seed, accelerator=acc)
-        self.evaluator = Evaluator(acc, self.encoder, cfg.eval, self.quiet)
-        self._test_teachers: dict[str, Distill] = {}
-        self.adapters = [self._adapter(k) for k in range(1, len(self.R))
-                         if k <= len(self.tasks)]
-
+            write_atomic(self.dir.config, dump_yaml(self.cfg))
+        self.session = begin(self.cfg, self._previous)
+        self.acc = self.session.acc
+        self._prepare()
         if not self.R:
-            seed_everything(cfg.seed)
-            t0 = time.perf_counter()
-            self._use("old", self.fresh)
-            self.R.append([self._score(st) for st in self.stream.stages])
-            self.base_eval_s = time.perf_counter() - t0
-            self.recycling = {"policies": ["reapply", *self.policies], "update": None,
-                              "tasks": {}}
-            self._write()
+            self._score_base()
         for k in range(len(self.adapters) + 1, len(self.tasks) + 1):
             self._train_adapter(k)
         if self.recycling.get("update") is None:
@@ -355,11 +200,44 @@ class RecycleRun:
                     self._recycle(task, policy)
         return self._write("complete")
 
+    def _prepare(self) -> None:
+        """The old base (and a named new one, checked before any training), the consumer model,
+        encoder and evaluator, and a resumed run's adapters."""
+        cfg = self.cfg
+        model, tok = load_base_model(cfg.model)
+        if is_vision_model(model):
+            raise ConfigError(f"model.name: recyclable tuning takes a text model; "
+                              f"'{cfg.model.name}' is a vision-language model")
+        self.old_base = plain_state(model)
+        self.new_base: dict[str, torch.Tensor] | None = None
+        if self.rc.new_base is not None:  # checked before any training
+            self.new_base = load_new_base(cfg, self.source, self.old_base, model, tok)
+        model = trainable_on_device(model, cfg.model, self.acc.device, self.session.bf16)
+        self.model = model
+        self.fresh = trainable_state(model)  # the initial adapter (LoRA B = 0: the base itself)
+        self.on_base = "old"
+        self.encoder = Encoder(tok, cfg.train.max_length, cfg.model.chat_template == "auto")
+        self.ctx = RunContext(model=model, tokenizer=tok, encoder=self.encoder, config=cfg,
+                              stream=self.stream, seed=cfg.seed, accelerator=self.acc)
+        self.evaluator = Evaluator(self.acc, self.encoder, cfg.eval, self.quiet)
+        self._test_teachers: dict[str, Distill] = {}
+        self.adapters = [self._adapter(k) for k in range(1, len(self.R))
+                         if k <= len(self.tasks)]
+
+    def _score_base(self) -> None:
+        """Row 0: every stage on the old base."""
+        seed_everything(self.cfg.seed)
+        t0 = time.perf_counter()
+        self._use("old", self.fresh)
+        self.R.append([self._score(st) for st in self.stream.stages])
+        self.base_eval_s = time.perf_counter() - t0
+        self.recycling = {"policies": ["reapply", *self.policies], "update": None,
+                          "tasks": {}}
+        self._write()
+
     def _restore(self) -> None:
         """What a resumed run already has: R, cost, the recycling entries so far."""
-        from everlearn.runs.runner import _read_results
-
-        prev = _read_results(self.dir)
+        prev = read_for_resume(self.dir.path)
         self._previous = prev
         if prev.get("phases") != [[s.name for s in p] for p in self.phases]:
             raise ResumeError(f"{self.dir.results}: phases: the stream no longer matches the "
@@ -375,8 +253,6 @@ class RecycleRun:
     # --- units ------------------------------------------------------------------------------
     def _train_adapter(self, k: int) -> None:
         """Task k's adapter on the old base, its score, R row k, checkpoint phase k."""
-        from everlearn.runs.runner import seed_everything
-
         stage = self.tasks[k - 1]
         seed_everything(self.cfg.seed + k)
         t0 = time.perf_counter()
@@ -392,8 +268,8 @@ class RecycleRun:
         row = list(self.R[-1])
         row[k - 1] = score
         self.R.append(row)
-        self.cost.append(_phase_cost(k, [stage.name], pc, time.perf_counter() - t0, eval_s,
-                                     count_parameters(self.model), memory.peak_mb))
+        self.cost.append(cost_entry(k, [stage.name], pc, time.perf_counter() - t0, eval_s,
+                                    count_parameters(self.model), memory.peak_mb, 0))
         self.dir.save_phase(k, adapter, {"meta": {}, "tensors": {}})
         self.recycling["tasks"][stage.name] = {
             "metric": stage.metric, "old_base": self.R[0][k - 1],
@@ -406,30 +282,47 @@ class RecycleRun:
     def _do_update(self) -> None:
         """The new base (trained on the cpt stage, or loaded), the new base's scores without
         and with each old adapter (reapply), R's last row when the update is a stage."""
-        from everlearn.runs.runner import seed_everything
-
         n = len(self.tasks)
         for task in self.tasks:  # the old system's outputs, while the old base is loaded
             self._test_teacher(task)
         seed_everything(self.cfg.seed + n + 1)
         t0 = time.perf_counter()
-        info: dict[str, Any]
-        if self.update is not None:
-            pc = self._train_base(self.update, n + 1)
-            info = {"source": "cpt", "stage": self.update.name, "finetune": self.rc.update,
-                    "lr": self.rc.update_lr or self.cfg.train.lr, "steps": pc.steps,
-                    "train_time_s": pc.train_time_s, "tokens_trained": pc.tokens_trained}
-            changed = {k: v for k, v in self.new_base.items()
-                       if not torch.equal(v, self.old_base[k])}
-            self.dir.save_phase(n + 1, changed, {"meta": {"changed": len(changed)},
-                                                 "tensors": {}})
-        else:
-            pc = _no_training()
-            info = {"source": "checkpoint", "new_base": self.rc.new_base, "steps": 0}
+        pc, info = self._update_base(n + 1)
         update_s = time.perf_counter() - t0
         info["relative_change"] = relative_change(self.old_base, self.new_base)
         memory = PeakMemory(self.acc.device)
         t1 = time.perf_counter()
+        update_score, reapplied = self._score_new_base()
+        eval_s = time.perf_counter() - t1
+        if self.update is not None:
+            info["scores"] = {"old_base": self.R[0][n], "new_base": update_score}
+            self.R.append([reapplied[t.name]["score"] for t in self.tasks] + [update_score])
+            self.cost.append(cost_entry(n + 1, [self.update.name], pc, update_s + eval_s,
+                                        eval_s, self.vendor_params, memory.peak_mb, 0))
+        info["wall_time_s"] = update_s
+        self.recycling["update"] = info
+        for name, entry in reapplied.items():
+            self.recycling["tasks"][name]["policies"]["reapply"] = entry
+        self._write()
+
+    def _update_base(self, phase: int) -> tuple[PhaseCost, dict[str, Any]]:
+        """Train the base on the update stage (checkpoint ``phase``: the changed weights), or
+        take ``recycle.new_base``; its cost and the recycling ``update`` entry so far."""
+        if self.update is None:
+            return _no_training(), {"source": "checkpoint", "new_base": self.rc.new_base,
+                                    "steps": 0}
+        pc = self._train_base(self.update, phase)
+        info = {"source": "cpt", "stage": self.update.name, "finetune": self.rc.update,
+                "lr": self._update_lr(), "steps": pc.steps,
+                "train_time_s": pc.train_time_s, "tokens_trained": pc.tokens_trained}
+        changed = {k: v for k, v in self.new_base.items()
+                   if not torch.equal(v, self.old_base[k])}
+        self.dir.save_phase(phase, changed, {"meta": {"changed": len(changed)}, "tensors": {}})
+        return pc, info
+
+    def _score_new_base(self) -> tuple[float | None, dict[str, dict[str, Any]]]:
+        """The update stage's score on the new base (None without one); every task's entry
+        for the new base alone, and for it with the old adapter re-applied as is."""
         self._use("new", self.fresh)
         new_scores = {t.name: self._score(t) for t in self.tasks}
         update_score = self._score(self.update) if self.update is not None else None
@@ -446,22 +339,10 @@ class RecycleRun:
             self._use("new", self.adapters[k - 1])
             wall = time.perf_counter() - t2
             reapplied[task.name] = self._policy_entry(task, 0, wall, 0.0, "reapply")
-        eval_s = time.perf_counter() - t1
-        if self.update is not None:
-            info["scores"] = {"old_base": self.R[0][n], "new_base": update_score}
-            self.R.append([reapplied[t.name]["score"] for t in self.tasks] + [update_score])
-            self.cost.append(_phase_cost(n + 1, [self.update.name], pc, update_s + eval_s,
-                                         eval_s, self.vendor_params, memory.peak_mb))
-        info["wall_time_s"] = update_s
-        self.recycling["update"] = info
-        for name, entry in reapplied.items():
-            self.recycling["tasks"][name]["policies"]["reapply"] = entry
-        self._write()
+        return update_score, reapplied
 
     def _recycle(self, task: Stage, policy: str) -> None:
         """One task x trained policy: the adapter it gives on the new base, its score and cost."""
-        from everlearn.runs.runner import seed_everything
-
         k = self.tasks.index(task) + 1
         unit = self.units[(task.name, policy)]
         rc = self.rc
@@ -482,8 +363,9 @@ class RecycleRun:
             stage = dataclasses.replace(task, steps=rc.distill_steps or retune_steps)
             init = self.adapters[k - 1] if rc.distill_init == "old" else self.fresh
         self._use("new", init)
-        train_cfg = (self.cfg.train if policy == "scratch" or rc.lr is None
-                     else dataclasses.replace(self.cfg.train, lr=rc.lr))
+        # scratch is the baseline: a fresh adapter with the run's own learning rate
+        train_cfg = dataclasses.replace(self.cfg.train, lr=learning_rate(
+            self.cfg.train.lr, None if policy == "scratch" else rc.lr))
         pc = self._trainer(strategy, train_cfg).train_phase(self.model, [stage], unit)
         wall = time.perf_counter() - t0
         entry = self._policy_entry(task, pc.steps, wall, pc.train_time_s, policy)
@@ -549,7 +431,7 @@ class RecycleRun:
         mcfg = copy.deepcopy(self.cfg.model)
         mcfg.finetune = self.rc.update
         vendor = make_trainable(vendor, mcfg).to(self.acc.device)
-        train_cfg = dataclasses.replace(self.cfg.train, lr=self.rc.update_lr or self.cfg.train.lr)
+        train_cfg = dataclasses.replace(self.cfg.train, lr=self._update_lr())
         pc = self._trainer(train_cfg=train_cfg).train_phase(vendor, [stage], phase)
         self.vendor_params = count_parameters(vendor)
         if self.rc.update == "lora":
@@ -558,41 +440,18 @@ class RecycleRun:
         del vendor
         return pc
 
+    def _update_lr(self) -> float:
+        """The learning rate of the vendor's base update."""
+        return learning_rate(self.cfg.train.lr, self.rc.update_lr)
+
     def _saved_new_base(self) -> dict[str, torch.Tensor]:
         """A resumed run's new base: the old base with the update's changed weights."""
         changed, _ = self.dir.load_phase(len(self.tasks) + 1, need_weights=True)
         return {n: changed.get(n, t) for n, t in self.old_base.items()}
-
-    def _load_new_base(self, old_model, old_tok) -> dict[str, torch.Tensor]:
-        """``recycle.new_base`` loaded and checked against the old base: same weights, shapes,
-        model type and tokenizer (adapters and data encodings carry over only then)."""
-        where = "recycle.new_base"
-        mcfg = dataclasses.replace(self.cfg.model, name=self.rc.new_base, gguf_file=None)
-        name = self.rc.new_base
-        if name.startswith((".", "/", "~")) and not Path(name).expanduser().exists():
-            raise ModelError(f"{self.source}: {where}: path '{name}' not found")
-        try:
-            new_model, new_tok = load_base_model(mcfg)
-        except ModelError as exc:
-            raise ModelError(f"{self.source}: {where}: "
-                             f"{str(exc).removeprefix('model.name: ')}") from None
-        old_type = getattr(old_model.config, "model_type", None)
-        new_type = getattr(new_model.config, "model_type", None)
-        state = plain_state(new_model)
-        problem = (f"model type {new_type!r}, expected {old_type!r}" if new_type != old_type
-                   else architecture_problem(self.old_base, state))
-        if problem is None and new_tok.get_vocab() != old_tok.get_vocab():
-            problem = "its tokenizer's vocabulary differs"
-        if problem:
-            raise ModelError(f"{self.source}: {where}: '{name}' is not the architecture of "
-                             f"model.name '{self.cfg.model.name}': {problem}")
-        del new_model
-        return state
 
 
 def is_recycle(cfg: RunConfig) -> bool:
     return getattr(cfg, "recycle", None) is not None
 
 
-__all__ = ["Distill", "RecycleRun", "architecture_problem", "base_parameters", "is_recycle",
-           "load_base_weights", "plain_state", "relative_change"]
+__all__ = ["RecycleRun", "TRAINED_POLICIES", "is_recycle"]

@@ -39,9 +39,9 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save, save_file
 
+from everlearn.errors import ConfigError, ResumeError
 from everlearn.parallel import distributed as dist
 from everlearn.training import stepstate
-from everlearn.errors import ConfigError, ResumeError
 
 log = logging.getLogger("everlearn")
 

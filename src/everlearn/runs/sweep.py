@@ -177,42 +177,16 @@ def _override(key: str, value: Any) -> str:
 def plan_sweep(config: str | None, grid: list[str], preset: str | None,
                output: str | None) -> Path:
     """Validate every point, write SWEEP_DIR/<point>/config.yaml and SWEEP_DIR/sweep.json."""
-    from everlearn.runs.run_dir import check_new_run_dir, claim_run_dir, write_atomic, write_json
-    from everlearn.cli import _load, _split_overrides
     from everlearn.config import dump_yaml
-    from everlearn.strategies import build_strategy
-    from everlearn.runs.tracking import check_available
+    from everlearn.runs.config_source import split_overrides
+    from everlearn.runs.run_dir import claim_run_dir, write_atomic, write_json
 
-    config, grid = _split_overrides(config, grid)
+    config, grid = split_overrides(config, grid)
     axes, fixed = parse_grid(grid)
     points = expand(axes)
     names = slugs(points, axes)
-    configs = []
-    for name, point in zip(names, points):
-        overrides = fixed + [_override(k, v) for k, v in point.items() if k != ORDER]
-        try:
-            cfg, source = _load(config, overrides, preset)
-            build_strategy(cfg.strategies, source, cfg.model.finetune)  # names and options
-        except ConfigError as exc:
-            raise ConfigError(f"point {name}: {exc}") from None
-        if ORDER in point:
-            text = next(a.text for a in axes if a.key == ORDER)
-            perm = resolve_order(point[ORDER], [s.name for s in cfg.stages], text)
-            cfg.stages = [cfg.stages[i] for i in perm]
-        check_available(cfg.tracker.backend)
-        configs.append(cfg)
-    if output:
-        sweep_dir = Path(output)
-    else:
-        stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-        sweep_dir = Path(configs[0].output_dir) / f"{configs[0].name}-sweep-{stamp}"
-    if (sweep_dir / "sweep.json").exists():
-        raise ConfigError(f"{sweep_dir}: already holds a sweep; use --resume {sweep_dir} "
-                          "or another --output")
-    check_new_run_dir(sweep_dir)  # the sweep's own directory: new or empty, never the user's
-    for name in names:
-        if (sweep_dir / name / "config.yaml").exists():
-            raise ConfigError(f"{sweep_dir / name}: already holds a run; use another --output")
+    configs, source = point_configs(config, preset, axes, fixed, points, names)
+    sweep_dir = _new_sweep_dir(output, configs[0], names)
     for name, cfg in zip(names, configs):
         claim_run_dir(sweep_dir / name)  # the points run with --resume: everlearn's own
         write_atomic(sweep_dir / name / "config.yaml", dump_yaml(cfg))
@@ -230,6 +204,50 @@ def plan_sweep(config: str | None, grid: list[str], preset: str | None,
     return sweep_dir
 
 
+def point_configs(config: str | None, preset: str | None, axes: list[Axis], fixed: list[str],
+                  points: list[dict[str, Any]], names: list[str]):
+    """(the resolved config of every point, checked, and where the base config came from)."""
+    from everlearn.runs.config_source import load_run_config
+    from everlearn.runs.tracking import check_available
+    from everlearn.strategies import build_strategy
+
+    configs, source = [], None
+    for name, point in zip(names, points):
+        overrides = fixed + [_override(k, v) for k, v in point.items() if k != ORDER]
+        try:
+            cfg, source = load_run_config(config, overrides, preset)
+            build_strategy(cfg.strategies, source, cfg.model.finetune)  # names and options
+        except ConfigError as exc:
+            raise ConfigError(f"point {name}: {exc}") from None
+        if ORDER in point:
+            text = next(a.text for a in axes if a.key == ORDER)
+            perm = resolve_order(point[ORDER], [s.name for s in cfg.stages], text)
+            cfg.stages = [cfg.stages[i] for i in perm]
+        check_available(cfg.tracker.backend)
+        configs.append(cfg)
+    return configs, source
+
+
+def _new_sweep_dir(output: str | None, first, names: list[str]) -> Path:
+    """``--output`` or OUTPUT_DIR/NAME-sweep-TIMESTAMP (``first``: the first point's config),
+    checked to hold neither a sweep nor a run of any point."""
+    from everlearn.runs.run_dir import check_new_run_dir
+
+    if output:
+        sweep_dir = Path(output)
+    else:
+        stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+        sweep_dir = Path(first.output_dir) / f"{first.name}-sweep-{stamp}"
+    if (sweep_dir / "sweep.json").exists():
+        raise ConfigError(f"{sweep_dir}: already holds a sweep; use --resume {sweep_dir} "
+                          "or another --output")
+    check_new_run_dir(sweep_dir)  # the sweep's own directory: new or empty, never the user's
+    for name in names:
+        if (sweep_dir / name / "config.yaml").exists():
+            raise ConfigError(f"{sweep_dir / name}: already holds a run; use another --output")
+    return sweep_dir
+
+
 def read_manifest(sweep_dir: str | Path) -> dict[str, Any]:
     path = Path(sweep_dir) / "sweep.json"
     try:
@@ -244,13 +262,9 @@ def read_manifest(sweep_dir: str | Path) -> dict[str, Any]:
 
 def point_state(run_dir: Path) -> str:
     """complete (results.json says so), partial (some results) or new."""
-    try:
-        status = json.loads((run_dir / "results.json").read_text(encoding="utf-8"))["status"]
-    except FileNotFoundError:
-        return "new"
-    except (json.JSONDecodeError, KeyError, TypeError, UnicodeDecodeError):
-        return "partial"  # the run itself reports an unreadable results.json
-    return "complete" if status == "complete" else "partial"
+    from everlearn.runs.results import run_state
+
+    return run_state(run_dir)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -281,8 +295,6 @@ def run_sweep(sweep_dir: str | Path, jobs: int = 1, quiet: bool = False,
               echo: Callable[[str], None] = print) -> int:
     """Run every point not yet complete, then write the comparison. Exit status: 0 when all
     points are complete, 1 when some failed, 130 when interrupted."""
-    from everlearn.runs.run_dir import write_json
-
     if jobs < 1:
         raise ConfigError(f"--jobs: expected an integer >= 1, got {jobs}")
     sweep_dir = Path(sweep_dir)
@@ -291,68 +303,14 @@ def run_sweep(sweep_dir: str | Path, jobs: int = 1, quiet: bool = False,
     for p in points:
         p["status"] = point_state(sweep_dir / p["dir"])
     todo = deque(p for p in points if p["status"] != "complete")
-    done = len(points) - len(todo)
-    env = child_env(jobs)
+    children = _Children(sweep_dir, manifest, jobs, quiet, echo)
+    children.done = len(points) - len(todo)
     if not quiet:
-        echo(f"sweep {sweep_dir}: {len(points)} points, {done} complete, {len(todo)} to run; "
-             f"{min(jobs, max(1, len(todo)))} at a time, {env['OMP_NUM_THREADS']} thread(s) each")
-    save = lambda: write_json(sweep_dir / "sweep.json", manifest)  # noqa: E731
-    save()
-    running: dict[subprocess.Popen, tuple[dict, float, Any]] = {}
-
-    def on_term(signum, frame):
-        raise _Stop
-
-    try:
-        previous = signal.signal(signal.SIGTERM, on_term)
-    except ValueError:  # not the main thread: no handler
-        previous = None
-    interrupted = False
-    try:
-        while todo or running:
-            while todo and len(running) < jobs:
-                p = todo.popleft()
-                run_dir = sweep_dir / p["dir"]
-                log = open(run_dir / "output.txt", "ab")
-                cmd = [sys.executable, "-m", "everlearn", "run", "--resume", str(run_dir), "-q"]
-                proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env,
-                                        stdin=subprocess.DEVNULL)
-                p["status"] = "running"
-                running[proc] = (p, time.perf_counter(), log)
-                save()
-            time.sleep(0.1)
-            for proc in [q for q in running if q.poll() is not None]:
-                p, t0, log = running.pop(proc)
-                log.close()
-                done += 1
-                state = point_state(sweep_dir / p["dir"])
-                p["status"] = "complete" if proc.returncode == 0 and state == "complete" \
-                    else "failed"
-                p["exit_code"] = proc.returncode
-                save()
-                if not quiet:
-                    msg = f"{time.perf_counter() - t0:.1f} s"
-                    if p["status"] == "failed":
-                        msg = f"exit {proc.returncode}: {_last_line(sweep_dir / p['dir'])}"
-                    echo(f"[{done}/{len(points)}] {p['dir']}: {p['status']} ({msg})")
-    except (KeyboardInterrupt, _Stop):
-        interrupted = True
-        for proc in running:  # Ctrl-C reached them too; SIGTERM covers a kill of the sweep
-            if proc.poll() is None:
-                proc.terminate()
-        for proc, (p, _, log) in running.items():
-            try:
-                proc.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-            log.close()
-            p["status"] = "interrupted"
-        save()
-    finally:
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
-    if interrupted:
+        echo(f"sweep {sweep_dir}: {len(points)} points, {children.done} complete, {len(todo)} "
+             f"to run; {min(jobs, max(1, len(todo)))} at a time, "
+             f"{children.env['OMP_NUM_THREADS']} thread(s) each")
+    children.save()
+    if not children.run_all(todo):
         print(f"everlearn: sweep interrupted; continue with `everlearn sweep --resume "
               f"{sweep_dir}`", file=sys.stderr)
         return 130
@@ -364,6 +322,86 @@ def run_sweep(sweep_dir: str | Path, jobs: int = 1, quiet: bool = False,
               f"`everlearn sweep --resume {sweep_dir}`", file=sys.stderr)
         return 1
     return 0
+
+
+class _Children:
+    """The points' child processes, ``jobs`` at a time, and the manifest they update."""
+
+    def __init__(self, sweep_dir: Path, manifest: dict[str, Any], jobs: int, quiet: bool,
+                 echo: Callable[[str], None]):
+        self.sweep_dir, self.manifest, self.jobs = sweep_dir, manifest, jobs
+        self.quiet, self.echo = quiet, echo
+        self.env = child_env(jobs)
+        self.running: dict[subprocess.Popen, tuple[dict, float, Any]] = {}
+        self.done = 0
+
+    def save(self) -> None:
+        from everlearn.runs.run_dir import write_json
+
+        write_json(self.sweep_dir / "sweep.json", self.manifest)
+
+    def run_all(self, todo: deque) -> bool:
+        """Run the points of ``todo``; False when interrupted (Ctrl-C or SIGTERM)."""
+        def on_term(signum, frame):
+            raise _Stop
+
+        try:
+            previous = signal.signal(signal.SIGTERM, on_term)
+        except ValueError:  # not the main thread: no handler
+            previous = None
+        try:
+            while todo or self.running:
+                while todo and len(self.running) < self.jobs:
+                    self._start(todo.popleft())
+                time.sleep(0.1)
+                for proc in [q for q in self.running if q.poll() is not None]:
+                    self._finish(proc)
+        except (KeyboardInterrupt, _Stop):
+            self._stop_all()
+            return False
+        finally:
+            if previous is not None:
+                signal.signal(signal.SIGTERM, previous)
+        return True
+
+    def _start(self, p: dict[str, Any]) -> None:
+        run_dir = self.sweep_dir / p["dir"]
+        log = open(run_dir / "output.txt", "ab")
+        cmd = [sys.executable, "-m", "everlearn", "run", "--resume", str(run_dir), "-q"]
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=self.env,
+                                stdin=subprocess.DEVNULL)
+        p["status"] = "running"
+        self.running[proc] = (p, time.perf_counter(), log)
+        self.save()
+
+    def _finish(self, proc: subprocess.Popen) -> None:
+        p, t0, log = self.running.pop(proc)
+        log.close()
+        self.done += 1
+        state = point_state(self.sweep_dir / p["dir"])
+        p["status"] = "complete" if proc.returncode == 0 and state == "complete" else "failed"
+        p["exit_code"] = proc.returncode
+        self.save()
+        if not self.quiet:
+            msg = f"{time.perf_counter() - t0:.1f} s"
+            if p["status"] == "failed":
+                msg = f"exit {proc.returncode}: {_last_line(self.sweep_dir / p['dir'])}"
+            self.echo(f"[{self.done}/{len(self.manifest['points'])}] {p['dir']}: "
+                      f"{p['status']} ({msg})")
+
+    def _stop_all(self) -> None:
+        for proc in self.running:  # Ctrl-C reached them too; SIGTERM covers a kill of the sweep
+            if proc.poll() is None:
+                proc.terminate()
+        for proc, (p, _, log) in self.running.items():
+            try:
+                proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+            log.close()
+            p["status"] = "interrupted"
+        self.save()
 
 
 def _last_line(run_dir: Path) -> str:
@@ -378,8 +416,8 @@ def _last_line(run_dir: Path) -> str:
 def write_comparison(sweep_dir: Path, manifest: dict[str, Any],
                      echo: Callable[[str], None] = print, quiet: bool = False) -> list[Path]:
     """SWEEP_DIR/compare.md, .csv and .html over every point that has results."""
-    from everlearn.runs.run_dir import write_atomic
     from everlearn.report.compare import compare_runs, format_comparison
+    from everlearn.runs.run_dir import write_atomic
 
     dirs = [sweep_dir / p["dir"] for p in manifest["points"]
             if (sweep_dir / p["dir"] / "results.json").is_file()]

@@ -24,9 +24,9 @@ import secrets
 from pathlib import Path
 from typing import Any
 
-from everlearn.runs.run_dir import write_json
 from everlearn.config import RunConfig, to_dict
 from everlearn.errors import ConfigError
+from everlearn.runs.run_dir import write_json
 
 # backend -> (modules accelerate can use, how to install one)
 PACKAGES = {"tensorboard": (("tensorboard", "tensorboardX"), "pip install 'everlearn[trackers]'"),

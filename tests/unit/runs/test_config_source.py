@@ -1,0 +1,31 @@
+"""everlearn.runs.config_source: CONFIG, --preset or the quickstart, plus overrides."""
+
+from __future__ import annotations
+
+import pytest
+
+from everlearn.errors import EverlearnError
+from everlearn.runs.config_source import load_run_config, split_overrides
+
+
+def test_a_first_positional_with_equals_that_is_no_file_is_an_override(tmp_path):
+    assert split_overrides("train.lr=1", ["seed=2"]) == (None, ["train.lr=1", "seed=2"])
+    real = tmp_path / "a=b.yaml"
+    real.write_text("")
+    assert split_overrides(str(real), []) == (str(real), [])
+    assert split_overrides(None, ["seed=1"]) == (None, ["seed=1"])
+
+
+def test_config_and_preset_together_are_refused():
+    with pytest.raises(EverlearnError, match="either CONFIG or --preset"):
+        load_run_config("stream.yaml", [], "smoke")
+
+
+def test_an_unknown_preset_names_the_known_ones():
+    with pytest.raises(EverlearnError, match="--preset: expected one of .*quickstart"):
+        load_run_config(None, [], "nope")
+
+
+def test_a_preset_with_overrides():
+    cfg, source = load_run_config(None, ["seed=7"], "smoke")
+    assert (cfg.seed, source) == (7, "<preset smoke>")
