@@ -111,6 +111,21 @@ def test_validate_bad_data_is_one_line(tmp_path: Path, capsys):
 # --- ls ------------------------------------------------------------------------------------
 
 
+def test_ls_lists_the_stage_kinds_from_the_registry(capsys, monkeypatch):
+    from everlearn import stages
+
+    assert main(["ls"]) == 0
+    listed = capsys.readouterr().out.split("\nstrategies:")[0].splitlines()[1:]
+    assert [line.split()[0] for line in listed] == ["sft", "cpt", "align", "edit"]
+    assert "[preference_accuracy]" in listed[2]
+    # a kind registered in the package is listed without touching the CLI
+    extra = stages.Kind(name="probe", order=9, description="a test kind", metrics=("accuracy",),
+                        default_metric="accuracy", read_record=None, encode=None)
+    monkeypatch.setitem(stages._discover(), "probe", extra)
+    assert main(["ls"]) == 0
+    assert "\n  probe          [accuracy] a test kind" in capsys.readouterr().out
+
+
 def test_ls_lists_strategies_and_tasks(capsys):
     from everlearn.data.builtin import list_builtin_tasks
 

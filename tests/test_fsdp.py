@@ -143,7 +143,7 @@ def test_fsdp_refuses_a_strategy_it_cannot_run(tmp_path, monkeypatch, three_stag
     msg = str(err.value)
     assert "\n" not in msg and msg.startswith(f"stream.yaml: strategies: '{strategy}' is not "
                                               "supported under FSDP")
-    assert "supported: seqft, joint, replay, general_mix, der, lwf" in msg
+    assert "supported: der, general_mix, joint, lwf, replay, seqft" in msg
     assert not (tmp_path / "run").exists()  # nothing written
 
 

@@ -116,7 +116,8 @@ def _add_sweep(sub) -> None:
 
 
 def _add_ls_validate(sub) -> None:
-    sub.add_parser("ls", help="list strategies, built-in tasks, embedded models and presets")
+    sub.add_parser("ls", help="list stage kinds, strategies, built-in tasks and suites, "
+                  "embedded models and presets")
 
     val = sub.add_parser("validate", help="check a config and its data without training")
     val.add_argument("config", nargs="?", help="stream YAML")
@@ -218,10 +219,15 @@ def cmd_ls(args) -> int:
     from everlearn.data.builtin import list_builtin_tasks
     from everlearn.models.loading import EMBEDDED_MODELS
     from everlearn.presets import PRESETS
+    from everlearn.stages import get_kind, kinds
     from everlearn.strategies import STRATEGIES
     from everlearn.strategies.base import option_fields
 
-    print("strategies:")
+    print("stage kinds (stage field `kind:`; metrics it may be scored by):")
+    for name in kinds():
+        kind = get_kind(name)
+        print(f"  {name:<14} [{', '.join(kind.metrics)}] {kind.description}")
+    print("\nstrategies:")
     for name, cls in sorted(STRATEGIES.items()):
         print(f"  {name:<14} {cls.summary}")
         for opt, default, help_ in option_fields(cls):

@@ -31,11 +31,7 @@ import torch
 
 from everlearn.errors import ConfigError
 from everlearn.parallel.data_parallel import DataParallel
-
-# The order the error lists the supported strategies in (docs/distributed.md's); what each
-# strategy supports is its own declaration (Strategy.unsupported_parallel), and one not listed
-# here follows these, by name.
-_LISTED_FIRST = ("seqft", "joint", "replay", "general_mix", "der", "lwf")
+from everlearn.stages import get_kind
 
 
 def requested() -> bool:
@@ -94,7 +90,7 @@ def check_run(strategies: list[str], stage_kinds: list[str], recycle: bool, text
             raise ConfigError(f"{source}: strategies: '{name}' is not supported under FSDP ("
                               f"{why}); supported: {', '.join(supported())}; or run without "
                               "sharding (examples/accelerate/ddp.yaml)")
-    if "edit" in stage_kinds:
+    if any(get_kind(k).edits for k in stage_kinds):
         raise ConfigError(f"{source}: stages: edit stages are not supported under FSDP "
                           "(constrained fine-tuning bounds whole weights); run without "
                           "sharding (examples/accelerate/ddp.yaml)")
@@ -112,12 +108,10 @@ def refusal(name: str) -> str | None:
 
 
 def supported() -> list[str]:
-    """The registered strategies that run under FSDP, in the documented order."""
+    """The registered strategies that run under FSDP, by name."""
     from everlearn.strategies import STRATEGIES
 
-    names = [n for n in STRATEGIES if refusal(n) is None]
-    return sorted(names, key=lambda n: (_LISTED_FIRST.index(n) if n in _LISTED_FIRST
-                                        else len(_LISTED_FIRST), n))
+    return sorted(n for n in STRATEGIES if refusal(n) is None)
 
 
 def _fsdp_module_type():

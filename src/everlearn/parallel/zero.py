@@ -37,6 +37,7 @@ import torch
 
 from everlearn.errors import ConfigError
 from everlearn.parallel.data_parallel import DataParallel
+from everlearn.stages import get_kind
 
 _WHERE = "accelerate config: deepspeed_config"
 
@@ -97,7 +98,7 @@ def check_run(strategies: list[str], stage_kinds: list[str], recycle: bool, text
         if why is not None:
             raise ConfigError(f"{source}: strategies: '{name}' is not supported under DeepSpeed "
                               f"({why}); {alternative}")
-    if "edit" in stage_kinds:
+    if any(get_kind(k).edits for k in stage_kinds):
         raise ConfigError(f"{source}: stages: edit stages are not supported under DeepSpeed; "
                           f"{alternative}")
     if text_stream:

@@ -67,6 +67,7 @@ from everlearn.runs.session import (
 )
 from everlearn.runs.text_stream import TextStreamRun
 from everlearn.runs.tracking import Tracker
+from everlearn.stages import get_kind
 from everlearn.stages.edit import editing_section
 from everlearn.stages.stream import Stage, Stream, build_stream
 from everlearn.strategies import StrategyStack, build_strategy
@@ -187,7 +188,7 @@ class Run:
         general = [r.general for r in self.rows]
         if any(general):
             res.general = general_sections(general, self.probes.info() if self.probes else {})
-        if any(st.kind == "edit" for st in self.stream.stages):
+        if any(get_kind(st.kind).edits for st in self.stream.stages):
             res.editing = editing_section(self.stream.stages,
                                           [[s.name for s in p] for p in self.phases],
                                           [r.side for r in self.rows])

@@ -145,13 +145,13 @@ def _resolve_labels(sc: StageConfig, metric: str, train: list[Record], test: lis
 def _suite_stages(sc: StageConfig, seed: int, where: str) -> list[Stage]:
     """The stages one suite entry expands into (``builtin: worldline, periods: N``): named
     ``NAME-01 .. NAME-N``, each with its own ``max_train`` / ``max_test`` sample."""
-    from everlearn.schema import build as _build
+    from everlearn.schema import build
 
     suite = get_suite(sc.builtin)
     if sc.metric not in (None, suite.metric):
         raise DataError(f"{where}: metric: the {suite.name} suite is scored by {suite.metric}, "
                         f"got {sc.metric!r}")
-    options = _build(suite.Options, sc.builtin_options, "builtin_options")  # checked by config
+    options = build(suite.Options, sc.builtin_options, "builtin_options")  # checked by config
     n = sc.periods or suite.periods_for(options)
     try:
         periods = suite.build(n, seed, options)

@@ -37,8 +37,7 @@ def build_strategy(specs: list[Any], source: str = "config",
                    finetune: str | None = None) -> StrategyStack:
     """Instantiate and validate the configured strategies (``config.strategies``); with
     ``finetune`` (``model.finetune``) also check that each strategy supports it."""
-    from everlearn.schema import FieldError as _Mismatch
-    from everlearn.schema import build as _build
+    from everlearn.schema import FieldError, build
 
     members = []
     for i, spec in enumerate(specs):
@@ -48,8 +47,8 @@ def build_strategy(specs: list[Any], source: str = "config",
             raise ConfigError(f"{source}: {where}.name: expected one of "
                               f"{', '.join(sorted(STRATEGIES))}, got {spec.name!r}")
         try:
-            options = _build(cls.Options, spec.options, f"{where}.options")
-        except _Mismatch as exc:
+            options = build(cls.Options, spec.options, f"{where}.options")
+        except FieldError as exc:
             raise ConfigError(f"{source}: {exc.path}: {exc.message}") from None
         problem = options.check() if hasattr(options, "check") else None
         if problem:

@@ -41,7 +41,7 @@ import torch.nn.functional as F
 
 from everlearn.data.encode import IGNORE
 from everlearn.errors import TrainingError
-from everlearn.schema import field as _f
+from everlearn.schema import field
 from everlearn.stages import get_kind
 from everlearn.strategies.base import Strategy
 
@@ -53,17 +53,17 @@ DEFAULT_DEPTH = 0.8  # layer: null -> the layer at 80% of the depth
 
 @dataclass
 class GraceOptions:
-    layer: int | None = _f(
+    layer: int | None = field(
         None, "Decoder layer whose output the codebook rewrites (0-based; negative counts from "
         "the end). Null: the layer at 80% of the depth (24 of SmolLM2-135M's 30).")
-    epsilon: float = _f(
+    epsilon: float = field(
         20.0, "Initial deferral radius of a new key: the Euclidean distance between hidden "
         "states entering the layer within which an input takes the key's value. Its scale is "
         "the model's and the layer's (hidden states at layer 24 of SmolLM2-135M have norms "
         "near 350; `strategy_metrics.grace.mean_key_norm` reports it for a run).")
-    iterations: int = _f(100, "Most optimisation steps of a value per edit.")
-    lr: float = _f(1.0, "Adam learning rate of the values (the paper's 1.0).")
-    stop_loss: float = _f(
+    iterations: int = field(100, "Most optimisation steps of a value per edit.")
+    lr: float = field(1.0, "Adam learning rate of the values (the paper's 1.0).")
+    stop_loss: float = field(
         0.05, "A value's training stops once every token of target_new is the top-1 prediction "
         "and their mean loss is below this.")
 

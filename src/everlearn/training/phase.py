@@ -17,6 +17,7 @@ from transformers import get_scheduler
 
 from everlearn.config import TrainConfig
 from everlearn.errors import TrainingError
+from everlearn.stages import get_kind
 from everlearn.stages.stream import Stage
 from everlearn.training import stepstate
 from everlearn.training.plan import learning_rate
@@ -42,21 +43,25 @@ class PhaseCost:
 
 
 def phase_kind(stages: list[Stage]) -> str:
-    """How the phase trains: "align" (DPO on preference pairs), "edit" (constrained fine-tuning
-    or an editor strategy) or "tokens" (the token loss: sft, cpt, a text stream); a one-line
-    error for a phase that mixes align or edit stages with other kinds."""
+    """How the phase trains, from what its stages' kinds declare (everlearn.stages): "dpo"
+    (preference pairs), "edit" (constrained fine-tuning or an editor strategy) or "tokens" (the
+    token loss: sft, cpt, a text stream); a one-line error for a phase that mixes a dpo or edit
+    kind with others."""
     names = ", ".join(s.name for s in stages)
-    if any(st.kind == "align" for st in stages):
-        if not all(st.kind == "align" for st in stages):
-            raise TrainingError(f"stages {names}: an align stage cannot train in one phase with "
-                                "sft or cpt stages (a strategy such as joint grouped them)")
-        return "align"
-    if any(st.kind == "edit" for st in stages):
-        if not all(st.kind == "edit" for st in stages):
-            raise TrainingError(f"stages {names}: an edit stage cannot train in one phase with "
-                                "other kinds of stages (a strategy such as joint grouped them)")
-        return "edit"
-    return "tokens"
+    modes = [training_mode(st.kind) for st in stages]
+    if "dpo" in modes and set(modes) != {"dpo"}:
+        raise TrainingError(f"stages {names}: an align stage cannot train in one phase with "
+                            "sft or cpt stages (a strategy such as joint grouped them)")
+    if "edit" in modes and set(modes) != {"edit"}:
+        raise TrainingError(f"stages {names}: an edit stage cannot train in one phase with "
+                            "other kinds of stages (a strategy such as joint grouped them)")
+    return modes[0] if modes else "tokens"
+
+
+def training_mode(kind: str) -> str:
+    """"edit" for a kind whose records are edits, else its loss ("tokens" or "dpo")."""
+    declared = get_kind(kind)
+    return "edit" if declared.edits else declared.loss
 
 
 def phase_steps(stages: list[Stage], cfg: TrainConfig, n_examples: int) -> int:
@@ -91,7 +96,7 @@ class Phase:
 
     @property
     def align(self) -> bool:
-        return self.kind == "align"
+        return self.kind == "dpo"
 
     @property
     def label(self) -> str:

@@ -61,7 +61,7 @@ class Trainer:
         ``Encoded.record`` indexes that list, so a strategy can tell which records a batch
         holds (``batch["record_index"]``).
         """
-        if phase_kind([stage]) == "align":
+        if phase_kind([stage]) == "dpo":
             pairs = encode_pairs(self.encoder, records, stage.beta, stage.name)
             self.encoder.note_truncation(stage.name, "train", [
                 p.chosen.truncated or p.rejected.truncated for p in pairs])
@@ -143,7 +143,7 @@ class Trainer:
         optimizer, scheduler = setup.optimizer_and_schedule(
             model, params, lr, self.cfg, total_steps, segment, self.carried, order, stages,
             examples)
-        batches = setup.batch_order(examples, kind == "align", order, self.cfg, rng)
+        batches = setup.batch_order(examples, kind == "dpo", order, self.cfg, rng)
         return Phase(phase, stages, kind, examples, order, total_steps, params, optimizer,
                      scheduler, bound, batches)
 

@@ -16,7 +16,7 @@ def _stage(name: str, kind: str, lr=None, steps=None, epochs=None):
 
 def test_phase_kind_and_mixing_errors():
     assert phase_kind([_stage("a", "sft"), _stage("b", "cpt")]) == "tokens"
-    assert phase_kind([_stage("a", "align")]) == "align"
+    assert phase_kind([_stage("a", "align")]) == "dpo"
     assert phase_kind([_stage("a", "edit"), _stage("b", "edit")]) == "edit"
     with pytest.raises(TrainingError, match="stages a, b: an align stage cannot train"):
         phase_kind([_stage("a", "align"), _stage("b", "sft")])

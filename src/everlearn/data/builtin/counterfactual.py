@@ -26,7 +26,7 @@ from dataclasses import dataclass
 
 from everlearn.data.records import Record
 from everlearn.data.sampling import sample_records
-from everlearn.schema import field as _f
+from everlearn.schema import field
 
 # relation -> templates ({s}: subject, {S}: subject capitalised); the first is the edit prompt,
 # the others are its paraphrases (the model need not know the fact in those forms)
@@ -163,11 +163,11 @@ FACTS: tuple[tuple[str, str, str], ...] = (
 class CounterfactualOptions:
     """Options of the edits_counterfactual suite (stage field ``builtin_options``)."""
 
-    edits_per_batch: int = _f(8, "Edits per stage (one batch of edits each).")
-    rephrases: int = _f(2, "Paraphrased prompts per edit (generalisation), at most 2.")
-    locality: int = _f(2, "Locality prompts per edit: alternately a held-back fact of the same "
+    edits_per_batch: int = field(8, "Edits per stage (one batch of edits each).")
+    rephrases: int = field(2, "Paraphrased prompts per edit (generalisation), at most 2.")
+    locality: int = field(2, "Locality prompts per edit: alternately a held-back fact of the same "
                           "relation and one of another relation.")
-    held_back: float = _f(0.25, "Share of each relation's facts never edited, the source of "
+    held_back: float = field(0.25, "Share of each relation's facts never edited, the source of "
                                 "locality prompts.")
 
     def check(self) -> tuple[str, str] | None:

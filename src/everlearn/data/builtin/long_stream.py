@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from everlearn.data.builtin.base import stable_unit
 from everlearn.data.builtin.classify import TEST_WORDS, WORDS
 from everlearn.data.records import Record
-from everlearn.schema import field as _f
+from everlearn.schema import field
 
 CATEGORIES = list(WORDS)  # classify's categories (named there vorn/glim/tesk/drub)
 NUMBERS = range(1, 1000)
@@ -36,9 +36,9 @@ _VOWELS = "aeiou"
 class LongStreamOptions:
     """Options of the long_stream suite (stage field ``builtin_options``)."""
 
-    labels: int = _f(2, "Classes per stage (2..4); chance accuracy is 1 / labels.")
-    train_size: int = _f(32, "Training examples per stage (before the stage's max_train).")
-    test_size: int = _f(8, "Test examples per stage (before the stage's max_test).")
+    labels: int = field(2, "Classes per stage (2..4); chance accuracy is 1 / labels.")
+    train_size: int = field(32, "Training examples per stage (before the stage's max_train).")
+    test_size: int = field(8, "Test examples per stage (before the stage's max_test).")
 
     def check(self) -> tuple[str, str] | None:
         """(field, problem) for the first bad value, else None."""

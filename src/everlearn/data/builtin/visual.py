@@ -18,14 +18,15 @@ tasks as a stream.
 
 from __future__ import annotations
 
+import dataclasses
 import random
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import partial
 
 from everlearn.data.builtin.base import BuiltinTask, Item
 from everlearn.data.records import Record
-from everlearn.schema import field as _f
+from everlearn.schema import field
 from everlearn.vision.scenes import COLOURS, KINDS, Scene, Shape
 
 SIZE = 64
@@ -141,7 +142,7 @@ class VisualTask(BuiltinTask):
     are shuffled; the split and the uniqueness of (prompt, image) are as for every task."""
 
     cycle: tuple[str, ...] = ()
-    make: Callable[[random.Random, str], Item] | None = field(default=None, repr=False)
+    make: Callable[[random.Random, str], Item] | None = dataclasses.field(default=None, repr=False)
 
     def generate(self, n: int, seed: int = 0, split: str = "train") -> list[Record]:
         rng = self._generator(n, seed, split)
@@ -191,10 +192,10 @@ BY_SHORT_NAME = {t: TASKS[i] for i, t in enumerate(TASK_ORDER)}
 class VisualOptions:
     """Options of the visual_shapes suite (stage field ``builtin_options``)."""
 
-    tasks: list[str] = _f(list(TASK_ORDER), "The tasks, in stream order (stages NAME-<task>): "
+    tasks: list[str] = field(list(TASK_ORDER), "The tasks, in stream order (stages NAME-<task>): "
                           "colour, shape, count, position, compare.")
-    train_size: int = _f(200, "Training examples per task (before the stage's max_train).")
-    test_size: int = _f(50, "Test examples per task (before the stage's max_test).")
+    train_size: int = field(200, "Training examples per task (before the stage's max_train).")
+    test_size: int = field(50, "Test examples per task (before the stage's max_test).")
 
     def check(self) -> tuple[str, str] | None:
         """(field, problem) for the first bad value, else None."""

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from typing import NamedTuple
 
 from everlearn.data.records import Record
-from everlearn.schema import field as _f
+from everlearn.schema import field
 
 SPLITS = ("invariant", "updated", "new")
 
@@ -76,16 +76,17 @@ PERSON_RELATIONS = ("city", "employer", "role")
 class WorldlineOptions:
     """Options of the worldline suite (stage field ``builtin_options``)."""
 
-    people: int = _f(24, "People in the first period (each has a city, an employer, a role).")
-    new_people: int = _f(4, "People who first appear in each later period (their facts are new).")
-    companies: int = _f(6, "Companies (each has a headquarters city).")
-    cities: int = _f(8, "Cities: the candidate values of city and headquarters probes.")
-    roles: int = _f(10, f"Roles, drawn from {len(ROLES)}: the candidates of role probes.")
-    change_rate: float = _f(0.25, "Chance that an existing fact changes value in a period.")
-    mentions: int = _f(3, "Sentences stating each fact in its period's text.")
-    restate: float = _f(0.0, "Share of unchanged facts stated again in a later period's text.")
-    sentences_per_doc: int = _f(6, "Sentences per training document.")
-    probe_in_text: bool = _f(True, "State each fact once in its probe's own sentence (false: "
+    people: int = field(24, "People in the first period (each has a city, an employer, a role).")
+    new_people: int = field(
+        4, "People who first appear in each later period (their facts are new).")
+    companies: int = field(6, "Companies (each has a headquarters city).")
+    cities: int = field(8, "Cities: the candidate values of city and headquarters probes.")
+    roles: int = field(10, f"Roles, drawn from {len(ROLES)}: the candidates of role probes.")
+    change_rate: float = field(0.25, "Chance that an existing fact changes value in a period.")
+    mentions: int = field(3, "Sentences stating each fact in its period's text.")
+    restate: float = field(0.0, "Share of unchanged facts stated again in a later period's text.")
+    sentences_per_doc: int = field(6, "Sentences per training document.")
+    probe_in_text: bool = field(True, "State each fact once in its probe's own sentence (false: "
                                    "only paraphrases, so probes test generalisation).")
 
     def check(self) -> tuple[str, str] | None:
