@@ -87,20 +87,20 @@ def strategy_case(name: str) -> Callable[[Path], dict]:
 
 
 def cpt_case(tmp: Path) -> dict:
-    from tests.test_recycle import _news
+    from tests.helpers.recycle import news_stage
 
-    return _run(_small(tmp, [_three(tmp)[0], _news(tmp)], strategies=["replay"]), tmp)
+    return _run(_small(tmp, [_three(tmp)[0], news_stage(tmp)], strategies=["replay"]), tmp)
 
 
 def align_case(tmp: Path) -> dict:
-    from tests.test_align import pref_stage
+    from tests.helpers.align import pref_stage
 
     return _run(_small(tmp, [pref_stage("pref_concise"), pref_stage("pref_format")]), tmp)
 
 
 def edit_case(editor: str) -> Callable[[Path], dict]:
     def case(tmp: Path) -> dict:
-        from tests.test_edit import GRACE, three_batches
+        from tests.helpers.edit import GRACE, three_batches
 
         strategies = [GRACE] if editor == "grace" else []
         return _run(_small(tmp, three_batches(tmp), strategies=strategies), tmp)
@@ -108,7 +108,7 @@ def edit_case(editor: str) -> Callable[[Path], dict]:
 
 
 def text_stream_case(tmp: Path) -> dict:
-    from tests.test_text_stream import stream_config
+    from tests.helpers.text_stream import stream_config
 
     cfg = stream_config(tmp, {"mode": "detector", "threshold": 8.0}, budget=12000,
                         strategies=[{"name": "replay", "buffer_size": 40, "mix_ratio": 0.2}])
@@ -116,13 +116,13 @@ def text_stream_case(tmp: Path) -> dict:
 
 
 def recycle_case(tmp: Path) -> dict:
-    from tests.test_recycle import _config
+    from tests.helpers.recycle import recycle_config
 
-    return _run(_config(tmp), tmp)
+    return _run(recycle_config(tmp), tmp)
 
 
 def vision_case(tmp: Path) -> dict:
-    from tests.test_vision import tiny_vision_config
+    from tests.helpers.vision import tiny_vision_config
 
     cfg = tiny_vision_config(tmp, [
         {"name": "vis", "builtin": "visual_shapes",
@@ -161,7 +161,7 @@ def resume_case(tmp: Path) -> dict:
 def two_process_case(tmp: Path) -> dict:
     import yaml
 
-    from tests.test_distributed import torchrun
+    from tests.helpers.distributed import torchrun
 
     cfg = _small(tmp, _three(tmp), strategies=["replay"])
     (tmp / "stream.yaml").write_text(yaml.safe_dump(cfg))

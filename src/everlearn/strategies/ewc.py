@@ -28,7 +28,7 @@ Choices:
   earlier stage's mean token loss rises, so ``ewc_lambda = 1`` would weigh it like the new loss.
   That estimate is optimistic far from the anchor (a confident model has a small Fisher), and
   useful values are much larger: forgetting on the tiny test stream falls from 4.5 to about 3
-  nats at 1e3 and to about 2 at 1e4 (tests/test_regularizers.py). Tune it per model.
+  nats at 1e3 and to about 2 at 1e4 (tests/e2e/test_regularizers.py). Tune it per model.
 - Only trainable weights are anchored (LoRA adapters under LoRA). Memory: two fp32 copies of
   the trainable weights per earlier stage (one pair in online mode) - small under LoRA, large
   under full fine-tuning of a big model, where ``online: true`` is the affordable choice.

@@ -1,0 +1,7 @@
+"""Helpers shared by several files of the long stream tests.
+
+Long streams: the evaluation schedule, the long_stream suite, and what stays bounded."""
+
+from __future__ import annotations
+
+SIX = [[0], [1], [2], [3], [4], [5]]  # one stage per phase
