@@ -1,6 +1,4 @@
-"""Helpers shared by several files of the align tests.
-
-Align stages: the DPO loss, preference accuracy, pair data, and runs on the tiny model."""
+"""Helpers shared by several files of the align tests."""
 
 from __future__ import annotations
 

@@ -1,10 +1,4 @@
-"""Helpers shared by several files of the bad input tests.
-
-Property-based: malformed configs and data files never end in a traceback.
-
-Every input either validates, or ends in exit code 2 with one line ``everlearn: error: ...``
-that names the file at fault; a failed ``run`` leaves no run directory that a later resume
-would trust."""
+"""Helpers shared by several files of the bad input tests."""
 
 from __future__ import annotations
 

@@ -1,6 +1,4 @@
-"""Helpers shared by several files of the cli tests.
-
-The command line: validate, ls, run (new, into an existing directory, resumed) and eval."""
+"""Helpers shared by several files of the cli tests."""
 
 from __future__ import annotations
 

@@ -1,6 +1,4 @@
-"""Helpers shared by several files of the config tests.
-
-Config: YAML -> RunConfig, overrides, paths, one-line errors, round trip, strategies."""
+"""Helpers shared by several files of the config tests."""
 
 from __future__ import annotations
 

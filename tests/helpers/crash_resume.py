@@ -1,8 +1,4 @@
-"""Helpers shared by several files of the crash resume tests.
-
-A run killed with SIGKILL at any moment resumes to the results of an uninterrupted run
-(from a stage checkpoint, or mid-stage from a step checkpoint), a SIGTERM saves the step in
-progress, and the same config and seed give the same results twice."""
+"""Helpers shared by several files of the crash resume tests."""
 
 from __future__ import annotations
 

@@ -1,14 +1,4 @@
-"""Helpers shared by several files of the deepspeed tests.
-
-DeepSpeed ZeRO stage 2 under two processes (torchrun, gloo on CPU) gives the matrix of one
-process.
-
-The launch environment is the one ``accelerate launch --config_file
-examples/accelerate/deepspeed_zero2.yaml`` sets, derived by accelerate's own launcher code from
-the example file, so the example is tested as shipped. Tolerance: every cell of R within one
-test example's worth (100 / n_test points), final losses within 1e-3 relative, trained weights
-within 1% of their norm. What everlearn cannot run under DeepSpeed stops with a one-line error
-before anything is written."""
+"""Helpers shared by several files of the deepspeed tests."""
 
 from __future__ import annotations
 

@@ -1,14 +1,4 @@
-"""Helpers shared by several files of the distributed tests.
-
-Two processes (torchrun, gloo on CPU) give the matrix of one process, and write one run.
-
-Each case runs ``torchrun --nproc_per_node 2 -m everlearn run CONFIG`` (as
-``python -m torch.distributed.run``, torchrun's module) on the tiny model and the same config in
-this process, then compares. Tolerance: every cell of R within one test example's worth
-(100 / n_test points); in practice the matrices come out equal (the ranks' summed gradient is
-the one-process gradient up to float rounding). The strategy state saved by rank 0 must match
-the one-process state (the replay buffer exactly, the Fisher to float rounding), and the run
-itself checks after every phase that both ranks hold the same weights and strategy state."""
+"""Helpers shared by several files of the distributed tests."""
 
 from __future__ import annotations
 

@@ -1,7 +1,4 @@
-"""Helpers shared by several files of the edit tests.
-
-Edit stages: edit records, the GRACE codebook, the edit metrics, the constrained fine-tuning
-editor and the built-in counterfactual stream, on the tiny model."""
+"""Helpers shared by several files of the edit tests."""
 
 from __future__ import annotations
 

@@ -1,7 +1,4 @@
-"""Helpers shared by several files of the encode tokens tests.
-
-Token ids that get trained and scored: whitespace at the prompt/continuation boundary, BOS,
-truncation of long prompts (and its share per stage in results.json)."""
+"""Helpers shared by several files of the encode tokens tests."""
 
 from __future__ import annotations
 

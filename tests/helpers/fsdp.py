@@ -1,16 +1,4 @@
-"""Helpers shared by several files of the fsdp tests.
-
-FSDP2 under two processes (torchrun, gloo on CPU) gives the matrix of one process.
-
-The launch environment is the one ``accelerate launch --config_file
-examples/accelerate/fsdp.yaml`` sets, derived by accelerate's own launcher code from the
-example file, so the example is tested as shipped. Tolerance: every cell of R within one test
-example's worth (100 / n_test points); in practice the matrices come out equal and the final
-losses agree to ~1e-5 relative. The checkpoints of the sharded run are the one-process files
-(same names, shapes and dtypes, whole tensors), and a one-process run resumes from them. A run
-stopped by SIGTERM in the middle of a phase resumes under FSDP from its gathered step
-checkpoint to the uninterrupted run's results. Strategies FSDP cannot run, FSDP1 and
-Megatron-LM configs stop with a one-line error."""
+"""Helpers shared by several files of the fsdp tests."""
 
 from __future__ import annotations
 

@@ -1,6 +1,4 @@
-"""Helpers shared by several files of the long stream tests.
-
-Long streams: the evaluation schedule, the long_stream suite, and what stays bounded."""
+"""Helpers shared by several files of the long stream tests."""
 
 from __future__ import annotations
 

@@ -1,7 +1,4 @@
-"""Helpers shared by several files of the merge expansion tests.
-
-Model merging (interpolation, task arithmetic, TIES) and block expansion (LLaMA-Pro): the
-defining property of each, on hand-built tensors and on the tiny model."""
+"""Helpers shared by several files of the merge expansion tests."""
 
 from __future__ import annotations
 

@@ -1,6 +1,4 @@
-"""Helpers shared by several files of the recycle tests.
-
-Recyclable tuning on the tiny model: adapters on the old base, a base update, every policy."""
+"""Helpers shared by several files of the recycle tests."""
 
 from __future__ import annotations
 

@@ -1,7 +1,4 @@
-"""Helpers shared by several files of the regularizers tests.
-
-EWC, online EWC, MAS, L2 and LwF: the defining property of each, on the math and on the hooks,
-and less forgetting than sequential fine-tuning on a two-stage tiny stream."""
+"""Helpers shared by several files of the regularizers tests."""
 
 from __future__ import annotations
 

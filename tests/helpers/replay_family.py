@@ -1,9 +1,4 @@
-"""Helpers shared by several files of the replay family tests.
-
-The replay family and A-GEM: each method's defining property, on vectors and on the tiny model.
-
-DER++ (stored top-k logits), LAMOL-style pseudo-replay, general-data mixing and A-GEM's gradient
-projection; the end-to-end tests train a two-stage stream that sequential fine-tuning forgets."""
+"""Helpers shared by several files of the replay family tests."""
 
 from __future__ import annotations
 

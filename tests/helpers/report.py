@@ -1,7 +1,4 @@
-"""Helpers shared by several files of the report tests.
-
-``everlearn report``: the HTML page and figures from a hand-written results.json (no
-training)."""
+"""Helpers shared by several files of the report tests."""
 
 from __future__ import annotations
 

@@ -1,7 +1,4 @@
-"""Helpers shared by several files of the ssr prompts tests.
-
-Self-synthesised rehearsal (SSR) and Progressive Prompts: each method's defining property on
-hand-built points and on the tiny model (the strategy matrix covers resume and checkpoints)."""
+"""Helpers shared by several files of the ssr prompts tests."""
 
 from __future__ import annotations
 

@@ -1,6 +1,4 @@
-"""Helpers shared by several files of the strategies tests.
-
-Strategy hooks and the replay buffer's defining properties (no model needed)."""
+"""Helpers shared by several files of the strategies tests."""
 
 from __future__ import annotations
 

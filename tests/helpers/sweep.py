@@ -1,7 +1,4 @@
-"""Helpers shared by several files of the sweep tests.
-
-``everlearn sweep``: grid expansion, a 2x2 sweep in two processes pooled by compare, resume
-of a stopped sweep, and one-line errors for a bad grid."""
+"""Helpers shared by several files of the sweep tests."""
 
 from __future__ import annotations
 

@@ -1,8 +1,4 @@
-"""Helpers shared by several files of the text stream tests.
-
-A stream without task boundaries (everlearn.training.textstream): fixed boundaries, the shift
-detector,
-the stream's metrics, and whole runs on the tiny model."""
+"""Helpers shared by several files of the text stream tests."""
 
 from __future__ import annotations
 

@@ -1,7 +1,4 @@
-"""Helpers shared by several files of the vision tests.
-
-Visual instruction stages: image records, the LLaVA models, the alignment stage, routing by
-the per-stage projector, and resuming - on the tiny LLaVA (32x32 images, a few steps)."""
+"""Helpers shared by several files of the vision tests."""
 
 from __future__ import annotations
 

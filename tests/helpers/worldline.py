@@ -1,7 +1,4 @@
-"""Helpers shared by several files of the worldline tests.
-
-The worldline suite: a deterministic changing world, its probe splits, its config form, and a
-three-period stream end to end on the tiny model with per-split accuracy and FUAR."""
+"""Helpers shared by several files of the worldline tests."""
 
 from __future__ import annotations
 
