@@ -198,6 +198,18 @@ def machine() -> dict:
                                      capture_output=True, text=True).stdout.strip()}
 
 
+def warn_other_machine() -> None:
+    """Say so when the goldens were written on another CPU, torch or transformers: then a
+    difference may be the kernels', not the change's (write them at the commit before it)."""
+    written = json.loads((HERE / "MACHINE.json").read_text())
+    here = machine()
+    differ = [k for k in ("cpu", "avx512_bf16", "torch", "transformers") if written[k] != here[k]]
+    if differ:
+        print("note: the goldens were written with " + ", ".join(
+            f"{k}={written[k]!r} (here {here[k]!r})" for k in differ) + "; run `write` at the "
+            "commit before your change, then `check`", file=sys.stderr)
+
+
 def main(argv: list[str]) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("mode", choices=["write", "check"])
@@ -206,6 +218,8 @@ def main(argv: list[str]) -> int:
     import torch
 
     torch.set_num_threads(1)  # as the test suite runs: one thread, the same kernels' order
+    if args.mode == "check":
+        warn_other_machine()
     failed = []
     for name, case in cases().items():
         if args.k not in name:
