@@ -80,8 +80,8 @@ from everlearn.runs.run_dir import RunDir, save_tensors, write_atomic
 from everlearn.runs.session import Session, begin, open_run_dir, seed_everything
 from everlearn.stages.stream import Stage, build_stream
 from everlearn.strategies.base import RunContext, Strategy
+from everlearn.training.learning_rate import learning_rate
 from everlearn.training.phase import PhaseCost
-from everlearn.training.plan import learning_rate
 from everlearn.training.resources import PeakMemory
 from everlearn.training.trainer import Trainer
 from everlearn.vision import is_vision_model

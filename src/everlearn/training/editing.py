@@ -8,8 +8,8 @@ import time
 
 from everlearn.errors import TrainingError
 from everlearn.stages.stream import Stage
+from everlearn.training.learning_rate import learning_rate
 from everlearn.training.phase import PhaseCost
-from everlearn.training.plan import learning_rate
 from everlearn.training.resources import PeakMemory
 
 

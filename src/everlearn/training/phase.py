@@ -20,7 +20,7 @@ from everlearn.errors import TrainingError
 from everlearn.stages import get_kind
 from everlearn.stages.stream import Stage
 from everlearn.training import stepstate
-from everlearn.training.plan import learning_rate
+from everlearn.training.learning_rate import learning_rate
 from everlearn.training.segments import batches as segment_batches
 from everlearn.training.segments import restore_moments, stream_scheduler
 from everlearn.training.textstream import SegmentPlan

@@ -1,4 +1,4 @@
-"""The phase plan's one learning-rate rule.
+"""The one learning-rate rule of every phase.
 
 Five config fields can set a learning rate: ``train.lr`` (the run's), a stage's ``lr``,
 ``edit.lr`` (edit phases), ``recycle.update_lr`` (the base update) and ``recycle.lr``
