@@ -28,9 +28,6 @@ from everlearn.schema import FieldError, field
 # at step 2 as "loss is nan", naming neither the file nor the field.
 LEARNING_RATE = {"gt": 0, "finite": True}
 
-MetricName = Literal["accuracy", "exact_match", "rouge_l", "perplexity", "preference_accuracy",
-                     "reliability"]
-
 
 @dataclass
 class LoraConfig:
@@ -158,10 +155,11 @@ class StageConfig:
     train: DataSource | None = field(None, "Training data.")
     test: DataSource | None = field(None, "Test data (builtin tasks and files may share a path).")
     builtin: str | None = field(None, "A built-in generated task (see `everlearn ls`).")
-    metric: MetricName | None = field(
-        None, "Scorer. Default: accuracy when labels are set or the answers form a small closed "
-        "set (a classification task), perplexity for cpt, preference_accuracy for align, "
-        "reliability for edit, the built-in task's metric, else exact_match.")
+    metric: str | None = field(
+        None, "The metric the stage is scored by (`everlearn ls` lists each kind's). Default: "
+        "accuracy when labels are set or the answers form a small closed set (a classification "
+        "task), perplexity for cpt, preference_accuracy for align, reliability for edit, the "
+        "built-in task's metric, else exact_match.")
     labels: list[str] = field([], "Label options for scoring by log-likelihood (accuracy).",
                               each={"min_len": 1}, unique=True)
     task_id: str | None = field(None, "Task identifier (used by task-incremental strategies).")
@@ -199,7 +197,7 @@ class StageConfig:
 
     def check(self, where: str) -> None:
         """Data given one way and a printable name (the kind, its metric and freeze_lm are
-        checked against the registry of kinds: everlearn.validation.check_kind)."""
+        checked against the registries of kinds and metrics: everlearn.validation.check_kind)."""
         if self.builtin is None:
             if self.train is None or not self.train.path:
                 raise FieldError(f"{where}.train", "expected a data path (or set `builtin`)")

@@ -19,6 +19,7 @@ from everlearn.config import RunConfig, StageConfig
 from everlearn.config_files import read_config_data
 from everlearn.data.builtin import get_builtin_task
 from everlearn.data.builtin.suites import get_suite
+from everlearn.evaluation.scorers import metric_names
 from everlearn.schema import FieldError, build
 from everlearn.stages import get_kind, kinds
 from everlearn.strategies import STRATEGIES
@@ -82,11 +83,15 @@ def fill_from_registries(st: StageConfig, where: str) -> None:
 
 
 def check_kind(st: StageConfig, where: str) -> None:
-    """A registered kind, a metric its stages may be scored by, freeze_lm only where the kind
-    allows it (everlearn.stages: what each kind declares)."""
+    """A registered kind, a registered metric its stages may be scored by, freeze_lm only
+    where the kind allows it (everlearn.stages: what each kind declares; everlearn.evaluation.
+    scorers: the metrics)."""
     if st.kind not in kinds():
         raise FieldError(f"{where}.kind", f"expected one of {', '.join(map(repr, kinds()))}, "
                          f"got {st.kind!r}")
+    if st.metric is not None and st.metric not in metric_names():
+        raise FieldError(f"{where}.metric", "expected one of "
+                         f"{', '.join(map(repr, metric_names()))}, got {st.metric!r}")
     kind = get_kind(st.kind)
     if st.metric is not None and st.metric not in kind.metrics:
         owners = [k for k in kinds() if st.metric in get_kind(k).metrics]

@@ -44,7 +44,7 @@ def test_rouge_l_scores_partial_answers(tmp_path):
 def test_exact_match_rows_stop_once_hopeless_with_the_same_scores(tmp_path, monkeypatch):
     from transformers import LlamaForCausalLM
 
-    import everlearn.evaluation.matrix as evaluate
+    import everlearn.evaluation.scorers.exact_match as exact_match_metric
 
     calls = {"n": 0}
     forward = LlamaForCausalLM.forward
@@ -68,7 +68,7 @@ def test_exact_match_rows_stop_once_hopeless_with_the_same_scores(tmp_path, monk
         return res["R"], calls["n"]
 
     early, early_calls = run("early")
-    monkeypatch.setattr(evaluate, "can_still_match", lambda text, refs: True)
+    monkeypatch.setattr(exact_match_metric, "can_still_match", lambda text, refs: True)
     full, full_calls = run("full")
     assert early == full  # a row stopped early scored 0 and would have scored 0
     assert early[1] == [100.0, 0.0]

@@ -105,7 +105,7 @@ class EditScoring(EvaluatorBase):
         self._note_truncation(stage, stage.test, cut)
         return self._cache[key] + loc_items
 
-    def _edit(self, model, stage: Stage, router=None) -> StageScore:
+    def score_edits(self, model, stage: Stage, router=None) -> StageScore:
         """Reliability (the score), generalisation and locality of an edit stage's edits; see
         :mod:`everlearn.stages.edit` for the definitions."""
         if stage.name not in self.edit_reference:  # not prepared: this model is the reference

@@ -1,22 +1,24 @@
 """Fill the accuracy matrix: score the current model on every stage's test set.
 
-Scorers: ``accuracy`` ranks each record's label options by log-likelihood in batched forward
-passes (no decoding; :mod:`everlearn.evaluation.option_accuracy`); ``exact_match`` and
-``rouge_l`` score batched greedy generations (KV cache on, ``max_new_tokens`` derived from the
-test answers unless set); ``perplexity`` is exp of the mean token loss on the test text;
-``preference_accuracy`` scores held-out preference pairs by their implicit reward margin (see
-``Evaluator.begin_phase``, :mod:`everlearn.evaluation.preference_scoring`); ``reliability``
-scores an edit stage's edits teacher-forced, with generalisation and locality beside it (see
-:mod:`everlearn.stages.edit`, :mod:`everlearn.evaluation.edit_scoring`). Scores are in
-[0, 100] except perplexity.
+A row scores each stage by asking its metric (:mod:`everlearn.evaluation.scorers`: one module
+per metric, each with the function that scores a stage with it). Scorers: ``accuracy`` ranks
+each record's label options by log-likelihood in batched forward passes (no decoding;
+:mod:`everlearn.evaluation.option_accuracy`); ``exact_match`` and ``rouge_l`` score batched
+greedy generations (KV cache on, ``max_new_tokens`` derived from the test answers unless set);
+``perplexity`` is exp of the mean token loss on the test text; ``preference_accuracy`` scores
+held-out preference pairs by their implicit reward margin (see ``Evaluator.begin_phase``,
+:mod:`everlearn.evaluation.preference_scoring`); ``reliability`` scores an edit stage's edits
+teacher-forced, with generalisation and locality beside it (see :mod:`everlearn.stages.edit`,
+:mod:`everlearn.evaluation.edit_scoring`). Scores are in [0, 100] except perplexity.
 
-This module holds what is common to a row: the dispatch on a stage's kind and metric, routing
-test records to adapters, sharing them among processes, perplexity and generation.
+This module holds what is common to a row and what the metrics build on: routing test records
+to adapters, sharing them among processes, perplexity and generation.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 
@@ -26,13 +28,15 @@ from everlearn.evaluation.evaluator_base import SUBSETS_KEPT, StageScore, route
 from everlearn.evaluation.generation import decode_batched
 from everlearn.evaluation.option_accuracy import OptionAccuracy, cached_option_scoring
 from everlearn.evaluation.preference_scoring import PreferenceScoring
-from everlearn.evaluation.scoring import can_still_match, exact_match, rouge_l
+from everlearn.evaluation.scorers import get_metric
 from everlearn.parallel import distributed as dist
 from everlearn.parallel import fsdp
-from everlearn.stages import get_kind
 from everlearn.stages.stream import Stage
 
 __all__ = ["SUBSETS_KEPT", "Evaluator", "StageScore", "cached_option_scoring"]
+
+# (model, stage, records) -> each record's (score in [0, 1] or a raw value, prediction)
+RecordScorer = Callable[..., list[tuple[float, str]]]
 
 
 class Evaluator(EditScoring, PreferenceScoring, OptionAccuracy):
@@ -41,49 +45,39 @@ class Evaluator(EditScoring, PreferenceScoring, OptionAccuracy):
     @torch.no_grad()
     def score(self, model, stage: Stage, router=None) -> StageScore:
         model.eval()
-        if get_kind(stage.kind).edits:
-            return self._edit(model, stage, router)
-        results, logprob, tokens = self._score_groups(model, stage, router)
-        if stage.metric == "preference_accuracy":
-            return self._preference(stage, [r[0] for r in results])
-        if stage.metric == "perplexity":
-            value = math.exp(-logprob / max(1, tokens))
-        else:
-            value = 100.0 * sum(r[0] for r in results) / max(1, len(results))
+        return get_metric(stage.metric).score(self, model, stage, router)
+
+    def mean_of_records(self, model, stage: Stage, router, score_records: RecordScorer
+                        ) -> StageScore:
+        """The stage's score as the mean of its records' scores, in percent."""
+        results = self.record_scores(model, stage, router, score_records)
+        value = 100.0 * sum(r[0] for r in results) / max(1, len(results))
         return StageScore(value, len(stage.test), [r[1] for r in results])
 
-    def _score_groups(self, model, stage: Stage, router
-                      ) -> tuple[list[tuple[float, str]], float, int]:
-        """Every test record's (score, prediction), by the adapter routing picks for it; and
-        for perplexity the summed log-likelihood and token count. Every rank ends with all."""
+    def record_scores(self, model, stage: Stage, router, score_records: RecordScorer
+                      ) -> list[tuple[float, str]]:
+        """Every test record's (score, prediction) from ``score_records``, by the adapter
+        routing picks for it. Every rank ends with all."""
         results: list[tuple[float, str]] = [(0.0, "")] * len(stage.test)
-        logprob, tokens = 0.0, 0  # perplexity pools the tokens of every adapter group
         rank, world = self._split(model)
         mine: dict[int, tuple[float, str]] = {}  # the records this rank scored
         for adapter, idx in route(stage.test, router).items():
             if adapter is not None:
                 self._activate(model, adapter)
-            if stage.metric == "perplexity":  # packs every record; ranks share the blocks
-                lp, n = self._log_likelihood(model, stage, [stage.test[i] for i in idx], world)
-                logprob, tokens = logprob + lp, tokens + n
-                continue
             idx = idx[rank::world]  # several processes: each scores its share of the records
             if not idx:
                 continue
             records = [stage.test[i] for i in idx]
-            for i, res in zip(idx, self._score_records(model, stage, records)):
+            for i, res in zip(idx, score_records(model, stage, records)):
                 results[i] = res
                 mine[i] = res
         if world > 1:  # every rank ends with the whole row
-            if stage.metric == "perplexity":
-                logprob, tokens = dist.sum_values([logprob, tokens], self.acc.device)
-            else:
-                for part in dist.gather_objects(mine):
-                    for i, res in part.items():
-                        results[i] = res
+            for part in dist.gather_objects(mine):
+                for i, res in part.items():
+                    results[i] = res
         elif self.acc.num_processes > 1:  # FSDP: every rank scored everything; keep rank 0's
-            results, logprob, tokens = dist.broadcast_object((results, logprob, tokens))
-        return results, logprob, tokens
+            results = dist.broadcast_object(results)
+        return results
 
     def _split(self, model) -> tuple[int, int]:
         """(rank, world) for sharding test records: each process scores its share, except
@@ -94,16 +88,24 @@ class Evaluator(EditScoring, PreferenceScoring, OptionAccuracy):
             return 0, 1
         return self.acc.process_index, self.acc.num_processes
 
-    def _score_records(self, model, stage, records):
-        if stage.metric == "accuracy":
-            return self._accuracy(model, stage, records)
-        if stage.metric == "preference_accuracy":
-            return [(d, "") for d in self._pair_logratios(model, stage, records)]
-        preds = self._generate(model, stage, records)
-        fn = exact_match if stage.metric == "exact_match" else rouge_l
-        return [(fn(p, r.answers), p) for p, r in zip(preds, records)]
-
     # --- perplexity -------------------------------------------------------------------
+    def perplexity(self, model, stage: Stage, router) -> StageScore:
+        """exp of the mean token loss over the test text, pooled over every adapter group
+        (each group's records packed; ranks share the blocks)."""
+        logprob, tokens = 0.0, 0
+        _, world = self._split(model)
+        for adapter, idx in route(stage.test, router).items():
+            if adapter is not None:
+                self._activate(model, adapter)
+            lp, n = self._log_likelihood(model, stage, [stage.test[i] for i in idx], world)
+            logprob, tokens = logprob + lp, tokens + n
+        if world > 1:
+            logprob, tokens = dist.sum_values([logprob, tokens], self.acc.device)
+        elif self.acc.num_processes > 1:  # FSDP: every rank scored everything; keep rank 0's
+            logprob, tokens = dist.broadcast_object((logprob, tokens))
+        return StageScore(math.exp(-logprob / max(1, tokens)), len(stage.test),
+                          [""] * len(stage.test))
+
     def _log_likelihood(self, model, stage, records, world: int) -> tuple[float, int]:
         """Summed token log-likelihood of the records' packed text (this rank's share of the
         packed blocks when ``world`` > 1), and its token count."""
@@ -122,7 +124,17 @@ class Evaluator(EditScoring, PreferenceScoring, OptionAccuracy):
         return total_lp, total_n
 
     # --- greedy generation ------------------------------------------------------------
-    def _generate(self, model, stage, records: list[Record]) -> list[str]:
+    def generated_scores(self, model, stage: Stage, records: list[Record],
+                         match: Callable[[str, list[str]], float],
+                         alive: Callable[[str, list[str]], bool] | None = None
+                         ) -> list[tuple[float, str]]:
+        """Per record (``match(generation, answers)``, the generation), greedy. ``alive(text,
+        answers)``: whether a generation can still score, so decoding stops a row that cannot
+        (its score is 0 either way)."""
+        preds = self._generate(model, stage, records, alive)
+        return [(match(p, r.answers), p) for p, r in zip(preds, records)]
+
+    def _generate(self, model, stage, records: list[Record], alive=None) -> list[str]:
         prompts, images, cut = [], [], []
         for r in records:
             ids, pixels = self.encoder.prompt_inputs(r)
@@ -131,13 +143,12 @@ class Evaluator(EditScoring, PreferenceScoring, OptionAccuracy):
             cut.append(prompts[-1] != ids)
         self._note_truncation(stage, records, cut)
         bar = self._bar(len(records), f"generate {stage.name}")
-        # exact match: a row stops once it cannot match any more (its score is 0 either way)
-        alive = ((lambda i, text: can_still_match(text, records[i].answers))
-                 if stage.metric == "exact_match" else None)
+        still = (None if alive is None
+                 else lambda i, text: alive(text, records[i].answers))
         out = decode_batched(model, self.encoder, prompts, self.max_new_tokens(stage),
                              device=self.acc.device, autocast=self.acc.autocast,
                              batch_size=self.cfg.batch_size, on_batch=bar.update,
                              images=images if any(p is not None for p in images) else None,
-                             alive=alive)
+                             alive=still)
         bar.close()
         return out

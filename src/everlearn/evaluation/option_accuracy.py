@@ -66,7 +66,10 @@ class OptionAccuracy(EvaluatorBase):
                   enc.fit_prompt(rec, prompt_ids, room, pixels))
         return OptionItem(fitted, options, pixels), fitted != prompt_ids or options != whole
 
-    def _accuracy(self, model, stage: Stage, records: list[Record]) -> list[tuple[float, str]]:
+    def option_accuracy(self, model, stage: Stage, records: list[Record]
+                        ) -> list[tuple[float, str]]:
+        """Per record (1.0 or 0.0, the option picked): the most likely label option checked
+        against the answers."""
         items = self._option_items(stage, records)
         choice = self._choices(model, items, f"eval {stage.name}")
         out = []

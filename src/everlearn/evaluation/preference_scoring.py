@@ -24,7 +24,7 @@ class PreferenceScoring(EvaluatorBase):
         self.pref_reference: dict[str, list[float]] = {}
         self.pref_last: dict[str, list[float]] = {}
 
-    def _pair_logratios(self, model, stage: Stage, records: list[Record]) -> list[float]:
+    def pair_logratios(self, model, stage: Stage, records: list[Record]) -> list[float]:
         """log pi(chosen) - log pi(rejected) per pair, summed over answer tokens (as in DPO)."""
         key = self._subset_key(stage, "pairs", records)
         if key not in self._cache:
@@ -41,7 +41,7 @@ class PreferenceScoring(EvaluatorBase):
                                      normalize=False)
         return [lp[2 * i] - lp[2 * i + 1] for i in range(len(records))]
 
-    def _preference(self, stage: Stage, logratios: list[float]) -> StageScore:
+    def preference_score(self, stage: Stage, logratios: list[float]) -> StageScore:
         """Preference accuracy: a pair counts when its implicit reward margin
         ``(log pi(c) - log ref(c)) - (log pi(r) - log ref(r))`` is above 0, half when it is
         exactly 0 (:func:`everlearn.stages.align.credit`). The first model scored, the base row,

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from everlearn.evaluation.scorers import get_metric, metric_names
+
 
 def _table(header: list[str], rows: list[list[str]]) -> str:
     widths = [max(len(str(c)) for c in col) for col in zip(header, *rows)]
@@ -16,13 +18,18 @@ def _num(x: Any, digits: int = 1) -> str:
     return "n/a" if x is None else f"{x:.{digits}f}"
 
 
+def short_label(metric: Any) -> str:
+    """A metric's column label (its registered ``short``); a name not registered (a results.json
+    of another version) as it is."""
+    return get_metric(metric).short if metric in metric_names() else str(metric)
+
+
 def format_matrix(results: dict[str, Any]) -> str:
     """R with one row per phase (base first) and one column per stage; "–" marks a cell the
     evaluation schedule did not score."""
     names = [s["name"] for s in results["stages"]]
     metrics = [s["metric"] for s in results["stages"]]
-    short = {"exact_match": "em", "preference_accuracy": "pref"}
-    header = ["after \\ on"] + [f"{n} ({short.get(m, m[:3])})" for n, m in zip(names, metrics)]
+    header = ["after \\ on"] + [f"{n} ({short_label(m)})" for n, m in zip(names, metrics)]
     rows = [[label] + ["–" if v is None else _num(v) for v in row]
             for label, row in zip(results["rows"], results["R"])]
     return _table(header, rows)
@@ -196,13 +203,12 @@ def format_recycling(results: dict[str, Any]) -> str:
     tasks = rec.get("tasks") or {}
     policies = [p for p in RECYCLE_POLICIES
                 if any(p in (t.get("policies") or {}) for t in tasks.values())]
-    short = {"exact_match": "em", "accuracy": "acc", "rouge_l": "rouge"}
 
     def score(entry: Any) -> str:
         return _num(entry.get("score")) if isinstance(entry, dict) else "n/a"
 
     header = ["task", "metric", "old base", "old+adapter", "new base", *policies]
-    rows = [[name, short.get(t.get("metric"), t.get("metric")), _num(t.get("old_base")),
+    rows = [[name, short_label(t.get("metric")), _num(t.get("old_base")),
              score(t.get("old_adapter")), score(t.get("new_base")),
              *(score((t.get("policies") or {}).get(p)) for p in policies)]
             for name, t in tasks.items()]

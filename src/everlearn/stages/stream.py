@@ -16,6 +16,7 @@ from everlearn.data.readers import read_source
 from everlearn.data.records import Record
 from everlearn.data.sampling import sample_records
 from everlearn.errors import DataError
+from everlearn.evaluation.scorers import get_metric
 from everlearn.stages import get_kind
 
 MAX_INFERRED_LABELS = 32
@@ -45,7 +46,7 @@ class Stage:
 
     @property
     def higher_is_better(self) -> bool:
-        return self.metric != "perplexity"
+        return get_metric(self.metric).higher_is_better
 
 
 @dataclass

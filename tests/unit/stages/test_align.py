@@ -52,17 +52,17 @@ def test_reference_is_the_base_until_the_stage_starts():
     ev = Evaluator.__new__(Evaluator)
     ev.pref_reference, ev.pref_last = {}, {}
     a, b = (Stage(i, n, "align", "preference_accuracy", [], []) for i, n in ((1, "a"), (2, "b")))
-    base = ev._preference(a, [1.0, -2.0, 0.5])
+    base = ev.preference_score(a, [1.0, -2.0, 0.5])
     assert base.score == 50.0 and base.side["mean_margin"] == 0.0  # base row: against itself
-    ev._preference(b, [0.0, 0.0])
+    ev.preference_score(b, [0.0, 0.0])
     ev.begin_phase([a])  # stage a trains: its reference becomes the model entering it (= base)
-    row1 = ev._preference(a, [2.0, -3.0, 0.5])  # margins +1, -1, 0
+    row1 = ev.preference_score(a, [2.0, -3.0, 0.5])  # margins +1, -1, 0
     assert row1.score == pytest.approx(50.0) and row1.predictions == ["+1.0000", "-1.0000",
                                                                         "+0.0000"]
-    assert ev._preference(b, [0.4, -0.2]).score == 50.0  # b not reached: base is its reference
+    assert ev.preference_score(b, [0.4, -0.2]).score == 50.0  # b not reached: base is its reference
     ev.begin_phase([b])  # b's reference is now the model after stage a
-    assert ev._preference(b, [0.5, -0.1]).score == 100.0  # margins +0.1, +0.1
-    assert ev._preference(a, [3.0, -1.0, 0.0]).score == pytest.approx(100 * 2 / 3)  # +2 +1 -.5
+    assert ev.preference_score(b, [0.5, -0.1]).score == 100.0  # margins +0.1, +0.1
+    assert ev.preference_score(a, [3.0, -1.0, 0.0]).score == pytest.approx(100 * 2 / 3)  # +2 +1 -.5
     rebuilt = Evaluator.__new__(Evaluator)
     rebuilt.pref_reference, rebuilt.pref_last = {}, {}
     rows = [{"a": [1.0, -2.0, 0.5], "b": [0.0, 0.0]}, {"a": [2.0, -3.0, 0.5], "b": [0.4, -0.2]}]
