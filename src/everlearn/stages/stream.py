@@ -6,6 +6,7 @@ samples ``max_train`` / ``max_test`` deterministically from the run seed and the
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -17,6 +18,8 @@ from everlearn.data.records import Record
 from everlearn.data.sampling import sample_records
 from everlearn.errors import DataError
 from everlearn.stages import get_kind
+
+log = logging.getLogger("everlearn")
 
 MAX_INFERRED_LABELS = 32
 MAX_LABEL_WORDS = 3
@@ -130,6 +133,7 @@ def _resolve_labels(sc: StageConfig, metric: str, train: list[Record], test: lis
     if metric != "accuracy":
         return list(sc.labels)
     if sc.labels:
+        warn_unused_labels(sc, train + test, where)
         return list(sc.labels)
     if sc.builtin is not None and get_builtin_task(sc.builtin).labels:
         return list(get_builtin_task(sc.builtin).labels)
@@ -140,6 +144,16 @@ def _resolve_labels(sc: StageConfig, metric: str, train: list[Record], test: lis
         raise DataError(f"{where}: labels: metric is accuracy but no labels are set and the "
                         f"data has {len(answers)} distinct answers; set `labels: [...]`")
     return answers
+
+
+def warn_unused_labels(sc: StageConfig, records: list[Record], where: str) -> None:
+    """Configured labels that no record's answer is are a warning naming the stage: such a
+    label is never the right option, and when none occurs every answer is scored wrong."""
+    answers = {a for r in records for a in r.answers}
+    unused = [lab for lab in sc.labels if lab not in answers]
+    if unused:
+        log.warning("%s ('%s'): labels: %s never occur%s in the answers of its records", where,
+                    sc.name, ", ".join(map(repr, unused)), "s" if len(unused) == 1 else "")
 
 
 def _suite_stages(sc: StageConfig, seed: int, where: str) -> list[Stage]:
