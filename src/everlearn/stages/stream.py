@@ -147,13 +147,14 @@ def _resolve_labels(sc: StageConfig, metric: str, train: list[Record], test: lis
 
 
 def warn_unused_labels(sc: StageConfig, records: list[Record], where: str) -> None:
-    """Configured labels that no record's answer is are a warning naming the stage: such a
-    label is never the right option, and when none occurs every answer is scored wrong."""
+    """Configured labels of which no record's answer is one are a warning naming the stage:
+    every answer would be scored wrong. (Some labels missing is normal: tasks that share one
+    label set, each with its own answers.)"""
     answers = {a for r in records for a in r.answers}
-    unused = [lab for lab in sc.labels if lab not in answers]
-    if unused:
-        log.warning("%s ('%s'): labels: %s never occur%s in the answers of its records", where,
-                    sc.name, ", ".join(map(repr, unused)), "s" if len(unused) == 1 else "")
+    if answers and not answers & set(sc.labels):
+        log.warning("%s ('%s'): labels: none of %s occurs in the answers of its records (%s)",
+                    where, sc.name, ", ".join(map(repr, sc.labels)),
+                    ", ".join(map(repr, sorted(answers)[:5])))
 
 
 def _suite_stages(sc: StageConfig, seed: int, where: str) -> list[Stage]:
