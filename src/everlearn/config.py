@@ -37,8 +37,8 @@ class LoraConfig:
     alpha: int = field(16, "LoRA scaling numerator (scale = alpha / r).", ge=1)
     dropout: float = field(0.0, "Dropout on the LoRA input.", ge=0, lt=1)
     target_modules: Union[str, list[str]] = field(
-        "all-linear", "Modules that get adapters: 'all-linear' or a list of module names."
-    )
+        "all-linear", "Modules that get adapters: 'all-linear' or a list of module names.",
+        min_len=1, each={"min_len": 1})
 
 
 @dataclass

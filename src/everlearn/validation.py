@@ -123,7 +123,8 @@ def resolve_paths(cfg: RunConfig, root: Path) -> None:
         cls = STRATEGIES.get(spec.name)
         for f in dataclasses.fields(cls.Options) if cls else ():
             value = spec.options.get(f.name)
-            if f.metadata.get("path") and isinstance(value, str) and ":" not in value:
+            if f.metadata.get("path") and isinstance(value, str) and value.strip() \
+                    and ":" not in value:  # an empty path is the option's check's to refuse
                 if not Path(value).expanduser().is_absolute():
                     spec.options[f.name] = str(root / value)
     for st in cfg.stages:

@@ -176,3 +176,74 @@ def test_resume_removes_what_a_killed_write_left_behind(tmp_path, monkeypatch, r
     _, res = resume_run(run, quiet=True)
     assert res["status"] == "complete" and not any(p.exists() for p in stale)
     assert "left by a write that was killed" in (run / "log.txt").read_text()
+
+
+def _string_cell(res):
+    res["R"][1][0] = str(res["R"][1][0])
+
+
+def _short_row(res):
+    res["R"][2] = res["R"][2][:1]
+
+
+def _cost_of_a_wrong_type(res):
+    res["cost"] = "none"
+
+
+# How results.json is damaged, and the first row a resume must redo (the rows before it are
+# kept; the later ones come back from the phase checkpoints, or from the base row up)
+DAMAGES = {
+    "string_cell": (_string_cell, "R[1][0]: expected a number or null", 1),
+    "short_row": (_short_row, "R[2]: expected a list of 3 scores", 2),
+    "wrong_type": (_cost_of_a_wrong_type, "cost: expected a list, got str", 0),
+    "truncated": (None, "not valid JSON", 0),
+}
+
+
+def test_resume_on_a_damaged_results_file_falls_back_to_the_checkpoints(
+        tmp_path, monkeypatch, replay_config):
+    """A damaged results.json is reported in one line naming it and what is wrong; the rows
+    before the damage are kept, the others redone from the phase checkpoints (or from the base
+    row when nothing can be trusted), and the run ends as the uninterrupted one."""
+    import shutil
+
+    _, full = start_run(build_config(replay_config), tmp_path / "full", quiet=True)
+    killed = tmp_path / "killed"
+    with killed_at_phase(monkeypatch, 3):
+        start_run(build_config(replay_config), killed, quiet=True)
+    for name, (damage, problem, first_redone) in DAMAGES.items():
+        run = tmp_path / name
+        shutil.copytree(killed, run)
+        text = (run / "results.json").read_text()
+        if damage is None:
+            (run / "results.json").write_text(text[:len(text) // 2])
+        else:
+            res = json.loads(text)
+            damage(res)
+            (run / "results.json").write_text(json.dumps(res))
+        _, resumed = resume_run(run, quiet=True)
+        assert comparable(resumed) == comparable(full), name
+        warning = [ln for ln in (run / "log.txt").read_text().splitlines()
+                   if f"{run / 'results.json'}: {problem}" in ln]
+        assert len(warning) == 1, name
+        kept = "keeping rows 0-" if first_redone else "starting again from the base row"
+        assert kept in warning[0], warning[0]
+        if first_redone:
+            assert f"keeping rows 0-{first_redone - 1} " in warning[0]
+
+
+def test_resume_refuses_an_edited_eval_setting_of_the_finished_rows(tmp_path, monkeypatch,
+                                                                    replay_config):
+    """Besides lr, seed and a test path: a scoring setting (eval.max_new_tokens) and a stage's
+    sample size (stages.0.max_test) are what the finished rows were computed with, too."""
+    run = tmp_path / "run"
+    with killed_at_phase(monkeypatch, 3):
+        start_run(build_config(replay_config), run, quiet=True)
+    original = (run / "config.yaml").read_text()
+    for field, edit in (("eval.max_new_tokens", lambda c: c["eval"].update(max_new_tokens=3)),
+                        ("stages.0.max_test", lambda c: c["stages"][0].update(max_test=2))):
+        cfg = yaml.safe_load(original)
+        edit(cfg)
+        (run / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+        with pytest.raises(ResumeError, match=rf"config.yaml: {re.escape(field)}: changed"):
+            resume_run(run, quiet=True)

@@ -52,7 +52,8 @@ def _from_pretrained(source: str, cfg: ModelConfig, gguf_file: str | None = None
         model = AutoModelForCausalLM.from_pretrained(source, dtype=DTYPES[cfg.dtype], **kwargs)
     except (OSError, ValueError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ModelError(f"model.name: cannot load '{source}': {first}") from None
+        shown = str(Path(source) / gguf_file) if gguf_file else source
+        raise ModelError(f"model.name: cannot load '{shown}': {first}") from None
     if gguf_file and hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
     return model, tok
@@ -70,13 +71,19 @@ def _is_vision_source(name: str, cfg: ModelConfig) -> bool:
     return getattr(config, "vision_config", None) is not None
 
 
-def load_base_model(cfg: ModelConfig):
+def load_base_model(cfg: ModelConfig, source: str | None = None):
     """(model, tokenizer) for ``cfg.name``, before any adapter is added; a vision-language model
     comes with its processor in place of the tokenizer (see ``data.encoders.make_encoder``).
+    ``source``: the config file, named first in a ModelError (``FILE: model.name: ...``).
 
     Attention runs as :mod:`everlearn.models.attention`'s one-dtype SDPA, so bf16 autocast on a CPU
     works whatever the transformers version."""
-    model, tok = _load_base_model(cfg)
+    try:
+        model, tok = _load_base_model(cfg)
+    except ModelError as exc:
+        if source is None:
+            raise
+        raise ModelError(f"{source}: {exc}") from None
     return use_one_dtype_sdpa(model), tok
 
 
@@ -116,8 +123,11 @@ def _load_base_model(cfg: ModelConfig):
     return _from_pretrained(name, cfg)
 
 
-def make_trainable(model, cfg: ModelConfig, adapter_name: str = "default"):
+def make_trainable(model, cfg: ModelConfig, adapter_name: str = "default",
+                   source: str = "config"):
     """LoRA through PEFT (base weights frozen) or full fine-tuning (every weight trains).
+    ``model.lora.target_modules`` that match no module are a one-line ModelError naming
+    ``source`` and the field (PEFT's own error names neither).
 
     On a vision-language model LoRA adapts the language model only; which of the vision tower
     and projector train is decided per phase (everlearn.vision.training)."""
@@ -136,13 +146,28 @@ def make_trainable(model, cfg: ModelConfig, adapter_name: str = "default"):
         r=cfg.lora.r, lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout,
         target_modules=targets, task_type="CAUSAL_LM",
     )
-    return get_peft_model(model, lora, adapter_name=adapter_name)
+    from peft.utils.error import NoMatchingPeftModuleError
+
+    try:
+        return get_peft_model(model, lora, adapter_name=adapter_name)
+    except NoMatchingPeftModuleError:
+        raise ModelError(f"{source}: model.lora.target_modules: {list(targets)!r} match no "
+                         f"module of '{cfg.name}'; its linear layers are named "
+                         f"{', '.join(linear_names(model))}") from None
 
 
-def trainable_on_device(model, cfg: ModelConfig, device, bf16: bool):
+def linear_names(model, most: int = 12) -> list[str]:
+    """The distinct last names of ``model``'s Linear layers (what LoRA targets name), sorted;
+    at most ``most`` of them."""
+    names = sorted({name.rsplit(".", 1)[-1] for name, module in model.named_modules()
+                    if isinstance(module, torch.nn.Linear)})
+    return names[:most]
+
+
+def trainable_on_device(model, cfg: ModelConfig, device, bf16: bool, source: str = "config"):
     """``make_trainable``, moved to ``device``; under bf16 autocast the frozen Linear weights
     are stored in bf16 (same numbers under autocast, less copying)."""
-    model = make_trainable(model, cfg)
+    model = make_trainable(model, cfg, source=source)
     model.to(device)
     if bf16:  # converts nothing under full fine-tuning; never a vision tower or projector,
         # which train in some stages (everlearn.vision.training)

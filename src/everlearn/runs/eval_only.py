@@ -41,9 +41,9 @@ def evaluate_config(cfg: RunConfig, weights: str | None = None, quiet: bool = Fa
     seed_everything(cfg.seed)
     acc = make_accelerator(cfg.train.precision)
     with dist.main_first():  # several processes: rank 0 fills a model cache first
-        model, tok = load_base_model(cfg.model)
+        model, tok = load_base_model(cfg.model, source)
     model = trainable_on_device(model, cfg.model, acc.device,
-                                acc.mixed_precision == "bf16")
+                                acc.mixed_precision == "bf16", source)
     encoder = make_encoder(tok, cfg.train.max_length, cfg.model.chat_template == "auto",
                            cfg.edit.format)
     plan_vision(model, cfg, stream, [])  # a text model refuses image records

@@ -204,15 +204,16 @@ class RecycleRun:
         """The old base (and a named new one, checked before any training), the consumer model,
         encoder and evaluator, and a resumed run's adapters."""
         cfg = self.cfg
-        model, tok = load_base_model(cfg.model)
+        model, tok = load_base_model(cfg.model, self.source)
         if is_vision_model(model):
-            raise ConfigError(f"model.name: recyclable tuning takes a text model; "
+            raise ConfigError(f"{self.source}: model.name: recyclable tuning takes a text model; "
                               f"'{cfg.model.name}' is a vision-language model")
         self.old_base = plain_state(model)
         self.new_base: dict[str, torch.Tensor] | None = None
         if self.rc.new_base is not None:  # checked before any training
             self.new_base = load_new_base(cfg, self.source, self.old_base, model, tok)
-        model = trainable_on_device(model, cfg.model, self.acc.device, self.session.bf16)
+        model = trainable_on_device(model, cfg.model, self.acc.device, self.session.bf16,
+                                    self.source)
         self.model = model
         self.fresh = trainable_state(model)  # the initial adapter (LoRA B = 0: the base itself)
         self.on_base = "old"

@@ -11,6 +11,7 @@ here, each with the checks and the one-line error it needs. Torch-free (``report
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -143,15 +144,111 @@ def write_results(run_dir: str | Path, results: Results) -> dict[str, Any]:
 
 
 def read_for_resume(run_dir: str | Path) -> dict[str, Any]:
-    """A run's results.json for ``--resume``: R and one cost entry per row after the base."""
+    """A run's results.json for ``--resume``, every row sound: R and one cost entry per row
+    after the base. A damaged file is a one-line ResumeError naming it and what is wrong (a
+    recycle run has no other record of its adapters' scores; a stream falls back to its
+    checkpoints through :func:`salvage_for_resume`)."""
+    data, problem = salvage_for_resume(run_dir)
+    if problem is not None:
+        raise ResumeError(f"{results_path(run_dir)}: {problem}; restore the file or start a "
+                          "new run")
+    return data
+
+
+def salvage_for_resume(run_dir: str | Path) -> tuple[dict[str, Any] | None, str | None]:
+    """(what a resume may keep of RUN_DIR/results.json, what is wrong with it or None).
+
+    A sound file comes back whole. A damaged one comes back with R and cost cut to the rows
+    before the first damaged one (the phase checkpoints redo the others), or None when nothing
+    in it can be trusted (unreadable or truncated JSON, a damaged section every row depends
+    on): the run then starts again from its base row."""
     path = results_path(run_dir)
     try:
-        data = json.loads(path.read_text())
-        R, cost = data["R"], data["cost"]
-        assert isinstance(R, list) and isinstance(cost, list) and len(cost) == max(0, len(R) - 1)
-    except (json.JSONDecodeError, KeyError, TypeError, AssertionError):
-        raise ResumeError(f"{path}: expected everlearn results with R and cost") from None
-    return data
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        return None, f"not valid JSON ({exc.msg} at line {exc.lineno}; truncated?)"
+    except UnicodeDecodeError:
+        return None, "not UTF-8 text"
+    problem = section_problem(data)
+    if problem is not None:
+        return None, problem
+    n, problem = sound_rows(data)
+    if problem is None:
+        return data, None
+    if n == 0:
+        return None, problem
+    data["R"], data["cost"] = data["R"][:n], data["cost"][:n - 1]
+    return data, problem
+
+
+# the sections a resume reads (besides R and cost) and the type each must have when present
+RESUME_SECTIONS = {"stages": list, "phases": list, "config": dict, "environment": dict,
+                   "environment_history": list, "side_metrics": list,
+                   "preference_logratios": list, "temporal": dict, "text_stream": dict,
+                   "general": dict, "general_kl": dict, "base_eval_time_s": (int, float)}
+
+
+def section_problem(data: Any) -> str | None:
+    """What is wrong with a results.json's shape as a whole (None: nothing)."""
+    if not isinstance(data, dict):
+        return f"expected a JSON object, got {type(data).__name__}"
+    for key in ("R", "cost", "stages"):
+        if not isinstance(data.get(key), list):
+            return f"{key}: expected a list, got {type(data.get(key)).__name__}"
+    for key, kind in RESUME_SECTIONS.items():
+        if data.get(key) is not None and not isinstance(data[key], kind):
+            return f"{key}: expected {getattr(kind, '__name__', 'a number')}, got " \
+                   f"{type(data[key]).__name__}"
+    if not all(isinstance(st, dict) and isinstance(st.get("name"), str)
+               for st in data["stages"]):
+        return "stages: expected one entry with a name per stage"
+    if not all(isinstance(p, list) and all(isinstance(s, str) for s in p)
+               for p in data.get("phases") or []):
+        return "phases: expected lists of stage names"
+    return None
+
+
+def sound_rows(data: dict[str, Any]) -> tuple[int, str | None]:
+    """(how many leading rows of R are sound, what is wrong with the first that is not)."""
+    width = len(data["stages"])
+    for k, row in enumerate(data["R"]):
+        problem = row_problem(data, k, row, width)
+        if problem is not None:
+            return k, problem
+    return len(data["R"]), None
+
+
+def row_problem(data: dict[str, Any], k: int, row: Any, width: int) -> str | None:
+    """What is wrong with row ``k`` of R and what is recorded with it (None: nothing)."""
+    if not isinstance(row, list) or len(row) != width:
+        return f"R[{k}]: expected a list of {width} scores, got {short(row)}"
+    for j, cell in enumerate(row):
+        if cell is not None and (isinstance(cell, bool) or not isinstance(cell, (int, float))
+                                 or not math.isfinite(cell)):
+            return f"R[{k}][{j}]: expected a number or null, got {short(cell)}"
+    if k and (k > len(data["cost"]) or not isinstance(data["cost"][k - 1], dict)):
+        return f"cost[{k - 1}]: expected the cost of phase {k}, got " \
+               f"{short(data['cost'][k - 1]) if k <= len(data['cost']) else 'nothing'}"
+    if k and not isinstance(data["cost"][k - 1].get("steps") or 0, int):
+        return f"cost[{k - 1}].steps: expected an integer"
+    per_row = {"side_metrics": (data.get("side_metrics"), k),
+               "preference_logratios": (data.get("preference_logratios"), k),
+               "temporal.rows": ((data.get("temporal") or {}).get("rows"), k),
+               "text_stream.segments": ((data.get("text_stream") or {}).get("segments"), k - 1)}
+    for key, (values, at) in per_row.items():
+        if values is None or at < 0:
+            continue
+        if not isinstance(values, list):
+            return f"{key}: expected a list, got {type(values).__name__}"
+        if at < len(values) and not isinstance(values[at], dict):
+            return f"{key}[{at}]: expected an object, got {short(values[at])}"
+    return None
+
+
+def short(value: Any) -> str:
+    """A value as a message shows it: its repr, cut to 40 characters."""
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
 
 
 def read_for_report(run_dir: str | Path,

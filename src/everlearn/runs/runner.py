@@ -45,8 +45,8 @@ from everlearn.runs.results import (
     Results,
     Row,
     cost_entry,
-    read_for_resume,
     restored_rows,
+    salvage_for_resume,
     stage_entry,
     write_results,
 )
@@ -241,7 +241,13 @@ class Run:
             # killed before the base row was written: nothing is lost, start from the base row
             log.info("no results.json yet; resuming from the start")
             return None
-        prev = read_for_resume(self.dir.path)
+        prev, problem = salvage_for_resume(self.dir.path)
+        if problem is not None:  # the phase checkpoints hold the truth: redo what is lost
+            log.warning("%s: %s; %s", self.dir.results, problem,
+                        f"keeping rows 0-{len(prev['R']) - 1} and resuming from the phase "
+                        "checkpoints" if prev else "starting again from the base row")
+        if prev is None:
+            return None
         self.base_eval_s = prev.get("base_eval_time_s", 0.0)
         self._check_same_config(prev)
         if (self.cfg.text_stream is None and prev.get("phases")
@@ -271,8 +277,9 @@ class Run:
         """The model, encoder, strategies, trainer, evaluator and probes of this run."""
         cfg, acc = self.cfg, self.session.acc
         with dist.main_first():  # rank 0 fills a model cache (embedded model) before the others
-            model, tok = load_base_model(cfg.model)
-        model = trainable_on_device(model, cfg.model, acc.device, self.session.bf16)
+            model, tok = load_base_model(cfg.model, self.source)
+        model = trainable_on_device(model, cfg.model, acc.device, self.session.bf16,
+                                    self.source)
         if fsdp.requested():  # accelerate FSDP config: shard it (everlearn.parallel.fsdp)
             fsdp.shard(model, fsdp.settings())
         self.model = model  # kept for callers that inspect the trained model (tests, APIs)

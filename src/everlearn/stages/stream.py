@@ -6,6 +6,7 @@ samples ``max_train`` / ``max_test`` deterministically from the run seed and the
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,6 +19,8 @@ from everlearn.data.sampling import sample_records
 from everlearn.errors import DataError
 from everlearn.evaluation.scorers import get_metric
 from everlearn.stages import get_kind
+
+log = logging.getLogger("everlearn")
 
 MAX_INFERRED_LABELS = 32
 MAX_LABEL_WORDS = 3
@@ -131,6 +134,7 @@ def _resolve_labels(sc: StageConfig, metric: str, train: list[Record], test: lis
     if metric != "accuracy":
         return list(sc.labels)
     if sc.labels:
+        warn_unused_labels(sc, train + test, where)
         return list(sc.labels)
     if sc.builtin is not None and get_builtin_task(sc.builtin).labels:
         return list(get_builtin_task(sc.builtin).labels)
@@ -141,6 +145,17 @@ def _resolve_labels(sc: StageConfig, metric: str, train: list[Record], test: lis
         raise DataError(f"{where}: labels: metric is accuracy but no labels are set and the "
                         f"data has {len(answers)} distinct answers; set `labels: [...]`")
     return answers
+
+
+def warn_unused_labels(sc: StageConfig, records: list[Record], where: str) -> None:
+    """Configured labels of which no record's answer is one are a warning naming the stage:
+    every answer would be scored wrong. (Some labels missing is normal: tasks that share one
+    label set, each with its own answers.)"""
+    answers = {a for r in records for a in r.answers}
+    if answers and not answers & set(sc.labels):
+        log.warning("%s ('%s'): labels: none of %s occurs in the answers of its records (%s)",
+                    where, sc.name, ", ".join(map(repr, sc.labels)),
+                    ", ".join(map(repr, sorted(answers)[:5])))
 
 
 def _suite_stages(sc: StageConfig, seed: int, where: str) -> list[Stage]:

@@ -18,6 +18,7 @@ records mixed into a text stage become ``prompt\\nresponse`` text.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from everlearn.data.mixing import as_kind
 from everlearn.data.readers import detect_format, read_source
@@ -46,6 +47,9 @@ class GeneralMixOptions:
             return "ratio", f"expected 0 <= x < 1, got {self.ratio}"
         if self.path is not None and not self.path.strip():
             return "path", "expected a file path or null"
+        if self.path is not None and ":" not in self.path and not Path(
+                self.path).expanduser().exists():  # hf:name is not a file
+            return "path", f"{self.path}: file not found"
         return None
 
 

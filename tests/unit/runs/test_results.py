@@ -17,6 +17,7 @@ from everlearn.runs.results import (
     read_for_resume,
     restored_rows,
     run_state,
+    salvage_for_resume,
     stage_entry,
     write_results,
 )
@@ -57,9 +58,54 @@ def test_written_results_read_back_for_resume(tmp_path):
 
 
 def test_resume_refuses_results_without_one_cost_per_row(tmp_path):
-    (tmp_path / "results.json").write_text(json.dumps({"R": [[1], [2]], "cost": []}))
-    with pytest.raises(ResumeError, match="expected everlearn results with R and cost"):
+    (tmp_path / "results.json").write_text(json.dumps({"R": [[1], [2]], "cost": [],
+                                                       "stages": [{"name": "a"}]}))
+    with pytest.raises(ResumeError, match=r"results.json: cost\[0\]: expected the cost of "
+                                          "phase 1, got nothing; restore the file") as err:
         read_for_resume(tmp_path)
+    assert "\n" not in str(err.value)
+
+
+def damaged(tmp_path, edit) -> tuple:
+    data = results(side_metrics=[{}, {}, {}]).to_dict()
+    data.update(R=[[1.0], [2.0], [3.0]], rows=["base", "a", "b"],
+                cost=[{"phase": 1, "steps": 2}, {"phase": 2, "steps": 2}])
+    edit(data)
+    (tmp_path / "results.json").write_text(json.dumps(data))
+    return salvage_for_resume(tmp_path)
+
+
+@pytest.mark.parametrize(("edit", "kept", "problem"), [
+    (lambda d: None, 3, None),
+    (lambda d: d["R"][2].__setitem__(0, "3.0"), 2, "R[2][0]: expected a number or null, got "
+                                                   "'3.0'"),
+    (lambda d: d["R"][1].__setitem__(0, True), 1, "R[1][0]: expected a number or null"),
+    (lambda d: d["R"].__setitem__(1, []), 1, "R[1]: expected a list of 1 scores, got []"),
+    (lambda d: d["cost"].pop(), 2, "cost[1]: expected the cost of phase 2, got nothing"),
+    (lambda d: d["cost"].__setitem__(0, 5), 1, "cost[0]: expected the cost of phase 1, got 5"),
+    (lambda d: d["cost"][1].update(steps="2"), 2, "cost[1].steps: expected an integer"),
+    (lambda d: d["side_metrics"].__setitem__(2, "x"), 2, "side_metrics[2]: expected an object"),
+    (lambda d: d.update(side_metrics="x"), 0, "side_metrics: expected list, got str"),
+    (lambda d: d.update(stages=[{}]), 0, "stages: expected one entry with a name per stage"),
+    (lambda d: d.update(phases=[["a", 1]]), 0, "phases: expected lists of stage names"),
+    (lambda d: d.update(config=[]), 0, "config: expected dict, got list"),
+    (lambda d: d.pop("R"), 0, "R: expected a list, got NoneType"),
+])
+def test_a_damaged_results_file_keeps_the_rows_before_the_damage(tmp_path, edit, kept,
+                                                                 problem):
+    data, found = damaged(tmp_path, edit)
+    assert found == problem or found.startswith(problem)
+    assert (data is None) == (kept == 0)
+    if data is not None:
+        assert len(data["R"]) == kept and len(data["cost"]) == kept - 1
+
+
+@pytest.mark.parametrize(("text", "problem"), [("[1, 2]", "expected a JSON object, got list"),
+                                               ('{"R": [[1', "not valid JSON (Expecting")])
+def test_a_results_file_that_is_not_an_object_keeps_nothing(tmp_path, text, problem):
+    (tmp_path / "results.json").write_text(text)
+    data, found = salvage_for_resume(tmp_path)
+    assert data is None and found.startswith(problem)
 
 
 def test_report_reader_errors_are_one_line_of_the_given_kind(tmp_path):
