@@ -184,7 +184,8 @@ def test_a_missing_stage_file_fails(tmp_path: Path):
 def test_a_missing_strategy_file_fails():
     path = EXAMPLES_DIR / "domain_adaptive_pretraining.yaml"
     skip_without_shared(path)
-    with pytest.raises(AssertionError, match="strategies.0.path"):
+    with pytest.raises(ConfigError, match=r"strategies\.0\.options\.path: .*no-such-corpus.txt: "
+                       "file not found"):
         check_example(path, ["strategy.0.path=data/no-such-corpus.txt"])
 
 
