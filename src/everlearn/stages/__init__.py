@@ -10,13 +10,12 @@ layer may ask the registry without importing the kinds (which build on it) in a 
 
 from __future__ import annotations
 
-import importlib
-import pkgutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from everlearn.errors import ConfigError
+from everlearn.registry import declarations
 
 
 @dataclass(frozen=True)
@@ -58,15 +57,7 @@ _KINDS: dict[str, Kind] = {}
 
 def _discover() -> dict[str, Kind]:
     if not _KINDS:
-        found = {}
-        for info in pkgutil.iter_modules(__path__):
-            module = importlib.import_module(f"{__name__}.{info.name}")
-            kind = getattr(module, "KIND", None)
-            if isinstance(kind, Kind):
-                if kind.name in found:
-                    raise RuntimeError(f"two stage kinds named {kind.name!r}")
-                found[kind.name] = kind
-        _KINDS.update(sorted(found.items(), key=lambda item: item[1].order))
+        _KINDS.update(declarations(__path__, __name__, "KIND", Kind))
     return _KINDS
 
 

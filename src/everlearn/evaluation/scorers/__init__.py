@@ -17,13 +17,12 @@ Modules are discovered on the first lookup, not on import.
 
 from __future__ import annotations
 
-import importlib
-import pkgutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from everlearn.errors import ConfigError
+from everlearn.registry import declarations
 
 
 @dataclass(frozen=True)
@@ -48,15 +47,7 @@ _METRICS: dict[str, Metric] = {}
 
 def _discover() -> dict[str, Metric]:
     if not _METRICS:
-        found = {}
-        for info in pkgutil.iter_modules(__path__):
-            module = importlib.import_module(f"{__name__}.{info.name}")
-            metric = getattr(module, "METRIC", None)
-            if isinstance(metric, Metric):
-                if metric.name in found:
-                    raise RuntimeError(f"two metrics named {metric.name!r}")
-                found[metric.name] = metric
-        _METRICS.update(sorted(found.items(), key=lambda item: item[1].order))
+        _METRICS.update(declarations(__path__, __name__, "METRIC", Metric))
     return _METRICS
 
 
