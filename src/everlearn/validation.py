@@ -21,7 +21,7 @@ from everlearn.data.builtin import get_builtin_task
 from everlearn.data.builtin.suites import get_suite
 from everlearn.evaluation.scorers import metric_names
 from everlearn.schema import FieldError, build
-from everlearn.stages import get_kind, kinds
+from everlearn.stages import get_kind, kinds, kinds_with
 from everlearn.strategies import STRATEGIES
 
 
@@ -104,7 +104,7 @@ def check_kind(st: StageConfig, where: str) -> None:
         raise FieldError(f"{where}.metric", f"expected {expected} for {article} {kind.name} "
                          f"stage, got {st.metric!r}")
     if st.freeze_lm and not kind.freeze_lm:
-        allowed = " or ".join(k for k in kinds() if get_kind(k).freeze_lm)
+        allowed = kinds_with("freeze_lm")
         raise FieldError(f"{where}.freeze_lm", "an alignment stage trains on image-text pairs: "
                          f"only for {allowed} stages (this stage is {kind.name})")
 
