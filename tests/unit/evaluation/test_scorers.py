@@ -3,9 +3,6 @@ validation, stages, the evaluator and the report tables; torch-free, discovery i
 
 from __future__ import annotations
 
-import subprocess
-import sys
-
 import pytest
 
 from everlearn.errors import ConfigError
@@ -14,6 +11,7 @@ from everlearn.report.tables import format_matrix, short_label
 from everlearn.stages import get_kind, kinds
 from everlearn.stages.stream import Stage
 from everlearn.validation import build_config
+from tests.helpers.torch_free import assert_runs_without_heavy_imports
 
 ALL = ["accuracy", "exact_match", "rouge_l", "perplexity", "preference_accuracy", "reliability"]
 
@@ -66,13 +64,7 @@ def test_tables_print_the_registered_short_labels():
 
 
 def test_discovery_imports_no_torch():
-    code = ("import sys\n"
-            "from everlearn.evaluation.scorers import get_metric, metric_names\n"
-            "assert [get_metric(m).short for m in metric_names()]\n"
-            "import everlearn.report.tables\n"
-            "heavy = [m for m in ('torch', 'transformers', 'peft', 'accelerate') "
-            "if m in sys.modules]\n"
-            "assert not heavy, heavy\n")
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          timeout=120)
-    assert proc.returncode == 0, proc.stderr
+    assert_runs_without_heavy_imports(
+        "from everlearn.evaluation.scorers import get_metric, metric_names\n"
+        "assert [get_metric(m).short for m in metric_names()]\n"
+        "import everlearn.report.tables\n")

@@ -9,7 +9,6 @@ import re
 import shutil
 import struct
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -18,6 +17,7 @@ from everlearn.cli import main
 from everlearn.evaluation.metrics import summarize
 from everlearn.report import write_report
 from tests.helpers.report import R3, fake_run
+from tests.helpers.torch_free import assert_runs_without_heavy_imports
 
 
 def png_size(data: bytes) -> tuple[int, int]:
@@ -132,17 +132,11 @@ def test_perplexity_group_and_joint(tmp_path: Path):
 
 def test_report_and_compare_never_import_torch(tmp_path: Path):
     run = fake_run(tmp_path)
-    code = ("import sys\n"
-            "from everlearn.cli import main\n"
-            "import everlearn.report, everlearn.report.compare\n"
-            f"assert main(['report', {str(run)!r}]) == 0\n"
-            f"assert main(['compare', {str(run)!r}, '--format', 'csv']) == 0\n"
-            "heavy = [m for m in ('torch', 'transformers', 'peft', 'accelerate') "
-            "if m in sys.modules]\n"
-            "assert not heavy, heavy\n")
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          timeout=120)
-    assert proc.returncode == 0, proc.stderr
+    assert_runs_without_heavy_imports(
+        "from everlearn.cli import main\n"
+        "import everlearn.report, everlearn.report.compare\n"
+        f"assert main(['report', {str(run)!r}]) == 0\n"
+        f"assert main(['compare', {str(run)!r}, '--format', 'csv']) == 0\n")
     assert (run / "report" / "index.html").is_file()
 
 
