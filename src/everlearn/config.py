@@ -333,6 +333,10 @@ class EditConfig:
         "model.finetune: full.", gt=0)
     lr: float | None = field(None, "Learning rate of edit stages (default: train.lr).",
                              **LEARNING_RATE)
+    batch_size: int | None = field(
+        None, "Editors (grace, wise, ...): edits of a stage applied together in one update, in "
+        "the stage's order; 1 = one at a time. Null: the whole stage as one batch. Constrained "
+        "fine-tuning trains a stage's edits together (null only).", ge=1)
 
 
 RecyclePolicy = Literal["reapply", "retune", "distill", "scratch"]

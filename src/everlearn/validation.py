@@ -35,6 +35,7 @@ def build_config(data: dict[str, Any], source: str = "<config>") -> RunConfig:
         for i, st in enumerate(cfg.stages):
             check_kind(st, f"stages.{i}")
         cfg.check()
+        check_edit_batch(cfg)
     except FieldError as exc:
         raise exc.in_file(source) from None
     return cfg
@@ -55,6 +56,19 @@ def load_config(
     if path is not None:
         resolve_paths(cfg, Path(path).resolve().parent)
     return cfg
+
+
+def check_edit_batch(cfg: RunConfig) -> None:
+    """``edit.batch_size`` cuts a stage's edits into batches for an editor strategy (one that
+    applies edits itself); constrained fine-tuning trains a stage's edits together."""
+    from everlearn.strategies import Strategy
+
+    if cfg.edit.batch_size is None or not any(get_kind(st.kind).edits for st in cfg.stages):
+        return
+    if not any(STRATEGIES[s.name].apply_edits is not Strategy.apply_edits
+               for s in cfg.strategies if s.name in STRATEGIES):
+        raise FieldError("edit.batch_size", "applies to editor strategies (grace, wise, ...); "
+                         "constrained fine-tuning trains a stage's edits together: leave it null")
 
 
 def fill_from_registries(st: StageConfig, where: str) -> None:

@@ -309,7 +309,8 @@ class Run:
         if cfg.eval.general_probes or cfg.eval.lm_eval.tasks:
             self.probes = GeneralProbes.prepare(cfg.eval, self.dir.path, model, encoder,
                                                 self.evaluator, acc)
-        self.evaluator.prepare_edits(model, self.stream.stages)  # locality: the base's
+        # locality: the base model's predictions, cached in the run dir (a resume reads them)
+        self.evaluator.prepare_edits(model, self.stream.stages, self.dir.path)
         self.phase_cols = [[st.index - 1 for st in p] for p in self.phases]
 
     def _resume(self, prev: dict[str, Any]):
