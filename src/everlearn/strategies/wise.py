@@ -98,7 +98,7 @@ class WiseOptions:
     iterations: int = field(70, "Most optimisation steps per edit (batch); EasyEdit's n_iter.",
                             ge=1)
     norm_constraint: float = field(
-        1.0, "Element-wise bound |W_v' - W_v| <= norm_constraint after every step (EasyEdit's "
+        1.0, "Element-wise bound abs(W_v' - W_v) <= norm_constraint after every step (EasyEdit's "
         "1.0).", gt=0)
     stop_loss: float = field(
         0.05, "Training of an edit stops once every target token is the top-1 prediction, its "
