@@ -126,7 +126,7 @@ def cost_entry(phase: int, names: list[str], pc, wall: float, eval_s: float,
             "strategy_time_s": pc.strategy_time_s, "tokens_trained": pc.tokens_trained,
             "tokens_per_s": pc.tokens_trained / max(pc.train_time_s, 1e-9),
             "padding_fraction": pc.padding_fraction, "final_loss": pc.final_loss,
-            "trainable_params": trainable, "total_params": total,
+            "loss_curve": pc.loss_curve, "trainable_params": trainable, "total_params": total,
             "peak_memory_mb": max(pc.peak_memory_mb, eval_peak), "buffer_size": buffer_size,
             "skipped_batches": pc.skipped_batches}
 
