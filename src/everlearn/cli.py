@@ -170,7 +170,10 @@ def cmd_compare(args) -> int:
     if not 0 < args.confidence < 1:
         raise EverlearnError(f"--confidence: expected a level between 0 and 1 (e.g. 0.9), "
                              f"got {args.confidence}")
-    text = format_comparison(compare_runs(args.run_dirs, args.confidence), args.format)
+    comparison = compare_runs(args.run_dirs, args.confidence)
+    for path, why in comparison.skipped:  # also in the markdown and HTML; not in the CSV
+        print(f"everlearn: warning: skipped: {path} ({why})", file=sys.stderr)
+    text = format_comparison(comparison, args.format)
     if args.out:
         try:
             Path(args.out).write_text(text, encoding="utf-8")

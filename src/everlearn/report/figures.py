@@ -31,7 +31,7 @@ def _row_labels(results: dict[str, Any]) -> list[str]:
 PPL_MIN_SPAN = 10.0  # percent: the perplexity colour scale spans at least +-10% change
 
 
-def _ppl_change(results: dict[str, Any], r: int, c: int) -> float:
+def perplexity_change(results: dict[str, Any], r: int, c: int) -> float:
     """Perplexity cell (r, c) as its relative change from the base row, in percent (NaN where
     either is missing): the same change reads the same on every column, so 271 -> 267 is a pale
     -1.5%, not the whole colour range a per-column min-max scale gave it."""
@@ -60,7 +60,7 @@ def heatmap_png(results: dict[str, Any]) -> bytes:
             if hib[c]:
                 scores[r, c] = np.nan if v is None or not math.isfinite(v) else v
             else:
-                changes[r, c] = _ppl_change(results, r, c)
+                changes[r, c] = perplexity_change(results, r, c)
     fig = Figure(figsize=(min(2.2 + 1.1 * n_cols, 24), min(1.2 + 0.5 * n_rows, 20)))
     ax = fig.add_subplot()
     img = ax.imshow(np.ma.masked_invalid(scores), cmap=_cmap(), vmin=0, vmax=100,
@@ -236,4 +236,28 @@ def loss_png(results: dict[str, Any]) -> bytes | None:
     ax.grid(alpha=0.3)
     if len(cost) <= 20:
         ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
+    return _png(fig)
+
+
+def metric_bars_png(labels: list[str], metrics: dict[str, list[tuple[float | None,
+                                                                    float | None]]],
+                    interval: str) -> bytes:
+    """One panel per metric (``{"AP": [(mean, half-width), ...]}``, one pair per label): a
+    bar per label with its interval as an error bar (none where the half-width is None, a
+    single run; "n/a" where the mean is None, an unfinished run)."""
+    short = [t if len(t) <= 28 else t[:25] + "..." for t in labels]
+    fig = Figure(figsize=(min(3.0 + 1.6 * len(labels), 11), 3.4))
+    for k, (name, values) in enumerate(metrics.items()):
+        ax = fig.add_subplot(1, len(metrics), k + 1)
+        xs = list(range(len(labels)))
+        means = [m if m is not None else 0.0 for m, _ in values]
+        errs = [h if h is not None and m is not None else 0.0 for m, h in values]
+        ax.bar(xs, means, yerr=errs, capsize=4, color="#4c72b0", ecolor="#222")
+        for x, (m, _) in zip(xs, values):
+            if m is None:
+                ax.text(x, 0, "n/a", ha="center", va="bottom", fontsize=8, color="#555")
+        ax.axhline(0, color="#888", linewidth=0.8)
+        ax.set_xticks(xs, short, rotation=20, ha="right", fontsize=7)
+        ax.set_title(f"{name} (mean, {interval})", fontsize=9)
+        ax.grid(axis="y", alpha=0.3)
     return _png(fig)

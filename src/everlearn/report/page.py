@@ -21,7 +21,8 @@ th{background:#f4f4f4;overflow-wrap:normal;vertical-align:bottom}
 td.num{text-align:right;font-variant-numeric:tabular-nums;white-space:nowrap;
 overflow-wrap:normal}
 .tw{max-width:100%;overflow-x:auto}.tw>table{margin:0}.tw{margin:.6em 0}
-table.cost,table.wide{font-size:.8em}table.cost th,table.cost td{padding:.2em .35em}
+table.cost,.wide>table{font-size:.8em}
+table.cost th,table.cost td,.wide th,.wide td{padding:.2em .35em}
 .banner{background:#fff3cd;border:1px solid #e0c36c;padding:.6em 1em;border-radius:4px}
 .note{color:#555;font-size:.9em}figure{margin:1em 0}img{max-width:100%;height:auto}
 figcaption{color:#555;font-size:.85em}pre{background:#f7f7f7;padding:.8em;overflow:auto}

@@ -275,6 +275,28 @@ def read_for_report(run_dir: str | Path,
     return data
 
 
+def report_problem(run_dir: str | Path) -> str:
+    """Why :func:`read_for_report` refuses RUN_DIR, in a few words for a list of skipped runs
+    (``compare``): "no such directory", "no results.json", "damaged (...)" or "incomplete
+    (...)"; "readable" when it does not."""
+    path = Path(run_dir)
+    if not path.is_dir():
+        return "no such directory"
+    if not results_path(path).is_file():
+        return "no results.json"
+    try:
+        data = json.loads(results_path(path).read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return "damaged (results.json is not valid JSON; truncated?)"
+    if isinstance(data, dict) and data.get("R") == [] and isinstance(data.get("stages"), list):
+        return "incomplete (no row of R yet: the run stopped before its base evaluation)"
+    try:
+        read_for_report(path)
+    except EverlearnError as exc:
+        return "damaged (" + str(exc).removeprefix(f"{results_path(path)}: ") + ")"
+    return "readable"
+
+
 def run_state(run_dir: str | Path) -> str:
     """complete (results.json says so), partial (some results) or new."""
     try:

@@ -130,17 +130,25 @@ def test_cli_compare(tmp_path: Path, capsys):
     for argv, expected in ((["--format", "xml"], "--format: expected one of markdown, csv, "
                                                  "html, got 'xml'"),
                            (["--confidence", "95"], "--confidence: expected a level between 0 "
-                                                    "and 1 (e.g. 0.9), got 95.0"),
-                           ([str(tmp_path / "nope")], "no such run directory"),
-                           ([str(tmp_path)], "results.json: missing")):
+                                                    "and 1 (e.g. 0.9), got 95.0")):
         assert main(["compare", runs[0], *argv]) == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and err[0] == f"everlearn: error: {err[0][18:]}"
         assert expected in err[0]
+    # a directory without results (a failed run, a stray folder) is skipped, the rest compared
+    assert main(["compare", runs[0], str(tmp_path / "nope"), str(tmp_path)]) == 0
+    captured = capsys.readouterr()
+    assert "| 50.00 |" in captured.out
+    assert f"- skipped: {tmp_path / 'nope'} (no such directory)" in captured.out
+    assert f"- skipped: {tmp_path} (no results.json)" in captured.out
+    assert captured.err.splitlines() == [
+        f"everlearn: warning: skipped: {tmp_path / 'nope'} (no such directory)",
+        f"everlearn: warning: skipped: {tmp_path} (no results.json)"]
     (Path(runs[0]) / "config.yaml").write_text("a: [unclosed")
-    assert main(["compare", runs[0]]) == 2
+    assert main(["compare", runs[0]]) == 2  # nothing left to compare: one line
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "config.yaml: not valid YAML" in err
+    assert err.count("\n") == 1 and "no run to compare" in err
+    assert "config.yaml: not valid YAML" in err
 
 
 ENV = {"everlearn": "0.1.0", "python": "3.11.9", "torch": "2.4.0", "transformers": "4.44.0",
