@@ -84,7 +84,9 @@ def _add_compare(sub) -> None:
     cmp = sub.add_parser("compare", help="runs side by side; seeds and stream orders pooled",
                          description="A table of runs: AP, BWT, FWT, forgetting, cost. Runs "
                          "whose configs differ only in seed or stage order are pooled into a "
-                         "mean and a Student-t confidence interval (95% unless --confidence).")
+                         "mean and a Student-t confidence interval (95% unless --confidence). "
+                         "Runs of different streams (stage sets) get separate tables; "
+                         "directories without readable results are listed as skipped.")
     cmp.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
     cmp.add_argument("--format", default="markdown", help="markdown (default), csv or html")
     cmp.add_argument("--out", metavar="FILE", help="write the table to FILE instead of stdout")
