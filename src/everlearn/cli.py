@@ -84,7 +84,9 @@ def _add_compare(sub) -> None:
     cmp = sub.add_parser("compare", help="runs side by side; seeds and stream orders pooled",
                          description="A table of runs: AP, BWT, FWT, forgetting, cost. Runs "
                          "whose configs differ only in seed or stage order are pooled into a "
-                         "mean and a Student-t confidence interval (95% unless --confidence).")
+                         "mean and a Student-t confidence interval (95% unless --confidence). "
+                         "Runs of different streams (stage sets) get separate tables; "
+                         "directories without readable results are listed as skipped.")
     cmp.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
     cmp.add_argument("--format", default="markdown", help="markdown (default), csv or html")
     cmp.add_argument("--out", metavar="FILE", help="write the table to FILE instead of stdout")
@@ -170,7 +172,10 @@ def cmd_compare(args) -> int:
     if not 0 < args.confidence < 1:
         raise EverlearnError(f"--confidence: expected a level between 0 and 1 (e.g. 0.9), "
                              f"got {args.confidence}")
-    text = format_comparison(compare_runs(args.run_dirs, args.confidence), args.format)
+    comparison = compare_runs(args.run_dirs, args.confidence)
+    for path, why in comparison.skipped:  # also in the markdown and HTML; not in the CSV
+        print(f"everlearn: warning: skipped: {path} ({why})", file=sys.stderr)
+    text = format_comparison(comparison, args.format)
     if args.out:
         try:
             Path(args.out).write_text(text, encoding="utf-8")

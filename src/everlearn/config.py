@@ -303,8 +303,9 @@ class TrackerConfig:
         "directory (default RUN_DIR). Relative paths are from the working directory.")
     project: str | None = field(
         None, "MLflow experiment / W&B project name (default: the run name).")
-    log_every: int = field(10, "Log training loss and learning rate every this many steps.",
-                           ge=1)
+    log_every: int = field(10, "Log training loss and learning rate every this many steps "
+                           "(also the cadence of results.json's cost[].loss_curve, which is "
+                           "kept with tracker none too).", ge=1)
 
     @staticmethod
     def shorthand(value: Any) -> Any:

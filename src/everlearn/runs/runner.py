@@ -301,6 +301,7 @@ class Run:
                                        accelerator=acc))
         self.trainer = Trainer(acc, encoder, cfg.train, self.strategy, cfg.seed, self.quiet)
         self.trainer.on_step = self.tracker.on_step
+        self.trainer.log_every = cfg.tracker.log_every  # the loss curve's cadence
         self.trainer.save_step = self.dir.save_step
         self.trainer.vision = self.vision
         self.evaluator = Evaluator(acc, encoder, cfg.eval, self.quiet)
