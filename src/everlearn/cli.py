@@ -31,6 +31,8 @@ EPILOG = """examples:
   everlearn compare runs/a-seed0 runs/a-seed1 runs/b --format csv --out table.csv
   everlearn sweep stream.yaml strategy=[seqft,replay] seed=[0,1,2] --jobs 2 -o runs/sw
   everlearn sweep --resume runs/sw                # after a kill: finish what is missing
+  everlearn run --benchmark superni-15 --order 1 --data-dir CL_Benchmark/SuperNI
+  everlearn verify runs/bench-*                   # runs beside the benchmark's published numbers
   everlearn ls
 """
 
@@ -124,7 +126,7 @@ def _add_sweep(sub) -> None:
 
 def _add_ls_validate(sub) -> None:
     sub.add_parser("ls", help="list stage kinds, strategies, built-in tasks and suites, "
-                  "embedded models and presets")
+                  "embedded models, benchmarks and presets")
 
     val = sub.add_parser("validate", help="check a config and its data without training")
     val.add_argument("config", nargs="?", help="stream YAML")
