@@ -89,3 +89,13 @@ def test_the_shared_superni_tasks_through_the_definition():
     assert "\n\nInput: " in second.train[0].prompt
     assert second.train[0].prompt.endswith("\nOutput:")
     assert all(r.answers[0] in ("POS", "NEG") for r in second.test)
+
+
+def test_a_relative_data_dir_lies_beside_the_config_file(tmp_path: Path):
+    from everlearn.validation import load_config
+
+    write_trace(tmp_path / "data" / "TRACE")
+    (tmp_path / "b.yaml").write_text("benchmark: {name: trace, data_dir: data/TRACE, tasks: 1}\n"
+                                     "model: {name: tiny-llama}\n")
+    cfg = load_config(tmp_path / "b.yaml")
+    assert cfg.stages[0].train.path == str(tmp_path / "data/TRACE/C-STANCE/train.json")
