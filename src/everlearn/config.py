@@ -128,8 +128,9 @@ class DataSource:
 
     path: str = field("", "File, directory, or `hf:<dataset name or saved directory>` (built-in "
                       "tasks: the stage's `builtin`).")
-    format: Literal["auto", "jsonl", "json", "superni", "text", "hf"] = field(
-        "auto", "File format; auto guesses from the path and content."
+    format: Literal["auto", "jsonl", "json", "superni", "text", "hf", "olora"] = field(
+        "auto", "File format; auto guesses from the path and content (olora: O-LoRA's "
+        "{label, sentence} records with labels.json beside them, as `benchmark:` reads them)."
     )
     split: str | None = field(None, "Split name for Hugging Face datasets.")
     fields: dict[str, str] = field(
