@@ -192,30 +192,36 @@ def config_json(config, base_model: str | None) -> str:
 def write_adapter_dir(target: Path, adapters: list[Adapter], base_model: str | None,
                       stages: list[dict[str, Any]] | None = None) -> list[str]:
     """Write ``adapters`` into the directory ``target`` as a whole (a temporary directory
-    renamed into place, replacing an older one); the files written, relative to ``target``.
-    ``stages``: per-stage adapters' stage entries, written to stages.json."""
+    renamed into place, replacing an older one); the files written, relative to ``target``."""
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-    written = []
     try:
-        for a in adapters:
-            d = tmp / a.subdir if a.subdir else tmp
-            d.mkdir(parents=True, exist_ok=True)
-            (d / CONFIG_NAME).write_text(config_json(a.config, base_model), encoding="utf-8")
-            save_file({k: v.detach().cpu().contiguous() for k, v in a.tensors.items()},
-                      str(d / WEIGHTS_NAME), metadata={"format": "pt"})
-            written += [f"{a.subdir}/{n}" if a.subdir else n for n in (CONFIG_NAME,
-                                                                         WEIGHTS_NAME)]
-        if stages is not None:
-            (tmp / STAGES_NAME).write_text(json.dumps(stages, indent=2) + "\n",
-                                           encoding="utf-8")
-            written.append(STAGES_NAME)
+        written = fill_adapter_dir(tmp, adapters, base_model, stages)
         if target.exists():
             shutil.rmtree(target)
         os.replace(tmp, target)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    return written
+
+
+def fill_adapter_dir(d: Path, adapters: list[Adapter], base_model: str | None,
+                     stages: list[dict[str, Any]] | None = None) -> list[str]:
+    """Write ``adapters`` into the existing directory ``d`` (each in its subdirectory, with
+    adapter_config.json and adapter_model.safetensors); ``stages``: per-stage adapters' stage
+    entries, written to stages.json. The files written, relative to ``d``."""
+    written = []
+    for a in adapters:
+        sub = d / a.subdir if a.subdir else d
+        sub.mkdir(parents=True, exist_ok=True)
+        (sub / CONFIG_NAME).write_text(config_json(a.config, base_model), encoding="utf-8")
+        save_file({k: v.detach().cpu().contiguous() for k, v in a.tensors.items()},
+                  str(sub / WEIGHTS_NAME), metadata={"format": "pt"})
+        written += [f"{a.subdir}/{n}" if a.subdir else n for n in (CONFIG_NAME, WEIGHTS_NAME)]
+    if stages is not None:
+        (d / STAGES_NAME).write_text(json.dumps(stages, indent=2) + "\n", encoding="utf-8")
+        written.append(STAGES_NAME)
     return written
 
 
