@@ -12,10 +12,10 @@ __all__ = [*API, "__version__"]
 
 
 def __getattr__(name: str):
-    if name in API:
-        from everlearn import api
+    if name in API:  # on first use only (the submodules import __version__ from here)
+        import importlib
 
-        return getattr(api, name)
+        return getattr(importlib.import_module("everlearn.api"), name)
     raise AttributeError(f"module 'everlearn' has no attribute {name!r}")
 
 
