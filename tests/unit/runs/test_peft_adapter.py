@@ -104,7 +104,7 @@ def stacked_model(base, names):
     and its state as a StrategyStack of [replay, inc_lora] stores it."""
     model = lora_model(base, seed=0)
     lora = copy.deepcopy(model.peft_config["default"])
-    for i, name in enumerate(names):
+    for name in names:
         model.add_adapter(name, copy.deepcopy(lora))
     model.delete_adapter("default")
     model.base_model.set_adapter(list(names))
