@@ -152,6 +152,20 @@ def write_results(run_dir: str | Path, results: Results) -> dict[str, Any]:
     return results.to_dict()
 
 
+def read_results(run_dir: str | Path) -> Results:
+    """RUN_DIR/results.json as a typed :class:`Results` (the Python API's ``load_results``);
+    a missing or malformed file is a one-line EverlearnError naming it."""
+    data = read_for_report(run_dir)
+    missing = [k for k in ("status", "name", "strategies", "model", "finetune", "phases",
+                           "rows", "cost", "strategy_metrics") if k not in data]
+    if missing:
+        raise EverlearnError(f"{results_path(run_dir)}: {missing[0]}: missing; expected the "
+                             "results.json of an everlearn run")
+    data.setdefault("scenario", None)
+    data.setdefault("base_eval_time_s", 0.0)
+    return Results.from_dict(data)
+
+
 def read_for_resume(run_dir: str | Path) -> dict[str, Any]:
     """A run's results.json for ``--resume``, every row sound: R and one cost entry per row
     after the base. A damaged file is a one-line ResumeError naming it and what is wrong (a
@@ -282,20 +296,6 @@ def read_for_report(run_dir: str | Path,
         raise error(f"{res_path}: expected everlearn results with R (one list per row, "
                     "one value per stage) and stages")
     return data
-
-
-def read_results(run_dir: str | Path) -> Results:
-    """RUN_DIR/results.json as a typed :class:`Results` (the Python API's ``load_results``);
-    a missing or malformed file is a one-line EverlearnError naming it."""
-    data = read_for_report(run_dir)
-    missing = [k for k in ("status", "name", "strategies", "model", "finetune", "phases",
-                           "rows", "cost", "strategy_metrics") if k not in data]
-    if missing:
-        raise EverlearnError(f"{results_path(run_dir)}: {missing[0]}: missing; expected the "
-                             "results.json of an everlearn run")
-    data.setdefault("scenario", None)
-    data.setdefault("base_eval_time_s", 0.0)
-    return Results.from_dict(data)
 
 
 def run_state(run_dir: str | Path) -> str:
