@@ -1,4 +1,4 @@
-"""Command line: ``everlearn run | eval | report | compare | sweep | ls | validate``.
+"""Command line: ``everlearn run | eval | report | compare | sweep | ls | validate | export``.
 
 Errors from bad input print as one line (``everlearn: error: FILE: FIELD: expected ...``) with
 exit status 2, never a traceback.
@@ -34,6 +34,7 @@ EPILOG = """examples:
   everlearn run --benchmark superni-15 --order 1 --data-dir CL_Benchmark/SuperNI
   everlearn verify runs/bench-*                   # runs beside the benchmark's published numbers
   everlearn ls
+  everlearn export runs/mine --stage 2 --out adapters/stage2   # a PEFT adapter directory
 """
 
 
@@ -45,7 +46,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"everlearn {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
     for add in (_add_run, _add_eval, _add_report, _add_compare, _add_sweep, _add_ls_validate,
-                _add_verify):
+                _add_verify, _add_export):
         add(sub)
     return p
 
@@ -153,6 +154,36 @@ def cmd_verify(args) -> int:
 
     print(format_verification(verify_runs(args.run_dirs, args.benchmark, args.published,
                                           args.confidence)))
+    return 0
+
+
+def _add_export(sub) -> None:
+    ex = sub.add_parser("export", help="write a stage's weights as a PEFT adapter or a model "
+                        "directory", description="Export stage K of a run: its LoRA as a PEFT "
+                        "adapter directory (PeftModel.from_pretrained loads it), or with "
+                        "--merged the base model with the adapter merged in; full fine-tuning "
+                        "as a save_pretrained model directory. AutoModelForCausalLM loads "
+                        "--merged and full exports.")
+    ex.add_argument("run_dir", metavar="RUN_DIR")
+    ex.add_argument("--stage", type=int, required=True, metavar="K",
+                    help="the phase to export, as RUN_DIR/checkpoints/phase-K (1 = the first)")
+    ex.add_argument("--out", required=True, metavar="DIR",
+                    help="a new or empty directory to write into")
+    ex.add_argument("--merged", action="store_true",
+                    help="LoRA: the base model with the adapter merged in (save_pretrained)")
+    ex.add_argument("--push-to-hub", metavar="REPO",
+                    help="then upload DIR to the Hugging Face Hub model repository REPO")
+
+
+def cmd_export(args) -> int:
+    from everlearn.runs.export import export_stage
+
+    done = export_stage(args.run_dir, args.stage, args.out, merged=args.merged,
+                        push_to_hub=args.push_to_hub)
+    trained = f" ({'+'.join(done.stages)})" if done.stages else ""
+    print(f"stage {done.phase}{trained}: {done.form} written to {done.out}")
+    if done.pushed:
+        print(f"pushed to https://huggingface.co/{done.pushed}")
     return 0
 
 
@@ -356,7 +387,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return {"run": cmd_run, "eval": cmd_eval, "report": cmd_report, "compare": cmd_compare,
                 "sweep": cmd_sweep, "ls": cmd_ls, "validate": cmd_validate,
-                "verify": cmd_verify}[args.command](args)
+                "verify": cmd_verify, "export": cmd_export}[args.command](args)
     except EverlearnError as exc:
         one_line = " ".join(str(exc).splitlines())  # e.g. a parser's message quoting input
         print(f"everlearn: error: {one_line}", file=sys.stderr)

@@ -40,6 +40,7 @@ from everlearn.models.loading import (
 from everlearn.parallel import distributed as dist
 from everlearn.parallel import fsdp
 from everlearn.runs.metrics import compute_metrics
+from everlearn.runs.peft_adapter import phase_writer
 from everlearn.runs.recycle import RecycleRun
 from everlearn.runs.results import (
     Results,
@@ -405,8 +406,9 @@ class Run:
             f"strategy/{k}": v for k, v in state.get("tensors", {}).items()}},
             state.get("meta"))
         source = self.phase_source
+        adapter = phase_writer(self.cfg, self.model, weights, state, self.strategy.names)
         self.dir.save_phase(phase, weights, state, stepstate.flatten(self.trainer.carried)
-                            if source.carries_optimizer else None)
+                            if source.carries_optimizer else None, extra=adapter)
         self.dir.drop_steps()  # the stage checkpoint supersedes them
         self._write("complete" if source.finished(phase) else "running")
         self.tracker.log_row(phase, self.rows[-1].scores, self.stream.stages,
