@@ -59,6 +59,9 @@ def _add_run(sub) -> None:
     run.add_argument("--resume", metavar="RUN_DIR", help="continue a run after its last "
                      "finished stage (takes the config from RUN_DIR)")
     run.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
+    run.add_argument("--base-cache", metavar="DIR", help="share the base row's stage scores "
+                     "with other runs through DIR, keyed by the content of the model, data and "
+                     "scoring settings (a sweep uses SWEEP_DIR/cache)")
 
 
 def _add_eval(sub) -> None:
@@ -133,10 +136,11 @@ def cmd_run(args) -> int:
         if args.config or args.overrides or args.preset:
             raise EverlearnError("--resume takes the config from the run directory; "
                                  "do not pass CONFIG or overrides with it")
-        path, results = resume_run(args.resume, quiet=args.quiet)
+        path, results = resume_run(args.resume, quiet=args.quiet, base_cache=args.base_cache)
     else:
         cfg, source = load_run_config(args.config, args.overrides, args.preset)
-        path, results = start_run(cfg, args.output, quiet=args.quiet, source=source)
+        path, results = start_run(cfg, args.output, quiet=args.quiet, source=source,
+                                  base_cache=args.base_cache)
     from everlearn.parallel import distributed
 
     if not distributed.is_main():  # several processes: rank 0 prints and writes the report
