@@ -130,7 +130,8 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--what", choices=["fisher", "mas", "both"], default="both")
     ap.add_argument("--examples", type=int, default=16)
     ap.add_argument("--chunk", type=int, default=0,
-                    help="examples per batched pass (0: per_example.chunk_size, as runs use)")
+                    help="examples per batched pass (0: per_example.chunk_size, as runs on an "
+                         "accelerator; on a CPU runs use the loop)")
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--max-length", type=int, default=128)
     ap.add_argument("--data", choices=["auto", "superni", "builtin"], default="auto")

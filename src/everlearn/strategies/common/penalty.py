@@ -200,11 +200,11 @@ def per_example_sum(model, params: dict[str, torch.Tensor], batches: list[dict],
 
     ``extra_of(batch, positions)`` is called once per example, in order, for the example's own
     input to ``objective`` ((P, ...) rows, padded with ``pad`` in a chunk). Chunks of ``size``
-    examples (default :func:`per_example.chunk_size`) go through the batched pass; the rest, or
-    all where it cannot run, one forward and backward each."""
+    examples (default :func:`per_example.default_chunk`: 1 on a CPU) go through the batched
+    pass; the rest, or all where it cannot run, one forward and backward each."""
     names, plist = list(params), list(params.values())
     total = {n: torch.zeros_like(p, dtype=torch.float32) for n, p in params.items()}
-    size = PE.chunk_size(params) if size is None else size
+    size = PE.default_chunk(params) if size is None else size
     batched = PE.can_batch(model, batches, size)
     with _EvalMode(model):
         start = 0

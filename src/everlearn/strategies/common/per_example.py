@@ -20,11 +20,12 @@ last position and a ``valid`` flag of 0, so every example has the same shape, as
 Memory: a chunk holds its examples' activations, as a training batch of that size does, and one
 fp32 gradient per example and trainable weight; :func:`chunk_size` bounds the latter.
 
-Where the loop runs instead (``grads_per_chunk`` returns None and the caller loops): examples
-with images (the vision tower's inputs differ in shape per example), a chunk of one (nothing to
-batch, e.g. full fine-tuning of a model whose per-example gradient alone exceeds the budget),
-and a model whose forward vmap cannot run (data-dependent control flow: the first chunk raises,
-the loop takes over, logged once per model class).
+Where the loop runs instead (one forward and backward per example): on a CPU by default
+(:func:`default_chunk`: no faster there), examples with images (the vision tower's inputs
+differ in shape per example), a chunk of one (e.g. full fine-tuning of a model whose
+per-example gradient alone exceeds the budget), and a model whose forward vmap cannot run
+(data-dependent control flow, an operator without a batching rule: ``try_batched`` logs it and
+the loop takes over for the rest of the pass).
 """
 
 from __future__ import annotations
@@ -55,6 +56,16 @@ def chunk_size(params: dict[str, torch.Tensor], most: int = MAX_CHUNK,
     per-example fp32 gradients (LoRA on a 135M model: 8; full fine-tuning of it: 1)."""
     per_example = 4 * sum(p.numel() for p in params.values())
     return max(1, min(most, budget // max(per_example, 1)))
+
+
+def default_chunk(params: dict[str, torch.Tensor]) -> int:
+    """The chunk size importance passes use: :func:`chunk_size` on an accelerator, 1 (the
+    loop) on a CPU. The work is the same either way; what batching buys is fuller use of the
+    device, and on a CPU one thread's matrix products are as efficient for one example as for
+    eight: on the 2-core AMD EPYC of docs/benchmarks.md ("Importance passes") the batched pass
+    took 1.0-1.1x the loop's CPU time and, with its larger working set, more wall time."""
+    p = next(iter(params.values()), None)
+    return 1 if p is None or p.device.type == "cpu" else chunk_size(params)
 
 
 def forward_options(model) -> dict:
