@@ -5,10 +5,10 @@ on each stage's test set, and that work is the same for all of them. A cached st
 used only when everything it depends on is the same, compared as content, not as names:
 
 - the model: a hash of every weight and buffer (name, dtype, shape, bytes), of the module
-  tree and the forward hooks on it (what strategies may add), and of the model's config (the
-  attention implementation included). One exception, exact: a LoRA adapter whose ``B`` is all
-  zeros (PEFT's init) adds exactly zero, whatever its ``A``, so the bytes of such an ``A`` are
-  left out (a seed that only draws ``A`` then shares the entry);
+  tree, the forward hooks on it and forwards replaced on a module (what strategies may add),
+  and of the model's config (the attention implementation included). One exception, exact: a
+  LoRA adapter whose ``B`` is all zeros (PEFT's init) adds exactly zero, whatever its ``A``, so
+  the bytes of such an ``A`` are left out (a seed that only draws ``A`` then shares the entry);
 - the tokenizer (its serialised vocabulary, merges and special tokens, and its chat template);
 - the data: the stage's kind, metric and labels and its test records after sampling
   (``max_test`` and friends are applied already), image files by content;
@@ -77,6 +77,9 @@ def model_fingerprint(model) -> str:
     for name, module in model.named_modules():
         hooks = [getattr(f, "__qualname__", repr(f)) for f in
                  list(module._forward_hooks.values()) + list(module._forward_pre_hooks.values())]
+        own = module.__dict__.get("forward")  # a forward replaced on the instance
+        if own is not None:
+            hooks.append(getattr(own, "__qualname__", repr(own)))
         h.update(f"{name}:{type(module).__qualname__}:{hooks}\n".encode())
     config = getattr(model, "config", None)
     if config is not None and hasattr(config, "to_json_string"):

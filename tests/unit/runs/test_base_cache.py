@@ -53,6 +53,15 @@ def test_every_component_of_the_key_changes_it(tiny, tmp_path):
     with torch.no_grad():
         next(other.parameters())[0, 0] += 1e-3
     assert key(fresh(settings, tok), other, stage()) != base
+    # a hook or a replaced forward (what a strategy may add) changes the model
+    same = copy.deepcopy(model)
+    assert key(fresh(settings, tok), same, stage()) == base
+    handle = same.model.layers[0].register_forward_hook(lambda *a: None)
+    assert key(fresh(settings, tok), same, stage()) != base
+    handle.remove()
+    assert key(fresh(settings, tok), same, stage()) == base
+    same.model.layers[1].mlp.forward = lambda x: x
+    assert key(fresh(settings, tok), same, stage()) != base
     # the tokenizer (its chat template)
     tok2 = copy.deepcopy(tok)
     tok2.chat_template = tok.chat_template + " "
