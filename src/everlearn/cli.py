@@ -69,6 +69,9 @@ def _add_run(sub) -> None:
                      "(default: its first)")
     run.add_argument("--data-dir", metavar="DIR", help="the folder holding the benchmark's "
                      "tasks in a layout its authors publish (e.g. CL_Benchmark)")
+    run.add_argument("--base-cache", metavar="DIR", help="share the base row's stage scores "
+                     "with other runs through DIR, keyed by the content of the model, data and "
+                     "scoring settings (a sweep uses SWEEP_DIR/cache)")
 
 
 def _add_eval(sub) -> None:
@@ -195,11 +198,12 @@ def cmd_run(args) -> int:
         if args.config or args.overrides or args.preset or args.benchmark:
             raise EverlearnError("--resume takes the config from the run directory; "
                                  "do not pass CONFIG or overrides with it")
-        path, results = resume_run(args.resume, quiet=args.quiet)
+        path, results = resume_run(args.resume, quiet=args.quiet, base_cache=args.base_cache)
     else:
         bench = benchmark_overrides(args.benchmark, args.order, args.data_dir)
         cfg, source = load_run_config(args.config, args.overrides, args.preset, bench)
-        path, results = start_run(cfg, args.output, quiet=args.quiet, source=source)
+        path, results = start_run(cfg, args.output, quiet=args.quiet, source=source,
+                                  base_cache=args.base_cache)
     from everlearn.parallel import distributed
 
     if not distributed.is_main():  # several processes: rank 0 prints and writes the report
