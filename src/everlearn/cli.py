@@ -119,7 +119,8 @@ def _add_ls_validate(sub) -> None:
     sub.add_parser("ls", help="list stage kinds, strategies, built-in tasks and suites, "
                   "embedded models and presets")
 
-    val = sub.add_parser("validate", help="check a config and its data without training")
+    val = sub.add_parser("validate", help="check a config, its data, the model's config and "
+                         "tokenizer and the tracker's package, without training")
     val.add_argument("config", nargs="?", help="stream YAML")
     val.add_argument("--preset", help="a built-in config instead of CONFIG")
     val.add_argument("overrides", nargs="*", metavar="key=value")
@@ -217,7 +218,7 @@ def cmd_eval(args) -> int:
 
 def cmd_ls(args) -> int:
     from everlearn.data.builtin import list_builtin_tasks
-    from everlearn.models.loading import EMBEDDED_MODELS
+    from everlearn.models.source import EMBEDDED_MODELS
     from everlearn.presets import PRESETS
     from everlearn.stages import get_kind, kinds
     from everlearn.strategies import STRATEGIES
@@ -254,6 +255,7 @@ def cmd_ls(args) -> int:
 def cmd_validate(args) -> int:
     from everlearn.stages.stream import build_stream
     from everlearn.strategies import build_strategy
+    from everlearn.validation import check_before_run
 
     cfg, source = load_run_config(args.config, args.overrides, args.preset)
     stack = build_strategy(cfg.strategies, source, cfg.model.finetune)
@@ -261,6 +263,7 @@ def cmd_validate(args) -> int:
     if cfg.text_stream is not None and stack.plan(stream.stages) is not None:
         raise ConfigError(f"{source}: strategies: a strategy that groups stages into phases "
                           "(joint) does not apply to a text_stream")
+    found = check_before_run(cfg, source)
     strategy = "+".join(s.name for s in cfg.strategies)
     print(f"{source}: ok — {len(stream)} stages, strategy {strategy}")
     for st in stream:
@@ -281,6 +284,8 @@ def cmd_validate(args) -> int:
                   f"stage {stream.stages[-1].name} ({rc.update})")
         print(f"  recycle: adapters carried over the update ({update}) by "
               f"{', '.join(rc.policies)}")
+    for line in found:  # the model (and new base) that will load
+        print(f"  {line}")
     return 0
 
 

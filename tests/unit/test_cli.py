@@ -19,6 +19,16 @@ from tests.helpers.bad_input import JUNK, ROWS, check_outcome, mutated, valid_co
 from tests.helpers.cli import one_line_error, write_config
 
 
+@pytest.fixture(autouse=True)
+def offline(monkeypatch):
+    """The Hub is offline: validate checks a model name that could be a Hub id against the
+    cache only (mutated configs name such models), and never touches the network."""
+    import huggingface_hub.constants as hub
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(hub, "HF_HUB_OFFLINE", True)
+
+
 # --- validate ------------------------------------------------------------------------------
 def test_validate_prints_stage_summary(tmp_path: Path, capsys):
     cfg = write_config(tmp_path)
@@ -73,6 +83,48 @@ def test_validate_bad_data_is_one_line(tmp_path: Path, capsys):
     assert main(["validate", str(cfg)]) == 2
     line = one_line_error(capsys.readouterr().err)
     assert line.startswith(f"everlearn: error: {tmp_path / 'red_test.jsonl'}: line 2:")
+
+
+@pytest.mark.parametrize("override, says", [
+    ("model.name=/nonexistent", "model.name: path '/nonexistent' not found"),
+    ("model.name=no-such-model", "model.name: 'no-such-model' is not a local directory or file "
+     "(looked beside the config) nor in the Hugging Face cache, and the Hub is offline "
+     "(HF_HUB_OFFLINE is set)"),
+    ("model.name=./here", "model.name: path '{dir}/here' not found"),
+])
+def test_validate_checks_the_model_loads(tmp_path: Path, capsys, override, says):
+    cfg = write_config(tmp_path)
+    assert main(["validate", str(cfg), override]) == 2
+    captured = capsys.readouterr()
+    line = one_line_error(captured.err)
+    assert line == f"everlearn: error: {cfg}: " + says.format(dir=tmp_path.resolve())
+    assert captured.out == ""
+
+
+def test_validate_reads_a_local_model_beside_the_config(tmp_path: Path, capsys, monkeypatch):
+    from everlearn.models.embedded import build_tiny_model, build_tiny_tokenizer
+
+    tok = build_tiny_tokenizer()
+    build_tiny_model(tok).save_pretrained(tmp_path / "mymodel", safe_serialization=True)
+    tok.save_pretrained(tmp_path / "mymodel")
+    cfg = write_config(tmp_path)
+    monkeypatch.chdir(tmp_path / "mymodel")  # another working directory
+    assert main(["validate", str(cfg), "model.name=mymodel"]) == 0
+    out = capsys.readouterr().out
+    assert f"  model.name: local directory {tmp_path.resolve() / 'mymodel'}\n" in out
+
+
+def test_validate_checks_the_tracker_package(tmp_path: Path, capsys, monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "wandb" else real(name, *a))
+    cfg = write_config(tmp_path)
+    assert main(["validate", str(cfg), "tracker=wandb"]) == 2
+    line = one_line_error(capsys.readouterr().err)
+    assert line == (f"everlearn: error: {cfg}: tracker.backend: 'wandb' needs the wandb "
+                    "package, which is not installed: pip install wandb")
 
 
 # --- ls ------------------------------------------------------------------------------------
