@@ -217,21 +217,20 @@ def cmd_eval(args) -> int:
 
 
 def cmd_ls(args) -> int:
+    # torch-free: kinds and strategies are read from their declarations (everlearn.listing)
     from everlearn.data.builtin import list_builtin_tasks
+    from everlearn.listing import kind_entries, strategy_entries
     from everlearn.models.source import EMBEDDED_MODELS
     from everlearn.presets import PRESETS
-    from everlearn.stages import get_kind, kinds
-    from everlearn.strategies import STRATEGIES
-    from everlearn.strategies.base import option_fields
+    from everlearn.schema import option_fields
 
     print("stage kinds (stage field `kind:`; metrics it may be scored by):")
-    for name in kinds():
-        kind = get_kind(name)
-        print(f"  {name:<14} [{', '.join(kind.metrics)}] {kind.description}")
+    for kind in kind_entries():
+        print(f"  {kind.name:<14} [{', '.join(kind.metrics)}] {kind.description}")
     print("\nstrategies:")
-    for name, cls in sorted(STRATEGIES.items()):
-        print(f"  {name:<14} {cls.summary}")
-        for opt, default, help_ in option_fields(cls):
+    for entry in strategy_entries():
+        print(f"  {entry.name:<14} {entry.summary}")
+        for opt, default, help_ in entry.options:
             print(f"  {'':<14}   {opt}={default!r}: {help_}")
     print("\nbuilt-in tasks (stage field `builtin:`):")
     for t in list_builtin_tasks():
@@ -299,7 +298,7 @@ def main(argv: list[str] | None = None) -> int:
     # PEFT calls a transformers method that v5 deprecates; users cannot act on the warning.
     warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    if args.command not in ("report", "compare", "sweep"):  # these never load transformers
+    if args.command not in ("report", "compare", "sweep", "ls"):  # these never load transformers
         from transformers.utils import logging as hf_logging
 
         hf_logging.set_verbosity_error()

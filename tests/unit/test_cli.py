@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 from everlearn.cli import main
 from tests.helpers.bad_input import JUNK, ROWS, check_outcome, mutated, valid_config
 from tests.helpers.cli import one_line_error, write_config
+from tests.helpers.torch_free import assert_runs_without_heavy_imports
 
 
 @pytest.fixture(autouse=True)
@@ -129,18 +130,27 @@ def test_validate_checks_the_tracker_package(tmp_path: Path, capsys, monkeypatch
 
 # --- ls ------------------------------------------------------------------------------------
 def test_ls_lists_the_stage_kinds_from_the_registry(capsys, monkeypatch):
-    from everlearn import stages
+    from everlearn import listing
 
     assert main(["ls"]) == 0
     listed = capsys.readouterr().out.split("\nstrategies:")[0].splitlines()[1:]
     assert [line.split()[0] for line in listed] == ["sft", "cpt", "align", "edit"]
     assert "[preference_accuracy]" in listed[2]
-    # a kind registered in the package is listed without touching the CLI
-    extra = stages.Kind(name="probe", order=9, description="a test kind", metrics=("accuracy",),
-                        default_metric="accuracy", read_record=None, encode=None)
-    monkeypatch.setitem(stages._discover(), "probe", extra)
+    # what the declarations say is listed without touching the CLI (a kind declared in a
+    # module: tests/unit/test_listing.py)
+    extra = listing.KindEntry(name="probe", order=9, description="a test kind",
+                              metrics=("accuracy",))
+    monkeypatch.setattr(listing, "_static_kinds", lambda package: [extra])
     assert main(["ls"]) == 0
     assert "\n  probe          [accuracy] a test kind" in capsys.readouterr().out
+
+
+def test_ls_imports_no_torch():
+    """`everlearn ls` prints metadata: it took 15 s when it imported torch and PEFT."""
+    assert_runs_without_heavy_imports(
+        "import contextlib, io\nfrom everlearn.cli import main\n"
+        "out = io.StringIO()\nwith contextlib.redirect_stdout(out):\n    assert main(['ls']) == 0\n"
+        "assert 'replay' in out.getvalue() and 'tiny-llama' in out.getvalue()")
 
 
 def test_ls_lists_strategies_and_tasks(capsys):
