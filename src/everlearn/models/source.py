@@ -42,15 +42,15 @@ def is_path_like(name: str) -> bool:
 
 def resolve_model_name(name: str, root: Path) -> str:
     """``model.name`` as it loads: an embedded name unchanged; a path made absolute against
-    ``root`` (the config file's directory); a bare name that exists under ``root`` -> that
-    absolute path; any other bare name unchanged (a Hub id)."""
+    ``root`` (the config file's directory); a bare name that is a directory under ``root`` ->
+    that absolute path; any other bare name unchanged (a Hub id)."""
     if not name or name in EMBEDDED_MODELS:
         return name
     path = Path(name).expanduser()
     if is_path_like(name):
         return str(path if path.is_absolute() else root / path)
     local = root / path
-    return str(local) if local.exists() else name
+    return str(local) if local.is_dir() else name
 
 
 def smollm2_wheel_dir() -> Path:
