@@ -134,7 +134,8 @@ def _add_ls_validate(sub) -> None:
     sub.add_parser("ls", help="list stage kinds, strategies, built-in tasks and suites, "
                   "embedded models, benchmarks and presets")
 
-    val = sub.add_parser("validate", help="check a config and its data without training")
+    val = sub.add_parser("validate", help="check a config, its data, the model's config and "
+                         "tokenizer and the tracker's package, without training")
     val.add_argument("config", nargs="?", help="stream YAML")
     val.add_argument("--preset", help="a built-in config instead of CONFIG")
     val.add_argument("overrides", nargs="*", metavar="key=value")
@@ -286,21 +287,20 @@ def cmd_eval(args) -> int:
 
 
 def cmd_ls(args) -> int:
+    # torch-free: kinds and strategies are read from their declarations (everlearn.listing)
     from everlearn.data.builtin import list_builtin_tasks
-    from everlearn.models.loading import EMBEDDED_MODELS
+    from everlearn.listing import kind_entries, strategy_entries
+    from everlearn.models.source import EMBEDDED_MODELS
     from everlearn.presets import PRESETS
-    from everlearn.stages import get_kind, kinds
-    from everlearn.strategies import STRATEGIES
-    from everlearn.strategies.base import option_fields
+    from everlearn.schema import option_fields
 
     print("stage kinds (stage field `kind:`; metrics it may be scored by):")
-    for name in kinds():
-        kind = get_kind(name)
-        print(f"  {name:<14} [{', '.join(kind.metrics)}] {kind.description}")
+    for kind in kind_entries():
+        print(f"  {kind.name:<14} [{', '.join(kind.metrics)}] {kind.description}")
     print("\nstrategies:")
-    for name, cls in sorted(STRATEGIES.items()):
-        print(f"  {name:<14} {cls.summary}")
-        for opt, default, help_ in option_fields(cls):
+    for entry in strategy_entries():
+        print(f"  {entry.name:<14} {entry.summary}")
+        for opt, default, help_ in entry.options:
             print(f"  {'':<14}   {opt}={default!r}: {help_}")
     print("\nbuilt-in tasks (stage field `builtin:`):")
     for t in list_builtin_tasks():
@@ -341,6 +341,7 @@ def _print_benchmarks() -> None:
 def cmd_validate(args) -> int:
     from everlearn.stages.stream import build_stream
     from everlearn.strategies import build_strategy
+    from everlearn.validation import check_before_run
 
     cfg, source = load_run_config(args.config, args.overrides, args.preset)
     stack = build_strategy(cfg.strategies, source, cfg.model.finetune)
@@ -348,6 +349,7 @@ def cmd_validate(args) -> int:
     if cfg.text_stream is not None and stack.plan(stream.stages) is not None:
         raise ConfigError(f"{source}: strategies: a strategy that groups stages into phases "
                           "(joint) does not apply to a text_stream")
+    found = check_before_run(cfg, source)
     strategy = "+".join(s.name for s in cfg.strategies)
     print(f"{source}: ok — {len(stream)} stages, strategy {strategy}")
     for st in stream:
@@ -368,6 +370,8 @@ def cmd_validate(args) -> int:
                   f"stage {stream.stages[-1].name} ({rc.update})")
         print(f"  recycle: adapters carried over the update ({update}) by "
               f"{', '.join(rc.policies)}")
+    for line in found:  # the model (and new base) that will load
+        print(f"  {line}")
     return 0
 
 
@@ -381,7 +385,7 @@ def main(argv: list[str] | None = None) -> int:
     # PEFT calls a transformers method that v5 deprecates; users cannot act on the warning.
     warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    if args.command not in ("report", "compare", "sweep", "verify"):  # never load transformers
+    if args.command not in ("report", "compare", "sweep", "verify", "ls"):  # no transformers
         from transformers.utils import logging as hf_logging
 
         hf_logging.set_verbosity_error()
