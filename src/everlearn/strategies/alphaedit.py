@@ -45,8 +45,8 @@ class AlphaEditOptions(LocateOptions):
     null_space_threshold: float = opt(
         2e-2, "Eigenvalues of the corpus keys' second moment below this span the null space "
         "the update is projected onto (the paper's code: 2e-2).")
-    l2: float = opt(10.0, "alpha: the weight of ||Delta P||^2 in the objective (the paper's "
-                    "code's L2).")
+    l2: float = opt(10.0, "alpha: the weight of the squared norm of Delta P in the objective "
+                    "(the paper's code's L2).")
 
     def check(self) -> tuple[str, str] | None:
         if self.layers is not None and not self.layers:

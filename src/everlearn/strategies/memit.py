@@ -43,7 +43,8 @@ class MemitOptions(LocateOptions):
         "end). Null: round(depth/8)..round(depth/4) (4..8 of SmolLM2-135M's 30).")
     mom2_weight: float = opt(15000.0, "lambda: the weight of the preserved keys' covariance "
                              "against the edits' keys (the paper's mom2_update_weight).")
-    clamp_norm: float = opt(0.75, "||delta|| is clamped to this times ||h|| after every step.")
+    clamp_norm: float = opt(0.75, "The norm of delta is clamped to this times that of h after "
+                             "every step.")
 
     def check(self) -> tuple[str, str] | None:
         if self.layers is not None and not self.layers:

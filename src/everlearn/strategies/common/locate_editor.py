@@ -59,8 +59,11 @@ class LocateOptions:
     value_steps: int = opt(20, "Most Adam steps of a value.")
     value_lr: float = opt(0.5, "Adam learning rate of a value.")
     kl_factor: float = opt(0.0625, "Weight of the KL 'essence' term (<subject> is a).")
-    weight_decay: float = opt(0.5, "Weight of ||delta||^2 / ||h||^2 in a value's loss.")
-    clamp_norm: float = opt(4.0, "||delta|| is clamped to this times ||h|| after every step.")
+    weight_decay: float = opt(
+        0.5, "Weight of the squared norm of delta over that of h in a value's loss (h: the "
+        "output being rewritten, before the edit).")
+    clamp_norm: float = opt(4.0, "The norm of delta is clamped to this times that of h after "
+                            "every step.")
     stop_loss: float = opt(0.05, "A value's optimisation stops once its NLL is below this.")
 
     def check(self) -> tuple[str, str] | None:
@@ -76,6 +79,8 @@ class LocateOptions:
         if self.covariance_tokens is not None and self.covariance_tokens < 1:
             return "covariance_tokens", f"expected an integer >= 1 or null, got " \
                                         f"{self.covariance_tokens}"
+        if self.corpus is not None and not self.corpus.strip():
+            return "corpus", "expected a file path or null"
         if self.corpus is not None and ":" not in self.corpus and not Path(
                 self.corpus).expanduser().exists():
             return "corpus", f"{self.corpus}: file not found"
