@@ -22,6 +22,8 @@ Usage::
     .venv/bin/python benchmarks/editors.py --only rome --streams 4x8 --edits-per-batch 2 \\
         --batches 4                                # a probe: 8 edits, a few minutes
     .venv/bin/python benchmarks/editors.py --out docs/editors.json --markdown docs/editors.md
+    .venv/bin/python benchmarks/editors.py --model tiny-llama --batches 1 --edits-per-batch 2 \
+        --long-edits 3 --eval-every 2            # a one-minute smoke run of the script itself
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ from everlearn.data.builtin.counterfactual import (
     prompt_of,
     split_facts,
 )
+from everlearn.runs.environment import cpu_model
 from everlearn.runs.runner import start_run
 from everlearn.strategies import STRATEGIES
 from everlearn.validation import build_config
@@ -110,16 +113,17 @@ def stages_for(stream: str, args, workdir: Path) -> list[dict]:
 
 def config(name: str, stream: str, args, workdir: Path) -> dict:
     full = name in FULL_WEIGHTS
+    tiny = args.model == "tiny-llama"  # the smoke run: layers that a 2-layer model has
+    options = {} if tiny else OPTIONS.get(name, {})
     cfg = {
         "name": f"editors-{name}-{stream}", "seed": args.seed, "scenario": "DIL",
-        "model": {"name": "smollm2-135m-instruct", "finetune": "full" if full else "lora"},
+        "model": {"name": args.model, "finetune": "full" if full else "lora"},
         "train": {"lr": 1e-3, "batch_size": 8, "steps": 30, "max_length": 64},
-        "edit": {"format": "raw", "layers": [20]},
+        "edit": {"format": "raw", "layers": [-1] if tiny else [20]},
         "eval": {"batch_size": 32, "general_probes": ["kl", "labelled"]},
         "keep_stage_weights": "last",
         "stages": stages_for(stream, args, workdir),
-        "strategies": [{"name": "seqft"} if name == "ft" else
-                       {"name": name, **OPTIONS.get(name, {})}],
+        "strategies": [{"name": "seqft"} if name == "ft" else {"name": name, **options}],
     }
     if stream == "long":
         cfg["eval"].update({"every": args.eval_every, "sample_earlier": 0})
@@ -186,6 +190,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--long-edits", type=int, default=200, help="edits of the long stream")
     p.add_argument("--eval-every", type=int, default=50, help="full rows of the long stream")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--model", default="smollm2-135m-instruct",
+                   help="model.name (tiny-llama: a seconds-long smoke run of this script)")
     p.add_argument("--out", help="write the rows as JSON here (after every run)")
     p.add_argument("--markdown", help="write the table here")
     p.add_argument("--keep", help="keep the run directories under this folder")
@@ -212,8 +218,8 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if not args.keep:
             shutil.rmtree(workdir, ignore_errors=True)
-    header = (f"{datetime.now(timezone.utc):%Y-%m-%d}, {platform.processor() or platform.machine()}"
-              f", seed {args.seed}")
+    header = (f"{datetime.now(timezone.utc):%Y-%m-%d}, {cpu_model() or platform.machine()}, "
+              f"{args.model}, seed {args.seed}")
     text = header + "\n\n" + table(rows) + "\n"
     if args.markdown:
         Path(args.markdown).write_text(text)
