@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +20,7 @@ from everlearn import __version__
 from everlearn.errors import EverlearnError, ResumeError
 
 RESULTS_FILE = "results.json"
+GENERAL_KEYS = ("general", "general_kl")  # the top-level keys Results.general holds
 
 
 @dataclass
@@ -104,6 +105,14 @@ class Results:
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2, allow_nan=False) + "\n"
 
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Results:
+        """The inverse of :meth:`to_dict` (``general`` / ``general_kl`` back into
+        ``general``); keys this version does not know are left out."""
+        names = {f.name for f in fields(cls)} - {"general"}
+        known = {k: v for k, v in data.items() if k in names}
+        return cls(**known, general={k: data[k] for k in GENERAL_KEYS if k in data})
+
 
 def stage_entry(stage, truncated: dict[str, float] | None = None) -> dict[str, Any]:
     """results.json ``stages`` entry of a stage (``truncated``: the share of its examples the
@@ -126,7 +135,7 @@ def cost_entry(phase: int, names: list[str], pc, wall: float, eval_s: float,
             "strategy_time_s": pc.strategy_time_s, "tokens_trained": pc.tokens_trained,
             "tokens_per_s": pc.tokens_trained / max(pc.train_time_s, 1e-9),
             "padding_fraction": pc.padding_fraction, "final_loss": pc.final_loss,
-            "trainable_params": trainable, "total_params": total,
+            "loss_curve": pc.loss_curve, "trainable_params": trainable, "total_params": total,
             "peak_memory_mb": max(pc.peak_memory_mb, eval_peak), "buffer_size": buffer_size,
             "skipped_batches": pc.skipped_batches}
 
@@ -141,6 +150,20 @@ def write_results(run_dir: str | Path, results: Results) -> dict[str, Any]:
 
     write_atomic(results_path(run_dir), results.to_json())
     return results.to_dict()
+
+
+def read_results(run_dir: str | Path) -> Results:
+    """RUN_DIR/results.json as a typed :class:`Results` (the Python API's ``load_results``);
+    a missing or malformed file is a one-line EverlearnError naming it."""
+    data = read_for_report(run_dir)
+    missing = [k for k in ("status", "name", "strategies", "model", "finetune", "phases",
+                           "rows", "cost", "strategy_metrics") if k not in data]
+    if missing:
+        raise EverlearnError(f"{results_path(run_dir)}: {missing[0]}: missing; expected the "
+                             "results.json of an everlearn run")
+    data.setdefault("scenario", None)
+    data.setdefault("base_eval_time_s", 0.0)
+    return Results.from_dict(data)
 
 
 def read_for_resume(run_dir: str | Path) -> dict[str, Any]:
@@ -273,6 +296,28 @@ def read_for_report(run_dir: str | Path,
         raise error(f"{res_path}: expected everlearn results with R (one list per row, "
                     "one value per stage) and stages")
     return data
+
+
+def report_problem(run_dir: str | Path) -> str:
+    """Why :func:`read_for_report` refuses RUN_DIR, in a few words for a list of skipped runs
+    (``compare``): "no such directory", "no results.json", "damaged (...)" or "incomplete
+    (...)"; "readable" when it does not."""
+    path = Path(run_dir)
+    if not path.is_dir():
+        return "no such directory"
+    if not results_path(path).is_file():
+        return "no results.json"
+    try:
+        data = json.loads(results_path(path).read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return "damaged (results.json is not valid JSON; truncated?)"
+    if isinstance(data, dict) and data.get("R") == [] and isinstance(data.get("stages"), list):
+        return "incomplete (no row of R yet: the run stopped before its base evaluation)"
+    try:
+        read_for_report(path)
+    except EverlearnError as exc:
+        return "damaged (" + str(exc).removeprefix(f"{results_path(path)}: ") + ")"
+    return "readable"
 
 
 def run_state(run_dir: str | Path) -> str:

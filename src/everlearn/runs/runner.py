@@ -40,6 +40,7 @@ from everlearn.models.loading import (
 from everlearn.parallel import distributed as dist
 from everlearn.parallel import fsdp
 from everlearn.runs.metrics import compute_metrics
+from everlearn.runs.peft_adapter import phase_writer
 from everlearn.runs.recycle import RecycleRun
 from everlearn.runs.results import (
     Results,
@@ -301,6 +302,7 @@ class Run:
                                        accelerator=acc, run_dir=self.dir.path))
         self.trainer = Trainer(acc, encoder, cfg.train, self.strategy, cfg.seed, self.quiet)
         self.trainer.on_step = self.tracker.on_step
+        self.trainer.log_every = cfg.tracker.log_every  # the loss curve's cadence
         self.trainer.save_step = self.dir.save_step
         self.trainer.vision = self.vision
         self.evaluator = Evaluator(acc, encoder, cfg.eval, self.quiet)
@@ -309,7 +311,8 @@ class Run:
         if cfg.eval.general_probes or cfg.eval.lm_eval.tasks:
             self.probes = GeneralProbes.prepare(cfg.eval, self.dir.path, model, encoder,
                                                 self.evaluator, acc)
-        self.evaluator.prepare_edits(model, self.stream.stages)  # locality: the base's
+        # locality: the base model's predictions, cached in the run dir (a resume reads them)
+        self.evaluator.prepare_edits(model, self.stream.stages, self.dir.path)
         self.phase_cols = [[st.index - 1 for st in p] for p in self.phases]
 
     def _resume(self, prev: dict[str, Any]):
@@ -403,8 +406,9 @@ class Run:
             f"strategy/{k}": v for k, v in state.get("tensors", {}).items()}},
             state.get("meta"))
         source = self.phase_source
+        adapter = phase_writer(self.cfg, self.model, weights, state, self.strategy.names)
         self.dir.save_phase(phase, weights, state, stepstate.flatten(self.trainer.carried)
-                            if source.carries_optimizer else None)
+                            if source.carries_optimizer else None, extra=adapter)
         self.dir.drop_steps()  # the stage checkpoint supersedes them
         self._write("complete" if source.finished(phase) else "running")
         self.tracker.log_row(phase, self.rows[-1].scores, self.stream.stages,

@@ -38,3 +38,13 @@ def test_memit_lambda_weighs_the_preserved_keys():
     small.apply_edits(stage, recs)
     large.apply_edits(stage, recs)
     assert large.update_norms[0] < 0.1 * small.update_norms[0]
+
+
+def test_batches_of_one_stage_are_separate_updates_counting_the_weights_once():
+    memit, _, _ = editor_on_tiny(Memit, layers=[1], mom2_weight=1.0)
+    stage, recs = edit_stage_of([("ab", "x"), ("mn", "y")])
+    first = memit.apply_edits(stage, recs[:1])  # edit.batch_size: 1
+    assert memit.targets.shape == (64, 1) and first["trainable_params"] == 64 * 128
+    second = memit.apply_edits(stage, recs[1:])
+    assert second["trainable_params"] == 0 and len(memit.update_norms) == 2
+    assert memit.metrics()["edits"] == 2

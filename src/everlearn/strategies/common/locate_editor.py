@@ -109,6 +109,7 @@ class LocateEditor(Strategy):
         self.covariance_corpus: str | None = None
         self.cache = CovarianceCache(None)
         self.update_norms: list[float] = []
+        self.counted_stage: str | None = None  # the stage whose edited weights were counted
 
     # --- what each editor defines ---------------------------------------------------------
     def choose_layers(self, depth: int) -> list[int]:
@@ -165,8 +166,12 @@ class LocateEditor(Strategy):
         finally:
             model.train(was_training)
         self.edits += len(reqs)
-        edited = sum(self.down(layer).weight.numel() for layer in self.layers)
-        return {**done, "edits": len(reqs), "trainable_params": edited if reqs else 0}
+        # the edited matrices, counted once per stage (a stage may come in several batches)
+        first = reqs and self.counted_stage != stage.name
+        edited = sum(self.down(layer).weight.numel() for layer in self.layers) if first else 0
+        if reqs:
+            self.counted_stage = stage.name
+        return {**done, "edits": len(reqs), "trainable_params": edited}
 
     # --- results and checkpoints ----------------------------------------------------------
     def metrics(self) -> dict[str, Any]:
