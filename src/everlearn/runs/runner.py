@@ -309,7 +309,7 @@ class Run:
             self.phase_source = self.text
         self.strategy.setup(RunContext(model=model, tokenizer=encoder.tok, encoder=encoder,
                                        config=cfg, stream=self.stream, seed=cfg.seed,
-                                       accelerator=acc))
+                                       accelerator=acc, run_dir=self.dir.path))
         self.trainer = Trainer(acc, encoder, cfg.train, self.strategy, cfg.seed, self.quiet)
         self.trainer.on_step = self.tracker.on_step
         self.trainer.log_every = cfg.tracker.log_every  # the loss curve's cadence

@@ -35,6 +35,7 @@ class RunContext:
     stream: Stream
     seed: int
     accelerator: Any = None  # device placement and autocast for strategy-side forward passes
+    run_dir: Any = None  # the run directory (a Path), for caches a strategy keeps there
 
     def batch(self, records: list[Record]) -> dict:
         """Encode and pad ``records`` like the trainer does, on the training device."""
