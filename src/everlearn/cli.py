@@ -18,6 +18,7 @@ from pathlib import Path
 from everlearn import __version__
 from everlearn.errors import ConfigError, EverlearnError
 from everlearn.runs.config_source import load_run_config
+from everlearn.wording import plural
 
 EPILOG = """examples:
   everlearn run                                   # the built-in quickstart (4 stages, replay)
@@ -262,7 +263,7 @@ def cmd_validate(args) -> int:
         raise ConfigError(f"{source}: strategies: a strategy that groups stages into phases "
                           "(joint) does not apply to a text_stream")
     strategy = "+".join(s.name for s in cfg.strategies)
-    print(f"{source}: ok — {len(stream)} stages, strategy {strategy}")
+    print(f"{source}: ok — {plural(len(stream), 'stage')}, strategy {strategy}")
     for st in stream:
         print(f"  {st.index}. {st.name} [{st.kind}, {st.metric}] train={len(st.train)} "
               f"test={len(st.test)}" + (f" labels={st.labels}" if st.labels else "")

@@ -9,6 +9,7 @@ from typing import Any
 
 from everlearn.report import data
 from everlearn.report.generic import fmt, render, table
+from everlearn.wording import plural
 
 CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Helvetica,Arial,sans-serif;margin:2em auto;
@@ -52,7 +53,7 @@ def _header(res: dict[str, Any]) -> str:
            table(None, [r for r in meta if r[1] is not None], "meta")]
     if data.is_partial(res):
         out.append(f'<p class="banner" id="partial"><strong>Partial run:</strong> {done} of '
-                   f"{total} phases finished (status: {escape(str(res.get('status')))}). "
+                   f"{plural(total, 'phase')} finished (status: {escape(str(res.get('status')))}). "
                    "Rows not yet trained are marked pending; the continual-learning metrics "
                    "are computed when the run completes.</p>")
     stages = [[s.get("name"), s.get("kind"), s.get("metric"), s.get("n_train"),

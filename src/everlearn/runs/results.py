@@ -18,6 +18,7 @@ from typing import Any
 
 from everlearn import __version__
 from everlearn.errors import EverlearnError, ResumeError
+from everlearn.wording import plural
 
 RESULTS_FILE = "results.json"
 
@@ -221,7 +222,7 @@ def sound_rows(data: dict[str, Any]) -> tuple[int, str | None]:
 def row_problem(data: dict[str, Any], k: int, row: Any, width: int) -> str | None:
     """What is wrong with row ``k`` of R and what is recorded with it (None: nothing)."""
     if not isinstance(row, list) or len(row) != width:
-        return f"R[{k}]: expected a list of {width} scores, got {short(row)}"
+        return f"R[{k}]: expected a list of {plural(width, 'score')}, got {short(row)}"
     for j, cell in enumerate(row):
         if cell is not None and (isinstance(cell, bool) or not isinstance(cell, (int, float))
                                  or not math.isfinite(cell)):

@@ -53,6 +53,7 @@ import yaml
 
 from everlearn import __version__
 from everlearn.errors import ConfigError, EverlearnError
+from everlearn.wording import plural
 
 ORDER = "order"
 
@@ -306,9 +307,10 @@ def run_sweep(sweep_dir: str | Path, jobs: int = 1, quiet: bool = False,
     children = _Children(sweep_dir, manifest, jobs, quiet, echo)
     children.done = len(points) - len(todo)
     if not quiet:
-        echo(f"sweep {sweep_dir}: {len(points)} points, {children.done} complete, {len(todo)} "
-             f"to run; {min(jobs, max(1, len(todo)))} at a time, "
-             f"{children.env['OMP_NUM_THREADS']} thread(s) each")
+        threads = children.env["OMP_NUM_THREADS"]
+        echo(f"sweep {sweep_dir}: {plural(len(points), 'point')}, {children.done} complete, "
+             f"{len(todo)} to run; {min(jobs, max(1, len(todo)))} at a time, "
+             f"{plural(int(threads) if threads.isdigit() else threads, 'thread')} each")
     children.save()
     if not children.run_all(todo):
         print(f"everlearn: sweep interrupted; continue with `everlearn sweep --resume "
@@ -317,7 +319,7 @@ def run_sweep(sweep_dir: str | Path, jobs: int = 1, quiet: bool = False,
     write_comparison(sweep_dir, manifest, echo, quiet)
     failed = [p["dir"] for p in points if p["status"] != "complete"]
     if failed:
-        print(f"everlearn: error: {len(failed)} of {len(points)} points failed ("
+        print(f"everlearn: error: {len(failed)} of {plural(len(points), 'point')} failed ("
               + ", ".join(failed) + f"; see their output.txt); fix the cause and run "
               f"`everlearn sweep --resume {sweep_dir}`", file=sys.stderr)
         return 1
