@@ -17,6 +17,7 @@ from pathlib import Path
 
 from everlearn import __version__
 from everlearn.errors import ConfigError, EverlearnError
+from everlearn.progress_bars import library_bars_off
 from everlearn.runs.config_source import load_run_config
 from everlearn.wording import plural
 
@@ -302,6 +303,9 @@ def main(argv: list[str] | None = None) -> int:
     # SIGTERM (a scheduler or `kill`) stops a run like Ctrl-C: finished phases stay saved, and
     # during training the trainer first finishes the step and writes a step checkpoint.
     signal.signal(signal.SIGTERM, _interrupt)
+    # -q: transformers' and datasets' own bars too (switched back when the command ends)
+    quiet_bars = args.command in ("run", "eval") and args.quiet
+    restore_bars = library_bars_off() if quiet_bars else None
     try:
         return {"run": cmd_run, "eval": cmd_eval, "report": cmd_report, "compare": cmd_compare,
                 "sweep": cmd_sweep, "ls": cmd_ls, "validate": cmd_validate}[args.command](args)
@@ -314,6 +318,8 @@ def main(argv: list[str] | None = None) -> int:
               "reached) are saved (resume with --resume)", file=sys.stderr)
         return 130
     finally:
+        if restore_bars is not None:
+            restore_bars()
         if args.command in ("run", "eval"):  # torchrun: leave the process group before exit
             from everlearn.parallel import distributed
 
