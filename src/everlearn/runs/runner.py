@@ -15,6 +15,7 @@ in everlearn.runs.session; recyclable tuning has its own driver (everlearn.runs.
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from pathlib import Path
@@ -22,6 +23,7 @@ from typing import Any
 
 import yaml
 
+from everlearn import __version__
 from everlearn.config import RESUME_MAY_CHANGE, RunConfig, changed_fields, dump_yaml
 from everlearn.data.encoders import make_encoder
 from everlearn.errors import ConfigError, ResumeError
@@ -57,11 +59,11 @@ from everlearn.runs.run_dir import (
     claim_run_dir,
     write_atomic,
 )
+from everlearn.runs.run_log import cost_line, run_log, score_line
 from everlearn.runs.session import (
     Session,
     begin,
     new_run_dir,
-    open_run_dir,
     routes,
     seed_everything,
 )
@@ -198,14 +200,14 @@ class Run:
 
     # --- the driver -----------------------------------------------------------------------
     def execute(self, resume: bool = False) -> dict[str, Any]:
-        try:
-            return self._execute(resume)
-        finally:  # flush and close the tracker run, also when training fails or is interrupted
-            self.tracker.finish()
+        dist.init()  # several processes: before anything is written (rank 0 writes alone)
+        with run_log(self.dir.path):  # RUN_DIR/log.txt, the error too when the run fails
+            try:
+                return self._execute(resume)
+            finally:  # flush and close the tracker run, also when training fails or stops
+                self.tracker.finish()
 
     def _execute(self, resume: bool) -> dict[str, Any]:
-        dist.init()  # several processes: before anything is written (rank 0 writes alone)
-        open_run_dir(self.dir.path)
         prev = self._previous(resume)
         self.session = begin(self.cfg, prev, self.tracker, resume)
         self._prepare(prev)
@@ -227,7 +229,9 @@ class Run:
             step_ckpt = None  # only the first phase trained here resumes from a step
             self._save_phase(phase)
             phase += 1
-        return self._write("complete")
+        done = self._write("complete")
+        log.info("run complete: metrics %s", json.dumps(done.get("metrics"), allow_nan=True))
+        return done
 
     def _previous(self, resume: bool) -> dict[str, Any] | None:
         """A resumed run's results.json, checked against this config (None: nothing to keep);
@@ -362,6 +366,8 @@ class Run:
         self.evaluator.begin_phase(stages)  # align stages: the model entering is the reference
         if step_ckpt is not None:
             self.tracker.step += step_ckpt["meta"].get("step", 0)
+        log.info("phase %d: training %s (strategy %s)", phase, ", ".join(s.name for s in stages),
+                 "+".join(self.strategy.names))
         pc = (self.trainer.train_phase(self.model, stages, phase, resume=step_ckpt)
               if segment is None
               else self.trainer.train_phase(self.model, stages, phase, segment=segment))
@@ -376,6 +382,7 @@ class Run:
         row.cost = cost_entry(phase, [s.name for s in stages], pc, time.perf_counter() - t0,
                               eval_s, (trainable, total), eval_memory.peak_mb,
                               self.strategy.buffer_size())
+        log.info(cost_line(row.cost))
         self.rows.append(row)
 
     def _evaluate_row(self, row: int) -> Row:
@@ -387,6 +394,9 @@ class Run:
                               self.phase_cols, row)
         scores = [self.evaluator.score(self.model, st, router)
                   if cols is None or j in cols else None for j, st in enumerate(stages)]
+        for st, s in zip(stages, scores):
+            if s is not None:
+                log.info(score_line(row, st, s))
         scored = {st.name for st, s in zip(stages, scores) if s is not None}
         return Row(scores=[None if s is None else s.score for s in scores],
                    side={st.name: s.side for st, s in zip(stages, scores)
@@ -428,7 +438,10 @@ def start_run(cfg: RunConfig, run_dir: str | Path | None = None, quiet: bool = F
     check_new_run_dir(path)  # every rank, before rank 0 writes anything
     dist.barrier()
     claim_run_dir(path)
-    return path, driver(cfg, path, quiet, source).execute(resume=False)
+    with run_log(path):  # also the errors of building the stream (a bad data file)
+        log.info("everlearn %s: new run %s in %s, from %s", __version__, cfg.name, path, source)
+        log.info("resolved config:\n%s", dump_yaml(cfg).rstrip())
+        return path, driver(cfg, path, quiet, source).execute(resume=False)
 
 
 def resume_run(run_dir: str | Path, quiet: bool = False) -> tuple[Path, dict[str, Any]]:
@@ -436,8 +449,11 @@ def resume_run(run_dir: str | Path, quiet: bool = False) -> tuple[Path, dict[str
     dist.init()
     path = Path(run_dir)
     check_resumable(path)
-    cfg = load_config(path / "config.yaml")
-    return path, driver(cfg, path, quiet, str(path / "config.yaml")).execute(resume=True)
+    with run_log(path):
+        log.info("everlearn %s: resuming the run in %s", __version__, path)
+        cfg = load_config(path / "config.yaml")
+        log.info("resolved config:\n%s", dump_yaml(cfg).rstrip())
+        return path, driver(cfg, path, quiet, str(path / "config.yaml")).execute(resume=True)
 
 
 def driver(cfg: RunConfig, path: Path, quiet: bool, source: str) -> Run | RecycleRun:
