@@ -9,6 +9,7 @@ from typing import Any
 
 from everlearn.report import data
 from everlearn.report.generic import fmt, render, table
+from everlearn.report.predictions import predictions_section
 from everlearn.wording import plural
 
 CSS = """
@@ -296,7 +297,8 @@ def build_page(res: dict[str, Any], figs: dict[str, bytes], config_text: str | N
     """The whole page; every string from the run is escaped."""
     strategy = res.get("strategy_metrics") or {}
     sections = [
-        _header(res), _matrix(res, figs), _metrics(res), _text_stream(res, figs),
+        _header(res), _matrix(res, figs), predictions_section(res), _metrics(res),
+        _text_stream(res, figs),
         _general(res, figs), _recycling(res),
         _generic_section("Stage-kind metrics", "Further metrics reported by the evaluation "
                          "(temporal knowledge, editing, preference...).",

@@ -36,6 +36,7 @@ class Row:
     preference: dict[str, list[float]] = field(default_factory=dict)
     temporal: dict[str, Any] = field(default_factory=dict)
     general: dict[str, float | None] = field(default_factory=dict)
+    predictions: dict[str, str] = field(default_factory=dict)  # stage -> its predictions file
 
 
 def restored_rows(prev: dict[str, Any], n: int,
@@ -46,9 +47,10 @@ def restored_rows(prev: dict[str, Any], n: int,
 
     side, pref = padded(prev.get("side_metrics")), padded(prev.get("preference_logratios"))
     temporal = padded((prev.get("temporal") or {}).get("rows"))
+    predictions = padded(prev.get("predictions"))
     cost = [None, *prev["cost"]]
-    return [Row(prev["R"][k], cost[k], side[k], pref[k], temporal[k], general[k])
-            for k in range(n)]
+    return [Row(prev["R"][k], cost[k], side[k], pref[k], temporal[k], general[k],
+                predictions[k]) for k in range(n)]
 
 
 @dataclass
@@ -81,6 +83,7 @@ class Results:
     temporal: dict[str, Any] | None = None
     general: dict[str, Any] = field(default_factory=dict)  # general / general_kl sections
     editing: dict[str, Any] | None = None
+    predictions: list[dict[str, str]] | None = None  # per row: stage -> its predictions file
     everlearn_version: str = __version__
 
     def to_dict(self) -> dict[str, Any]:
@@ -94,7 +97,7 @@ class Results:
         self._put(out, "eval_schedule", "side_metrics", "preference_logratios", "text_stream",
                   "metrics", "temporal")
         out.update(self.general)
-        self._put(out, "editing")
+        self._put(out, "editing", "predictions")
         return out
 
     def _put(self, out: dict[str, Any], *keys: str) -> None:
@@ -184,7 +187,7 @@ def salvage_for_resume(run_dir: str | Path) -> tuple[dict[str, Any] | None, str 
 
 # the sections a resume reads (besides R and cost) and the type each must have when present
 RESUME_SECTIONS = {"stages": list, "phases": list, "config": dict, "environment": dict,
-                   "environment_history": list, "side_metrics": list,
+                   "environment_history": list, "side_metrics": list, "predictions": list,
                    "preference_logratios": list, "temporal": dict, "text_stream": dict,
                    "general": dict, "general_kl": dict, "base_eval_time_s": (int, float)}
 
@@ -234,6 +237,7 @@ def row_problem(data: dict[str, Any], k: int, row: Any, width: int) -> str | Non
         return f"cost[{k - 1}].steps: expected an integer"
     per_row = {"side_metrics": (data.get("side_metrics"), k),
                "preference_logratios": (data.get("preference_logratios"), k),
+               "predictions": (data.get("predictions"), k),
                "temporal.rows": ((data.get("temporal") or {}).get("rows"), k),
                "text_stream.segments": ((data.get("text_stream") or {}).get("segments"), k - 1)}
     for key, (values, at) in per_row.items():

@@ -42,6 +42,7 @@ from everlearn.models.loading import (
 from everlearn.parallel import distributed as dist
 from everlearn.parallel import fsdp
 from everlearn.runs.metrics import compute_metrics
+from everlearn.runs.predictions import write_predictions
 from everlearn.runs.recycle import RecycleRun
 from everlearn.runs.results import (
     Results,
@@ -169,6 +170,8 @@ class Run:
             res.side_metrics = [r.side for r in rows]
         if any(r.preference for r in rows):  # log pi(chosen) - log pi(rejected): resume state
             res.preference_logratios = [r.preference for r in rows]
+        if any(r.predictions for r in rows):  # everlearn.runs.predictions
+            res.predictions = [r.predictions for r in rows]
         if self.text is not None:
             res.text_stream = self.text.section(R)
         if status == "complete":
@@ -398,12 +401,15 @@ class Run:
             if s is not None:
                 log.info(score_line(row, st, s))
         scored = {st.name for st, s in zip(stages, scores) if s is not None}
+        predictions = (write_predictions(self.dir.path, row, stages, scores)
+                       if cfg.eval.predictions else {})
         return Row(scores=[None if s is None else s.score for s in scores],
                    side={st.name: s.side for st, s in zip(stages, scores)
                          if s is not None and s.side},
                    preference={k: v for k, v in self.evaluator.pref_last.items()
                                if k in scored},
-                   temporal=row_counts(stages, scores), general=general)
+                   temporal=row_counts(stages, scores), general=general,
+                   predictions=predictions)
 
     def _save_phase(self, phase: int) -> None:
         """Checkpoint phase ``phase``, rewrite results.json, log the row to the tracker."""
