@@ -18,7 +18,7 @@ from pathlib import Path
 from everlearn import __version__
 from everlearn.errors import ConfigError, EverlearnError
 from everlearn.progress_bars import library_bars_off
-from everlearn.runs.config_source import load_run_config
+from everlearn.runs.config_source import benchmark_overrides, load_run_config
 from everlearn.wording import plural
 
 EPILOG = """examples:
@@ -33,6 +33,8 @@ EPILOG = """examples:
   everlearn compare runs/a-seed0 runs/a-seed1 runs/b --format csv --out table.csv
   everlearn sweep stream.yaml strategy=[seqft,replay] seed=[0,1,2] --jobs 2 -o runs/sw
   everlearn sweep --resume runs/sw                # after a kill: finish what is missing
+  everlearn run --benchmark superni-15 --order 1 --data-dir CL_Benchmark/SuperNI
+  everlearn verify runs/bench-*                   # runs beside the benchmark's published numbers
   everlearn ls
 """
 
@@ -44,7 +46,8 @@ def _parser() -> argparse.ArgumentParser:
                     "matrix, forgetting and transfer metrics, and cost per stage.")
     p.add_argument("--version", action="version", version=f"everlearn {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
-    for add in (_add_run, _add_eval, _add_report, _add_compare, _add_sweep, _add_ls_validate):
+    for add in (_add_run, _add_eval, _add_report, _add_compare, _add_sweep, _add_ls_validate,
+                _add_verify):
         add(sub)
     return p
 
@@ -61,6 +64,12 @@ def _add_run(sub) -> None:
     run.add_argument("--resume", metavar="RUN_DIR", help="continue a run after its last "
                      "finished stage (takes the config from RUN_DIR)")
     run.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
+    run.add_argument("--benchmark", metavar="NAME", help="a built-in benchmark's stream (see "
+                     "`everlearn ls`), read from --data-dir")
+    run.add_argument("--order", type=int, metavar="K", help="the benchmark's task order K "
+                     "(default: its first)")
+    run.add_argument("--data-dir", metavar="DIR", help="the folder holding the benchmark's "
+                     "tasks in a layout its authors publish (e.g. CL_Benchmark)")
 
 
 def _add_eval(sub) -> None:
@@ -86,7 +95,9 @@ def _add_compare(sub) -> None:
     cmp = sub.add_parser("compare", help="runs side by side; seeds and stream orders pooled",
                          description="A table of runs: AP, BWT, FWT, forgetting, cost. Runs "
                          "whose configs differ only in seed or stage order are pooled into a "
-                         "mean and a Student-t confidence interval (95% unless --confidence).")
+                         "mean and a Student-t confidence interval (95% unless --confidence). "
+                         "Runs of different streams (stage sets) get separate tables; "
+                         "directories without readable results are listed as skipped.")
     cmp.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
     cmp.add_argument("--format", default="markdown", help="markdown (default), csv or html")
     cmp.add_argument("--out", metavar="FILE", help="write the table to FILE instead of stdout")
@@ -119,7 +130,7 @@ def _add_sweep(sub) -> None:
 
 def _add_ls_validate(sub) -> None:
     sub.add_parser("ls", help="list stage kinds, strategies, built-in tasks and suites, "
-                  "embedded models and presets")
+                  "embedded models, benchmarks and presets")
 
     val = sub.add_parser("validate", help="check a config and its data without training")
     val.add_argument("config", nargs="?", help="stream YAML")
@@ -127,17 +138,38 @@ def _add_ls_validate(sub) -> None:
     val.add_argument("overrides", nargs="*", metavar="key=value")
 
 
+def _add_verify(sub) -> None:
+    ver = sub.add_parser("verify", help="runs of a benchmark beside its published numbers",
+                         description="Pool the runs as `compare` does and put each method's AP "
+                         "and BWT (95% CI) beside the benchmark's published values.")
+    ver.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
+    ver.add_argument("--benchmark", metavar="NAME", help="the benchmark (default: the one "
+                     "whose tasks the runs' stages are)")
+    ver.add_argument("--published", metavar="FILE", help="extra published numbers (YAML list "
+                     "of method, model, metric, value, source)")
+    ver.add_argument("--confidence", type=float, default=0.95, metavar="P")
+
+
+def cmd_verify(args) -> int:
+    from everlearn.report.verify import format_verification, verify_runs
+
+    print(format_verification(verify_runs(args.run_dirs, args.benchmark, args.published,
+                                          args.confidence)))
+    return 0
+
+
 def cmd_run(args) -> int:
     from everlearn.report.tables import format_summary
     from everlearn.runs.runner import resume_run, start_run
 
     if args.resume:
-        if args.config or args.overrides or args.preset:
+        if args.config or args.overrides or args.preset or args.benchmark:
             raise EverlearnError("--resume takes the config from the run directory; "
                                  "do not pass CONFIG or overrides with it")
         path, results = resume_run(args.resume, quiet=args.quiet)
     else:
-        cfg, source = load_run_config(args.config, args.overrides, args.preset)
+        bench = benchmark_overrides(args.benchmark, args.order, args.data_dir)
+        cfg, source = load_run_config(args.config, args.overrides, args.preset, bench)
         path, results = start_run(cfg, args.output, quiet=args.quiet, source=source)
     from everlearn.parallel import distributed
 
@@ -172,7 +204,10 @@ def cmd_compare(args) -> int:
     if not 0 < args.confidence < 1:
         raise EverlearnError(f"--confidence: expected a level between 0 and 1 (e.g. 0.9), "
                              f"got {args.confidence}")
-    text = format_comparison(compare_runs(args.run_dirs, args.confidence), args.format)
+    comparison = compare_runs(args.run_dirs, args.confidence)
+    for path, why in comparison.skipped:  # also in the markdown and HTML; not in the CSV
+        print(f"everlearn: warning: skipped: {path} ({why})", file=sys.stderr)
+    text = format_comparison(comparison, args.format)
     if args.out:
         try:
             Path(args.out).write_text(text, encoding="utf-8")
@@ -247,10 +282,27 @@ def cmd_ls(args) -> int:
     print("\nembedded models (model.name):")
     for name, desc in EMBEDDED_MODELS.items():
         print(f"  {name:<22} {desc}")
+    _print_benchmarks()
     print("\npresets (`everlearn run` with no config runs `quickstart`):")
     for name, (desc, _) in PRESETS.items():
         print(f"  {name:<14} {desc}")
     return 0
+
+
+def _print_benchmarks() -> None:
+    from everlearn.data.benchmarks import benchmark_files, load_benchmark
+
+    print("\nbenchmarks (`everlearn run --benchmark NAME --order K --data-dir DIR`, or "
+          "`benchmark:` in a config):")
+    for p in benchmark_files():
+        b = load_benchmark(p)
+        metrics = sorted({b.task_metric(t) or "default" for t in b.tasks})
+        print(f"  {b.name:<14} {b.title}; {len(b.tasks)} tasks [{', '.join(metrics)}]; "
+              f"layouts: {', '.join(b.layouts)}; published numbers: {len(b.published)}")
+        for k, order in b.orders.items():
+            print(f"  {'':<14}   order {k}: {' -> '.join(order)}")
+        print(f"  {'':<14}   source: {b.sources.get('repository', '')} "
+              f"({b.sources.get('paper', '')})")
 
 
 def cmd_validate(args) -> int:
@@ -296,7 +348,7 @@ def main(argv: list[str] | None = None) -> int:
     # PEFT calls a transformers method that v5 deprecates; users cannot act on the warning.
     warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    if args.command not in ("report", "compare", "sweep"):  # these never load transformers
+    if args.command not in ("report", "compare", "sweep", "verify"):  # never load transformers
         from transformers.utils import logging as hf_logging
 
         hf_logging.set_verbosity_error()
@@ -308,7 +360,8 @@ def main(argv: list[str] | None = None) -> int:
     restore_bars = library_bars_off() if quiet_bars else None
     try:
         return {"run": cmd_run, "eval": cmd_eval, "report": cmd_report, "compare": cmd_compare,
-                "sweep": cmd_sweep, "ls": cmd_ls, "validate": cmd_validate}[args.command](args)
+                "sweep": cmd_sweep, "ls": cmd_ls, "validate": cmd_validate,
+                "verify": cmd_verify}[args.command](args)
     except EverlearnError as exc:
         one_line = " ".join(str(exc).splitlines())  # e.g. a parser's message quoting input
         print(f"everlearn: error: {one_line}", file=sys.stderr)

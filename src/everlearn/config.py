@@ -128,8 +128,9 @@ class DataSource:
 
     path: str = field("", "File, directory, or `hf:<dataset name or saved directory>` (built-in "
                       "tasks: the stage's `builtin`).")
-    format: Literal["auto", "jsonl", "json", "superni", "text", "hf"] = field(
-        "auto", "File format; auto guesses from the path and content."
+    format: Literal["auto", "jsonl", "json", "superni", "text", "hf", "olora"] = field(
+        "auto", "File format; auto guesses from the path and content (olora: O-LoRA's "
+        "{label, sentence} records with labels.json beside them, as `benchmark:` reads them)."
     )
     split: str | None = field(None, "Split name for Hugging Face datasets.")
     fields: dict[str, str] = field(
@@ -309,8 +310,9 @@ class TrackerConfig:
         "directory (default RUN_DIR). Relative paths are from the working directory.")
     project: str | None = field(
         None, "MLflow experiment / W&B project name (default: the run name).")
-    log_every: int = field(10, "Log training loss and learning rate every this many steps.",
-                           ge=1)
+    log_every: int = field(10, "Log training loss and learning rate every this many steps "
+                           "(also the cadence of results.json's cost[].loss_curve, which is "
+                           "kept with tracker none too).", ge=1)
 
     @staticmethod
     def shorthand(value: Any) -> Any:
@@ -339,6 +341,10 @@ class EditConfig:
         "model.finetune: full.", gt=0)
     lr: float | None = field(None, "Learning rate of edit stages (default: train.lr).",
                              **LEARNING_RATE)
+    batch_size: int | None = field(
+        None, "Editors (grace, wise, ...): edits of a stage applied together in one update, in "
+        "the stage's order; 1 = one at a time. Null: the whole stage as one batch. Constrained "
+        "fine-tuning trains a stage's edits together (null only).", ge=1)
 
 
 RecyclePolicy = Literal["reapply", "retune", "distill", "scratch"]

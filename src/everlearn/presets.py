@@ -68,6 +68,15 @@ def recycle() -> dict[str, Any]:
     return cfg
 
 
+def benchmark_base() -> dict[str, Any]:
+    """What ``everlearn run --benchmark NAME`` trains with when no config is given: the
+    quickstart's model, training and evaluation settings, no stages (the benchmark's) and the
+    default strategy (seqft)."""
+    cfg = quickstart()
+    del cfg["stages"], cfg["strategies"], cfg["name"]  # the name: the benchmark's
+    return cfg
+
+
 PRESETS = {
     "quickstart": ("4 built-in tasks, SmolLM2-135M-Instruct, LoRA, replay (a few minutes)",
                    quickstart),

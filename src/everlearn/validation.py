@@ -19,14 +19,19 @@ from everlearn.config import RunConfig, StageConfig
 from everlearn.config_files import read_config_data
 from everlearn.data.builtin import get_builtin_task
 from everlearn.data.builtin.suites import get_suite
+from everlearn.errors import ConfigError
 from everlearn.evaluation.scorers import metric_names
 from everlearn.schema import FieldError, build
 from everlearn.stages import get_kind, kinds, kinds_with
 from everlearn.strategies import STRATEGIES
 
 
-def build_config(data: dict[str, Any], source: str = "<config>") -> RunConfig:
-    """Validate plain data into a ``RunConfig``; errors name ``source`` and the field."""
+def build_config(data: dict[str, Any], source: str = "<config>",
+                 root: Path | None = None) -> RunConfig:
+    """Validate plain data into a ``RunConfig``; errors name ``source`` and the field.
+    A ``benchmark:`` entry becomes the benchmark's stages first (``root``: where a relative
+    ``data_dir`` lies)."""
+    data = expand_benchmark(data, source, root)
     try:
         cfg = build(RunConfig, data)
         for i, st in enumerate(cfg.stages):
@@ -35,6 +40,7 @@ def build_config(data: dict[str, Any], source: str = "<config>") -> RunConfig:
         for i, st in enumerate(cfg.stages):
             check_kind(st, f"stages.{i}")
         cfg.check()
+        check_edit_batch(cfg)
     except FieldError as exc:
         raise exc.in_file(source) from None
     return cfg
@@ -51,10 +57,44 @@ def load_config(
     works from any working directory.
     """
     data, source = read_config_data(path, overrides, base)
-    cfg = build_config(data, source)
+    cfg = build_config(data, source, Path(path).resolve().parent if path is not None else None)
     if path is not None:
         resolve_paths(cfg, Path(path).resolve().parent)
     return cfg
+
+
+def check_edit_batch(cfg: RunConfig) -> None:
+    """``edit.batch_size`` cuts a stage's edits into batches for an editor strategy (one that
+    applies edits itself); constrained fine-tuning trains a stage's edits together."""
+    from everlearn.strategies import Strategy
+
+    if cfg.edit.batch_size is None or not any(get_kind(st.kind).edits for st in cfg.stages):
+        return
+    if not any(STRATEGIES[s.name].apply_edits is not Strategy.apply_edits
+               for s in cfg.strategies if s.name in STRATEGIES):
+        raise FieldError("edit.batch_size", "applies to editor strategies (grace, wise, ...); "
+                         "constrained fine-tuning trains a stage's edits together: leave it null")
+
+
+def expand_benchmark(data: dict[str, Any], source: str, root: Path | None) -> dict[str, Any]:
+    """``benchmark: {name, order, data_dir, train_per_task, test_per_task}`` -> the stages of
+    that benchmark's order (everlearn.data.benchmarks), named after the benchmark; refused
+    beside ``stages``. The resolved config keeps only the stages, an explicit stream."""
+    if "benchmark" not in data:
+        return data
+    from everlearn.data.benchmarks.layouts import benchmark_stages
+
+    data = dict(data)
+    spec = data.pop("benchmark")
+    if data.get("stages"):
+        raise ConfigError(f"{source}: benchmark: expected either `benchmark` or `stages`, "
+                          "not both")
+    try:
+        bench, data["stages"] = benchmark_stages(spec, root)
+    except ConfigError as exc:
+        raise ConfigError(f"{source}: {exc}") from None
+    data.setdefault("name", bench.name)
+    return data
 
 
 def fill_from_registries(st: StageConfig, where: str) -> None:

@@ -13,7 +13,7 @@ from everlearn.report.tables import format_summary
 from everlearn.runs.runner import resume_run, start_run
 from everlearn.validation import build_config
 from tests.conftest import killed_at_phase, tiny_config
-from tests.helpers.edit import GRACE, three_batches
+from tests.helpers.edit import GRACE, WISE, three_batches
 
 
 # --- runs on the tiny model -----------------------------------------------------------------
@@ -99,3 +99,49 @@ def test_builtin_counterfactual_stream_runs_on_the_tiny_model(tmp_path):
     assert [s["n_test"] for s in res["stages"]] == [3, 3]
     assert res["side_metrics"][0]["edits_counterfactual-01"]["locality"] == 100.0
     assert res["editing"]["final"]["edits"] == 6
+
+
+def test_wise_stream_scores_every_edit_so_far_and_resumes_exactly(tmp_path, monkeypatch):
+    """WISE one edit at a time (edit.batch_size 1): after every stage all edits so far are
+    scored, locality against the base model's cached predictions; a run killed in phase 3 and
+    resumed (side memories and thresholds from the stage checkpoint, the locality reference
+    from the run directory) ends as the uninterrupted run."""
+    stages = three_batches(tmp_path)
+    path, full = _run(tmp_path, stages, name="full", strategies=[WISE],
+                      edit={"batch_size": 1})
+    R = full["R"]
+    # each batch is edited (the tiny model's prompts differ in two characters, so a later
+    # side memory may outscore an earlier one on its prompt: WISE-Retrieve's weak spot)
+    assert R[0] == [0.0, 0.0, 0.0] and R[1][0] == 100.0
+    assert all(R[t][t - 1] >= 50.0 for t in (2, 3))
+    assert [r["edits"] for r in full["editing"]["rows"][1:]] == [2, 4, 6]  # all so far
+    side = full["side_metrics"]
+    assert all(side[t][n]["locality"] == 100.0 for t in range(4) for n in ("b1", "b2", "b3"))
+    metrics = full["strategy_metrics"]["wise"]
+    assert metrics["side_memories"] == 6 and metrics["edits"] == 6 and metrics["layer"] == 1
+    assert all(c["examples"] == 2 and c["steps"] >= 2 for c in full["cost"])
+    assert (path / "edit_locality.json").exists()
+    with killed_at_phase(monkeypatch, 3):
+        _run(tmp_path, stages, name="cut", strategies=[WISE], edit={"batch_size": 1})
+    cached = (tmp_path / "cut" / "edit_locality.json").read_text()
+    from everlearn.evaluation import edit_scoring
+
+    def no_recompute(self, model, st):
+        raise AssertionError(f"{st.name}: the locality reference was recomputed on resume")
+
+    monkeypatch.setattr(edit_scoring.EditScoring, "_compute_reference", no_recompute)
+    _, resumed = resume_run(tmp_path / "cut", quiet=True)
+    for key in ("R", "metrics", "side_metrics", "editing", "strategy_metrics"):
+        assert resumed[key] == full[key], key
+    assert [c["final_loss"] for c in resumed["cost"]] == [c["final_loss"] for c in full["cost"]]
+    assert (tmp_path / "cut" / "edit_locality.json").read_text() == cached
+
+
+def test_batch_size_is_refused_for_constrained_finetuning(tmp_path):
+    from everlearn.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"edit\.batch_size: applies to editor strategies"):
+        build_config(tiny_config(tmp_path, three_batches(tmp_path)[:1],
+                                 edit={"batch_size": 1}))
+    build_config(tiny_config(tmp_path, three_batches(tmp_path)[:1], edit={"batch_size": 1},
+                             strategies=[GRACE]))  # an editor takes it

@@ -175,7 +175,7 @@ def cases() -> dict[str, Callable[[Path], dict]]:
     from everlearn.strategies import STRATEGIES
 
     out = {f"sft_{n}": strategy_case(n) for n in sorted(STRATEGIES)
-           if n not in ("grace", "stage_projector")}
+           if n not in ("grace", "stage_projector", "wise")}
     out.update(cpt_replay=cpt_case, align_dpo=align_case, edit_ft=edit_case("ft"),
                edit_grace=edit_case("grace"), text_stream_detector=text_stream_case,
                recycle=recycle_case, vision_stage_projector=vision_case,

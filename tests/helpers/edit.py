@@ -51,3 +51,10 @@ def greedy_char(model, encoder, prompt: str) -> str:
     ids = encoder.ids(prompt)
     token = int(model(input_ids=torch.tensor([ids])).logits[0, -1].argmax())
     return encoder.tok.decode([token])
+
+
+# WISE on the tiny model: each edit its own shard (the tiny model's prompts are so alike that
+# edits sharing a shard overwrite each other), margins in the tiny model's activation scale
+WISE = {"name": "wise", "layer": -1, "lr": 100.0, "mask_ratio": 0.5, "shard_size": 1,
+        "merge_shards": 99, "alpha": 0.5, "beta": 2.0, "gamma": 1.0, "iterations": 30,
+        "stop_loss": 10.0, "irrelevant": 1}

@@ -49,6 +49,10 @@ def read_source(path: str, fmt: str, kind: str, fields: dict[str, str], split: s
     if fmt == "hf":
         rows = _read_hf(path, split)
         return [to_record(r, spec.read_record, fields, path, i, task) for i, r in enumerate(rows)]
+    if fmt == "olora":  # a benchmark layout (everlearn.data.benchmarks)
+        from everlearn.data.benchmarks.layouts import read_olora
+
+        return read_olora(path, task)
     p = Path(path)
     if not p.is_file():
         raise DataError(f"{path}: file not found")

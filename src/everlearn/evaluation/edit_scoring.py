@@ -3,10 +3,17 @@
 Every metric is judged teacher-forced by top-1 predictions (see :mod:`everlearn.stages.edit`
 for the definitions). Locality compares with the base model: :meth:`EditScoring.prepare_edits`
 scores the locality prompts once with the model the run started from, and every later row
-scores them in the very same batches.
+scores them in the very same batches. In a run that reference is cached in the run directory
+(``edit_locality.json``): a resumed run reads it back instead of recomputing it, so it
+compares with the very predictions the uninterrupted run compared with.
 """
 
 from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -15,6 +22,10 @@ from everlearn.evaluation.evaluator_base import EvaluatorBase, StageScore, route
 from everlearn.stages import get_kind
 from everlearn.stages.edit import all_hit, edit_metrics
 from everlearn.stages.stream import Stage
+
+log = logging.getLogger("everlearn")
+
+LOCALITY_CACHE = "edit_locality.json"
 
 
 class EditScoring(EvaluatorBase):
@@ -27,22 +38,62 @@ class EditScoring(EvaluatorBase):
         self.edit_reference: dict[str, list[list[list[int]]]] = {}
 
     @torch.no_grad()
-    def prepare_edits(self, model, stages: list[Stage]) -> None:
+    def prepare_edits(self, model, stages: list[Stage], run_dir: str | Path | None = None
+                      ) -> None:
         """Score the locality prompts of every edit stage with ``model``, the base model
         (before any training or resumed weights): their top-1 tokens along each prompt's answer
         are the reference that locality compares with in every row. The answer is
-        ``locality_ground_truth`` when given, else the base model's greedy continuation."""
+        ``locality_ground_truth`` when given, else the base model's greedy continuation.
+        With ``run_dir``, a stage's reference in ``RUN_DIR/edit_locality.json`` (written by an
+        earlier start of the run, for the same locality prompts) is used as it is; what is
+        computed here is written there."""
+        path = Path(run_dir) / LOCALITY_CACHE if run_dir is not None else None
+        cache = read_locality_cache(path) if path is not None else {}
         model.eval()
+        computed = False
         for st in stages:
             if not get_kind(st.kind).edits or st.name in self.edit_reference:
                 continue
-            owners, examples = self._locality_examples(model, st)
-            preds = self._argmax_along(model, examples, f"locality reference {st.name}")
-            reference: list[list[list[int]]] = [[[] for _ in r.locality_prompt] for r in st.test]
-            for (i, j), pred in zip(owners, preds):
-                reference[i][j] = pred
-            self.edit_reference[st.name] = reference
-            self._cache[(st.name, "edit_locality")] = list(zip(owners, examples))
+            if self._load_reference(st, cache.get(st.name)):
+                continue
+            self._compute_reference(model, st)
+            cache[st.name] = self._reference_entry(st)
+            computed = True
+        if computed and path is not None:
+            from everlearn.runs.run_dir import write_json
+
+            write_json(path, cache)
+
+    def _compute_reference(self, model, st: Stage) -> None:
+        """The base model's locality reference of one edit stage (see prepare_edits)."""
+        owners, examples = self._locality_examples(model, st)
+        preds = self._argmax_along(model, examples, f"locality reference {st.name}")
+        reference: list[list[list[int]]] = [[[] for _ in r.locality_prompt] for r in st.test]
+        for (i, j), pred in zip(owners, preds):
+            reference[i][j] = pred
+        self.edit_reference[st.name] = reference
+        self._cache[(st.name, "edit_locality")] = list(zip(owners, examples))
+
+    def _reference_entry(self, st: Stage) -> dict[str, Any]:
+        """One stage's reference as JSON: what it was made for (the locality prompts and
+        answers, the continuation length), the examples scored and the base predictions."""
+        items = self._cache[(st.name, "edit_locality")]
+        return {"for": locality_key(st, self.max_new_tokens(st)),
+                "examples": [[i, j, e.input_ids, e.labels, e.truncated] for (i, j), e in items],
+                "reference": self.edit_reference[st.name]}
+
+    def _load_reference(self, st: Stage, entry: Any) -> bool:
+        """Take a stage's reference from the run directory's cache when it was made for this
+        stage's locality prompts; False: compute it."""
+        if not isinstance(entry, dict) or entry.get("for") != locality_key(
+                st, self.max_new_tokens(st)):
+            return False
+        items = [((int(i), int(j)), Encoded(list(ids), list(labels), truncated=bool(cut)))
+                 for i, j, ids, labels, cut in entry["examples"]]
+        self.edit_reference[st.name] = [[list(p) for p in per_edit]
+                                        for per_edit in entry["reference"]]
+        self._cache[(st.name, "edit_locality")] = items
+        return True
 
     def _locality_examples(self, model, st: Stage) -> tuple[list[tuple[int, int]], list[Encoded]]:
         """(edit index, locality prompt index) and the example of every locality prompt: along
@@ -142,3 +193,22 @@ class EditScoring(EvaluatorBase):
                     "locality_prompts": rec.locality_prompt, "locality": local[i],
                     "score": 100.0 * reliable[i]} for i, rec in enumerate(stage.test)]
         return StageScore(side["reliability"], len(stage.test), predictions, side, samples)
+
+
+def locality_key(st: Stage, max_new_tokens: int) -> dict[str, Any]:
+    """What a stage's locality reference depends on besides the base model."""
+    return {"prompts": [list(r.locality_prompt) for r in st.test],
+            "answers": [list(r.locality_ground_truth) for r in st.test],
+            "max_new_tokens": max_new_tokens}
+
+
+def read_locality_cache(path: Path) -> dict[str, Any]:
+    """The run directory's locality references ({} when absent or unreadable)."""
+    if not path.exists():
+        return {}
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError):
+        log.warning("%s: unreadable; recomputing the edit stages' locality reference", path)
+        return {}
+    return data if isinstance(data, dict) else {}

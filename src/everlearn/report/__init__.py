@@ -31,6 +31,9 @@ def write_report(run_dir: str | Path) -> Path:
     general = figures.general_png(results)
     if general is not None:
         figs["general"] = general
+    loss = figures.loss_png(results)
+    if loss is not None:
+        figs["loss"] = loss
     stream = figures.text_stream_png(results)
     if stream is not None:
         figs["text_stream"] = stream

@@ -9,7 +9,13 @@ config: a changed library or device is something to see, not a different experim
 threads or a resume would otherwise split replicates). It is not silent either: when runs
 differ in any environment field, the outputs gain an Environment section listing those fields
 for every run, pooled or not (the CSV: ``env_<field>`` columns). Runs without a recorded
-environment show ``unknown``."""
+environment show ``unknown``.
+
+Runs of different streams (sets of stage names) are never in one table: their AP and BWT
+average over different stages, so ranking them together would mislead. Each stream gets its
+own table (and, in HTML, its own figure), and the output says so. A directory that cannot be
+read (no results.json, a damaged or incomplete one: ``compare runs/*`` after a failed run) is
+listed apart as skipped; the others are still compared."""
 
 from __future__ import annotations
 
@@ -34,6 +40,7 @@ from everlearn.report.data import (
     is_partial,
     load_results,
     main_metrics,
+    report_problem,
 )
 
 FORMATS = ("markdown", "csv", "html")
@@ -63,6 +70,11 @@ class Group:
     confidence: float = 0.95  # the level of the intervals in ``stats``
 
     @property
+    def stream(self) -> tuple[str, ...]:
+        """The stream the group's runs train: their stage names (orders are pooled)."""
+        return stream_of(self.runs[0])
+
+    @property
     def strategy(self) -> str:
         return "+".join(self.runs[0].results.get("strategies") or [])
 
@@ -75,6 +87,24 @@ class Group:
         if len(orders) > 1:
             parts.append(f"{len(orders)} stream orders")
         return "; ".join(parts)
+
+
+class Comparison(list):
+    """The groups (a list of :class:`Group`, by stream, then in the order their first run was
+    given) and ``skipped``: (run directory, why) for each directory that could not be read."""
+
+    def __init__(self, groups: list[Group] = (), skipped: list[tuple[Path, str]] = ()):
+        super().__init__(groups)
+        self.skipped = list(skipped)
+
+    @property
+    def streams(self) -> list[tuple[str, ...]]:
+        return list(dict.fromkeys(g.stream for g in self))
+
+
+def stream_of(run: RunSummary) -> tuple[str, ...]:
+    """A run's stream for grouping: its stage names, sorted (a permuted order is a replicate)."""
+    return tuple(sorted(s["name"] for s in run.results["stages"]))
 
 
 def summarize_run(run_dir: str | Path) -> RunSummary:
@@ -151,22 +181,31 @@ def _label(group: Group, differing: list[str]) -> str:
     return ", ".join(parts + ([] if group.key.get("complete", True) else ["partial"]))
 
 
-def compare_runs(run_dirs: list[str | Path], confidence: float = 0.95) -> list[Group]:
-    """Groups of replicate runs, in the order their first run was given, with pooled stats."""
+def compare_runs(run_dirs: list[str | Path], confidence: float = 0.95) -> Comparison:
+    """Groups of replicate runs with pooled stats, by stream; unreadable directories skipped.
+
+    A ReportError only when no directory can be read at all."""
     groups: dict[str, Group] = {}
+    skipped: list[tuple[Path, str]] = []
     for d in run_dirs:
-        run = summarize_run(d)
+        try:
+            run = summarize_run(d)
+        except ReportError as exc:
+            problem = report_problem(d)  # "readable": results.json is, config.yaml is not
+            skipped.append((Path(d), problem if problem != "readable" else
+                            f"damaged ({str(exc).removeprefix(str(Path(d)) + '/')})"))
+            continue
         key = experiment_key(run)
         canon = json.dumps(key, sort_keys=True, default=str)
         groups.setdefault(canon, Group(key, [])).runs.append(run)
-    out = list(groups.values())
-    flats = [_flat(g.key) for g in out]
-    keys = list(dict.fromkeys(k for f in flats for k in f))
-    differing = [k for k in keys if k != "complete" and len({f.get(k) for f in flats}) > 1]
-    # strategies and names first: they are what a reader compares
-    differing.sort(key=lambda k: (not k.startswith("strategies"), k != "name"))
+    if not groups:
+        raise ReportError("compare: no run to compare: "
+                          + "; ".join(f"{p} ({why})" for p, why in skipped))
+    streams = list(dict.fromkeys(g.stream for g in groups.values()))
+    out = [g for st in streams for g in groups.values() if g.stream == st]
+    for st in streams:
+        _name_groups([g for g in out if g.stream == st])
     for g in out:
-        g.label = _label(g, differing) if len(out) > 1 else _label(g, [])
         g.confidence = confidence
         for key, _, _ in COLUMNS:
             vals = [r.values[key] for r in g.runs if r.values[key] is not None]
@@ -175,7 +214,18 @@ def compare_runs(run_dirs: list[str | Path], confidence: float = 0.95) -> list[G
                 g.stats[key] = (mean, half, len(vals))
             else:
                 g.stats[key] = (None, None, 0)
-    return out
+    return Comparison(out, skipped)
+
+
+def _name_groups(groups: list[Group]) -> None:
+    """Label each group of one stream by the config fields that set it apart from the others."""
+    flats = [_flat(g.key) for g in groups]
+    keys = list(dict.fromkeys(k for f in flats for k in f))
+    differing = [k for k in keys if k != "complete" and len({f.get(k) for f in flats}) > 1]
+    # strategies and names first: they are what a reader compares
+    differing.sort(key=lambda k: (not k.startswith("strategies"), k != "name"))
+    for g in groups:
+        g.label = _label(g, differing) if len(groups) > 1 else _label(g, [])
 
 
 def environment_differences(groups: list[Group]) -> list[str]:
@@ -217,7 +267,8 @@ def _environment_html(groups: list[Group]) -> str:
                    for row in _environment_rows(groups, fields))
     return ('<h2 id="environment">Environment</h2><p class="note">The fields that differ '
             "between the runs (unknown: not recorded; a → b: changed when the run was "
-            f"resumed).</p><table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>")
+            f'resumed).</p><div class="tw"><table><thead><tr>{head}</tr></thead><tbody>{body}'
+            "</tbody></table></div>")
 
 
 def _environment_csv(group: Group, field: str) -> str:
@@ -255,22 +306,60 @@ def _rows(groups: list[Group]) -> tuple[list[str], list[list[str]]]:
     return header, rows
 
 
+def _by_stream(groups: list[Group]) -> list[tuple[tuple[str, ...], list[Group]]]:
+    streams = list(dict.fromkeys(g.stream for g in groups))
+    return [(st, [g for g in groups if g.stream == st]) for st in streams]
+
+
+def _stream_note(groups: list[Group]) -> str:
+    """What the tables compare: the one stream, or that each stream has its own table."""
+    streams = _by_stream(groups)
+    if len(streams) == 1:
+        first = [s["name"] for s in groups[0].runs[0].results["stages"]]
+        return (f"Every run trains the stages {', '.join(first)}"
+                + (" (in some order)." if any(g.pooled and "orders" in g.pooled
+                                              for g in groups) else "."))
+    return (f"The runs train {len(streams)} different streams (sets of stages), each compared "
+            "in its own table: AP, BWT and the other metrics average over different stages, "
+            "so they are not pooled or ranked across streams.")
+
+
+def _skipped(groups: list[Group]) -> list[tuple[Path, str]]:
+    return list(getattr(groups, "skipped", []))
+
+
+def _note(groups: list[Group]) -> str:
+    return (f"Mean ± half-width of the {_level(groups)}% Student-t confidence interval over the "
+            "n runs pooled (runs differing only in seed or stream order); wall s, tokens and "
+            "peak MB are totals per run.")
+
+
 def format_markdown(groups: list[Group]) -> str:
-    header, rows = _rows(groups)
     esc = lambda s: s.replace("|", "\\|")  # noqa: E731
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(esc(c) for c in r) + " |" for r in rows]
-    lines += ["", f"Mean ± half-width of the {_level(groups)}% Student-t confidence interval "
-                  "over the n runs pooled (runs differing only in seed or stream order); wall s, "
-                  "tokens and peak MB are totals per run.",
-              "", "runs:"]
+    streams = _by_stream(groups)
+    lines: list[str] = []
+    for stream, members in streams:
+        header, rows = _rows(members)
+        if len(streams) > 1:
+            lines += [f"Stream: {', '.join(stream)} ({sum(len(g.runs) for g in members)} "
+                      "runs)", ""]
+        lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        lines += ["| " + " | ".join(esc(c) for c in r) + " |" for r in rows]
+        lines.append("")
+    lines = lines[:-1] + ["", _note(groups), "", _stream_note(groups), "", "runs:"]
     lines += [f"- {g.label}: " + ", ".join(str(r.path) for r in g.runs) for g in groups]
+    skipped = _skipped(groups)
+    if skipped:
+        lines += ["", "not compared:"] + [f"- skipped: {p} ({why})" for p, why in skipped]
     lines += _environment_markdown(groups)
     return "\n".join(lines) + "\n"
 
 
 def format_csv(groups: list[Group]) -> str:
-    """One row per group; each metric as _mean, _ci<level> (half-width, empty for n=1) and _n.
+    """One row per group; each metric as _mean, _ci<level> (half-width, empty for n=1) and _n;
+    ``stream``: the group's stages, ``;``-joined (groups of different streams are not
+    comparable). Skipped directories are not in the CSV (``everlearn compare`` names them on
+    stderr).
 
     The level is in the column name (``ci95`` by default, ``ci90`` for confidence 0.9,
     ``ci97_5`` for 0.975), so a CSV read without its command line still says what it holds
@@ -282,32 +371,61 @@ def format_csv(groups: list[Group]) -> str:
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(["run", "strategy", "n", "pooled", "run_dirs"]
                + [f"{k}_{s}" for k, _, _ in cols for s in ("mean", ci, "n")]
-               + [f"env_{f}" for f in env_fields])
+               + [f"env_{f}" for f in env_fields] + ["stream"])
     for g in groups:
         row: list[Any] = [g.label, g.strategy, len(g.runs), g.pooled,
                           ";".join(str(r.path) for r in g.runs)]
         for k, _, _ in cols:
             mean, half, n = g.stats[k]
             row += ["" if mean is None else repr(mean), "" if half is None else repr(half), n]
-        w.writerow(row + [_environment_csv(g, f) for f in env_fields])
+        w.writerow(row + [_environment_csv(g, f) for f in env_fields] + [";".join(g.stream)])
     return buf.getvalue()
+
+
+def _html_table(groups: list[Group]) -> str:
+    header, rows = _rows(groups)
+    head = "".join(f"<th>{escape(h)}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f'<td class="num">{escape(c)}</td>' if i >= 4 else
+                                    f"<td>{escape(c)}</td>" for i, c in enumerate(r))
+                   + "</tr>" for r in rows)  # the values: right-aligned, "a ± b" unbroken
+    return (f'<div class="tw wide"><table><thead><tr>{head}</tr></thead><tbody>{body}'
+            "</tbody></table></div>")
+
+
+def _html_figure(groups: list[Group]) -> str:
+    """AP and BWT per group with their confidence intervals, as an embedded PNG."""
+    from everlearn.report.figures import metric_bars_png
+    from everlearn.report.page import figure
+
+    png = metric_bars_png([g.label for g in groups],
+                          {h: [g.stats[k][:2] for g in groups]
+                           for k, h in (("final_ap", "AP"), ("bwt", "BWT"))},
+                          f"{_level(groups)}% CI")
+    return figure(png, "AP and BWT per run group with confidence intervals",
+                  f"final AP and BWT per row of the table; error bars: the {_level(groups)}% "
+                  "Student-t interval (none for a single run)")
 
 
 def format_html(groups: list[Group]) -> str:
     from everlearn.report.page import CSS
 
-    header, rows = _rows(groups)
-    head = "".join(f"<th>{escape(h)}</th>" for h in header)
-    body = "".join("<tr>" + "".join(f"<td>{escape(c)}</td>" for c in r) + "</tr>"
-                   for r in rows)
+    streams = _by_stream(groups)
+    parts = []
+    for stream, members in streams:
+        if len(streams) > 1:
+            parts.append(f"<h2>Stream: {escape(', '.join(stream))}</h2>")
+        parts += [_html_table(members), _html_figure(members)]
     runs = "".join(f"<li>{escape(g.label)}: {escape(', '.join(str(r.path) for r in g.runs))}"
                    "</li>" for g in groups)
+    skipped = "".join(f"<li>skipped: {escape(str(p))} ({escape(why)})</li>"
+                      for p, why in _skipped(groups))
+    if skipped:
+        skipped = f'<h2 id="skipped">Not compared</h2><ul class="skipped">{skipped}</ul>'
     page = ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
             f"<title>everlearn compare</title><style>{CSS}</style></head><body>"
-            f"<h1>everlearn compare</h1><table><thead><tr>{head}</tr></thead>"
-            f"<tbody>{body}</tbody></table><p class=\"note\">Mean ± half-width of the "
-            f"{_level(groups)}% Student-t confidence interval over the n pooled runs (differing "
-            f"only in seed or stream order).</p><ul>{runs}</ul></body></html>\n")
+            f"<h1>everlearn compare</h1><p class=\"note\">{escape(_stream_note(groups))}</p>"
+            + "".join(parts) + f"<p class=\"note\">{escape(_note(groups))}</p><ul>{runs}</ul>"
+            f"{skipped}</body></html>\n")
     return page.replace("</body>", _environment_html(groups) + "</body>", 1)
 
 

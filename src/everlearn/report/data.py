@@ -7,7 +7,7 @@ from typing import Any
 
 from everlearn.errors import EverlearnError
 from everlearn.runs.environment import FIELDS as ENV_FIELDS
-from everlearn.runs.results import read_for_report
+from everlearn.runs.results import read_for_report, report_problem  # noqa: F401 (compare)
 
 # Keys the page renders in their own sections; any other key is shown generically, so results
 # added later (by a new stage kind or evaluator) appear without a report change.

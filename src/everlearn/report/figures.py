@@ -28,49 +28,59 @@ def _row_labels(results: dict[str, Any]) -> list[str]:
     return [f"after {r}" if i else "base model" for i, r in enumerate(done)] + pending
 
 
-def _colour_value(results: dict[str, Any], r: int, c: int) -> float:
-    """0..1 for the colour map, 1 = good: scores on 0-100; perplexity per column, inverted."""
-    stage, v = results["stages"][c], results["R"][r][c]
-    if v is None or not math.isfinite(v):
+PPL_MIN_SPAN = 10.0  # percent: the perplexity colour scale spans at least +-10% change
+
+
+def perplexity_change(results: dict[str, Any], r: int, c: int) -> float:
+    """Perplexity cell (r, c) as its relative change from the base row, in percent (NaN where
+    either is missing): the same change reads the same on every column, so 271 -> 267 is a pale
+    -1.5%, not the whole colour range a per-column min-max scale gave it."""
+    base, v = results["R"][0][c], results["R"][r][c]
+    if v is None or base is None or not math.isfinite(v) or not math.isfinite(base) or not base:
         return math.nan
-    if stage.get("higher_is_better", True):
-        return min(max(v / 100.0, 0.0), 1.0)
-    col = [row[c] for row in results["R"] if row[c] is not None and math.isfinite(row[c])]
-    lo, hi = min(col), max(col)
-    return 1.0 if hi == lo else (hi - v) / (hi - lo)
+    return 100.0 * (v - base) / base
 
 
 def heatmap_png(results: dict[str, Any]) -> bytes:
-    """R as an annotated heatmap: rows = after stage i (base first), columns = stage j."""
+    """R as an annotated heatmap: rows = after stage i (base first), columns = stage j.
+
+    Scores are coloured on their own 0-100 scale (the colour bar reads 0-100, as the cells do);
+    perplexity columns, lower is better and unbounded, on a second diverging scale: the change
+    from the base row in percent (blue: lower, red: higher), spanning at least +-10%."""
     import numpy as np
 
     labels = _row_labels(results)
     names = [s["name"] for s in results["stages"]]
     n_rows, n_cols = len(labels), len(names)
-    colours = np.full((n_rows, n_cols), np.nan)
+    hib = [s.get("higher_is_better", True) for s in results["stages"]]
+    scores, changes = np.full((n_rows, n_cols), np.nan), np.full((n_rows, n_cols), np.nan)
     for r in range(len(results["R"])):
         for c in range(n_cols):
-            colours[r, c] = _colour_value(results, r, c)
+            v = results["R"][r][c]
+            if hib[c]:
+                scores[r, c] = np.nan if v is None or not math.isfinite(v) else v
+            else:
+                changes[r, c] = perplexity_change(results, r, c)
     fig = Figure(figsize=(min(2.2 + 1.1 * n_cols, 24), min(1.2 + 0.5 * n_rows, 20)))
     ax = fig.add_subplot()
-    cmap = _cmap()
-    img = ax.imshow(np.ma.masked_invalid(colours), cmap=cmap, vmin=0, vmax=1, aspect="auto")
-    if n_cols <= 25:
-        size = 9 if n_cols <= 10 else 7
-        for r in range(n_rows):
-            for c in range(n_cols):
-                if r >= len(results["R"]):
-                    ax.text(c, r, "–", ha="center", va="center", color="#888", fontsize=size)
-                    continue
-                v = results["R"][r][c]
-                dark = not math.isnan(colours[r, c]) and colours[r, c] < 0.55
-                ax.text(c, r, "–" if v is None else f"{v:.1f}", ha="center", va="center",
-                        fontsize=size, color="white" if dark else "black")
+    img = ax.imshow(np.ma.masked_invalid(scores), cmap=_cmap(), vmin=0, vmax=100,
+                    aspect="auto")
+    ppl_img = None
+    if not all(hib):
+        finite = np.abs(changes[np.isfinite(changes)])
+        span = max(PPL_MIN_SPAN, float(finite.max()) if finite.size else 0.0)
+        from matplotlib import colormaps
+
+        ppl_img = ax.imshow(np.ma.masked_invalid(changes),
+                            cmap=colormaps["coolwarm"].with_extremes(bad=(0, 0, 0, 0)),
+                            vmin=-span, vmax=span, aspect="auto")
+    _annotate(ax, results, scores, changes, hib, n_rows, n_cols)
     ax.set_xticks(range(n_cols), [f"{n}\n({s['metric']})" for n, s in
                                   zip(names, results["stages"])], fontsize=8)
     ax.set_yticks(range(n_rows), labels, fontsize=8)
     ax.tick_params(top=True, labeltop=True, bottom=False, labelbottom=False)
     ax.set_xlabel("scored on stage")
+    ax.xaxis.set_label_position("top")  # the bottom holds the perplexity colour bar
     ax.set_ylabel("model")
     if len(results.get("phases") or names) == n_cols:  # the cell each phase trained on
         from matplotlib.patches import Rectangle
@@ -78,11 +88,38 @@ def heatmap_png(results: dict[str, Any]) -> bytes:
         for j in range(min(n_cols, len(results["R"]) - 1)):
             ax.add_patch(Rectangle((j - 0.5, j + 0.5), 1, 1, fill=False, edgecolor="#d62728",
                                    linewidth=1.5))
-    ppl = not all(s.get("higher_is_better", True) for s in results["stages"])
-    bar = fig.colorbar(img, ax=ax, fraction=0.04, pad=0.02)
-    bar.set_label("score / 100" + (" (perplexity: 1 = best in its column)" if ppl else ""),
-                  fontsize=7)
+    if any(hib):
+        fig.colorbar(img, ax=ax, fraction=0.04, pad=0.02).set_label("score (0-100)",
+                                                                    fontsize=7)
+    if ppl_img is not None:
+        fig.colorbar(ppl_img, ax=ax, location="bottom", fraction=0.05, pad=0.04,
+                     aspect=40).set_label("perplexity: change from the base row (%)",
+                                          fontsize=7)
     return _png(fig)
+
+
+def _annotate(ax, results: dict[str, Any], scores, changes, hib: list[bool], n_rows: int,
+              n_cols: int) -> None:
+    """Each cell's value (perplexity cells also their change from the base row), in a colour
+    that stays readable on the cell's colour; none for more than 25 columns."""
+    if n_cols > 25:
+        return
+    size = 9 if n_cols <= 10 else 7
+    for r in range(n_rows):
+        for c in range(n_cols):
+            if r >= len(results["R"]):
+                ax.text(c, r, "–", ha="center", va="center", color="#888", fontsize=size)
+                continue
+            v = results["R"][r][c]
+            text = "–" if v is None else f"{v:.1f}"
+            if hib[c]:
+                dark = not math.isnan(scores[r, c]) and scores[r, c] < 55
+            else:
+                dark = False  # coolwarm's ends are mid-dark: black stays readable
+                if r and v is not None and not math.isnan(changes[r, c]):
+                    text += f"\n{changes[r, c]:+.1f}%"
+            ax.text(c, r, text, ha="center", va="center", fontsize=size,
+                    color="white" if dark else "black")
 
 
 def _cmap():
@@ -174,4 +211,53 @@ def text_stream_png(results: dict[str, Any]) -> bytes | None:
     axes[-1].set_xlabel("stream position (tokens); grey: true shifts, dashed: boundaries")
     ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
     fig.suptitle("each stage's score along the text stream", fontsize=10)
+    return _png(fig)
+
+
+def loss_png(results: dict[str, Any]) -> bytes | None:
+    """The training loss over the run's optimizer steps (each phase's curve from results.json
+    ``cost[].loss_curve``, its steps offset by the phases before it), phase ends dashed; None
+    when no phase recorded a curve (a run written before curves were kept, edit phases)."""
+    cost = [c for c in results.get("cost") or [] if isinstance(c, dict)]
+    if not any(c.get("loss_curve") for c in cost):
+        return None
+    fig = Figure(figsize=(8, 3.2))
+    ax = fig.add_subplot()
+    offset = 0
+    for c in cost:
+        curve = [p for p in c.get("loss_curve") or [] if isinstance(p, list) and len(p) == 2]
+        if curve:
+            ax.plot([offset + p[0] for p in curve], [p[1] for p in curve], marker=".",
+                    label=f"{c.get('phase')}: {'+'.join(c.get('stages') or [])}")
+        offset += int(c.get("steps") or 0)
+        ax.axvline(offset, color="#999", linestyle="--", linewidth=0.8)
+    ax.set_xlabel("optimizer step (over the run); dashed: end of a phase")
+    ax.set_ylabel("training loss")
+    ax.grid(alpha=0.3)
+    if len(cost) <= 20:
+        ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
+    return _png(fig)
+
+
+def metric_bars_png(labels: list[str], metrics: dict[str, list[tuple[float | None,
+                                                                    float | None]]],
+                    interval: str) -> bytes:
+    """One panel per metric (``{"AP": [(mean, half-width), ...]}``, one pair per label): a
+    bar per label with its interval as an error bar (none where the half-width is None, a
+    single run; "n/a" where the mean is None, an unfinished run)."""
+    short = [t if len(t) <= 28 else t[:25] + "..." for t in labels]
+    fig = Figure(figsize=(min(3.0 + 1.6 * len(labels), 11), 3.4))
+    for k, (name, values) in enumerate(metrics.items()):
+        ax = fig.add_subplot(1, len(metrics), k + 1)
+        xs = list(range(len(labels)))
+        means = [m if m is not None else 0.0 for m, _ in values]
+        errs = [h if h is not None and m is not None else 0.0 for m, h in values]
+        ax.bar(xs, means, yerr=errs, capsize=4, color="#4c72b0", ecolor="#222")
+        for x, (m, _) in zip(xs, values):
+            if m is None:
+                ax.text(x, 0, "n/a", ha="center", va="bottom", fontsize=8, color="#555")
+        ax.axhline(0, color="#888", linewidth=0.8)
+        ax.set_xticks(xs, short, rotation=20, ha="right", fontsize=7)
+        ax.set_title(f"{name} (mean, {interval})", fontsize=9)
+        ax.grid(axis="y", alpha=0.3)
     return _png(fig)

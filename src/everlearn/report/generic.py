@@ -38,7 +38,8 @@ def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 def table(header: list[str] | None, rows: list[list[Any]], cls: str = "") -> str:
     """An HTML table (no header row when ``header`` is None); every cell escaped, numbers
-    right-aligned."""
+    right-aligned. Inside a ``div.tw`` that scrolls sideways when the table is wider than
+    the page (headers and text cells wrap first), so the page itself never does."""
     head = "".join(f"<th>{escape(str(h))}</th>" for h in header or [])
     head = f"<thead><tr>{head}</tr></thead>" if header else ""
     body = "".join(
@@ -47,7 +48,7 @@ def table(header: list[str] | None, rows: list[list[Any]], cls: str = "") -> str
             and not isinstance(c, bool) else f"<td>{escape(fmt(c))}</td>" for c in row)
         + "</tr>" for row in rows)
     attr = f' class="{escape(cls)}"' if cls else ""
-    return f"<table{attr}>{head}<tbody>{body}</tbody></table>"
+    return f'<div class="tw"><table{attr}>{head}<tbody>{body}</tbody></table></div>'
 
 
 def _inline(v: Any) -> str:

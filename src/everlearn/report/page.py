@@ -18,8 +18,13 @@ max-width:1150px;padding:0 1em;color:#222;line-height:1.4}
 h1{font-size:1.6em;margin-bottom:.2em}h2{font-size:1.25em;border-bottom:1px solid #ddd;
 padding-bottom:.2em;margin-top:1.8em}h3{font-size:1.05em}
 table{border-collapse:collapse;margin:.6em 0;font-size:.9em}
-th,td{border:1px solid #ddd;padding:.25em .6em;text-align:left}th{background:#f4f4f4}
-td.num{text-align:right;font-variant-numeric:tabular-nums}
+th,td{border:1px solid #ddd;padding:.25em .6em;text-align:left;overflow-wrap:break-word}
+th{background:#f4f4f4;overflow-wrap:normal;vertical-align:bottom}
+td.num{text-align:right;font-variant-numeric:tabular-nums;white-space:nowrap;
+overflow-wrap:normal}
+.tw{max-width:100%;overflow-x:auto}.tw>table{margin:0}.tw{margin:.6em 0}
+table.cost,.wide>table{font-size:.8em}
+table.cost th,table.cost td,.wide th,.wide td{padding:.2em .35em}
 .banner{background:#fff3cd;border:1px solid #e0c36c;padding:.6em 1em;border-radius:4px}
 .note{color:#555;font-size:.9em}figure{margin:1em 0}img{max-width:100%;height:auto}
 figcaption{color:#555;font-size:.85em}pre{background:#f7f7f7;padding:.8em;overflow:auto}
@@ -234,6 +239,18 @@ def _text_stream(res: dict[str, Any], figs: dict[str, bytes]) -> str:
     return "\n".join(out)
 
 
+def _loss(figs: dict[str, bytes]) -> str:
+    """The training-loss curve of every phase (results.json ``cost[].loss_curve``)."""
+    if "loss" not in figs:
+        return ""
+    return "\n".join(["<h2>Training loss</h2>",
+                      '<p class="note">Each point: the mean training loss of the steps since the '
+                      "previous point, every <code>tracker.log_every</code> steps and at the end "
+                      "of each phase.</p>",
+                      figure(figs["loss"], "training loss over the run's steps",
+                             "training loss per logged step; dashed: the end of each phase")])
+
+
 def _generic_section(title: str, note: str, items: dict[str, Any], cls: str) -> str:
     if not items:
         return ""
@@ -272,7 +289,13 @@ def _cost(res: dict[str, Any]) -> str:
     total[[k for k, _ in COST_COLUMNS].index("peak_memory_mb")] = max(
         c.get("peak_memory_mb") or 0 for c in cost)
     header = [label for _, label in COST_COLUMNS] + extra
-    return "\n".join(out + [table(header, rows + [total], "cost")])
+    # two tables, time then size, each narrow enough for an 800 px page (one had 16+ columns)
+    split = [k for k, _ in COST_COLUMNS].index("trainable_params")
+    size = [0, *range(split, len(header))]
+    return "\n".join(out + [table(header[:split], [r[:split] for r in rows + [total]], "cost"),
+                             table([header[i] for i in size],
+                                   [[r[i] for i in size] for r in rows + [total]],
+                                   "cost cost-size")])
 
 
 def _environment(res: dict[str, Any]) -> str:
@@ -306,7 +329,7 @@ def build_page(res: dict[str, Any], figs: dict[str, bytes], config_text: str | N
         _generic_section("Strategy metrics", "Method-specific results (strategy_metrics).",
                          strategy if isinstance(strategy, dict) else {"strategy": strategy},
                          "strategy-metrics"),
-        _cost(res), _environment(res),
+        _loss(figs), _cost(res), _environment(res),
         _generic_section("Other results", "results.json keys without a section of their own.",
                          data.extra_results(res), "other"),
     ]

@@ -2,7 +2,8 @@
 everlearn.runs.predictions): one row per row of R, one link per stage scored in it.
 
 The files stay beside the page (they can be large); the links are relative to
-RUN_DIR/report/index.html, so they work wherever the run directory is copied.
+RUN_DIR/report/index.html, so they work wherever the run directory is copied. The table sits
+in the page's sideways-scrolling box (``div.tw``) like the page's other tables.
 """
 
 from __future__ import annotations
@@ -31,8 +32,8 @@ def predictions_section(res: dict[str, Any]) -> str:
             "every test record (generated text, the chosen option and every option's "
             "log-likelihood, preference margins, edit hits), with the reference and the "
             "record's score; one JSON Lines file per row of R and stage.</p>"
-            f'<table class="predictions"><thead><tr><th>after \\ on</th>{head}</tr></thead>'
-            f"<tbody>{''.join(body)}</tbody></table>")
+            f'<div class="tw"><table class="predictions"><thead><tr><th>after \\ on</th>'
+            f"{head}</tr></thead><tbody>{''.join(body)}</tbody></table></div>")
 
 
 def _inside(rel: Any) -> bool:

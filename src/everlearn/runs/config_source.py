@@ -21,14 +21,37 @@ def split_overrides(config: str | None,
     return config, overrides
 
 
-def load_run_config(config: str | None, overrides: list[str], preset: str | None = None):
-    """(the RunConfig, where it came from: the file or ``<preset NAME>``)."""
-    from everlearn.presets import PRESETS
+def benchmark_overrides(name: str | None, order: int | None,
+                        data_dir: str | None) -> list[str]:
+    """``--benchmark NAME --order K --data-dir DIR`` as ``benchmark.*`` overrides."""
+    if name is None:
+        if order is not None or data_dir is not None:
+            raise EverlearnError("--order and --data-dir go with --benchmark NAME")
+        return []
+    if data_dir is None:
+        raise EverlearnError("--benchmark: give --data-dir DIR, the folder holding its tasks")
+    out = [f"benchmark.name={name}", f"benchmark.data_dir={Path(data_dir).resolve()}"]
+    return out + ([f"benchmark.order={order}"] if order is not None else [])
+
+
+def load_run_config(config: str | None, overrides: list[str], preset: str | None = None,
+                    benchmark: list[str] | None = None):
+    """(the RunConfig, where it came from: the file or ``<preset NAME>``). ``benchmark``: the
+    ``--benchmark`` overrides; without CONFIG the stream is the benchmark's, on the
+    quickstart's model and training settings (``<benchmark NAME>``)."""
+    from everlearn.presets import PRESETS, benchmark_base
     from everlearn.validation import load_config
 
     config, overrides = split_overrides(config, overrides)
     if config is not None and preset is not None:
         raise EverlearnError("give either CONFIG or --preset, not both")
+    if benchmark:
+        if preset is not None:
+            raise EverlearnError("give either --benchmark or --preset, not both")
+        overrides = [*benchmark, *overrides]
+        if config is None:
+            name = benchmark[0].split("=", 1)[1]
+            return load_config(None, overrides, base=benchmark_base()), f"<benchmark {name}>"
     if config is None:
         name = preset or "quickstart"
         if name not in PRESETS:

@@ -130,7 +130,7 @@ def cost_entry(phase: int, names: list[str], pc, wall: float, eval_s: float,
             "strategy_time_s": pc.strategy_time_s, "tokens_trained": pc.tokens_trained,
             "tokens_per_s": pc.tokens_trained / max(pc.train_time_s, 1e-9),
             "padding_fraction": pc.padding_fraction, "final_loss": pc.final_loss,
-            "trainable_params": trainable, "total_params": total,
+            "loss_curve": pc.loss_curve, "trainable_params": trainable, "total_params": total,
             "peak_memory_mb": max(pc.peak_memory_mb, eval_peak), "buffer_size": buffer_size,
             "skipped_batches": pc.skipped_batches}
 
@@ -278,6 +278,28 @@ def read_for_report(run_dir: str | Path,
         raise error(f"{res_path}: expected everlearn results with R (one list per row, "
                     "one value per stage) and stages")
     return data
+
+
+def report_problem(run_dir: str | Path) -> str:
+    """Why :func:`read_for_report` refuses RUN_DIR, in a few words for a list of skipped runs
+    (``compare``): "no such directory", "no results.json", "damaged (...)" or "incomplete
+    (...)"; "readable" when it does not."""
+    path = Path(run_dir)
+    if not path.is_dir():
+        return "no such directory"
+    if not results_path(path).is_file():
+        return "no results.json"
+    try:
+        data = json.loads(results_path(path).read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return "damaged (results.json is not valid JSON; truncated?)"
+    if isinstance(data, dict) and data.get("R") == [] and isinstance(data.get("stages"), list):
+        return "incomplete (no row of R yet: the run stopped before its base evaluation)"
+    try:
+        read_for_report(path)
+    except EverlearnError as exc:
+        return "damaged (" + str(exc).removeprefix(f"{results_path(path)}: ") + ")"
+    return "readable"
 
 
 def run_state(run_dir: str | Path) -> str:

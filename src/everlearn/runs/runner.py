@@ -308,6 +308,7 @@ class Run:
                                        accelerator=acc))
         self.trainer = Trainer(acc, encoder, cfg.train, self.strategy, cfg.seed, self.quiet)
         self.trainer.on_step = self.tracker.on_step
+        self.trainer.log_every = cfg.tracker.log_every  # the loss curve's cadence
         self.trainer.save_step = self.dir.save_step
         self.trainer.vision = self.vision
         self.evaluator = Evaluator(acc, encoder, cfg.eval, self.quiet)
@@ -316,7 +317,8 @@ class Run:
         if cfg.eval.general_probes or cfg.eval.lm_eval.tasks:
             self.probes = GeneralProbes.prepare(cfg.eval, self.dir.path, model, encoder,
                                                 self.evaluator, acc)
-        self.evaluator.prepare_edits(model, self.stream.stages)  # locality: the base's
+        # locality: the base model's predictions, cached in the run dir (a resume reads them)
+        self.evaluator.prepare_edits(model, self.stream.stages, self.dir.path)
         self.phase_cols = [[st.index - 1 for st in p] for p in self.phases]
 
     def _resume(self, prev: dict[str, Any]):

@@ -1,6 +1,13 @@
 """What an edit phase changes in training (see everlearn.stages.edit): an editor strategy may
 apply the edits itself; otherwise constrained fine-tuning trains only ``edit.layers``' MLP
-weights, at ``edit.lr``, projected back into an L-inf ball after every step."""
+weights, at ``edit.lr``, projected back into an L-inf ball after every step.
+
+The editor interface (``Strategy.apply_edits``): the phase's edits reach the editor stage by
+stage, in the stage's order, cut into batches of ``edit.batch_size`` records (null: the whole
+stage as one batch); ``apply_edits(stage, batch)`` applies one batch as one update and returns
+its cost ({steps, tokens, edits, loss, trainable_params}), or None when the strategy is not an
+editor. Whatever the editor keeps (codebooks, side memories, statistics) it returns from
+``state_dict``, saved in every stage checkpoint."""
 
 from __future__ import annotations
 
@@ -36,7 +43,7 @@ def apply_edits(strategy, stages: list[Stage], records: dict, hooks, device) -> 
     does, and the stages are fine-tuned."""
     memory = PeakMemory(device)
     start = time.perf_counter()
-    done = [strategy.apply_edits(st, records[st.name]) for st in stages]
+    done = [d for st in stages for d in edit_batches(strategy, st, records[st.name])]
     if all(d is None for d in done):
         return None
     if any(d is None for d in done):
@@ -51,6 +58,22 @@ def apply_edits(strategy, stages: list[Stage], records: dict, hooks, device) -> 
         steps=sum(d.get("steps", 0) for d in done), train_time_s=train_s,
         tokens_trained=sum(d.get("tokens", 0) for d in done), padding_fraction=0.0,
         examples=sum(d.get("edits", 0) for d in done),
-        final_loss=sum(d.get("loss", 0.0) for d in done) / len(done),
+        final_loss=sum(d.get("loss", 0.0) for d in done) / max(1, len(done)),
         peak_memory_mb=memory.peak_mb, strategy_time_s=hooks.total,
         trainable_params=sum(d.get("trainable_params", 0) for d in done))
+
+
+def batches(records: list, size: int | None) -> list[list]:
+    """``records`` in order, cut into batches of ``size`` (None: one batch of all)."""
+    if size is None or size >= len(records):
+        return [records] if records else []
+    return [records[i:i + size] for i in range(0, len(records), size)]
+
+
+def edit_batches(strategy, stage: Stage, records: list) -> list[dict | None]:
+    """The cost of every batch the editor applied for ``stage`` (``edit.batch_size``), or
+    [None] when the strategy is not an editor (a stage without records: one empty batch)."""
+    from everlearn.config import EditConfig
+
+    size = (stage.edit or EditConfig()).batch_size
+    return [strategy.apply_edits(stage, part) for part in batches(records, size) or [[]]]

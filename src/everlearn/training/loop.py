@@ -89,6 +89,7 @@ class StepLoop:
                     break
                 self.optimizer_step()  # reduce; strategies' after_backward; clip, step
                 self.after_step(step, loss)  # trackers, progress, step checkpoint, stop
+        self.counters.flush_loss(self.steps_taken)  # the curve ends at the phase's last step
         self.bar.close()
         return self.steps_taken
 
@@ -181,7 +182,7 @@ class StepLoop:
         checkpoint every ``train.checkpoint_every`` steps or when a signal arrived, and the
         stop that signal asks for."""
         counters = self.counters
-        counters.loss = loss
+        counters.record_loss(step + 1, loss, self.trainer.log_every)
         if self.segment is not None:
             self.segment.end_step()
         self.steps_taken += 1

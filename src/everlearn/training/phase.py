@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -40,6 +40,8 @@ class PhaseCost:
     strategy_time_s: float = 0.0  # time inside strategy hooks (buffers, Fisher, projections)
     skipped_batches: int = 0  # batches whose loss was not finite (train.nonfinite_loss: skip)
     trainable_params: int | None = None  # edit phases: what the editor trained (else: the model)
+    # [step, mean training loss since the previous point], every Trainer.log_every steps
+    loss_curve: list[list[float]] = field(default_factory=list)
 
 
 def phase_kind(stages: list[Stage]) -> str:

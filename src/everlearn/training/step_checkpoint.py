@@ -107,8 +107,27 @@ class Counters:
     def __init__(self) -> None:
         self.tokens = self.cells = self.skipped = 0  # real and padded positions; skipped batches
         self.loss = float("nan")  # the last step's loss
+        # the training-loss curve: [step, mean loss of the steps since the previous point]
+        self.loss_curve: list[list[float]] = []
+        self.window = [0.0, 0]  # finite step losses since the last point: sum, count
         self.prior_s = 0.0  # training time before a resume
         self.start = time.perf_counter()
+
+    def record_loss(self, step: int, loss: float, every: int) -> None:
+        """Step ``step``'s loss (1-based): kept as the last loss, added to the window, and
+        every ``every`` steps the window's mean becomes a point of the curve (the mean rather
+        than that step's loss, as Hugging Face's Trainer logs it: one batch is noisy)."""
+        self.loss = loss
+        if math.isfinite(loss):
+            self.window = [self.window[0] + loss, self.window[1] + 1]
+        if step % every == 0:
+            self.flush_loss(step)
+
+    def flush_loss(self, step: int) -> None:
+        """End the window at ``step``: its mean becomes a point (none for an empty window)."""
+        if self.window[1]:
+            self.loss_curve.append([step, self.window[0] / self.window[1]])
+        self.window = [0.0, 0]
 
     def train_s(self) -> float:
         return self.prior_s + time.perf_counter() - self.start
@@ -116,12 +135,18 @@ class Counters:
     def state(self, strategy_s: float) -> dict[str, Any]:
         return {"tokens": self.tokens, "cells": self.cells, "skipped": self.skipped,
                 "loss": self.loss if math.isfinite(self.loss) else None,
-                "train_s": self.train_s(), "strategy_s": strategy_s}
+                "train_s": self.train_s(), "strategy_s": strategy_s,
+                "loss_curve": self.loss_curve, "loss_window": self.window}
 
     def load(self, state: dict[str, Any]) -> None:
         self.tokens, self.cells, self.skipped = state["tokens"], state["cells"], state["skipped"]
         self.loss = float("nan") if state["loss"] is None else state["loss"]
         self.prior_s = state["train_s"]
+        # checkpoints written before the curve was kept: it restarts at the resumed step
+        curve, window = state.get("loss_curve"), state.get("loss_window")
+        self.loss_curve = [list(p) for p in curve if isinstance(p, list) and len(p) == 2] \
+            if isinstance(curve, list) else []
+        self.window = list(window) if isinstance(window, list) and len(window) == 2 else [0.0, 0]
 
 
 class StepCheckpoints:

@@ -45,6 +45,7 @@ class Trainer:
         self.seed = seed
         self.quiet = quiet
         self.on_step = None  # called with (loss, lr) after every optimizer step (trackers)
+        self.log_every = 10  # the loss curve's cadence in steps (the runner: tracker.log_every)
         # Writes a step checkpoint: (phase, step, {file stem: tensors}, meta) -> its directory
         # (RunDir.save_step). None: no step checkpoints, and signals are not deferred.
         self.save_step: Callable[[int, int, dict, dict], Any] | None = None
@@ -125,7 +126,7 @@ class Trainer:
         return PhaseCost(
             steps=steps_taken, train_time_s=train_s, tokens_trained=counters.tokens,
             padding_fraction=1.0 - counters.tokens / max(counters.cells, 1),
-            examples=len(examples), final_loss=counters.loss,
+            examples=len(examples), final_loss=counters.loss, loss_curve=counters.loss_curve,
             peak_memory_mb=loop.memory.peak_mb, strategy_time_s=hooks.total,
             skipped_batches=counters.skipped, trainable_params=(
                 sum(p.numel() for p in plan.params)

@@ -32,7 +32,7 @@ def test_the_example_config_asks_for_zero_stage_2(monkeypatch):
     assert not zero.requested()
 
 
-@pytest.mark.parametrize("strategy", ["agem", "grace"])
+@pytest.mark.parametrize("strategy", ["agem", "grace", "wise"])
 def test_zero_refuses_a_strategy_it_cannot_run(tmp_path, monkeypatch, three_stages, strategy):
     cfg = build_config(tiny_config(tmp_path, three_stages, strategies=[strategy]))
     zero_env(monkeypatch)

@@ -130,17 +130,25 @@ def test_cli_compare(tmp_path: Path, capsys):
     for argv, expected in ((["--format", "xml"], "--format: expected one of markdown, csv, "
                                                  "html, got 'xml'"),
                            (["--confidence", "95"], "--confidence: expected a level between 0 "
-                                                    "and 1 (e.g. 0.9), got 95.0"),
-                           ([str(tmp_path / "nope")], "no such run directory"),
-                           ([str(tmp_path)], "results.json: missing")):
+                                                    "and 1 (e.g. 0.9), got 95.0")):
         assert main(["compare", runs[0], *argv]) == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and err[0] == f"everlearn: error: {err[0][18:]}"
         assert expected in err[0]
+    # a directory without results (a failed run, a stray folder) is skipped, the rest compared
+    assert main(["compare", runs[0], str(tmp_path / "nope"), str(tmp_path)]) == 0
+    captured = capsys.readouterr()
+    assert "| 50.00 |" in captured.out
+    assert f"- skipped: {tmp_path / 'nope'} (no such directory)" in captured.out
+    assert f"- skipped: {tmp_path} (no results.json)" in captured.out
+    assert captured.err.splitlines() == [
+        f"everlearn: warning: skipped: {tmp_path / 'nope'} (no such directory)",
+        f"everlearn: warning: skipped: {tmp_path} (no results.json)"]
     (Path(runs[0]) / "config.yaml").write_text("a: [unclosed")
-    assert main(["compare", runs[0]]) == 2
+    assert main(["compare", runs[0]]) == 2  # nothing left to compare: one line
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "config.yaml: not valid YAML" in err
+    assert err.count("\n") == 1 and "no run to compare" in err
+    assert "config.yaml: not valid YAML" in err
 
 
 ENV = {"everlearn": "0.1.0", "python": "3.11.9", "torch": "2.4.0", "transformers": "4.44.0",
@@ -221,3 +229,75 @@ def test_confidence_level_shown_in_every_format(tmp_path: Path):
     assert "final_ap_ci95" in default  # the default keeps its column names
     odd = format_comparison(compare_runs(runs, confidence=0.975), "csv")
     assert "final_ap_ci97_5" in next(csv.reader(io.StringIO(odd)))
+
+
+def test_runs_of_different_streams_are_separate_tables(tmp_path: Path):
+    abc = seeds(tmp_path, "replay", [50.0, 60.0], [-10.0, -12.0])
+    xy = [fake_run(tmp_path, f"xy-s{i}", names=("x", "y"), seed=i, R=[[0, 0], [90, 0], [80, 70]],
+                   metrics={**cl(ap, -5.0), "stages": ["x", "y"]})
+          for i, ap in enumerate((75.0, 85.0))]
+    groups = compare_runs([abc[0], xy[0], abc[1], xy[1]])
+    # seeds of one stream pool; the other stream is its own group, never pooled with it
+    assert [(g.stream, len(g.runs)) for g in groups] == [(("alpha", "beta", "gamma"), 2),
+                                                          (("x", "y"), 2)]
+    assert [g.stats["final_ap"][0] for g in groups] == [55.0, 80.0]
+    md = format_comparison(groups, "markdown")
+    first, second = md.index("Stream: alpha, beta, gamma (2 runs)"), md.index("Stream: x, y")
+    assert first < md.index("| 55.00 ± ") < second < md.index("| 80.00 ± ")
+    assert md.count("| run | strategy |") == 2 and "2 different streams" in md
+    html = format_comparison(groups, "html")
+    assert html.count("<h2>Stream: ") == 2 and html.count("data:image/png;base64,") == 2
+    rows = list(csv.DictReader(io.StringIO(format_comparison(groups, "csv"))))
+    assert [r["stream"] for r in rows] == ["alpha;beta;gamma", "x;y"]
+
+
+def test_one_stream_is_named(tmp_path: Path):
+    runs = seeds(tmp_path, "replay", [50.0, 60.0], [-10.0, -12.0])
+    runs.append(fake_run(tmp_path, "order", names=("gamma", "alpha", "beta"), seed=5,
+                         metrics=cl(70.0, -8.0)))
+    md = format_comparison(compare_runs(runs), "markdown")
+    assert "Every run trains the stages alpha, beta, gamma (in some order)." in md
+    assert "Stream:" not in md and md.count("| run | strategy |") == 1
+
+
+def test_unreadable_runs_are_listed_apart(tmp_path: Path):
+    good = seeds(tmp_path, "replay", [50.0, 60.0], [-10.0, -12.0])
+    missing = tmp_path / "failed"
+    missing.mkdir()
+    damaged = fake_run(tmp_path, "damaged")
+    (damaged / "results.json").write_text('{"R": [[1.0, 2', encoding="utf-8")
+    empty = fake_run(tmp_path, "empty")
+    data = json.loads((empty / "results.json").read_text())
+    (empty / "results.json").write_text(json.dumps({**data, "R": []}), encoding="utf-8")
+    groups = compare_runs([missing, good[0], damaged, empty, good[1]])
+    assert [len(g.runs) for g in groups] == [2]
+    assert [(p.name, why.split(" (")[0]) for p, why in groups.skipped] == [
+        ("failed", "no results.json"), ("damaged", "damaged"), ("empty", "incomplete")]
+    md = format_comparison(groups, "markdown")
+    assert f"- skipped: {missing} (no results.json)" in md
+    assert f"- skipped: {damaged} (damaged (results.json is not valid JSON" in md
+    html = format_comparison(groups, "html")
+    assert 'id="skipped"' in html and f"skipped: {empty} (incomplete (no row of R yet" in html
+    assert "skipped" not in format_comparison(groups, "csv")
+
+
+def test_html_figure_shows_each_group_with_its_interval(tmp_path: Path, monkeypatch):
+    import everlearn.report.figures as figures
+
+    seen = {}
+
+    def spy(labels, metrics, interval):
+        seen.update(labels=labels, metrics=metrics, interval=interval)
+        return real(labels, metrics, interval)
+
+    real = figures.metric_bars_png
+    monkeypatch.setattr(figures, "metric_bars_png", spy)
+    runs = seeds(tmp_path, "replay", [50.0, 60.0, 70.0], [-10.0, -12.0, -14.0])
+    runs += seeds(tmp_path, "ewc", [40.0], [-20.0])
+    html = format_comparison(compare_runs(runs, confidence=0.9), "html")
+    assert seen["interval"] == "90% CI" and len(seen["labels"]) == 2
+    (ap_mean, ap_half), (ewc_ap, ewc_half) = seen["metrics"]["AP"]
+    assert ap_mean == 60.0 and ap_half == pytest.approx(2.919985580 * 10 / math.sqrt(3))
+    assert (ewc_ap, ewc_half) == (40.0, None)  # one run: a bar without an error bar
+    assert seen["metrics"]["BWT"][0][0] == pytest.approx(-12.0)
+    assert html.count("data:image/png;base64,") == 1

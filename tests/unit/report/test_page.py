@@ -189,3 +189,82 @@ def test_report_renders_in_headless_chromium(tmp_path: Path):
     # 2 figures decoded with real sizes, 4 matrix rows (base + 3), 7 metric rows x 2 cells
     assert marker.group(1) == "IMAGES-OK 2 4 14"
     assert "Continual-learning metrics" in dom and "Cost per phase" in dom
+
+
+def captured_figure(monkeypatch, make, results):
+    """The matplotlib Figure a figures.* function draws (its PNG is not rendered)."""
+    import everlearn.report.figures as figures
+
+    seen = []
+    monkeypatch.setattr(figures, "_png", lambda fig: seen.append(fig) or b"")
+    make(results)
+    return seen[0]
+
+
+def ppl_results() -> dict:
+    stages = [{"name": "qa", "metric": "exact_match", "higher_is_better": True},
+              {"name": "news", "metric": "perplexity", "higher_is_better": False}]
+    return {"stages": stages, "phases": [["qa"], ["news"]], "rows": ["base", "qa", "news"],
+            "R": [[10.0, 271.0], [80.0, 267.0], [60.0, 300.0]]}
+
+
+def test_heatmap_colours_scores_0_100_and_perplexity_by_change_from_base(monkeypatch):
+    from everlearn.report.figures import heatmap_png, perplexity_change
+
+    res = ppl_results()
+    assert perplexity_change(res, 1, 1) == pytest.approx(100 * (267 - 271) / 271)  # -1.48%
+    fig = captured_figure(monkeypatch, heatmap_png, res)
+    scores, ppl = fig.axes[0].images
+    # the score map is coloured on the cells' own 0-100 scale, and its colour bar says so
+    assert scores.get_clim() == (0, 100)
+    assert list(scores.get_array()[:, 0]) == [10.0, 80.0, 60.0]
+    # perplexity: relative change from the base row on a symmetric scale of at least +-10%
+    # (here +10.7% is the largest), so 271 -> 267 is a small step, not the whole range
+    span = 100 * (300 - 271) / 271
+    assert ppl.get_clim() == pytest.approx((-span, span))
+    assert list(ppl.get_array()[:, 1]) == pytest.approx([0.0, -400 / 271, 2900 / 271])
+    labels = [a.get_ylabel() or a.get_xlabel() for a in fig.axes[1:]]
+    assert labels == ["score (0-100)", "perplexity: change from the base row (%)"]
+    texts = [t.get_text() for t in fig.axes[0].texts]
+    assert "267.0\n-1.5%" in texts and "80.0" in texts
+
+
+def test_small_perplexity_changes_stay_pale(monkeypatch):
+    from everlearn.report.figures import PPL_MIN_SPAN, heatmap_png
+
+    res = ppl_results()
+    res["R"][2][1] = 269.0
+    ppl = captured_figure(monkeypatch, heatmap_png, res).axes[0].images[1]
+    assert ppl.get_clim() == (-PPL_MIN_SPAN, PPL_MIN_SPAN)
+
+
+def test_loss_curve_figure_and_section(tmp_path: Path, monkeypatch):
+    from tests.helpers.report import cost_entry
+
+    curves = [[[5, 2.0], [10, 1.5]], [[5, 1.8], [10, 1.2]], [[4, 1.1], [10, 0.9]]]
+    cost = [cost_entry(i + 1, n, loss_curve=c)
+            for i, (n, c) in enumerate(zip(("alpha", "beta", "gamma"), curves))]
+    run = fake_run(tmp_path, cost=cost)
+    html = write_report(run).read_text(encoding="utf-8")
+    assert "<h2>Training loss</h2>" in html and (run / "report" / "loss.png").is_file()
+    assert len(embedded_pngs(html)) == 3
+    from everlearn.report.figures import loss_png
+
+    results = json.loads((run / "results.json").read_text())
+    ax = captured_figure(monkeypatch, loss_png, results).axes[0]
+    lines = [ln for ln in ax.get_lines() if len(ln.get_xdata()) > 2 or ln.get_marker() == "."]
+    # each phase's steps follow the 10 steps of the phases before it
+    assert [list(ln.get_xdata()) for ln in lines] == [[5, 10], [15, 20], [24, 30]]
+    assert list(lines[2].get_ydata()) == [1.1, 0.9]
+    old = fake_run(tmp_path, "old")  # results written before curves were kept
+    html = write_report(old).read_text(encoding="utf-8")
+    assert "Training loss" not in html and not (old / "report" / "loss.png").exists()
+
+
+def test_cost_is_two_tables_that_share_the_phase_column(tmp_path: Path):
+    html = write_report(fake_run(tmp_path)).read_text(encoding="utf-8")
+    time_table, size_table = re.findall(r'<table class="cost[^"]*">(.*?)</table>', html)
+    assert "<th>wall s</th>" in time_table and "<th>peak MB</th>" not in time_table
+    assert "<th>peak MB</th>" in size_table and "<th>wall s</th>" not in size_table
+    assert time_table.count("<td>1: alpha</td>") == size_table.count("<td>1: alpha</td>") == 1
+    assert '<div class="tw"><table class="cost">' in html  # a scroll box, never the page

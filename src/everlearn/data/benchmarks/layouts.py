@@ -1,0 +1,158 @@
+"""Where a benchmark's files lie on disk, and how its stream becomes stage entries.
+
+A benchmark names, per task, its folder in each layout its authors publish: SAPT's
+``CL_Benchmark/<Benchmark>/<task>/`` (SuperNI task JSON, ``labels.json`` for the classification
+tasks), O-LoRA's ``CL_Benchmark/<group>/<task>/`` (records ``{label, sentence}`` and
+``labels.json``; the instruction is the group's) and TRACE's ``<task>/`` (records ``{prompt,
+answer}``). ``data_dir`` is the ``CL_Benchmark`` folder (or the benchmark's own folder: the
+task folder's last part is tried there too). :func:`benchmark_stages` turns ``benchmark:
+{name, order, data_dir, ...}`` into the plain stage entries of an ordinary config, so the
+resolved config of a benchmark run is an explicit stream; :func:`read_olora` reads O-LoRA's
+records into prompts laid out as O-LoRA's data loader lays them out.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from everlearn.data.benchmarks import Benchmark, benchmark_files, get_benchmark, load_benchmark
+from everlearn.data.records import Record
+from everlearn.errors import ConfigError, DataError
+
+SPEC_KEYS = ("name", "order", "data_dir", "train_per_task", "test_per_task", "tasks", "layout")
+FORMATS = {"superni": "superni", "olora": "olora", "json": "json"}
+
+
+def benchmark_stages(spec: Any, root: Path | None = None) -> tuple[Benchmark, list[dict]]:
+    """``benchmark: {name, order, data_dir, train_per_task, test_per_task, tasks, layout}`` ->
+    the benchmark and its stage entries in the order's sequence (``tasks: N``: the first N)."""
+    if not isinstance(spec, dict):
+        raise ConfigError("benchmark: expected a mapping {name, order, data_dir, ...}")
+    unknown = sorted(set(spec) - set(SPEC_KEYS))
+    if unknown:
+        raise ConfigError(f"benchmark.{unknown[0]}: unknown; expected {', '.join(SPEC_KEYS)}")
+    if not spec.get("name") or not spec.get("data_dir"):
+        key = "name" if not spec.get("name") else "data_dir"
+        raise ConfigError(f"benchmark.{key}: missing (see `everlearn ls` for the benchmarks)")
+    bench = get_benchmark(str(spec["name"]))
+    order = bench.order(_int(spec, "order", min(bench.orders)))
+    first = _int(spec, "tasks", len(order))
+    data_dir = Path(str(spec["data_dir"])).expanduser()
+    if not data_dir.is_absolute() and root is not None:
+        data_dir = root / data_dir
+    layout = spec.get("layout") or detect_layout(bench, data_dir, order[0])
+    if layout not in bench.layouts:
+        raise ConfigError(f"benchmark.layout: expected one of {', '.join(bench.layouts)} for "
+                          f"{bench.name}, got {layout!r}")
+    stages = [task_stage(bench, layout, data_dir, task, spec) for task in order[:first]]
+    return bench, stages
+
+
+def _int(spec: dict, key: str, default: int) -> int:
+    value = spec.get(key, default)
+    if value is None:
+        return default
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ConfigError(f"benchmark.{key}: expected an integer >= 1, got {value!r}")
+    return value
+
+
+def task_dir(data_dir: Path, rel: str) -> Path:
+    """The task's folder under ``data_dir``: the layout's path, else its last part."""
+    full = data_dir / rel
+    return full if full.is_dir() else data_dir / Path(rel).name
+
+
+def detect_layout(bench: Benchmark, data_dir: Path, task: str) -> str:
+    """The first layout whose folder for ``task`` exists under ``data_dir``."""
+    if not data_dir.is_dir():
+        raise ConfigError(f"benchmark.data_dir: {data_dir}: directory not found")
+    paths = bench.tasks[task].paths
+    for layout, rel in paths.items():
+        if task_dir(data_dir, rel).is_dir():
+            return layout
+    tried = ", ".join(str(data_dir / rel) for rel in paths.values())
+    raise ConfigError(f"benchmark {bench.name}: task {task}: no task folder under {data_dir} "
+                      f"(tried {tried})")
+
+
+def task_stage(bench: Benchmark, layout: str, data_dir: Path, task: str, spec: dict) -> dict:
+    """One stage entry: the task's train and test files, labels, metric and task id."""
+    files = bench.layouts[layout]
+    rel = bench.tasks[task].paths.get(layout)
+    if rel is None:
+        raise ConfigError(f"benchmark {bench.name}: task {task}: not published in the "
+                          f"{layout} layout")
+    folder = task_dir(data_dir, rel)
+    fmt = FORMATS[files.get("records", "json")]
+    stage: dict[str, Any] = {"name": task, "task_id": task}
+    for split in ("train", "test"):
+        path = folder / files[split]
+        if not path.is_file():
+            raise ConfigError(f"benchmark {bench.name}: task {task}: {path}: file not found")
+        stage[split] = {"path": str(path), "format": fmt}
+    labels = read_labels(folder / files["labels"]) if "labels" in files else None
+    labels = labels if labels is not None else bench.tasks[task].labels
+    if labels:
+        stage["labels"] = labels
+    metric = bench.task_metric(task)
+    if metric:
+        stage["metric"] = metric
+    for src, dst in (("train_per_task", "max_train"), ("test_per_task", "max_test")):
+        if spec.get(src) is not None:
+            stage[dst] = _int(spec, src, 1)
+    return stage
+
+
+def read_labels(path: Path) -> list[str] | None:
+    """A task's ``labels.json`` (a list of strings), or None where the layout has none."""
+    if not path.is_file():
+        return None
+    try:
+        labels = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise DataError(f"{path}: expected a JSON list of label strings") from None
+    if not isinstance(labels, list) or not labels or not all(isinstance(x, str) for x in labels):
+        raise DataError(f"{path}: expected a non-empty JSON list of label strings")
+    return labels
+
+
+def olora_instruction(group: str) -> str:
+    """The instruction O-LoRA gives every task of ``group`` (SC, TC, NLI, ...)."""
+    for p in benchmark_files():
+        bench = load_benchmark(p)
+        if "olora" in bench.layouts and group in bench.instructions:
+            return bench.instructions[group]
+    raise DataError(f"O-LoRA layout: no instruction for the task group {group!r} (the folder "
+                    "above the task's); expected one of the groups the benchmarks list")
+
+
+def read_olora(path: str, task: str) -> list[Record]:
+    """O-LoRA's ``[{label, sentence}]`` -> records whose prompt is the group's instruction, the
+    options (from ``labels.json`` beside the file), the sentence and ``Answer:``, as O-LoRA's
+    ``uie_dataset_lora.py`` lays them out (COPA: the sentence carries its own question)."""
+    p = Path(path)
+    if not p.is_file():
+        raise DataError(f"{path}: file not found")
+    try:
+        rows = json.loads(p.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise DataError(f"{path}: expected a JSON list of {{label, sentence}} records") from None
+    labels = read_labels(p.parent / "labels.json")
+    if labels is None:
+        raise DataError(f"{p.parent / 'labels.json'}: file not found (the O-LoRA layout keeps "
+                        "each task's label set there)")
+    instruction = olora_instruction(p.parent.parent.name)
+    head = f"{instruction}Option: {', '.join(labels)} \n" if instruction else ""
+    if not isinstance(rows, list):
+        raise DataError(f"{path}: expected a JSON list of {{label, sentence}} records")
+    records = []
+    for i, row in enumerate(rows):
+        if not isinstance(row, dict) or not isinstance(row.get("sentence"), str) \
+                or not isinstance(row.get("label"), str):
+            raise DataError(f"{path}: record {i}: expected label and sentence strings")
+        records.append(Record(prompt=f"{head}{row['sentence']}\nAnswer:",
+                              answers=[row["label"]], task=task, meta={"id": str(i)}))
+    return records

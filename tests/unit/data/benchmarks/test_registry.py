@@ -1,0 +1,71 @@
+"""The benchmark registry: every file loads, orders are the authors', label sets theirs."""
+
+from pathlib import Path
+
+import pytest
+
+from everlearn.data.benchmarks import (
+    benchmark_names,
+    get_benchmark,
+    load_benchmark,
+    read_published,
+)
+from everlearn.errors import ConfigError
+
+
+def test_the_registered_benchmarks():
+    assert set(benchmark_names()) == {"olora-standard", "long-sequence", "superni-15", "trace"}
+
+
+def test_olora_orders_are_the_scripts_orders():
+    b = get_benchmark("olora-standard")
+    assert b.order(1) == ["dbpedia", "amazon", "yahoo", "agnews"]
+    assert b.order(2) == ["dbpedia", "amazon", "agnews", "yahoo"]
+    assert b.order(3) == ["yahoo", "amazon", "agnews", "dbpedia"]
+    assert b.tasks["agnews"].labels == ["World", "Sports", "Business", "Science or Technology"]
+    assert len(b.tasks["dbpedia"].labels) == 14 and len(b.tasks["yahoo"].labels) == 10
+
+
+def test_long_sequence_and_superni_orders():
+    ls = get_benchmark("long-sequence")
+    assert ls.order(4)[:3] == ["yelp", "amazon", "mnli"] and ls.order(4)[-1] == "wic"
+    assert ls.order(5)[0] == "mnli" and ls.order(5)[-1] == "yahoo"
+    assert ls.tasks["cb"].labels == ["entailment", "contradiction", "neutral"]
+    sn = get_benchmark("superni-15")
+    assert sn.order(1)[0] == "task1572_samsum_summary"
+    assert sn.order(2)[0] == "task748_glucose_reverse_cause_event_detection"
+    assert sn.metric == "rouge_l" and sn.order(1)[-1] == sn.order(2)[-1]
+
+
+def test_trace_metrics_per_task_and_bwt_over_t():
+    t = get_benchmark("trace")
+    assert t.order(1) == ["C-STANCE", "FOMC", "MeetingBank", "Py150", "ScienceQA",
+                          "NumGLUE-cm", "NumGLUE-ds", "20Minuten"]
+    assert t.task_metric("MeetingBank") == "rouge_l" and t.task_metric("FOMC") == "exact_match"
+    assert t.tasks["20Minuten"].paper_metric == "SARI" and t.tasks["20Minuten"].deviation
+    assert t.bwt == "bwt_trace"
+
+
+def test_unknown_name_and_order_are_one_line_errors():
+    with pytest.raises(ConfigError, match="expected one of .*superni-15.*got 'nope'"):
+        get_benchmark("nope")
+    with pytest.raises(ConfigError, match="order: expected one of 1, 2, 3, got 9"):
+        get_benchmark("olora-standard").order(9)
+
+
+def test_a_broken_file_names_the_field(tmp_path: Path):
+    p = tmp_path / "x.yaml"
+    p.write_text("name: x\nsources: {}\nlayouts: {a: {}}\ntasks:\n  t: {paths: {a: t}}\n"
+                 "orders: {1: [t, t]}\n")
+    with pytest.raises(ConfigError, match=r"x.yaml: orders.1: expected .* permutation"):
+        load_benchmark(p)
+
+
+def test_published_numbers_need_their_source(tmp_path: Path):
+    p = tmp_path / "pub.yaml"
+    p.write_text("- {method: Replay, model: T5-large, metric: AP, value: 50.0}\n")
+    with pytest.raises(ConfigError, match=r"pub.yaml: published.0.source: missing"):
+        read_published(p)
+    p.write_text("published:\n- {method: Replay, model: T5-large, metric: AP, value: 50.0, "
+                 "source: 'paper, Table 1'}\n")
+    assert read_published(p)[0]["value"] == 50.0
