@@ -297,7 +297,7 @@ def _print_benchmarks() -> None:
     for p in benchmark_files():
         b = load_benchmark(p)
         metrics = sorted({b.task_metric(t) or "default" for t in b.tasks})
-        print(f"  {b.name:<14} {b.title}; {len(b.tasks)} tasks [{', '.join(metrics)}]; "
+        print(f"  {b.name:<14} {b.title}; {plural(len(b.tasks), 'task')} [{', '.join(metrics)}]; "
               f"layouts: {', '.join(b.layouts)}; published numbers: {len(b.published)}")
         for k, order in b.orders.items():
             print(f"  {'':<14}   order {k}: {' -> '.join(order)}")
