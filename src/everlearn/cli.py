@@ -1,4 +1,4 @@
-"""Command line: ``everlearn run | eval | report | compare | sweep | ls | validate``.
+"""Command line: ``everlearn run | eval | report | compare | sweep | ls | validate | export``.
 
 Errors from bad input print as one line (``everlearn: error: FILE: FIELD: expected ...``) with
 exit status 2, never a traceback.
@@ -36,6 +36,7 @@ EPILOG = """examples:
   everlearn run --benchmark superni-15 --order 1 --data-dir CL_Benchmark/SuperNI
   everlearn verify runs/bench-*                   # runs beside the benchmark's published numbers
   everlearn ls
+  everlearn export runs/mine --stage 2 --out adapters/stage2   # a PEFT adapter directory
 """
 
 
@@ -47,7 +48,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"everlearn {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
     for add in (_add_run, _add_eval, _add_report, _add_compare, _add_sweep, _add_ls_validate,
-                _add_verify):
+                _add_verify, _add_export):
         add(sub)
     return p
 
@@ -70,6 +71,9 @@ def _add_run(sub) -> None:
                      "(default: its first)")
     run.add_argument("--data-dir", metavar="DIR", help="the folder holding the benchmark's "
                      "tasks in a layout its authors publish (e.g. CL_Benchmark)")
+    run.add_argument("--base-cache", metavar="DIR", help="share the base row's stage scores "
+                     "with other runs through DIR, keyed by the content of the model, data and "
+                     "scoring settings (a sweep uses SWEEP_DIR/cache)")
 
 
 def _add_eval(sub) -> None:
@@ -132,7 +136,8 @@ def _add_ls_validate(sub) -> None:
     sub.add_parser("ls", help="list stage kinds, strategies, built-in tasks and suites, "
                   "embedded models, benchmarks and presets")
 
-    val = sub.add_parser("validate", help="check a config and its data without training")
+    val = sub.add_parser("validate", help="check a config, its data, the model's config and "
+                         "tokenizer and the tracker's package, without training")
     val.add_argument("config", nargs="?", help="stream YAML")
     val.add_argument("--preset", help="a built-in config instead of CONFIG")
     val.add_argument("overrides", nargs="*", metavar="key=value")
@@ -158,6 +163,36 @@ def cmd_verify(args) -> int:
     return 0
 
 
+def _add_export(sub) -> None:
+    ex = sub.add_parser("export", help="write a stage's weights as a PEFT adapter or a model "
+                        "directory", description="Export stage K of a run: its LoRA as a PEFT "
+                        "adapter directory (PeftModel.from_pretrained loads it), or with "
+                        "--merged the base model with the adapter merged in; full fine-tuning "
+                        "as a save_pretrained model directory. AutoModelForCausalLM loads "
+                        "--merged and full exports.")
+    ex.add_argument("run_dir", metavar="RUN_DIR")
+    ex.add_argument("--stage", type=int, required=True, metavar="K",
+                    help="the phase to export, as RUN_DIR/checkpoints/phase-K (1 = the first)")
+    ex.add_argument("--out", required=True, metavar="DIR",
+                    help="a new or empty directory to write into")
+    ex.add_argument("--merged", action="store_true",
+                    help="LoRA: the base model with the adapter merged in (save_pretrained)")
+    ex.add_argument("--push-to-hub", metavar="REPO",
+                    help="then upload DIR to the Hugging Face Hub model repository REPO")
+
+
+def cmd_export(args) -> int:
+    from everlearn.runs.export import export_stage
+
+    done = export_stage(args.run_dir, args.stage, args.out, merged=args.merged,
+                        push_to_hub=args.push_to_hub)
+    trained = f" ({'+'.join(done.stages)})" if done.stages else ""
+    print(f"stage {done.phase}{trained}: {done.form} written to {done.out}")
+    if done.pushed:
+        print(f"pushed to https://huggingface.co/{done.pushed}")
+    return 0
+
+
 def cmd_run(args) -> int:
     from everlearn.report.tables import format_summary
     from everlearn.runs.runner import resume_run, start_run
@@ -166,11 +201,12 @@ def cmd_run(args) -> int:
         if args.config or args.overrides or args.preset or args.benchmark:
             raise EverlearnError("--resume takes the config from the run directory; "
                                  "do not pass CONFIG or overrides with it")
-        path, results = resume_run(args.resume, quiet=args.quiet)
+        path, results = resume_run(args.resume, quiet=args.quiet, base_cache=args.base_cache)
     else:
         bench = benchmark_overrides(args.benchmark, args.order, args.data_dir)
         cfg, source = load_run_config(args.config, args.overrides, args.preset, bench)
-        path, results = start_run(cfg, args.output, quiet=args.quiet, source=source)
+        path, results = start_run(cfg, args.output, quiet=args.quiet, source=source,
+                                  base_cache=args.base_cache)
     from everlearn.parallel import distributed
 
     if not distributed.is_main():  # several processes: rank 0 prints and writes the report
@@ -253,21 +289,20 @@ def cmd_eval(args) -> int:
 
 
 def cmd_ls(args) -> int:
+    # torch-free: kinds and strategies are read from their declarations (everlearn.listing)
     from everlearn.data.builtin import list_builtin_tasks
-    from everlearn.models.loading import EMBEDDED_MODELS
+    from everlearn.listing import kind_entries, strategy_entries
+    from everlearn.models.source import EMBEDDED_MODELS
     from everlearn.presets import PRESETS
-    from everlearn.stages import get_kind, kinds
-    from everlearn.strategies import STRATEGIES
-    from everlearn.strategies.base import option_fields
+    from everlearn.schema import option_fields
 
     print("stage kinds (stage field `kind:`; metrics it may be scored by):")
-    for name in kinds():
-        kind = get_kind(name)
-        print(f"  {name:<14} [{', '.join(kind.metrics)}] {kind.description}")
+    for kind in kind_entries():
+        print(f"  {kind.name:<14} [{', '.join(kind.metrics)}] {kind.description}")
     print("\nstrategies:")
-    for name, cls in sorted(STRATEGIES.items()):
-        print(f"  {name:<14} {cls.summary}")
-        for opt, default, help_ in option_fields(cls):
+    for entry in strategy_entries():
+        print(f"  {entry.name:<14} {entry.summary}")
+        for opt, default, help_ in entry.options:
             print(f"  {'':<14}   {opt}={default!r}: {help_}")
     print("\nbuilt-in tasks (stage field `builtin:`):")
     for t in list_builtin_tasks():
@@ -308,6 +343,7 @@ def _print_benchmarks() -> None:
 def cmd_validate(args) -> int:
     from everlearn.stages.stream import build_stream
     from everlearn.strategies import build_strategy
+    from everlearn.validation import check_before_run
 
     cfg, source = load_run_config(args.config, args.overrides, args.preset)
     stack = build_strategy(cfg.strategies, source, cfg.model.finetune)
@@ -315,6 +351,7 @@ def cmd_validate(args) -> int:
     if cfg.text_stream is not None and stack.plan(stream.stages) is not None:
         raise ConfigError(f"{source}: strategies: a strategy that groups stages into phases "
                           "(joint) does not apply to a text_stream")
+    found = check_before_run(cfg, source)
     strategy = "+".join(s.name for s in cfg.strategies)
     print(f"{source}: ok — {plural(len(stream), 'stage')}, strategy {strategy}")
     for st in stream:
@@ -335,6 +372,8 @@ def cmd_validate(args) -> int:
                   f"stage {stream.stages[-1].name} ({rc.update})")
         print(f"  recycle: adapters carried over the update ({update}) by "
               f"{', '.join(rc.policies)}")
+    for line in found:  # the model (and new base) that will load
+        print(f"  {line}")
     return 0
 
 
@@ -348,7 +387,7 @@ def main(argv: list[str] | None = None) -> int:
     # PEFT calls a transformers method that v5 deprecates; users cannot act on the warning.
     warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    if args.command not in ("report", "compare", "sweep", "verify"):  # never load transformers
+    if args.command not in ("report", "compare", "sweep", "verify", "ls"):  # no transformers
         from transformers.utils import logging as hf_logging
 
         hf_logging.set_verbosity_error()
@@ -361,7 +400,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return {"run": cmd_run, "eval": cmd_eval, "report": cmd_report, "compare": cmd_compare,
                 "sweep": cmd_sweep, "ls": cmd_ls, "validate": cmd_validate,
-                "verify": cmd_verify}[args.command](args)
+                "verify": cmd_verify, "export": cmd_export}[args.command](args)
     except EverlearnError as exc:
         one_line = " ".join(str(exc).splitlines())  # e.g. a parser's message quoting input
         print(f"everlearn: error: {one_line}", file=sys.stderr)

@@ -59,7 +59,8 @@ class ModelConfig:
 
     name: str = field(
         "smollm2-135m-instruct",
-        "Embedded name (see `everlearn ls`), Hugging Face id, local directory or .gguf file.",
+        "Embedded name (see `everlearn ls`), Hugging Face id, local directory or .gguf file; "
+        "a path or bare name is looked for beside the config file first, then is a Hub id.",
     )
     gguf_file: str | None = field(None, "GGUF file name inside `name` when `name` is a directory.")
     revision: str | None = field(None, "Hub revision (branch, tag or commit) for a Hub id.")

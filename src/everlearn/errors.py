@@ -23,3 +23,7 @@ class ResumeError(EverlearnError):
 
 class TrainingError(EverlearnError):
     """Training hit a fault (e.g. a non-finite loss)."""
+
+
+class ExportError(EverlearnError):
+    """A run's stage cannot be exported (missing, not kept, or not expressible as PEFT/HF)."""

@@ -135,3 +135,18 @@ def test_switched_off_no_files_and_no_key_and_resume_may_switch_it(tmp_path):
     assert resumed["R"] == res["R"]
     assert resumed["predictions"] == [{}, {}, {"red": "predictions/row-02/01-red.jsonl",
                                                "green": "predictions/row-02/02-green.jsonl"}]
+
+
+def test_a_base_row_from_the_cache_has_the_same_predictions(tmp_path):
+    """A sweep's points share the base row (everlearn.runs.base_cache): the second run's base
+    scores come from the cache, and its predictions files are the first run's."""
+    stages = _stages(tmp_path)[:2]
+    cfg = tiny_config(tmp_path, stages)
+    cfg["train"].update(steps=1, batch_size=4)
+    first, _ = start_run(build_config(cfg), tmp_path / "a", quiet=True,
+                         base_cache=tmp_path / "cache")
+    second, res = start_run(build_config(cfg), tmp_path / "b", quiet=True,
+                            base_cache=tmp_path / "cache")
+    assert "from the cache" in (second / "log.txt").read_text()
+    for rel in res["predictions"][0].values():
+        assert (second / rel).read_text() == (first / rel).read_text()

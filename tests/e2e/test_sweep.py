@@ -84,6 +84,13 @@ def test_sweep_runs_every_point_and_pools_seeds(sweep2x2):
     assert "| seqft | 2 | seeds 0,1 |" in md and "| replay | 2 | seeds 0,1 |" in md
     assert "<table>" in (sweep_dir / "compare.html").read_text()
     assert "[4/4]" in sweep2x2["out"] and str(sweep_dir / "compare.md") in sweep2x2["out"]
+    # the base row is the same model on the same data for every point: one entry per stage in
+    # SWEEP_DIR/cache (two points running at once may both score it; they write the same entry)
+    entries = list((sweep_dir / "cache" / "base-row").glob("*.json"))
+    assert len(entries) == 2
+    base_rows = {tuple(json.loads((sweep_dir / p["dir"] / "results.json").read_text())["R"][0])
+                 for p in manifest["points"]}
+    assert len(base_rows) == 1
 
 
 def test_sweep_logs_its_points_and_each_point_its_run(sweep2x2):

@@ -5,8 +5,9 @@ their own training data (pseudo_replay, ssr).
 prompts sorted by length so that left padding stays small, results back in the caller's order,
 each continuation cut at the first stop token (the chat template's end-of-turn as well as
 EOS) before it is decoded, and, where the caller can tell, a row stopped as soon as what it
-wrote can no longer score (``alive``): an untrained model otherwise writes on to
-``max_new_tokens`` in every row of the batch.
+wrote can no longer score (``alive``) or, for answers of one line (``single_line``), as soon as
+its first line has ended: an untrained model otherwise writes on to ``max_new_tokens`` in every
+row of the batch.
 """
 
 from __future__ import annotations
@@ -20,22 +21,31 @@ from transformers import StoppingCriteria, StoppingCriteriaList
 from everlearn.data.encode import Encoded, collate, image_inputs
 
 
-class _StopWhenHopeless(StoppingCriteria):
-    """Finishes the rows whose text so far ``alive(prompt index, text)`` rejects, and keeps
-    how many tokens each had then (``generate`` pads a finished row from there on)."""
+class _StopRows(StoppingCriteria):
+    """Finishes the rows that ``done(prompt index, new tokens)`` says are finished, and keeps
+    how many tokens each had then (``generate`` pads a finished row from there on). Rows are
+    judged one by one, so each row of a batch stops on its own."""
 
-    def __init__(self, rows: list[int], width: int, text_of: Callable[[list[int]], str],
-                 alive: Callable[[int, str], bool]):
-        self.rows, self.width, self.text_of, self.alive = rows, width, text_of, alive
+    def __init__(self, rows: list[int], width: int, done: Callable[[int, list[int]], bool]):
+        self.rows, self.width, self.done = rows, width, done
         self.stopped_at: dict[int, int] = {}
 
     def __call__(self, input_ids, scores, **kwargs) -> torch.BoolTensor:
-        done = []
+        finished = []
         for i, row in zip(self.rows, input_ids[:, self.width:].tolist()):
-            if i not in self.stopped_at and not self.alive(i, self.text_of(row)):
+            if i not in self.stopped_at and self.done(i, row):
                 self.stopped_at[i] = len(row)
-            done.append(i in self.stopped_at)
-        return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
+            finished.append(i in self.stopped_at)
+        return torch.tensor(finished, dtype=torch.bool, device=input_ids.device)
+
+
+def first_line_end(text: str) -> int | None:
+    """Where the first line of ``text`` ends (the index of its newline), leading whitespace
+    skipped (a continuation that opens with a newline has not started its answer yet); None
+    while that line is still open."""
+    start = len(text) - len(text.lstrip())
+    end = text.find("\n", start)
+    return None if end < 0 else end
 
 
 def decode_batched(model, encoder, prompt_ids: list[list[int]], max_new_tokens: int, *,
@@ -43,7 +53,8 @@ def decode_batched(model, encoder, prompt_ids: list[list[int]], max_new_tokens: 
                    batch_size: int = 8, sampling: dict | None = None, strip: bool = True,
                    on_batch: Callable[[int], None] | None = None,
                    images: list[dict | None] | None = None,
-                   alive: Callable[[int, str], bool] | None = None) -> list[str]:
+                   alive: Callable[[int, str], bool] | None = None,
+                   single_line: bool = False) -> list[str]:
     """Continuations of ``prompt_ids`` (token ids, already truncated), in the order given.
 
     ``sampling`` holds ``generate`` keyword arguments (``do_sample``, ``top_p``...); greedy
@@ -52,6 +63,8 @@ def decode_batched(model, encoder, prompt_ids: list[list[int]], max_new_tokens: 
     vision-language model's prompts with image placeholders). ``alive(i, text)``: whether
     prompt ``i``'s continuation so far (decoded as it will be returned) can still score; a row
     it rejects stops there, so its returned text is the prefix that decided it.
+    ``single_line``: the answers are one line each, so a row stops once its first line has
+    ended (see :func:`first_line_end`) and what is returned is that line, without the newline.
     """
     kwargs = sampling or {"do_sample": False}
     order = sorted(range(len(prompt_ids)), key=lambda i: (len(prompt_ids[i]), i))
@@ -60,10 +73,19 @@ def decode_batched(model, encoder, prompt_ids: list[list[int]], max_new_tokens: 
     was_training = model.training
     model.eval()
 
-    def text_of(row: list[int]) -> str:
+    def raw_text(row: list[int]) -> str:
         cut = next((k for k, t in enumerate(row) if t in stops), len(row))
-        text = encoder.tok.decode(row[:cut], skip_special_tokens=True)
+        return encoder.tok.decode(row[:cut], skip_special_tokens=True)
+
+    def text_of(row: list[int]) -> str:
+        text = raw_text(row)
+        end = first_line_end(text) if single_line else None
+        text = text if end is None else text[:end]
         return text.strip() if strip else text
+
+    def done(i: int, row: list[int]) -> bool:
+        return ((single_line and first_line_end(raw_text(row)) is not None)
+                or (alive is not None and not alive(i, text_of(row))))
 
     try:
         for s in range(0, len(order), batch_size):
@@ -73,18 +95,18 @@ def decode_batched(model, encoder, prompt_ids: list[list[int]], max_new_tokens: 
                             encoder.pad_id, left=True)
             ids = batch["input_ids"].to(device)
             pixels = {k: v.to(device) for k, v in image_inputs(batch).items()}
-            hopeless = (_StopWhenHopeless(idx, ids.shape[1], text_of, alive)
-                        if alive is not None else None)
+            stopper = (_StopRows(idx, ids.shape[1], done)
+                       if alive is not None or single_line else None)
             with torch.no_grad(), autocast():
                 gen = model.generate(input_ids=ids,
                                      attention_mask=batch["attention_mask"].to(device),
                                      max_new_tokens=max_new_tokens, use_cache=True,
                                      eos_token_id=encoder.stop_ids, pad_token_id=encoder.pad_id,
                                      stopping_criteria=StoppingCriteriaList(
-                                         [hopeless] if hopeless else []),
+                                         [stopper] if stopper else []),
                                      **pixels, **kwargs)
             for i, row in zip(idx, gen[:, ids.shape[1]:].tolist()):
-                end = hopeless.stopped_at.get(i, len(row)) if hopeless else len(row)
+                end = stopper.stopped_at.get(i, len(row)) if stopper else len(row)
                 out[i] = text_of(row[:end])
             if on_batch is not None:
                 on_batch(len(idx))

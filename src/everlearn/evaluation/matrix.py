@@ -41,6 +41,13 @@ __all__ = ["SUBSETS_KEPT", "Evaluator", "StageScore", "cached_option_scoring"]
 RecordScorer = Callable[..., list[tuple[float, str, dict[str, Any]]]]
 
 
+
+def single_line_answers(stage: Stage) -> bool:
+    """Whether every reference answer of the stage's test set is one line: then generation
+    stops at the end of the first line (the answer has ended; what follows cannot score)."""
+    answers = [a for r in stage.test for a in r.answers]
+    return bool(answers) and all("\n" not in a.strip() for a in answers)
+
 class Evaluator(EditScoring, PreferenceScoring, OptionAccuracy):
     """Scores stages with one model; tokenised test sets are cached across rows of R."""
 
@@ -156,6 +163,6 @@ class Evaluator(EditScoring, PreferenceScoring, OptionAccuracy):
                              device=self.acc.device, autocast=self.acc.autocast,
                              batch_size=self.cfg.batch_size, on_batch=bar.update,
                              images=images if any(p is not None for p in images) else None,
-                             alive=still)
+                             alive=still, single_line=single_line_answers(stage))
         bar.close()
         return out

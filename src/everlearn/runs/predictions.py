@@ -41,12 +41,19 @@ def write_predictions(run_dir: str | Path, row: int, stages: list, scores: list
         if score is None or score.samples is None:
             continue
         rel = prediction_file(row, position, stage.name)
-        lines = [json.dumps(finite({"row": row, "stage": stage.name, **sample}),
-                            ensure_ascii=False, allow_nan=False) + "\n"
-                 for sample in score.samples]
+        lines = [json.dumps(finite(line(row, stage.name, sample)), ensure_ascii=False,
+                            allow_nan=False) + "\n" for sample in score.samples]
         write_atomic(Path(run_dir) / rel, "".join(lines))
         written[stage.name] = rel
     return written
+
+
+def line(row: int, stage_name: str, sample: dict[str, Any]) -> dict[str, Any]:
+    """One line: row, stage, index, the sample's other fields by name, score last (one order
+    whether the sample was just scored or read back from the base-row cache)."""
+    rest = {k: sample[k] for k in sorted(sample) if k not in ("index", "score")}
+    return {"row": row, "stage": stage_name, "index": sample.get("index"), **rest,
+            "score": sample.get("score")}
 
 
 def finite(value: Any) -> Any:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +21,7 @@ from everlearn.errors import EverlearnError, ResumeError
 from everlearn.wording import plural
 
 RESULTS_FILE = "results.json"
+GENERAL_KEYS = ("general", "general_kl")  # the top-level keys Results.general holds
 
 
 @dataclass
@@ -108,6 +109,14 @@ class Results:
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2, allow_nan=False) + "\n"
 
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Results:
+        """The inverse of :meth:`to_dict` (``general`` / ``general_kl`` back into
+        ``general``); keys this version does not know are left out."""
+        names = {f.name for f in fields(cls)} - {"general"}
+        known = {k: v for k, v in data.items() if k in names}
+        return cls(**known, general={k: data[k] for k in GENERAL_KEYS if k in data})
+
 
 def stage_entry(stage, truncated: dict[str, float] | None = None) -> dict[str, Any]:
     """results.json ``stages`` entry of a stage (``truncated``: the share of its examples the
@@ -145,6 +154,20 @@ def write_results(run_dir: str | Path, results: Results) -> dict[str, Any]:
 
     write_atomic(results_path(run_dir), results.to_json())
     return results.to_dict()
+
+
+def read_results(run_dir: str | Path) -> Results:
+    """RUN_DIR/results.json as a typed :class:`Results` (the Python API's ``load_results``);
+    a missing or malformed file is a one-line EverlearnError naming it."""
+    data = read_for_report(run_dir)
+    missing = [k for k in ("status", "name", "strategies", "model", "finetune", "phases",
+                           "rows", "cost", "strategy_metrics") if k not in data]
+    if missing:
+        raise EverlearnError(f"{results_path(run_dir)}: {missing[0]}: missing; expected the "
+                             "results.json of an everlearn run")
+    data.setdefault("scenario", None)
+    data.setdefault("base_eval_time_s", 0.0)
+    return Results.from_dict(data)
 
 
 def read_for_resume(run_dir: str | Path) -> dict[str, Any]:

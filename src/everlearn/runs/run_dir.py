@@ -6,8 +6,9 @@ Layout::
     RUN_DIR/results.json           R so far, metrics, cost per phase (rewritten after each phase)
     RUN_DIR/checkpoints/phase-01/  trainable.safetensors, strategy.safetensors, strategy.json,
                                    optimizer.safetensors (a text stream: AdamW's state, carried
-                                   over the boundary), done.json (written last: names the files
-                                   and their sha256)
+                                   over the boundary), adapter/ (LoRA runs: the phase's adapter
+                                   as PEFT saves one, everlearn.runs.peft_adapter), done.json
+                                   (written last: names the files and their sha256)
     RUN_DIR/checkpoints/steps/phase-02-step-000040/
                                    a step checkpoint inside a phase (train.checkpoint_every,
                                    or an interrupt): state.safetensors (weights, optimizer,
@@ -33,6 +34,7 @@ import os
 import re
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +46,7 @@ from everlearn.parallel import distributed as dist
 from everlearn.training import stepstate
 
 log = logging.getLogger("everlearn")
+ADAPTER_DIR = "adapter"  # a phase's LoRA as a PEFT adapter directory (runs.peft_adapter)
 
 
 def umask() -> int:
@@ -182,9 +185,12 @@ class RunDir:
 
     def save_phase(self, phase: int, weights: dict[str, torch.Tensor] | None,
                    strategy_state: dict[str, Any],
-                   optimizer: dict[str, torch.Tensor] | None = None) -> None:
+                   optimizer: dict[str, torch.Tensor] | None = None,
+                   extra: Callable[[Path], list[str]] | None = None) -> None:
         """Checkpoint a finished phase; ``done.json`` is written last and marks it complete.
-        ``optimizer``: the optimizer state a text stream carries into its next segment."""
+        ``optimizer``: the optimizer state a text stream carries into its next segment.
+        ``extra(phase_dir)`` writes more files there (the PEFT ``adapter/`` directory of
+        everlearn.runs.peft_adapter) and names them, relative to it, for done.json."""
         if not dist.is_main():
             return
         d = self.phase_dir(phase)
@@ -201,11 +207,13 @@ class RunDir:
         write_json(d / "strategy.json", strategy_state.get("meta", {}))
         for name in ("strategy.safetensors", "strategy.json"):
             files[name] = sha256(d / name)
+        for name in extra(d) if extra is not None else []:
+            files[name] = sha256(d / name)
         write_json(d / "done.json", {"phase": phase, "files": files})
 
     def drop_weights(self, phase: int) -> None:
-        """Remove a phase's weights (keep_stage_weights: last), and the optimizer state that
-        goes with them, but keep its strategy state."""
+        """Remove a phase's weights (keep_stage_weights: last), the optimizer state and the
+        PEFT adapter directory that go with them, but keep its strategy state."""
         if not dist.is_main():
             return
         d = self.phase_dir(phase)
@@ -213,12 +221,14 @@ class RunDir:
         if not done.exists():
             return
         meta = json.loads(done.read_text())
-        dropped = [name for name in ("trainable.safetensors", "optimizer.safetensors")
+        adapter = [name for name in meta["files"] if name.startswith(f"{ADAPTER_DIR}/")]
+        dropped = [name for name in ("trainable.safetensors", "optimizer.safetensors", *adapter)
                    if meta["files"].pop(name, None) is not None]
         if dropped:
             write_json(done, meta)
             for name in dropped:
                 (d / name).unlink(missing_ok=True)
+            shutil.rmtree(d / ADAPTER_DIR, ignore_errors=True)
 
     def load_phase(self, phase: int, need_weights: bool):
         """(weights or None, strategy state) of a finished phase, verified by checksum; a text

@@ -41,7 +41,14 @@ from everlearn.models.loading import (
 )
 from everlearn.parallel import distributed as dist
 from everlearn.parallel import fsdp
+from everlearn.runs.base_cache import (
+    BaseRowCache,
+    cacheable,
+    scoring_settings,
+    tokenizer_fingerprint,
+)
 from everlearn.runs.metrics import compute_metrics
+from everlearn.runs.peft_adapter import phase_writer
 from everlearn.runs.predictions import write_predictions
 from everlearn.runs.recycle import RecycleRun
 from everlearn.runs.results import (
@@ -139,6 +146,10 @@ class Run:
             [] if cfg.text_stream is not None else planned or [[s] for s in stages])
         self.rows: list[Row] = []  # R's rows so far, each with what was measured with it
         self.base_eval_s = 0.0
+        # the base row's stage scores shared by content (everlearn.runs.base_cache), when the
+        # caller names a cache directory (`everlearn run --base-cache`, every sweep point)
+        self.base_cache_dir: Path | None = None
+        self.base_cache: BaseRowCache | None = None
         self.probes: GeneralProbes | None = None
         self.session: Session | None = None  # everlearn.runs.session, once execute begins
         self.tracker = Tracker(cfg, self.dir.path)  # a missing tracker package fails here
@@ -313,6 +324,10 @@ class Run:
         self.trainer.vision = self.vision
         self.evaluator = Evaluator(acc, encoder, cfg.eval, self.quiet)
         self.evaluator.activate = self.strategy.activate  # what a routed choice switches on
+        if self.base_cache_dir is not None:
+            self.base_cache = BaseRowCache(
+                self.base_cache_dir, scoring_settings(cfg, acc.mixed_precision, acc.device.type),
+                tokenizer_fingerprint(encoder.tok))
         # general probes take their reference from the base model: before any resumed weights
         if cfg.eval.general_probes or cfg.eval.lm_eval.tasks:
             self.probes = GeneralProbes.prepare(cfg.eval, self.dir.path, model, encoder,
@@ -397,7 +412,7 @@ class Run:
         general = self.probes.measure(self.model) if self.probes else {}
         cols = scored_columns(cfg.eval.every, cfg.eval.sample_earlier, cfg.seed,
                               self.phase_cols, row)
-        scores = [self.evaluator.score(self.model, st, router)
+        scores = [self._score(st, router, row)
                   if cols is None or j in cols else None for j, st in enumerate(stages)]
         for st, s in zip(stages, scores):
             if s is not None:
@@ -413,6 +428,14 @@ class Run:
                    temporal=row_counts(stages, scores), general=general,
                    predictions=predictions)
 
+    def _score(self, stage: Stage, router, row: int):
+        """A stage's score in row ``row``; the base row's through the cache where it may."""
+        cache = self.base_cache
+        if row == 0 and cache is not None and cacheable(stage, router,
+                                                        self.session.acc.num_processes):
+            return cache.score(self.evaluator, self.model, stage)
+        return self.evaluator.score(self.model, stage, router)
+
     def _save_phase(self, phase: int) -> None:
         """Checkpoint phase ``phase``, rewrite results.json, log the row to the tracker."""
         weights, state = trainable_state(self.model), self.strategy.state_dict()
@@ -421,8 +444,9 @@ class Run:
             f"strategy/{k}": v for k, v in state.get("tensors", {}).items()}},
             state.get("meta"))
         source = self.phase_source
+        adapter = phase_writer(self.cfg, self.model, weights, state, self.strategy.names)
         self.dir.save_phase(phase, weights, state, stepstate.flatten(self.trainer.carried)
-                            if source.carries_optimizer else None)
+                            if source.carries_optimizer else None, extra=adapter)
         self.dir.drop_steps()  # the stage checkpoint supersedes them
         self._write("complete" if source.finished(phase) else "running")
         self.tracker.log_row(phase, self.rows[-1].scores, self.stream.stages,
@@ -435,8 +459,10 @@ class Run:
 
 
 def start_run(cfg: RunConfig, run_dir: str | Path | None = None, quiet: bool = False,
-              source: str = "config") -> tuple[Path, dict[str, Any]]:
-    """A new run; ``run_dir`` must not already hold results."""
+              source: str = "config", base_cache: str | Path | None = None
+              ) -> tuple[Path, dict[str, Any]]:
+    """A new run; ``run_dir`` must not already hold results. ``base_cache``: a directory
+    whose base-row scores runs share (everlearn.runs.base_cache)."""
     dist.init()
     if run_dir is not None and not str(run_dir).strip():
         raise ConfigError(f"--output: expected a directory for the run, got {str(run_dir)!r}")
@@ -449,10 +475,11 @@ def start_run(cfg: RunConfig, run_dir: str | Path | None = None, quiet: bool = F
     with run_log(path):  # also the errors of building the stream (a bad data file)
         log.info("everlearn %s: new run %s in %s, from %s", __version__, cfg.name, path, source)
         log.info("resolved config:\n%s", dump_yaml(cfg).rstrip())
-        return path, driver(cfg, path, quiet, source).execute(resume=False)
+        return path, driver(cfg, path, quiet, source, base_cache).execute(resume=False)
 
 
-def resume_run(run_dir: str | Path, quiet: bool = False) -> tuple[Path, dict[str, Any]]:
+def resume_run(run_dir: str | Path, quiet: bool = False, base_cache: str | Path | None = None
+               ) -> tuple[Path, dict[str, Any]]:
     """Continue a run after its last finished phase, from its own resolved config."""
     dist.init()
     path = Path(run_dir)
@@ -461,13 +488,17 @@ def resume_run(run_dir: str | Path, quiet: bool = False) -> tuple[Path, dict[str
         log.info("everlearn %s: resuming the run in %s", __version__, path)
         cfg = load_config(path / "config.yaml")
         log.info("resolved config:\n%s", dump_yaml(cfg).rstrip())
-        return path, driver(cfg, path, quiet, str(path / "config.yaml")).execute(resume=True)
+        return path, driver(cfg, path, quiet, str(path / "config.yaml"),
+                            base_cache).execute(resume=True)
 
 
-def driver(cfg: RunConfig, path: Path, quiet: bool, source: str) -> Run | RecycleRun:
+def driver(cfg: RunConfig, path: Path, quiet: bool, source: str,
+           base_cache: str | Path | None = None) -> Run | RecycleRun:
     """The driver of the run mode ``cfg`` asks for: recyclable tuning (everlearn.runs.recycle)
-    or a stream (stages, or a text stream)."""
+    or a stream (stages, or a text stream; its base row through ``base_cache`` when given)."""
     if cfg.recycle is not None:
         dist.check_run([], [], source, recycle=True)
         return RecycleRun(cfg, path, quiet, source)
-    return Run(cfg, path, quiet, source)
+    run = Run(cfg, path, quiet, source)
+    run.base_cache_dir = Path(base_cache) if base_cache is not None else None
+    return run

@@ -20,7 +20,10 @@ is an ordinary run directory ``SWEEP_DIR/NN-key=value_key=value/`` whose config.
 resolved config) is written before anything runs, so the sweep never needs the original CONFIG
 again. ``SWEEP_DIR/sweep.json`` (rewritten atomically) lists the points and their status. Each
 point runs as ``python -m everlearn run --resume POINT_DIR -q`` (for a fresh point that starts
-from the base row) with its output in ``POINT_DIR/output.txt``. With ``--jobs N`` each child
+from the base row) with its output in ``POINT_DIR/output.txt``. The points share
+``SWEEP_DIR/cache`` (``--base-cache``): a base-row stage score is computed by the first point
+that needs it and read by the others whose model, data and scoring settings are the same
+(everlearn.runs.base_cache). With ``--jobs N`` each child
 gets ``OMP_NUM_THREADS = MKL_NUM_THREADS = cores // N`` (unless set in the environment), so N
 processes do not oversubscribe the CPU; on a GPU machine the N processes share the GPU(s).
 
@@ -57,6 +60,7 @@ from everlearn.errors import ConfigError, EverlearnError
 from everlearn.wording import plural
 
 ORDER = "order"
+CACHE = "cache"  # SWEEP_DIR/cache: what the points share (everlearn.runs.base_cache)
 _log = logging.getLogger("everlearn")
 
 
@@ -385,7 +389,8 @@ class _Children:
     def _start(self, p: dict[str, Any]) -> None:
         run_dir = self.sweep_dir / p["dir"]
         log = open(run_dir / "output.txt", "ab")
-        cmd = [sys.executable, "-m", "everlearn", "run", "--resume", str(run_dir), "-q"]
+        cmd = [sys.executable, "-m", "everlearn", "run", "--resume", str(run_dir), "-q",
+               "--base-cache", str(self.sweep_dir / CACHE)]
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=self.env,
                                 stdin=subprocess.DEVNULL)
         p["status"] = "running"

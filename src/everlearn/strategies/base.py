@@ -9,7 +9,6 @@ returns ``{"meta": <JSON-able>, "tensors": {name: tensor}}``, stored without pic
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -298,11 +297,3 @@ class StrategyStack(Strategy):
                                     if k.startswith(prefix)}})
         return out
 
-
-def option_fields(cls: type) -> list[tuple[str, Any, str]]:
-    """(name, default, help) of a strategy's options, for `everlearn ls` and the docs."""
-    out = []
-    for f in dataclasses.fields(cls.Options):
-        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-        out.append((f.name, default, f.metadata.get("help", "")))
-    return out

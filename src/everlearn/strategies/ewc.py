@@ -21,9 +21,12 @@ Choices:
   forgetting, it barely reduces it), hence not the default. ``log p`` is the mean token
   log-likelihood of an example's answer (or of a packed text block for cpt stages), so the
   Fisher has the scale of the training loss, whatever the answer length.
-- Per-example gradients (batch size 1), eval mode, over ``fisher_samples`` of the stage's own
-  training examples; cost: that many forward+backward passes after each stage but the last
-  (whose Fisher no later stage would use).
+- Per-example gradients, eval mode, over ``fisher_samples`` of the stage's own training
+  examples, after each stage but the last (whose Fisher no later stage would use). They come
+  from one batched pass per chunk of examples (``strategies.common.per_example``: torch.func
+  vmap over the per-example loss, exact to float rounding; the LM head at the answer positions
+  only), or one forward and backward per example where that cannot run (images, a model vmap
+  cannot trace, a per-example gradient too large to batch).
 - Scale: with this Fisher, ``1/2 * sum_i F_i d_i^2`` is the quadratic estimate of how much the
   earlier stage's mean token loss rises, so ``ewc_lambda = 1`` would weigh it like the new loss.
   That estimate is optimistic far from the anchor (a confident model has a small Fisher), and

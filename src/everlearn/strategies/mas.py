@@ -13,9 +13,10 @@ Choices:
 - F(x) for a language model: the logits at the answer positions (those that predict a
   supervised token; every position of a packed cpt block), the squared L2 norm averaged over
   positions so importance does not grow with answer length. Labels choose the positions only.
-- Per-example gradients (batch size 1) over ``mas_samples`` of the stage's own training
-  examples, as in eq. 3 (the authors' code uses mini-batch gradients; per-example is the
-  equation). Cost: that many forward+backward passes after each stage.
+- Per-example gradients over ``mas_samples`` of the stage's own training examples, as in
+  eq. 3 (the authors' code uses mini-batch gradients; per-example is the equation), after each
+  stage but the last. Computed as EWC's Fisher is: one batched pass per chunk of examples
+  (``strategies.common.per_example``, exact), else one forward and backward per example.
 - Across stages importance is summed (``accumulate: sum``, what the authors' code does in
   ``accumelate_reg_params``) or kept as the running mean over stages (``average``).
 - Only trainable weights (LoRA adapters under LoRA). Memory: two fp32 copies of them.

@@ -30,6 +30,7 @@ def test_written_lines_and_skipped_stages(tmp_path):
     lines = read_predictions(tmp_path, written["red"])
     assert lines[0] == {"row": 3, "stage": "red", "index": 0, "generation": "é",
                         "loglikelihoods": [-1.5, None], "score": 100.0}
+    assert list(lines[0]) == ["row", "stage", "index", "generation", "loglikelihoods", "score"]
     assert [json.loads(ln)["index"] for ln in raw.splitlines()] == [0, 1]
     assert not (tmp_path / "predictions" / "row-03" / "02-text.jsonl").exists()
 

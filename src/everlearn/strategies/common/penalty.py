@@ -7,8 +7,9 @@ defining property can be tested without a training run. Conventions:
   (``requires_grad``): under LoRA these are the adapter weights, under full fine-tuning all.
 - An *answer position* is a position whose logits predict a supervised token, i.e. ``t`` with
   ``labels[t + 1] != -100`` (the shift Hugging Face applies inside its loss).
-- Importance estimates use per-example gradients (one example per backward pass), because the
-  mean of squared (or absolute) gradients is not the square of the mean gradient.
+- Importance estimates use per-example gradients, because the mean of squared (or absolute)
+  gradients is not the square of the mean gradient: many examples at once in one batched pass
+  (``per_example``), or one forward and backward per example where that cannot run.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from everlearn.data.encode import IGNORE, Encoded, collate, image_inputs
+from everlearn.strategies.common import per_example as PE
 
 Tensors = dict[str, torch.Tensor]
 
@@ -142,14 +144,6 @@ def _grads(loss: torch.Tensor, names: list[str], params: list[torch.Tensor]) -> 
             for n, p, g in zip(names, params, grads)}
 
 
-def _answer_logits(model, batch: dict) -> torch.Tensor:
-    """(P, V) fp32 logits at the answer positions of a batch."""
-    out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                **image_inputs(batch))
-    logits = out.logits[:, :-1].to(torch.float32)
-    return logits[answer_mask(batch["labels"])]
-
-
 class _EvalMode:
     """Deterministic forward passes (no dropout) while importances are estimated."""
 
@@ -164,52 +158,148 @@ class _EvalMode:
         self.model.train(self.was_training)
 
 
+def sampled_tokens(logp: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+    """(P,) one token per row of ``logp`` (P, V) drawn from ``exp(logp)``, given ``noise``
+    (P, V) of independent Exp(1) draws: ``argmax(p / noise)`` (the exponential form of the
+    Gumbel-max trick, as ``torch.multinomial`` draws one sample). The noise is drawn outside,
+    so the batched pass and the loop use the same draws."""
+    return (logp.exp() / noise).argmax(-1)
+
+
+def _fisher_objective(sample: bool) -> PE.Objective:
+    """Minus the mean log-likelihood of an example's answer tokens, the tokens being sampled
+    from the model (``sample``: ``extra`` is the noise) or the data's (``extra``)."""
+
+    def nll(logits, valid, extra):
+        logp = F.log_softmax(logits, dim=-1)
+        target = sampled_tokens(logp.detach(), extra) if sample else extra
+        ll = logp.gather(-1, target[:, None]).squeeze(-1)
+        return -(ll * valid).sum() / valid.sum()
+
+    return nll
+
+
+def _mas_objective(logits, valid, extra):
+    """The squared L2 norm of the answer logits, averaged over the answer positions."""
+    return (logits.pow(2).sum(-1) * valid).sum() / valid.sum()
+
+
+def _pad_rows(parts: list[torch.Tensor], value) -> torch.Tensor:
+    """(B, P, ...) from per-example (P_i, ...) tensors, padded with ``value`` after P_i."""
+    most = max(p.shape[0] for p in parts)
+    out = parts[0].new_full((len(parts), most, *parts[0].shape[1:]), value)
+    for k, p in enumerate(parts):
+        out[k, :p.shape[0]] = p
+    return out
+
+
+def per_example_sum(model, params: dict[str, torch.Tensor], batches: list[dict],
+                    objective: PE.Objective, extra_of, reduce, autocast=None,
+                    size: int | None = None, pad=0) -> Tensors:
+    """``sum_x reduce(d objective_x / d theta)`` over ``batches`` (one example each).
+
+    ``extra_of(batch, positions)`` is called once per example, in order, for the example's own
+    input to ``objective`` ((P, ...) rows, padded with ``pad`` in a chunk). Chunks of ``size``
+    examples (default :func:`per_example.default_chunk`: 1 on a CPU) go through the batched
+    pass; the rest, or all where it cannot run, one forward and backward each."""
+    names, plist = list(params), list(params.values())
+    total = {n: torch.zeros_like(p, dtype=torch.float32) for n, p in params.items()}
+    size = PE.default_chunk(params) if size is None else size
+    batched = PE.can_batch(model, batches, size)
+    with _EvalMode(model):
+        start = 0
+        while start < len(batches):
+            part = batches[start:start + (size if batched else 1)]
+            start += len(part)
+            extras = [extra_of(b, PE.answer_positions(b["labels"][0])) for b in part]
+            grads = None
+            if batched and len(part) > 1:
+                grads = PE.try_batched(model, params, PE.stack_chunk(part),
+                                       _pad_rows(extras, pad), objective, autocast)
+                batched = grads is not None
+            if grads is not None:
+                for n, g in grads.items():
+                    total[n] += reduce(g.to(torch.float32)).sum(0)
+                continue
+            for b, extra in zip(part, extras):
+                positions = PE.answer_positions(b["labels"][0])
+                with autocast() if autocast is not None else contextlib.nullcontext():
+                    logits = PE.answer_logits(model, b["input_ids"], positions,
+                                              attention_mask=b["attention_mask"],
+                                              **image_inputs(b))
+                valid = torch.ones(len(positions), dtype=torch.bool, device=logits.device)
+                for n, g in _grads(objective(logits, valid, extra), names, plist).items():
+                    total[n] += reduce(g)
+    return total
+
+
 def diag_fisher(model, params: dict[str, torch.Tensor], batches: list[dict],
                 sample: bool = True, generator: torch.Generator | None = None,
-                autocast=None) -> Tensors:
+                autocast=None, size: int | None = None) -> Tensors:
     """Diagonal Fisher ``F_i = mean_x (d/d theta_i  log p(y | x))^2`` over ``batches`` (one
     example each), log p being the mean token log-likelihood of the answer tokens.
 
     ``sample=True`` draws every answer token from the model's own predictive distribution (the
     true Fisher, as in Kirkpatrick et al.); ``sample=False`` uses the data's labels (the
     empirical Fisher). Either way the result is a mean of squares, so it is non-negative.
+    Per-example gradients come from the batched pass (``strategies.common.per_example``,
+    chunks of ``size``) where it runs, else from one forward and backward per example.
     """
-    names, plist = list(params), list(params.values())
-    fisher = {n: torch.zeros_like(p, dtype=torch.float32) for n, p in params.items()}
     if not batches:
-        return fisher
-    with _EvalMode(model):
-        for batch in batches:
-            with autocast() if autocast is not None else contextlib.nullcontext():
-                logits = _answer_logits(model, batch)
-            logp = F.log_softmax(logits, dim=-1)
-            if sample:
-                with torch.no_grad():
-                    target = torch.multinomial(logp.exp(), 1, generator=generator).squeeze(-1)
-            else:
-                target = batch["labels"][:, 1:][answer_mask(batch["labels"])]
-            nll = -logp.gather(-1, target[:, None]).mean()
-            for n, g in _grads(nll, names, plist).items():
-                fisher[n] += g * g
+        return {n: torch.zeros_like(p, dtype=torch.float32) for n, p in params.items()}
+    vocab = _vocab_size(model) if sample else None
+    if sample and vocab is None:  # the loop, its noise drawn from the logits' shape
+        objective, size = _sampled_after_forward(generator), 1
+
+        def extra_of(batch, positions):
+            return positions
+    else:
+        objective = _fisher_objective(sample)
+
+        def extra_of(batch, positions):
+            if not sample:
+                return batch["labels"][0, positions + 1]
+            noise = torch.empty((len(positions), vocab), device=positions.device)
+            return noise.exponential_(1, generator=generator)
+
+    fisher = per_example_sum(model, params, batches, objective, extra_of, lambda g: g * g,
+                             autocast, size, pad=1.0 if sample else 0)
     return {n: f / len(batches) for n, f in fisher.items()}
 
 
+def _vocab_size(model) -> int | None:
+    """Rows of the model's output layer (the logits' width), or None where it has none."""
+    get = getattr(model, "get_output_embeddings", None)
+    head = get() if callable(get) else None
+    weight = getattr(head, "weight", None)
+    return int(weight.shape[0]) if weight is not None else None
+
+
+def _sampled_after_forward(generator) -> PE.Objective:
+    """The sampled Fisher's objective for the loop when the vocabulary is not known in
+    advance: the noise is drawn from the logits' shape (same draws as :func:`diag_fisher`)."""
+    base = _fisher_objective(True)
+
+    def nll(logits, valid, extra):
+        noise = torch.empty_like(logits).exponential_(1, generator=generator)
+        return base(logits, valid, noise)
+
+    return nll
+
+
 def mas_importance(model, params: dict[str, torch.Tensor], batches: list[dict],
-                   autocast=None) -> Tensors:
+                   autocast=None, size: int | None = None) -> Tensors:
     """MAS importance ``Omega_i = mean_x |d/d theta_i  ||F(x)||^2|`` (Aljundi et al. 2018,
     eq. 2-3): F(x) is the logits at the answer positions, squared L2 norm averaged over the
-    positions. Labels only choose the positions; their values are never read (unsupervised)."""
-    names, plist = list(params), list(params.values())
-    omega = {n: torch.zeros_like(p, dtype=torch.float32) for n, p in params.items()}
+    positions. Labels only choose the positions; their values are never read (unsupervised).
+    Per-example gradients as in :func:`diag_fisher`."""
     if not batches:
-        return omega
-    with _EvalMode(model):
-        for batch in batches:
-            with autocast() if autocast is not None else contextlib.nullcontext():
-                logits = _answer_logits(model, batch)
-            norm = logits.pow(2).sum(-1).mean()
-            for n, g in _grads(norm, names, plist).items():
-                omega[n] += g.abs()
+        return {n: torch.zeros_like(p, dtype=torch.float32) for n, p in params.items()}
+    def no_extra(batch, positions):
+        return torch.zeros(len(positions), device=positions.device)
+
+    omega = per_example_sum(model, params, batches, _mas_objective, no_extra, torch.abs,
+                            autocast, size)
     return {n: o / len(batches) for n, o in omega.items()}
 
 
