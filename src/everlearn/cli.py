@@ -17,7 +17,9 @@ from pathlib import Path
 
 from everlearn import __version__
 from everlearn.errors import ConfigError, EverlearnError
+from everlearn.progress_bars import library_bars_off
 from everlearn.runs.config_source import benchmark_overrides, load_run_config
+from everlearn.wording import plural
 
 EPILOG = """examples:
   everlearn run                                   # the built-in quickstart (4 stages, replay)
@@ -330,7 +332,7 @@ def _print_benchmarks() -> None:
     for p in benchmark_files():
         b = load_benchmark(p)
         metrics = sorted({b.task_metric(t) or "default" for t in b.tasks})
-        print(f"  {b.name:<14} {b.title}; {len(b.tasks)} tasks [{', '.join(metrics)}]; "
+        print(f"  {b.name:<14} {b.title}; {plural(len(b.tasks), 'task')} [{', '.join(metrics)}]; "
               f"layouts: {', '.join(b.layouts)}; published numbers: {len(b.published)}")
         for k, order in b.orders.items():
             print(f"  {'':<14}   order {k}: {' -> '.join(order)}")
@@ -351,7 +353,7 @@ def cmd_validate(args) -> int:
                           "(joint) does not apply to a text_stream")
     found = check_before_run(cfg, source)
     strategy = "+".join(s.name for s in cfg.strategies)
-    print(f"{source}: ok — {len(stream)} stages, strategy {strategy}")
+    print(f"{source}: ok — {plural(len(stream), 'stage')}, strategy {strategy}")
     for st in stream:
         print(f"  {st.index}. {st.name} [{st.kind}, {st.metric}] train={len(st.train)} "
               f"test={len(st.test)}" + (f" labels={st.labels}" if st.labels else "")
@@ -392,6 +394,9 @@ def main(argv: list[str] | None = None) -> int:
     # SIGTERM (a scheduler or `kill`) stops a run like Ctrl-C: finished phases stay saved, and
     # during training the trainer first finishes the step and writes a step checkpoint.
     signal.signal(signal.SIGTERM, _interrupt)
+    # -q: transformers' and datasets' own bars too (switched back when the command ends)
+    quiet_bars = args.command in ("run", "eval") and args.quiet
+    restore_bars = library_bars_off() if quiet_bars else None
     try:
         return {"run": cmd_run, "eval": cmd_eval, "report": cmd_report, "compare": cmd_compare,
                 "sweep": cmd_sweep, "ls": cmd_ls, "validate": cmd_validate,
@@ -405,6 +410,8 @@ def main(argv: list[str] | None = None) -> int:
               "reached) are saved (resume with --resume)", file=sys.stderr)
         return 130
     finally:
+        if restore_bars is not None:
+            restore_bars()
         if args.command in ("run", "eval"):  # torchrun: leave the process group before exit
             from everlearn.parallel import distributed
 

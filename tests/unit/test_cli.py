@@ -40,6 +40,15 @@ def test_validate_prints_stage_summary(tmp_path: Path, capsys):
     assert out[2].strip() == "2. green [sft, exact_match] train=5 test=4"
 
 
+def test_validate_counts_one_stage_in_the_singular(tmp_path: Path, capsys):
+    cfg = write_config(tmp_path)
+    data = yaml.safe_load(cfg.read_text())
+    data["stages"] = data["stages"][:1]
+    cfg.write_text(yaml.safe_dump(data))
+    assert main(["validate", str(cfg)]) == 0
+    assert capsys.readouterr().out.splitlines()[0] == f"{cfg}: ok — 1 stage, strategy seqft"
+
+
 def test_validate_shows_labels_and_strategies(tmp_path: Path, capsys):
     cfg = write_config(tmp_path)
     code = main(["validate", str(cfg), "stages.0.labels=[alpha,bravo]", "strategy=[replay]"])
