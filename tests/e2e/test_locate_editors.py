@@ -13,15 +13,8 @@ from everlearn.runs.runner import resume_run, start_run
 from everlearn.validation import build_config
 from tests.conftest import killed_at_phase, tiny_config
 from tests.helpers.edit import three_batches
+from tests.helpers.locate import TINY_EDITORS as EDITORS
 from tests.helpers.locate import TINY_VALUES
-
-EDITORS = {
-    "rome": {"layer": -1},
-    "memit": {"layers": [0, 1], "mom2_weight": 1.0},
-    # 60 corpus tokens < 128 key dimensions: a null space to edit in
-    "alphaedit": {"layers": [0, 1], "covariance_tokens": 60, "null_space_threshold": 1e-9,
-                  "l2": 1e-3},
-}
 
 
 def _run(tmp_path, name: str, out: str):

@@ -99,12 +99,24 @@ def align_case(tmp: Path) -> dict:
 
 
 def edit_case(editor: str) -> Callable[[Path], dict]:
+    """An edit stream of three batches with ``editor`` ("ft": constrained fine-tuning), set as
+    the editor's own tests set it on the tiny model."""
     def case(tmp: Path) -> dict:
-        from tests.helpers.edit import GRACE, three_batches
+        from tests.helpers.edit import GRACE, WISE, three_batches
+        from tests.helpers.locate import TINY_EDITORS, TINY_VALUES
 
-        strategies = [GRACE] if editor == "grace" else []
+        specs = {"ft": None, "grace": GRACE, "wise": WISE,
+                 **{n: {"name": n, **TINY_VALUES, **o} for n, o in TINY_EDITORS.items()}}
+        strategies = [specs[editor]] if specs[editor] else []
         return _run(_small(tmp, three_batches(tmp), strategies=strategies), tmp)
     return case
+
+
+def is_editor(name: str) -> bool:
+    """A strategy that applies edits itself (the rule validation uses): edit cases, not sft."""
+    from everlearn.strategies import STRATEGIES, Strategy
+
+    return STRATEGIES[name].apply_edits is not Strategy.apply_edits
 
 
 def text_stream_case(tmp: Path) -> dict:
@@ -175,9 +187,10 @@ def cases() -> dict[str, Callable[[Path], dict]]:
     from everlearn.strategies import STRATEGIES
 
     out = {f"sft_{n}": strategy_case(n) for n in sorted(STRATEGIES)
-           if n not in ("grace", "stage_projector", "wise")}
+           if n != "stage_projector" and not is_editor(n)}
     out.update(cpt_replay=cpt_case, align_dpo=align_case, edit_ft=edit_case("ft"),
-               edit_grace=edit_case("grace"), text_stream_detector=text_stream_case,
+               **{f"edit_{n}": edit_case(n) for n in sorted(STRATEGIES) if is_editor(n)},
+               text_stream_detector=text_stream_case,
                recycle=recycle_case, vision_stage_projector=vision_case,
                resume_mid_phase=resume_case, two_process_replay=two_process_case)
     return out

@@ -12,6 +12,15 @@ from tests.helpers.edit import tiny_setup
 TINY_VALUES = {"prefixes": 1, "prefix_length": 4, "value_steps": 25, "clamp_norm": 100.0,
                "weight_decay": 0.0, "stop_loss": 1.0}
 
+# each editor as the end-to-end tests (and the goldens) run it on the tiny model
+TINY_EDITORS = {
+    "rome": {"layer": -1},
+    "memit": {"layers": [0, 1], "mom2_weight": 1.0},
+    # 60 corpus tokens < 128 key dimensions: a null space to edit in
+    "alphaedit": {"layers": [0, 1], "covariance_tokens": 60, "null_space_threshold": 1e-9,
+                  "l2": 1e-3},
+}
+
 
 def editor_on_tiny(cls, run_dir=None, **options):
     """(editor set up on a fresh tiny model, model, encoder)."""
