@@ -3,6 +3,8 @@ one's defining property, measured on what the run leaves behind."""
 
 from __future__ import annotations
 
+import torch
+
 from everlearn.runs.runner import Run
 from everlearn.validation import build_config
 from tests.conftest import constant_task, tiny_config
@@ -38,3 +40,74 @@ def test_nlora_collision_falls_as_the_l1_penalty_grows(tmp_path):
     assert rates[0.0]["collision_rate"] > 5 * rates[0.1]["collision_rate"]
     assert rates[0.0]["density"] > rates[0.01]["density"] > rates[0.1]["density"]
     assert rates[0.0]["l1"] > rates[0.01]["l1"] > rates[0.1]["l1"]
+
+
+# --- I-LoRA -----------------------------------------------------------------------------------
+def test_ilora_slow_weights_are_the_interpolation_of_the_fast_ones(tmp_path):
+    from everlearn.strategies.ilora import interpolation_factor
+
+    stages = [constant_task(tmp_path, "red", "alpha", 12, 2),
+              constant_task(tmp_path, "green", "bravo", 12, 2)]
+    ema = 0.6  # above 0.5: the warm-up min(1 - 1/(j+1), ema) matters at the first step
+    run = Run(_cfg(tmp_path, stages, {"name": "ilora", "ema": ema, "buffer_size": 8}, steps=4),
+              tmp_path / "run", quiet=True)
+    strategy = run.strategy.members[0]
+    trajectory: list[list[dict]] = []  # per stage: the fast weights after every step
+    start: list[dict] = []
+    original_backward, original_before, original_after = (
+        strategy.after_backward, strategy.before_stage, strategy.after_stage)
+
+    def snapshot():
+        return {n: p.detach().clone() for n, p in strategy.trained().items()}
+
+    calls = []
+
+    def before_stage(stage):
+        original_before(stage)
+        start.append(snapshot())
+        trajectory.append([])
+        calls.append(0)
+
+    def after_backward(model):  # before step j: the weights step j - 1 left (none at j = 1)
+        if calls[-1]:
+            trajectory[-1].append(snapshot())
+        calls[-1] += 1
+        original_backward(model)
+
+    def after_stage(stage):
+        trajectory[-1].append(snapshot())  # the last step's weights, before the swap to slow
+        original_after(stage)
+
+    replayed = []
+    original_extra = strategy.extra_loss
+
+    def extra_loss(model, batch, outputs):
+        term = original_extra(model, batch, outputs)
+        replayed.append((len(trajectory),
+                         term is not None, strategy.task_loss_weight))
+        return term
+
+    strategy.before_stage, strategy.after_backward, strategy.after_stage = (
+        before_stage, after_backward, after_stage)
+    strategy.extra_loss = extra_loss
+    result = run.execute()
+    # Stage 1 trains on its batches alone; stage 2 replays and halves the task loss.
+    assert {r for r in replayed if r[0] == 1} == {(1, False, 1.0)}
+    assert {r for r in replayed if r[0] == 2} == {(2, True, 0.5)}
+    assert [len(t) for t in trajectory] == [c["steps"] for c in result["cost"]] == [4, 4]
+    # The formula, replayed from the recorded fast weights.
+    slow = {n: v.clone() for n, v in start[0].items()}
+    for steps in trajectory:
+        for j, fast in enumerate(steps, start=1):
+            a = interpolation_factor(j, ema)
+            slow = {n: a * slow[n] + (1 - a) * fast[n] for n in slow}
+    assert interpolation_factor(1, ema) == 0.5 and interpolation_factor(2, ema) == ema
+    assert slow.keys() == strategy.slow.keys()
+    for n in slow:
+        assert torch.allclose(strategy.slow[n], slow[n], atol=1e-7), n
+    # The slow learner is what the model holds after the stage (evaluated, checkpointed), and
+    # it differs from the fast learner it follows.
+    params = strategy.trained()
+    assert all(torch.equal(params[n], strategy.slow[n]) for n in slow)
+    assert any(not torch.allclose(strategy.fast[n], strategy.slow[n]) for n in slow)
+    assert any("lora_B" in n and strategy.slow[n].abs().sum() > 0 for n in slow)
