@@ -105,6 +105,19 @@ class ILoRA(Strategy):
     unsupported_parallel = {"fsdp": "it keeps a second copy of the LoRA weights per rank",
                             "zero": "it swaps LoRA weights outside the optimizer"}
     Options = ILoRAOptions
+    details = """
+The fast learner is the run's LoRA adapter; the slow learner, a copy of its weights, is
+interpolated after every optimizer step: theta_s <- a theta_s + (1 - a) theta_f with
+a = min(1 - 1/(j + 1), `ema`) at step j of a stage (the authors' code, `ema_alpha` 0.25). From the
+second stage each step replays a buffer batch as large as the training batch: loss =
+(CE(batch) + CE(buffer batch)) / 2 + `consistency_weight` * mean relu(h_s - h_f)^2 over the hidden
+states of the buffer batch (the code's MSE to `where(h_f > h_s, h_f, h_s)`). The slow learner is
+evaluated, checkpointed and exported (`evaluate_with: fast` scores the fast one); the fast weights
+return before the next stage trains. Deviations: the reservoir buffer is filled at the end of
+each stage (the code adds every batch while training, current task included) and holds 200 by
+default (the code 500); the slow learner starts as a copy of the fast one (the code: a fresh
+adapter mixed in at the first step); the consistency loss skips padded positions.
+"""
 
     def __init__(self, options=None):
         super().__init__(options)

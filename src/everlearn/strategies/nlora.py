@@ -93,6 +93,17 @@ class NLoRA(IncLoRA):
     paper = ("Yang et al. 2025, Is Parameter Collision Hindering Continual Learning in LLMs? "
              "(COLING); code: github.com/PKU-YuanGroup/N-LoRA")
     Options = NLoRAOptions
+    details = """
+As `inc_lora`, plus the paper's L1 penalty on the new stage's update: loss = task loss +
+`lambda_1` * sum over adapted layers of ||B_t A_t||_1 (PEFT layout, the full out x in update,
+without LoRA's alpha/r; default 0.4, the authors' scripts). Deviation: the authors' trainer
+multiplies the factors as `torch.mm(A, B)` in PyTorch's layouts, an r x r product defined only for
+square layers; the paper penalises Delta W itself, as here. Reported per stage from the second
+(`strategy_metrics.nlora.collision_rate`): the collision rate with the earlier updates (the share
+of entries both updates touch; an entry counts as touched when its magnitude exceeds
+`collision_eps`, an absolute threshold the paper does not state), the update's density and its L1
+norm.
+"""
 
     def __init__(self, options=None):
         super().__init__(options)
