@@ -111,3 +111,51 @@ def test_ilora_slow_weights_are_the_interpolation_of_the_fast_ones(tmp_path):
     assert all(torch.equal(params[n], strategy.slow[n]) for n in slow)
     assert any(not torch.allclose(strategy.fast[n], strategy.slow[n]) for n in slow)
     assert any("lora_B" in n and strategy.slow[n].abs().sum() > 0 for n in slow)
+
+
+# --- InfLoRA ----------------------------------------------------------------------------------
+def test_inflora_update_leaves_earlier_subspace_outputs_unchanged(tmp_path):
+    from everlearn.strategies.inflora import lora_layers
+
+    stages = [constant_task(tmp_path, "red", "alpha", 12, 2),
+              constant_task(tmp_path, "green", "bravo", 12, 2),
+              constant_task(tmp_path, "blue", "charlie", 12, 2)]
+    run = Run(_cfg(tmp_path, stages, {"name": "inflora"}, steps=4), tmp_path / "run", quiet=True)
+    strategy = run.strategy.members[0]
+    seen = {}  # per stage: the memory it was designed against, and its designed lora_A
+    original_before = strategy.before_stage
+
+    def before_stage(stage):
+        memory = {k: (s.basis.clone(), s.kind) for k, s in strategy.memory.items()}
+        original_before(stage)
+        new = strategy.names[-1]
+        seen[new] = (memory, {k: m.lora_A[new].weight.detach().clone()
+                              for k, m in lora_layers(strategy.model).items()})
+
+    strategy.before_stage = before_stage
+    run.execute()
+    layers = lora_layers(run.model)
+    assert set(seen) == {"stage1", "stage2", "stage3"} and not seen["stage1"][0]
+    torch.manual_seed(0)
+    checked = 0
+    for name in ("stage2", "stage3"):
+        memory, designed = seen[name]
+        assert set(memory) == set(layers)
+        for key, module in layers.items():
+            a = module.lora_A[name].weight.detach().double()
+            b = module.lora_B[name].weight.detach().double()
+            assert torch.equal(module.lora_A[name].weight, designed[key])  # only B trained
+            assert b.abs().sum() > 0
+            basis, kind = memory[key]
+            inside = basis @ basis.T
+            earlier = inside if kind == "remove" else torch.eye(len(inside)).double() - inside
+            x = earlier @ torch.randn(len(inside), 16).double()  # inputs in the earlier space
+            assert x.norm() > 0
+            change = (b @ a @ x).norm() / ((b @ a).norm() * x.norm())
+            assert change < 1e-6, (name, key, float(change))
+            # a generic input is changed: the bound is the design, not a dead adapter
+            z = torch.randn(len(inside), 16).double()
+            assert (b @ a @ z).norm() / ((b @ a).norm() * z.norm()) > 1e-3
+            checked += 1
+    assert checked == 2 * len(layers)
+    assert 0 < strategy.metrics()["protected_share"] < 1
