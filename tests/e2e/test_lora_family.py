@@ -3,6 +3,7 @@ one's defining property, measured on what the run leaves behind."""
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from everlearn.runs.runner import Run
@@ -159,3 +160,56 @@ def test_inflora_update_leaves_earlier_subspace_outputs_unchanged(tmp_path):
             checked += 1
     assert checked == 2 * len(layers)
     assert 0 < strategy.metrics()["protected_share"] < 1
+
+
+# --- MoE-LoRA ---------------------------------------------------------------------------------
+def test_moe_lora_freezes_earlier_experts_and_reports_a_router_load_summing_to_one(tmp_path):
+    from everlearn.strategies.common.adapters import adapter_parameters
+
+    stages = [constant_task(tmp_path, "red", "alpha", 12, 2),
+              constant_task(tmp_path, "green", "bravo", 12, 2),
+              constant_task(tmp_path, "blue", "charlie", 12, 2)]
+    run = Run(_cfg(tmp_path, stages, {"name": "moe_lora"}, steps=4), tmp_path / "run", quiet=True)
+    strategy = run.strategy.members[0]
+    ended: dict[str, dict] = {}  # each expert (with its router rows) as its stage left it
+    original_after = strategy.after_stage
+
+    def after_stage(stage):
+        original_after(stage)
+        name = strategy.names[-1]
+        ended[name] = {n: p.detach().clone() for n, p in adapter_parameters(run.model, name)
+                       .items()}
+
+    strategy.after_stage = after_stage
+    result = run.execute()
+    final = {n: adapter_parameters(run.model, n) for n in ("stage1", "stage2", "stage3")}
+    for name in ("stage1", "stage2"):  # frozen by the later stages: bit-identical
+        params = final[name]
+        assert {n for n in params if ".lora_router." in n}  # router rows are the expert's
+        assert set(params) == set(ended[name])
+        for n, p in params.items():
+            assert torch.equal(p.detach(), ended[name][n]), n
+        assert any("lora_B" in n and p.abs().sum() > 0 for n, p in params.items())
+    assert any("lora_B" in n and p.abs().sum() > 0 for n, p in final["stage3"].items())
+    # The layer computes W x + sum_i softmax(W_g x)_i * s_i B_i A_i x over the three experts.
+    from everlearn.strategies.moe_lora import moe_layers
+
+    run.model.eval()
+    layer = next(iter(moe_layers(run.model).values()))
+    x = torch.randn(2, 3, layer.lora_A["stage1"].weight.shape[1])
+    names = ["stage1", "stage2", "stage3"]
+    gates = torch.softmax(x @ torch.cat([layer.lora_router[n] for n in names]).T, dim=-1)
+    expected = layer.base_layer(x) + sum(
+        gates[..., i:i + 1] * layer.scaling[n] * (x @ layer.lora_A[n].weight.T
+                                                  @ layer.lora_B[n].weight.T)
+        for i, n in enumerate(names))
+    with torch.no_grad():
+        assert torch.allclose(layer(x), expected, atol=1e-6)
+    load = result["strategy_metrics"]["moe_lora"]["router_load"]
+    assert list(load) == ["red", "green", "blue"]
+    assert list(load["red"]) == ["red"] and list(load["blue"]) == ["red", "green", "blue"]
+    for after, rows in load.items():
+        for on, shares in rows.items():
+            assert len(shares) == list(load).index(after) + 1
+            assert sum(shares.values()) == pytest.approx(1.0, abs=1e-9), (after, on)
+            assert all(0 < v < 1 for v in shares.values()) or len(shares) == 1
