@@ -1,5 +1,5 @@
-"""The LoRA-family strategies of issue 18 (nlora, ilora, ...) in runs on the tiny model: each
-one's defining property, measured on what the run leaves behind."""
+"""The LoRA-family strategies of issue 18 (nlora, ilora, inflora, moe_lora) in runs on the tiny
+model: each one's defining property, measured on what the run leaves behind."""
 
 from __future__ import annotations
 
