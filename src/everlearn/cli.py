@@ -17,7 +17,9 @@ from pathlib import Path
 
 from everlearn import __version__
 from everlearn.errors import ConfigError, EverlearnError
+from everlearn.progress_bars import library_bars_off
 from everlearn.runs.config_source import benchmark_overrides, load_run_config
+from everlearn.wording import plural
 
 EPILOG = """examples:
   everlearn run                                   # the built-in quickstart (4 stages, replay)
@@ -134,7 +136,8 @@ def _add_ls_validate(sub) -> None:
     sub.add_parser("ls", help="list stage kinds, strategies, built-in tasks and suites, "
                   "embedded models, benchmarks and presets")
 
-    val = sub.add_parser("validate", help="check a config and its data without training")
+    val = sub.add_parser("validate", help="check a config, its data, the model's config and "
+                         "tokenizer and the tracker's package, without training")
     val.add_argument("config", nargs="?", help="stream YAML")
     val.add_argument("--preset", help="a built-in config instead of CONFIG")
     val.add_argument("overrides", nargs="*", metavar="key=value")
@@ -286,21 +289,20 @@ def cmd_eval(args) -> int:
 
 
 def cmd_ls(args) -> int:
+    # torch-free: kinds and strategies are read from their declarations (everlearn.listing)
     from everlearn.data.builtin import list_builtin_tasks
-    from everlearn.models.loading import EMBEDDED_MODELS
+    from everlearn.listing import kind_entries, strategy_entries
+    from everlearn.models.source import EMBEDDED_MODELS
     from everlearn.presets import PRESETS
-    from everlearn.stages import get_kind, kinds
-    from everlearn.strategies import STRATEGIES
-    from everlearn.strategies.base import option_fields
+    from everlearn.schema import option_fields
 
     print("stage kinds (stage field `kind:`; metrics it may be scored by):")
-    for name in kinds():
-        kind = get_kind(name)
-        print(f"  {name:<14} [{', '.join(kind.metrics)}] {kind.description}")
+    for kind in kind_entries():
+        print(f"  {kind.name:<14} [{', '.join(kind.metrics)}] {kind.description}")
     print("\nstrategies:")
-    for name, cls in sorted(STRATEGIES.items()):
-        print(f"  {name:<14} {cls.summary}")
-        for opt, default, help_ in option_fields(cls):
+    for entry in strategy_entries():
+        print(f"  {entry.name:<14} {entry.summary}")
+        for opt, default, help_ in entry.options:
             print(f"  {'':<14}   {opt}={default!r}: {help_}")
     print("\nbuilt-in tasks (stage field `builtin:`):")
     for t in list_builtin_tasks():
@@ -330,7 +332,7 @@ def _print_benchmarks() -> None:
     for p in benchmark_files():
         b = load_benchmark(p)
         metrics = sorted({b.task_metric(t) or "default" for t in b.tasks})
-        print(f"  {b.name:<14} {b.title}; {len(b.tasks)} tasks [{', '.join(metrics)}]; "
+        print(f"  {b.name:<14} {b.title}; {plural(len(b.tasks), 'task')} [{', '.join(metrics)}]; "
               f"layouts: {', '.join(b.layouts)}; published numbers: {len(b.published)}")
         for k, order in b.orders.items():
             print(f"  {'':<14}   order {k}: {' -> '.join(order)}")
@@ -341,6 +343,7 @@ def _print_benchmarks() -> None:
 def cmd_validate(args) -> int:
     from everlearn.stages.stream import build_stream
     from everlearn.strategies import build_strategy
+    from everlearn.validation import check_before_run
 
     cfg, source = load_run_config(args.config, args.overrides, args.preset)
     stack = build_strategy(cfg.strategies, source, cfg.model.finetune)
@@ -348,8 +351,9 @@ def cmd_validate(args) -> int:
     if cfg.text_stream is not None and stack.plan(stream.stages) is not None:
         raise ConfigError(f"{source}: strategies: a strategy that groups stages into phases "
                           "(joint) does not apply to a text_stream")
+    found = check_before_run(cfg, source)
     strategy = "+".join(s.name for s in cfg.strategies)
-    print(f"{source}: ok — {len(stream)} stages, strategy {strategy}")
+    print(f"{source}: ok — {plural(len(stream), 'stage')}, strategy {strategy}")
     for st in stream:
         print(f"  {st.index}. {st.name} [{st.kind}, {st.metric}] train={len(st.train)} "
               f"test={len(st.test)}" + (f" labels={st.labels}" if st.labels else "")
@@ -368,6 +372,8 @@ def cmd_validate(args) -> int:
                   f"stage {stream.stages[-1].name} ({rc.update})")
         print(f"  recycle: adapters carried over the update ({update}) by "
               f"{', '.join(rc.policies)}")
+    for line in found:  # the model (and new base) that will load
+        print(f"  {line}")
     return 0
 
 
@@ -381,13 +387,16 @@ def main(argv: list[str] | None = None) -> int:
     # PEFT calls a transformers method that v5 deprecates; users cannot act on the warning.
     warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    if args.command not in ("report", "compare", "sweep", "verify"):  # never load transformers
+    if args.command not in ("report", "compare", "sweep", "verify", "ls"):  # no transformers
         from transformers.utils import logging as hf_logging
 
         hf_logging.set_verbosity_error()
     # SIGTERM (a scheduler or `kill`) stops a run like Ctrl-C: finished phases stay saved, and
     # during training the trainer first finishes the step and writes a step checkpoint.
     signal.signal(signal.SIGTERM, _interrupt)
+    # -q: transformers' and datasets' own bars too (switched back when the command ends)
+    quiet_bars = args.command in ("run", "eval") and args.quiet
+    restore_bars = library_bars_off() if quiet_bars else None
     try:
         return {"run": cmd_run, "eval": cmd_eval, "report": cmd_report, "compare": cmd_compare,
                 "sweep": cmd_sweep, "ls": cmd_ls, "validate": cmd_validate,
@@ -401,6 +410,8 @@ def main(argv: list[str] | None = None) -> int:
               "reached) are saved (resume with --resume)", file=sys.stderr)
         return 130
     finally:
+        if restore_bars is not None:
+            restore_bars()
         if args.command in ("run", "eval"):  # torchrun: leave the process group before exit
             from everlearn.parallel import distributed
 

@@ -59,7 +59,8 @@ class ModelConfig:
 
     name: str = field(
         "smollm2-135m-instruct",
-        "Embedded name (see `everlearn ls`), Hugging Face id, local directory or .gguf file.",
+        "Embedded name (see `everlearn ls`), Hugging Face id, local directory or .gguf file; "
+        "a path or bare name is looked for beside the config file first, then is a Hub id.",
     )
     gguf_file: str | None = field(None, "GGUF file name inside `name` when `name` is a directory.")
     revision: str | None = field(None, "Hub revision (branch, tag or commit) for a Hub id.")
@@ -283,6 +284,12 @@ class EvalConfig:
         "drawn from the run seed and the row (0: none; null: no sampling, every row full unless "
         "`every` is set). AP_t then averages the scored stages (the rows are listed in "
         "`ap_estimated`) and forgetting's max runs over the scored rows.", ge=0)
+    predictions: bool = field(
+        True, "Write what the model produced for every test record after every row, one JSON "
+        "Lines file per row and stage: RUN_DIR/predictions/row-TT/JJ-STAGE.jsonl (generated "
+        "text; the chosen option and every option's log-likelihood; preference log-ratios; "
+        "edit hits), with the reference and the record's score. false: no files (they grow "
+        "with rows x test records).")
 
     def __post_init__(self):
         self.lm_eval = self.lm_eval or LmEvalConfig()
@@ -618,7 +625,7 @@ def dump_yaml(cfg: RunConfig) -> str:
 
 
 # Fields a resumed run may change: they do not touch what the finished rows were computed with.
-RESUME_MAY_CHANGE = ("tracker", "output_dir", "train.checkpoint_every")
+RESUME_MAY_CHANGE = ("tracker", "output_dir", "train.checkpoint_every", "eval.predictions")
 
 
 def changed_fields(before: Any, after: Any, prefix: str = "") -> list[tuple[str, Any, Any]]:

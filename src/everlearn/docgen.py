@@ -89,8 +89,8 @@ def config_reference() -> str:
 
 
 def strategy_reference() -> str:
+    from everlearn.schema import option_fields
     from everlearn.strategies import STRATEGIES
-    from everlearn.strategies.base import option_fields
 
     lines = ["# Strategies", "", "Generated from the strategy classes by "
              "`python -m everlearn.docgen`. Compose them in order: `strategy: [replay, ...]`.", ""]

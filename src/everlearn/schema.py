@@ -115,6 +115,16 @@ def field(default: Any = dataclasses.MISSING, help: str = "", **ranges: Any) -> 
     return dataclasses.field(default=default, metadata=metadata)
 
 
+def option_fields(cls: type) -> list[tuple[str, Any, str]]:
+    """(name, default, help) of the fields of ``cls.Options`` (a strategy's or a built-in
+    suite's options), for `everlearn ls` and the docs."""
+    out = []
+    for f in dataclasses.fields(cls.Options):
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        out.append((f.name, default, f.metadata.get("help", "")))
+    return out
+
+
 def field_range(f: dataclasses.Field) -> Range | None:
     """The range a field declares, or None."""
     return f.metadata.get("range")

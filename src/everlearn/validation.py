@@ -6,7 +6,9 @@ them back. This module sits above both: it fills what a registry decides (a buil
 suite's kind, a suite's periods), checks what only a registry knows (a suite's options,
 ``periods`` only with a suite), and resolves relative paths, including strategy options marked
 ``path``. ``build_config`` (plain data) and ``load_config`` (a YAML file or preset, plus
-overrides) are the entry points; each raises a one-line ``ConfigError``.
+overrides) are the entry points; each raises a one-line ``ConfigError``. ``check_before_run``
+checks what a run needs beyond the config (the model's config and tokenizer, the tracker's
+package) without training.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from everlearn.data.builtin import get_builtin_task
 from everlearn.data.builtin.suites import get_suite
 from everlearn.errors import ConfigError
 from everlearn.evaluation.scorers import metric_names
+from everlearn.models.source import resolve_model_name
 from everlearn.schema import FieldError, build
 from everlearn.stages import get_kind, kinds, kinds_with
 from everlearn.strategies import STRATEGIES
@@ -53,13 +56,14 @@ def load_config(
 ) -> RunConfig:
     """YAML file (or ``base`` data) + overrides -> validated ``RunConfig``.
 
-    Relative data paths in the file are resolved against the file's directory, so a config
-    works from any working directory.
+    Relative data and model paths in the file are resolved against the file's directory, so a
+    config works from any working directory (without a file, against the working directory);
+    the run directory's config.yaml then holds absolute paths, and a resume needs no cwd.
     """
     data, source = read_config_data(path, overrides, base)
-    cfg = build_config(data, source, Path(path).resolve().parent if path is not None else None)
-    if path is not None:
-        resolve_paths(cfg, Path(path).resolve().parent)
+    root = Path(path).resolve().parent if path is not None else None
+    cfg = build_config(data, source, root)
+    resolve_paths(cfg, root if root is not None else Path.cwd())
     return cfg
 
 
@@ -158,7 +162,8 @@ def _builtin_kind(name: str) -> str:
 
 
 def resolve_paths(cfg: RunConfig, root: Path) -> None:
-    """Relative paths (stage data, model, strategy options marked ``path``) -> absolute."""
+    """Relative paths (stage data, model, strategy options marked ``path``) -> absolute; a bare
+    model name that exists under ``root`` too (else it is a Hub id: models.source)."""
     for spec in cfg.strategies:
         cls = STRATEGIES.get(spec.name)
         for f in dataclasses.fields(cls.Options) if cls else ():
@@ -176,14 +181,34 @@ def resolve_paths(cfg: RunConfig, root: Path) -> None:
     include = cfg.eval.lm_eval.include_path
     if include and not Path(include).expanduser().is_absolute():
         cfg.eval.lm_eval.include_path = str(root / include)
-    cfg.model.name = _model_path(cfg.model.name, root)
+    cfg.model.name = resolve_model_name(cfg.model.name, root)
     if cfg.recycle is not None and cfg.recycle.new_base:
-        cfg.recycle.new_base = _model_path(cfg.recycle.new_base, root)
+        cfg.recycle.new_base = resolve_model_name(cfg.recycle.new_base, root)
 
 
-def _model_path(name: str, root: Path) -> str:
-    """A model named by a path (``./m``, ``~/m``, ``x.gguf``) -> absolute; a Hub id unchanged."""
-    if name.startswith((".", "/", "~")) or name.endswith(".gguf"):
-        p = Path(name).expanduser()
-        return str(p if p.is_absolute() else root / p)
-    return name
+def check_before_run(cfg: RunConfig, source: str = "<config>") -> list[str]:
+    """What ``run`` needs beyond a valid config, checked without training or loading weights:
+    the model (and ``recycle.new_base``) has a config and tokenizer transformers can read
+    (:func:`everlearn.models.source.check_model`; a Hub id only where the Hub is reachable or
+    it is cached), and the tracker's package is installed. Returns a line per thing found;
+    raises a one-line ModelError or ConfigError naming ``source`` and the field."""
+    from everlearn.errors import ConfigError, ModelError
+    from everlearn.models.source import check_model
+    from everlearn.runs.tracking import check_available
+
+    m = cfg.model
+    models = [("model.name", m.name, m.revision, m.gguf_file)]
+    if cfg.recycle is not None and cfg.recycle.new_base:
+        models.append(("recycle.new_base", cfg.recycle.new_base, None, None))
+    found = []
+    for field_name, name, revision, gguf_file in models:
+        try:
+            found.append(f"{field_name}: " + check_model(name, revision, gguf_file,
+                                                         m.trust_remote_code, field_name))
+        except ModelError as exc:
+            raise ModelError(f"{source}: {exc}") from None
+    try:
+        check_available(cfg.tracker.backend)
+    except ConfigError as exc:
+        raise ConfigError(f"{source}: {exc}") from None
+    return found

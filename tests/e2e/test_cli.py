@@ -104,3 +104,26 @@ def test_eval_with_stage_weights(finished_run):
     code, _, err = call(["eval", str(finished_run["cfg"]), "--weights",
                          str(finished_run["tmp"] / "nowhere"), "-q"])
     assert code == 2 and "trainable.safetensors" in one_line_error(err)
+
+
+def test_quiet_hides_the_libraries_loading_bar(tmp_path: Path):
+    """-q: no "Loading weights" bar from transformers (a model loaded from a directory shows
+    one without -q); the bars are back on after the command."""
+    from transformers.utils import logging as hf_logging
+
+    from everlearn.models.embedded import build_tiny_model, build_tiny_tokenizer
+
+    model_dir = tmp_path / "model"
+    tok = build_tiny_tokenizer()
+    build_tiny_model(tok).save_pretrained(model_dir)
+    tok.save_pretrained(model_dir)
+    cfg = write_config(tmp_path)
+    args = ["eval", str(cfg), f"model.name={model_dir}", "stages.0.max_test=2",
+            "stages.1.max_test=2"]
+    code, _, err = call(args)
+    assert code == 0, err
+    assert "Loading weights" in err
+    code, _, err = call([*args, "-q"])
+    assert code == 0, err
+    assert "Loading weights" not in err and "eval red" not in err
+    assert hf_logging.is_progress_bar_enabled()

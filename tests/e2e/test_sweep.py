@@ -93,6 +93,19 @@ def test_sweep_runs_every_point_and_pools_seeds(sweep2x2):
     assert len(base_rows) == 1
 
 
+def test_sweep_logs_its_points_and_each_point_its_run(sweep2x2):
+    sweep_dir: Path = sweep2x2["dir"]
+    text = (sweep_dir / "log.txt").read_text()
+    assert "4 points, 0 complete, 4 to run, 2 at a time" in text
+    for p in read_manifest(sweep_dir)["points"]:
+        assert f"point {p['dir']}: started (process " in text
+        assert f"point {p['dir']}: complete, exit 0, " in text
+        point_log = (sweep_dir / p["dir"] / "log.txt").read_text()
+        assert "phase 2: training green" in point_log and "run complete" in point_log
+    assert "sweep finished: 4 of 4 points complete" in text
+    assert f"comparison: {sweep_dir / 'compare.md'}" in text
+
+
 def test_sweep_into_existing_sweep_is_refused(sweep2x2):
     stream = sweep2x2["tmp"] / "stream.yaml"
     code, _, err = call(["sweep", str(stream), "seed=[0]", "-o", str(sweep2x2["dir"])])

@@ -380,8 +380,15 @@ def file_cases() -> list[Case]:
     """Files everlearn reads: models, weights, data."""
     v, run, c = V, RUN, Case
     return [
-        c("model.name unknown", "model", run, [CONFIG, "model.name: cannot load 'no-such-model'"],
+        c("model.name unknown", "model", run,
+          [CONFIG, "model.name: 'no-such-model' is not a local directory", "Hub is offline"],
           edit=lambda c: c["model"].update(name="no-such-model"), writes_run=True),
+        c("model.name unknown (validate)", "model", v,
+          [CONFIG, "model.name: 'no-such-model' is not a local directory", "Hub is offline"],
+          edit=lambda c: c["model"].update(name="no-such-model")),
+        c("model.name bad gguf (validate)", "model", v,
+          [CONFIG, "model.name: cannot load the config and tokenizer of", "bad.gguf"],
+          edit=lambda c: c["model"].update(name="{ws}/bad.gguf"), prepare=_bad_gguf),
         c("model.name missing directory", "model", run, [CONFIG, "model.name: path"],
           edit=lambda c: c["model"].update(name="{ws}/no-model-dir"), writes_run=True),
         c("model.name bad gguf", "model", run, [CONFIG, "model.name: cannot load", "bad.gguf"],

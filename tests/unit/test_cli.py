@@ -17,6 +17,17 @@ from hypothesis import strategies as st
 from everlearn.cli import main
 from tests.helpers.bad_input import JUNK, ROWS, check_outcome, mutated, valid_config
 from tests.helpers.cli import one_line_error, write_config
+from tests.helpers.torch_free import assert_runs_without_heavy_imports
+
+
+@pytest.fixture(autouse=True)
+def offline(monkeypatch):
+    """The Hub is offline: validate checks a model name that could be a Hub id against the
+    cache only (mutated configs name such models), and never touches the network."""
+    import huggingface_hub.constants as hub
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(hub, "HF_HUB_OFFLINE", True)
 
 
 # --- validate ------------------------------------------------------------------------------
@@ -27,6 +38,15 @@ def test_validate_prints_stage_summary(tmp_path: Path, capsys):
     assert out[0] == f"{cfg}: ok — 2 stages, strategy seqft"
     assert out[1].strip() == "1. red [sft, exact_match] train=8 test=4"
     assert out[2].strip() == "2. green [sft, exact_match] train=5 test=4"
+
+
+def test_validate_counts_one_stage_in_the_singular(tmp_path: Path, capsys):
+    cfg = write_config(tmp_path)
+    data = yaml.safe_load(cfg.read_text())
+    data["stages"] = data["stages"][:1]
+    cfg.write_text(yaml.safe_dump(data))
+    assert main(["validate", str(cfg)]) == 0
+    assert capsys.readouterr().out.splitlines()[0] == f"{cfg}: ok — 1 stage, strategy seqft"
 
 
 def test_validate_shows_labels_and_strategies(tmp_path: Path, capsys):
@@ -75,20 +95,71 @@ def test_validate_bad_data_is_one_line(tmp_path: Path, capsys):
     assert line.startswith(f"everlearn: error: {tmp_path / 'red_test.jsonl'}: line 2:")
 
 
+@pytest.mark.parametrize("override, says", [
+    ("model.name=/nonexistent", "model.name: path '/nonexistent' not found"),
+    ("model.name=no-such-model", "model.name: 'no-such-model' is not a local directory or file "
+     "(looked beside the config) nor in the Hugging Face cache, and the Hub is offline "
+     "(HF_HUB_OFFLINE is set)"),
+    ("model.name=./here", "model.name: path '{dir}/here' not found"),
+])
+def test_validate_checks_the_model_loads(tmp_path: Path, capsys, override, says):
+    cfg = write_config(tmp_path)
+    assert main(["validate", str(cfg), override]) == 2
+    captured = capsys.readouterr()
+    line = one_line_error(captured.err)
+    assert line == f"everlearn: error: {cfg}: " + says.format(dir=tmp_path.resolve())
+    assert captured.out == ""
+
+
+def test_validate_reads_a_local_model_beside_the_config(tmp_path: Path, capsys, monkeypatch):
+    from everlearn.models.embedded import build_tiny_model, build_tiny_tokenizer
+
+    tok = build_tiny_tokenizer()
+    build_tiny_model(tok).save_pretrained(tmp_path / "mymodel", safe_serialization=True)
+    tok.save_pretrained(tmp_path / "mymodel")
+    cfg = write_config(tmp_path)
+    monkeypatch.chdir(tmp_path / "mymodel")  # another working directory
+    assert main(["validate", str(cfg), "model.name=mymodel"]) == 0
+    out = capsys.readouterr().out
+    assert f"  model.name: local directory {tmp_path.resolve() / 'mymodel'}\n" in out
+
+
+def test_validate_checks_the_tracker_package(tmp_path: Path, capsys, monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "wandb" else real(name, *a))
+    cfg = write_config(tmp_path)
+    assert main(["validate", str(cfg), "tracker=wandb"]) == 2
+    line = one_line_error(capsys.readouterr().err)
+    assert line == (f"everlearn: error: {cfg}: tracker.backend: 'wandb' needs the wandb "
+                    "package, which is not installed: pip install wandb")
+
+
 # --- ls ------------------------------------------------------------------------------------
 def test_ls_lists_the_stage_kinds_from_the_registry(capsys, monkeypatch):
-    from everlearn import stages
+    from everlearn import listing
 
     assert main(["ls"]) == 0
     listed = capsys.readouterr().out.split("\nstrategies:")[0].splitlines()[1:]
     assert [line.split()[0] for line in listed] == ["sft", "cpt", "align", "edit"]
     assert "[preference_accuracy]" in listed[2]
-    # a kind registered in the package is listed without touching the CLI
-    extra = stages.Kind(name="probe", order=9, description="a test kind", metrics=("accuracy",),
-                        default_metric="accuracy", read_record=None, encode=None)
-    monkeypatch.setitem(stages._discover(), "probe", extra)
+    # what the declarations say is listed without touching the CLI (a kind declared in a
+    # module: tests/unit/test_listing.py)
+    extra = listing.KindEntry(name="probe", order=9, description="a test kind",
+                              metrics=("accuracy",))
+    monkeypatch.setattr(listing, "_static_kinds", lambda package: [extra])
     assert main(["ls"]) == 0
     assert "\n  probe          [accuracy] a test kind" in capsys.readouterr().out
+
+
+def test_ls_imports_no_torch():
+    """`everlearn ls` prints metadata: it took 15 s when it imported torch and PEFT."""
+    assert_runs_without_heavy_imports(
+        "import contextlib, io\nfrom everlearn.cli import main\n"
+        "out = io.StringIO()\nwith contextlib.redirect_stdout(out):\n    assert main(['ls']) == 0\n"
+        "assert 'replay' in out.getvalue() and 'tiny-llama' in out.getvalue()")
 
 
 def test_ls_lists_strategies_and_tasks(capsys):

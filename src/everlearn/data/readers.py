@@ -2,10 +2,10 @@
 
 Every reader returns ``list[Record]``; every problem raises ``DataError`` naming the file, the
 record and the field. Field names follow the common conventions (prompt/response, Alpaca
-instruction/input/output, chat messages, raw text); ``fields`` renames source fields first.
-Which reader a record goes through, and which file formats a stage may use, is its kind's
-(:mod:`everlearn.stages`): ``text_record``, ``instruction_record``, ``pair_record`` and
-``edit_record`` are the readers the kinds name.
+instruction/input/output, chat messages, ShareGPT conversations, raw text); ``fields`` renames
+source fields first. Which reader a record goes through, and which file formats a stage may
+use, is its kind's (:mod:`everlearn.stages`): ``text_record``, ``instruction_record``,
+``pair_record`` and ``edit_record`` are the readers the kinds name.
 """
 
 from __future__ import annotations
@@ -171,13 +171,21 @@ def text_record(row: dict, where: str, task: str, i: int, path: str) -> Record:
 
 
 def instruction_record(row: dict, where: str, task: str, i: int, path: str) -> Record:
-    """An instruction (sft): prompt/response, Alpaca instruction/input/output or chat
-    ``messages``; optional ``answers``, ``options``, ``system`` and ``image``."""
+    """An instruction (sft): prompt/response, Alpaca instruction/input/output, chat
+    ``messages`` (OpenAI's ``{role, content}``) or ShareGPT ``conversations`` (``{from,
+    value}``); optional ``answers``, ``options``, ``system`` and ``image``. A conversation's last
+    assistant turn is the response (the training target), earlier turns the context; ``system``
+    applies when the conversation has no system turn."""
     options = _str_list(row.get("options", []), f"{where}: options")
     system = row.get("system")
     image = _image_path(row.get("image"), path, where)
-    if "messages" in row:
-        return _chat_record(row["messages"], where, task, options, image)
+    if "messages" in row or "conversations" in row:
+        key = "messages" if "messages" in row else "conversations"
+        messages = row[key] if key == "messages" else _sharegpt_messages(row[key], where)
+        record = _chat_record(messages, where, task, options, image, key)
+        if record.system is None and isinstance(system, str):
+            record.system = system
+        return record
     if "instruction" in row and "prompt" not in row:  # Alpaca
         instruction, extra = row.get("instruction", ""), row.get("input", "")
         prompt = f"{instruction}\n\n{extra}" if extra else instruction
@@ -224,20 +232,48 @@ def _image_path(value: Any, path: str, where: str) -> str | None:
     return str(p.resolve())
 
 
+# ShareGPT's speaker names (``from``) -> chat roles; LLaMA-Factory's sharegpt tags plus the
+# OpenAI role names some exports use. Tool turns (function_call, observation) are not read.
+SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant",
+                  "system": "system"}
+
+
+def _sharegpt_messages(conversations: Any, where: str) -> list[dict[str, Any]]:
+    """ShareGPT ``conversations`` (``[{"from": "human"|"gpt"|"system", "value": ...}]``, as
+    LLaMA-Factory's sharegpt format) -> chat messages ``[{"role", "content"}]``."""
+    if not isinstance(conversations, list) or not conversations:
+        raise DataError(f"{where}: conversations: expected a non-empty list of {{from, value}}")
+    messages = []
+    for j, turn in enumerate(conversations):
+        speaker = turn.get("from") if isinstance(turn, dict) else None
+        if speaker not in SHAREGPT_ROLES or not isinstance(turn.get("value"), str):
+            raise DataError(f"{where}: conversations.{j}: expected {{from: human|gpt|system, "
+                            f"value: string}}, got {_shown(turn)}")
+        messages.append({"role": SHAREGPT_ROLES[speaker], "content": turn["value"]})
+    return messages
+
+
+def _shown(value: Any, most: int = 60) -> str:
+    text = json.dumps(value, ensure_ascii=False) if not isinstance(value, str) else repr(value)
+    return text if len(text) <= most else text[:most] + "..."
+
+
 def _chat_record(messages: Any, where: str, task: str, options: list[str],
-                 image: Any) -> Record:
-    """Chat `messages`: the last assistant turn is the response, earlier turns the context."""
+                 image: Any, key: str = "messages") -> Record:
+    """Chat `messages`: the last assistant turn is the response, earlier turns the context.
+    ``key``: the field the turns came from, for errors (``conversations``: ShareGPT's, already
+    turned into messages by :func:`_sharegpt_messages`, so its turns are checked there)."""
     if not isinstance(messages, list) or not messages:
-        raise DataError(f"{where}: messages: expected a non-empty list of {{role, content}}")
+        raise DataError(f"{where}: {key}: expected a non-empty list of {{role, content}}")
     for j, m in enumerate(messages):
         roles = ("system", "user", "assistant")
         if not isinstance(m, dict) or not isinstance(m.get("content"), str) or (
             m.get("role") not in roles
         ):
-            raise DataError(f"{where}: messages.{j}: expected {{role: system|user|assistant, "
+            raise DataError(f"{where}: {key}.{j}: expected {{role: system|user|assistant, "
                             "content: string}")
     if messages[-1]["role"] != "assistant" or len(messages) < 2 or messages[-2]["role"] != "user":
-        raise DataError(f"{where}: messages: expected to end with a user turn then an "
+        raise DataError(f"{where}: {key}: expected to end with a user turn then an "
                         "assistant turn")
     system = messages[0]["content"] if messages[0]["role"] == "system" else None
     body = messages[1:] if system is not None else messages

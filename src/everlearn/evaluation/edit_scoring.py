@@ -158,7 +158,8 @@ class EditScoring(EvaluatorBase):
 
     def score_edits(self, model, stage: Stage, router=None) -> StageScore:
         """Reliability (the score), generalisation and locality of an edit stage's edits; see
-        :mod:`everlearn.stages.edit` for the definitions."""
+        :mod:`everlearn.stages.edit` for the definitions. Each edit's sample has its top-1
+        prediction and its hits: reliable, and per rephrased and locality prompt."""
         if stage.name not in self.edit_reference:  # not prepared: this model is the reference
             self.prepare_edits(model, [stage])
         items = self._edit_items(stage)
@@ -186,7 +187,12 @@ class EditScoring(EvaluatorBase):
                 else:
                     general[i][j] = all_hit(pred, target)
         side = edit_metrics(reliable, general, local)  # reliability too: pooled by editing
-        return StageScore(side["reliability"], len(stage.test), predictions, side)
+        samples = [{"index": i, "prompt": rec.prompt, "target": rec.response,
+                    "prediction": predictions[i], "reliable": reliable[i],
+                    "rephrase_prompts": rec.rephrase_prompt, "generalisation": general[i],
+                    "locality_prompts": rec.locality_prompt, "locality": local[i],
+                    "score": 100.0 * reliable[i]} for i, rec in enumerate(stage.test)]
+        return StageScore(side["reliability"], len(stage.test), predictions, side, samples)
 
 
 def locality_key(st: Stage, max_new_tokens: int) -> dict[str, Any]:

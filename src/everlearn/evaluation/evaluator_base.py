@@ -10,6 +10,7 @@ rows of R in one place.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from tqdm.auto import tqdm
@@ -28,6 +29,10 @@ class StageScore:
     n: int
     predictions: list[str]
     side: dict[str, float] = field(default_factory=dict)  # per-stage side metrics of this row
+    # per test record, what the predictions file records (everlearn.runs.predictions): the
+    # record's index, what the model produced, the reference, the record's score in the units
+    # of R (the cell is their mean); None for a score without per-record parts (perplexity)
+    samples: list[dict[str, Any]] | None = None
 
 
 def by_length(items: list, key) -> list[int]:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from typing import Any
 
 import torch
 
@@ -35,8 +36,9 @@ from everlearn.stages.stream import Stage
 
 __all__ = ["SUBSETS_KEPT", "Evaluator", "StageScore", "cached_option_scoring"]
 
-# (model, stage, records) -> each record's (score in [0, 1] or a raw value, prediction)
-RecordScorer = Callable[..., list[tuple[float, str]]]
+# (model, stage, records) -> each record's (score in [0, 1] or a raw value, prediction, what its
+# line of the predictions file records besides the index and score)
+RecordScorer = Callable[..., list[tuple[float, str, dict[str, Any]]]]
 
 
 
@@ -56,18 +58,21 @@ class Evaluator(EditScoring, PreferenceScoring, OptionAccuracy):
 
     def mean_of_records(self, model, stage: Stage, router, score_records: RecordScorer
                         ) -> StageScore:
-        """The stage's score as the mean of its records' scores, in percent."""
+        """The stage's score as the mean of its records' scores, in percent; each record's
+        sample (``StageScore.samples``) has its score in percent too."""
         results = self.record_scores(model, stage, router, score_records)
         value = 100.0 * sum(r[0] for r in results) / max(1, len(results))
-        return StageScore(value, len(stage.test), [r[1] for r in results])
+        samples = [{"index": i, **detail, "score": 100.0 * s}
+                   for i, (s, _, detail) in enumerate(results)]
+        return StageScore(value, len(stage.test), [r[1] for r in results], samples=samples)
 
     def record_scores(self, model, stage: Stage, router, score_records: RecordScorer
-                      ) -> list[tuple[float, str]]:
-        """Every test record's (score, prediction) from ``score_records``, by the adapter
-        routing picks for it. Every rank ends with all."""
-        results: list[tuple[float, str]] = [(0.0, "")] * len(stage.test)
+                      ) -> list[tuple[float, str, dict[str, Any]]]:
+        """Every test record's (score, prediction, sample) from ``score_records``, by the
+        adapter routing picks for it. Every rank ends with all."""
+        results: list[tuple[float, str, dict[str, Any]]] = [(0.0, "", {})] * len(stage.test)
         rank, world = self._split(model)
-        mine: dict[int, tuple[float, str]] = {}  # the records this rank scored
+        mine: dict[int, tuple[float, str, dict[str, Any]]] = {}  # what this rank scored
         for adapter, idx in route(stage.test, router).items():
             if adapter is not None:
                 self._activate(model, adapter)
@@ -134,12 +139,14 @@ class Evaluator(EditScoring, PreferenceScoring, OptionAccuracy):
     def generated_scores(self, model, stage: Stage, records: list[Record],
                          match: Callable[[str, list[str]], float],
                          alive: Callable[[str, list[str]], bool] | None = None
-                         ) -> list[tuple[float, str]]:
-        """Per record (``match(generation, answers)``, the generation), greedy. ``alive(text,
-        answers)``: whether a generation can still score, so decoding stops a row that cannot
-        (its score is 0 either way)."""
+                         ) -> list[tuple[float, str, dict[str, Any]]]:
+        """Per record (``match(generation, answers)``, the generation, its sample: prompt,
+        generation, answers), greedy. ``alive(text, answers)``: whether a generation can still
+        score, so decoding stops a row that cannot (its score is 0 either way)."""
         preds = self._generate(model, stage, records, alive)
-        return [(match(p, r.answers), p) for p, r in zip(preds, records)]
+        return [(match(p, r.answers), p, {"prompt": r.prompt, "generation": p,
+                                          "answers": r.answers})
+                for p, r in zip(preds, records)]
 
     def _generate(self, model, stage, records: list[Record], alive=None) -> list[str]:
         prompts, images, cut = [], [], []

@@ -7,6 +7,8 @@ scored as a whole sequence with its image.
 
 from __future__ import annotations
 
+from typing import Any
+
 from everlearn.data.encode import IGNORE, Encoded
 from everlearn.data.records import Record
 from everlearn.evaluation.evaluator_base import EvaluatorBase
@@ -67,24 +69,30 @@ class OptionAccuracy(EvaluatorBase):
         return OptionItem(fitted, options, pixels), fitted != prompt_ids or options != whole
 
     def option_accuracy(self, model, stage: Stage, records: list[Record]
-                        ) -> list[tuple[float, str]]:
-        """Per record (1.0 or 0.0, the option picked): the most likely label option checked
-        against the answers."""
+                        ) -> list[tuple[float, str, dict[str, Any]]]:
+        """Per record (1.0 or 0.0, the option picked, its sample): the most likely label option
+        checked against the answers. The sample has every option's summed log-likelihood and
+        token count (ranked by their ratio under ``eval.length_normalize``)."""
         items = self._option_items(stage, records)
-        choice = self._choices(model, items, f"eval {stage.name}")
+        scored = self._option_logprobs(model, items, f"eval {stage.name}")
+        normalize = self.cfg.length_normalize
         out = []
-        for i, rec in enumerate(records):
-            picked = rec.options[choice[i]]
-            out.append((exact_match(picked, rec.answers), picked))
+        for rec, per_option in zip(records, scored):
+            values = [lp / n if normalize else lp for lp, n in per_option]
+            picked = rec.options[max(range(len(values)), key=values.__getitem__)]
+            out.append((exact_match(picked, rec.answers), picked, {
+                "prompt": rec.prompt, "options": rec.options, "chosen": picked,
+                "loglikelihoods": [lp for lp, _ in per_option],
+                "tokens": [n for _, n in per_option], "answers": rec.answers}))
         return out
 
-    def _choices(self, model, items: list[OptionItem], desc: str) -> list[int]:
-        """The index of the most likely option of every item."""
-        normalize = self.cfg.length_normalize
+    def _option_logprobs(self, model, items: list[OptionItem], desc: str
+                         ) -> list[list[tuple[float, int]]]:
+        """Every item's (summed log-likelihood, token count) per option."""
         # one batch holds records with the same number of options, similar prompt lengths
         order = sorted(range(len(items)), key=lambda i: (len(items[i].options),
                                                          len(items[i].prompt), i))
-        choice = [0] * len(items)
+        out: list[list[tuple[float, int]]] = [[] for _ in items]
         bar = self._bar(len(items), desc)
         s = 0
         while s < len(order):
@@ -98,12 +106,11 @@ class OptionAccuracy(EvaluatorBase):
                 scored = score_options(model, batch, self.encoder.pad_id, self.acc.device,
                                        self.acc.autocast)
             for i, per_option in zip(idx, scored):
-                values = [lp / n if normalize else lp for lp, n in per_option]
-                choice[i] = max(range(len(values)), key=values.__getitem__)
+                out[i] = [(float(lp), int(n)) for lp, n in per_option]
             s += len(idx)
             bar.update(len(idx))
         bar.close()
-        return choice
+        return out
 
     def _options_as_sequences(self, model, items: list[OptionItem]
                               ) -> list[list[tuple[float, int]]]:

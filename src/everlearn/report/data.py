@@ -17,6 +17,7 @@ KNOWN_TOP = {"everlearn_version", "status", "name", "scenario", "strategies", "m
 KNOWN_TOP |= {"recycling"}  # recycle runs (page._recycling)
 KNOWN_TOP |= {"text_stream"}  # boundary-free text streams (page._text_stream)
 KNOWN_TOP |= {"environment", "environment_history"}  # page._environment, compare
+KNOWN_TOP |= {"predictions"}  # report.predictions
 CL_KEYS = ("ap", "final_ap", "la", "bwt", "bwt_trace", "forgetting", "fwt")
 KNOWN_METRIC = {*CL_KEYS, "stages", "note", "main", "perplexity", "general_delta",
                 "ap_estimated", "forgetting_lower_bound"}

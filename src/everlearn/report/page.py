@@ -9,6 +9,8 @@ from typing import Any
 
 from everlearn.report import data
 from everlearn.report.generic import fmt, render, table
+from everlearn.report.predictions import predictions_section
+from everlearn.wording import plural
 
 CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Helvetica,Arial,sans-serif;margin:2em auto;
@@ -57,7 +59,7 @@ def _header(res: dict[str, Any]) -> str:
            table(None, [r for r in meta if r[1] is not None], "meta")]
     if data.is_partial(res):
         out.append(f'<p class="banner" id="partial"><strong>Partial run:</strong> {done} of '
-                   f"{total} phases finished (status: {escape(str(res.get('status')))}). "
+                   f"{plural(total, 'phase')} finished (status: {escape(str(res.get('status')))}). "
                    "Rows not yet trained are marked pending; the continual-learning metrics "
                    "are computed when the run completes.</p>")
     stages = [[s.get("name"), s.get("kind"), s.get("metric"), s.get("n_train"),
@@ -318,7 +320,8 @@ def build_page(res: dict[str, Any], figs: dict[str, bytes], config_text: str | N
     """The whole page; every string from the run is escaped."""
     strategy = res.get("strategy_metrics") or {}
     sections = [
-        _header(res), _matrix(res, figs), _metrics(res), _text_stream(res, figs),
+        _header(res), _matrix(res, figs), predictions_section(res), _metrics(res),
+        _text_stream(res, figs),
         _general(res, figs), _recycling(res),
         _generic_section("Stage-kind metrics", "Further metrics reported by the evaluation "
                          "(temporal knowledge, editing, preference...).",

@@ -158,7 +158,8 @@ class BaseRowCache:
         if entry.get("parts") != parts:
             return None
         s = entry["score"]
-        return (StageScore(s["score"], s["n"], s["predictions"], s.get("side") or {}),
+        return (StageScore(s["score"], s["n"], s["predictions"], s.get("side") or {},
+                           s.get("samples")),  # the predictions files' lines (runs.predictions)
                 entry.get("truncated_test"))
 
     def put(self, parts: dict[str, Any], score: StageScore, truncated: float | None) -> None:

@@ -15,6 +15,8 @@ import sys
 from importlib import metadata
 from typing import Any
 
+from everlearn.wording import plural
+
 # Versions recorded besides everlearn's own (None when a package is not installed).
 PACKAGES = ("torch", "transformers", "peft", "accelerate", "datasets", "safetensors")
 # The order fields are shown in (compare, the report, the log line); unknown keys follow.
@@ -113,4 +115,6 @@ def summary(env: dict[str, Any]) -> str:
         device = f"{device} ({env['gpu']})"
     return (f"torch {env.get('torch')}, transformers {env.get('transformers')}, "
             f"device {device}, CPU {env.get('cpu')}, precision {env.get('precision')}, "
-            f"{env.get('world_size')} process(es) x {env.get('threads')} thread(s)")
+            f"{plural(env.get('world_size'), 'process', 'processes')} x "
+            f"{plural(env.get('threads'), 'thread')}")
+

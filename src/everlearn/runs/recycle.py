@@ -77,7 +77,8 @@ from everlearn.runs.results import (
     write_results,
 )
 from everlearn.runs.run_dir import RunDir, save_tensors, write_atomic
-from everlearn.runs.session import Session, begin, open_run_dir, seed_everything
+from everlearn.runs.run_log import run_log
+from everlearn.runs.session import Session, begin, seed_everything
 from everlearn.stages.stream import Stage, build_stream
 from everlearn.strategies.base import RunContext, Strategy
 from everlearn.training.learning_rate import learning_rate
@@ -178,7 +179,10 @@ class RecycleRun:
 
     # --- running ----------------------------------------------------------------------------
     def execute(self, resume: bool = False) -> dict[str, Any]:
-        open_run_dir(self.dir.path)
+        with run_log(self.dir.path):  # RUN_DIR/log.txt, the error too when the run fails
+            return self._execute(resume)
+
+    def _execute(self, resume: bool) -> dict[str, Any]:
         if resume and self.dir.results.exists():
             self._restore()
         elif not resume:

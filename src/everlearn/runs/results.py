@@ -18,6 +18,7 @@ from typing import Any
 
 from everlearn import __version__
 from everlearn.errors import EverlearnError, ResumeError
+from everlearn.wording import plural
 
 RESULTS_FILE = "results.json"
 GENERAL_KEYS = ("general", "general_kl")  # the top-level keys Results.general holds
@@ -36,6 +37,7 @@ class Row:
     preference: dict[str, list[float]] = field(default_factory=dict)
     temporal: dict[str, Any] = field(default_factory=dict)
     general: dict[str, float | None] = field(default_factory=dict)
+    predictions: dict[str, str] = field(default_factory=dict)  # stage -> its predictions file
 
 
 def restored_rows(prev: dict[str, Any], n: int,
@@ -46,9 +48,10 @@ def restored_rows(prev: dict[str, Any], n: int,
 
     side, pref = padded(prev.get("side_metrics")), padded(prev.get("preference_logratios"))
     temporal = padded((prev.get("temporal") or {}).get("rows"))
+    predictions = padded(prev.get("predictions"))
     cost = [None, *prev["cost"]]
-    return [Row(prev["R"][k], cost[k], side[k], pref[k], temporal[k], general[k])
-            for k in range(n)]
+    return [Row(prev["R"][k], cost[k], side[k], pref[k], temporal[k], general[k],
+                predictions[k]) for k in range(n)]
 
 
 @dataclass
@@ -81,6 +84,7 @@ class Results:
     temporal: dict[str, Any] | None = None
     general: dict[str, Any] = field(default_factory=dict)  # general / general_kl sections
     editing: dict[str, Any] | None = None
+    predictions: list[dict[str, str]] | None = None  # per row: stage -> its predictions file
     everlearn_version: str = __version__
 
     def to_dict(self) -> dict[str, Any]:
@@ -94,7 +98,7 @@ class Results:
         self._put(out, "eval_schedule", "side_metrics", "preference_logratios", "text_stream",
                   "metrics", "temporal")
         out.update(self.general)
-        self._put(out, "editing")
+        self._put(out, "editing", "predictions")
         return out
 
     def _put(self, out: dict[str, Any], *keys: str) -> None:
@@ -206,7 +210,7 @@ def salvage_for_resume(run_dir: str | Path) -> tuple[dict[str, Any] | None, str 
 
 # the sections a resume reads (besides R and cost) and the type each must have when present
 RESUME_SECTIONS = {"stages": list, "phases": list, "config": dict, "environment": dict,
-                   "environment_history": list, "side_metrics": list,
+                   "environment_history": list, "side_metrics": list, "predictions": list,
                    "preference_logratios": list, "temporal": dict, "text_stream": dict,
                    "general": dict, "general_kl": dict, "base_eval_time_s": (int, float)}
 
@@ -244,7 +248,7 @@ def sound_rows(data: dict[str, Any]) -> tuple[int, str | None]:
 def row_problem(data: dict[str, Any], k: int, row: Any, width: int) -> str | None:
     """What is wrong with row ``k`` of R and what is recorded with it (None: nothing)."""
     if not isinstance(row, list) or len(row) != width:
-        return f"R[{k}]: expected a list of {width} scores, got {short(row)}"
+        return f"R[{k}]: expected a list of {plural(width, 'score')}, got {short(row)}"
     for j, cell in enumerate(row):
         if cell is not None and (isinstance(cell, bool) or not isinstance(cell, (int, float))
                                  or not math.isfinite(cell)):
@@ -256,6 +260,7 @@ def row_problem(data: dict[str, Any], k: int, row: Any, width: int) -> str | Non
         return f"cost[{k - 1}].steps: expected an integer"
     per_row = {"side_metrics": (data.get("side_metrics"), k),
                "preference_logratios": (data.get("preference_logratios"), k),
+               "predictions": (data.get("predictions"), k),
                "temporal.rows": ((data.get("temporal") or {}).get("rows"), k),
                "text_stream.segments": ((data.get("text_stream") or {}).get("segments"), k - 1)}
     for key, (values, at) in per_row.items():

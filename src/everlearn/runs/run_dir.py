@@ -49,12 +49,28 @@ log = logging.getLogger("everlearn")
 ADAPTER_DIR = "adapter"  # a phase's LoRA as a PEFT adapter directory (runs.peft_adapter)
 
 
+def umask() -> int:
+    """The process's file-mode creation mask (read by setting it and setting it back)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def new_file_mode() -> int:
+    """The mode ``open(path, "w")`` gives a new file: 0666 less the umask. ``mkstemp`` creates
+    its files 0600 whatever the umask, so the atomic writers set this mode before renaming."""
+    return 0o666 & ~umask()
+
+
 def write_atomic(path: Path, data: bytes | str) -> None:
+    """Write ``path`` through a temporary sibling and a rename, with the mode a plain ``open``
+    would give it (:func:`new_file_mode`)."""
     if not dist.is_main():
         return
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
+        os.fchmod(fd, new_file_mode())
         with os.fdopen(fd, "wb") as fh:
             fh.write(data.encode("utf-8") if isinstance(data, str) else data)
             fh.flush()
@@ -70,7 +86,8 @@ def write_json(path: Path, obj: Any) -> None:
 
 
 def save_tensors(path: Path, tensors: dict[str, torch.Tensor]) -> None:
-    """safetensors, written atomically (an empty dict still writes a valid file)."""
+    """safetensors, written atomically (an empty dict still writes a valid file), with the mode
+    a plain ``open`` would give it."""
     if not dist.is_main():
         return
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -78,6 +95,7 @@ def save_tensors(path: Path, tensors: dict[str, torch.Tensor]) -> None:
     os.close(fd)
     try:
         save_file({k: v.contiguous() for k, v in tensors.items()}, tmp)
+        os.chmod(tmp, new_file_mode())  # save_file writes the file anew, 0600
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -15,6 +15,7 @@ in everlearn.runs.session; recyclable tuning has its own driver (everlearn.runs.
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from pathlib import Path
@@ -22,6 +23,7 @@ from typing import Any
 
 import yaml
 
+from everlearn import __version__
 from everlearn.config import RESUME_MAY_CHANGE, RunConfig, changed_fields, dump_yaml
 from everlearn.data.encoders import make_encoder
 from everlearn.errors import ConfigError, ResumeError
@@ -47,6 +49,7 @@ from everlearn.runs.base_cache import (
 )
 from everlearn.runs.metrics import compute_metrics
 from everlearn.runs.peft_adapter import phase_writer
+from everlearn.runs.predictions import write_predictions
 from everlearn.runs.recycle import RecycleRun
 from everlearn.runs.results import (
     Results,
@@ -64,11 +67,11 @@ from everlearn.runs.run_dir import (
     claim_run_dir,
     write_atomic,
 )
+from everlearn.runs.run_log import cost_line, run_log, score_line
 from everlearn.runs.session import (
     Session,
     begin,
     new_run_dir,
-    open_run_dir,
     routes,
     seed_everything,
 )
@@ -178,6 +181,8 @@ class Run:
             res.side_metrics = [r.side for r in rows]
         if any(r.preference for r in rows):  # log pi(chosen) - log pi(rejected): resume state
             res.preference_logratios = [r.preference for r in rows]
+        if any(r.predictions for r in rows):  # everlearn.runs.predictions
+            res.predictions = [r.predictions for r in rows]
         if self.text is not None:
             res.text_stream = self.text.section(R)
         if status == "complete":
@@ -209,14 +214,14 @@ class Run:
 
     # --- the driver -----------------------------------------------------------------------
     def execute(self, resume: bool = False) -> dict[str, Any]:
-        try:
-            return self._execute(resume)
-        finally:  # flush and close the tracker run, also when training fails or is interrupted
-            self.tracker.finish()
+        dist.init()  # several processes: before anything is written (rank 0 writes alone)
+        with run_log(self.dir.path):  # RUN_DIR/log.txt, the error too when the run fails
+            try:
+                return self._execute(resume)
+            finally:  # flush and close the tracker run, also when training fails or stops
+                self.tracker.finish()
 
     def _execute(self, resume: bool) -> dict[str, Any]:
-        dist.init()  # several processes: before anything is written (rank 0 writes alone)
-        open_run_dir(self.dir.path)
         prev = self._previous(resume)
         self.session = begin(self.cfg, prev, self.tracker, resume)
         self._prepare(prev)
@@ -238,7 +243,9 @@ class Run:
             step_ckpt = None  # only the first phase trained here resumes from a step
             self._save_phase(phase)
             phase += 1
-        return self._write("complete")
+        done = self._write("complete")
+        log.info("run complete: metrics %s", json.dumps(done.get("metrics"), allow_nan=True))
+        return done
 
     def _previous(self, resume: bool) -> dict[str, Any] | None:
         """A resumed run's results.json, checked against this config (None: nothing to keep);
@@ -309,7 +316,7 @@ class Run:
             self.phase_source = self.text
         self.strategy.setup(RunContext(model=model, tokenizer=encoder.tok, encoder=encoder,
                                        config=cfg, stream=self.stream, seed=cfg.seed,
-                                       accelerator=acc))
+                                       accelerator=acc, run_dir=self.dir.path))
         self.trainer = Trainer(acc, encoder, cfg.train, self.strategy, cfg.seed, self.quiet)
         self.trainer.on_step = self.tracker.on_step
         self.trainer.log_every = cfg.tracker.log_every  # the loss curve's cadence
@@ -379,6 +386,8 @@ class Run:
         self.evaluator.begin_phase(stages)  # align stages: the model entering is the reference
         if step_ckpt is not None:
             self.tracker.step += step_ckpt["meta"].get("step", 0)
+        log.info("phase %d: training %s (strategy %s)", phase, ", ".join(s.name for s in stages),
+                 "+".join(self.strategy.names))
         pc = (self.trainer.train_phase(self.model, stages, phase, resume=step_ckpt)
               if segment is None
               else self.trainer.train_phase(self.model, stages, phase, segment=segment))
@@ -393,6 +402,7 @@ class Run:
         row.cost = cost_entry(phase, [s.name for s in stages], pc, time.perf_counter() - t0,
                               eval_s, (trainable, total), eval_memory.peak_mb,
                               self.strategy.buffer_size())
+        log.info(cost_line(row.cost))
         self.rows.append(row)
 
     def _evaluate_row(self, row: int) -> Row:
@@ -404,13 +414,19 @@ class Run:
                               self.phase_cols, row)
         scores = [self._score(st, router, row)
                   if cols is None or j in cols else None for j, st in enumerate(stages)]
+        for st, s in zip(stages, scores):
+            if s is not None:
+                log.info(score_line(row, st, s))
         scored = {st.name for st, s in zip(stages, scores) if s is not None}
+        predictions = (write_predictions(self.dir.path, row, stages, scores)
+                       if cfg.eval.predictions else {})
         return Row(scores=[None if s is None else s.score for s in scores],
                    side={st.name: s.side for st, s in zip(stages, scores)
                          if s is not None and s.side},
                    preference={k: v for k, v in self.evaluator.pref_last.items()
                                if k in scored},
-                   temporal=row_counts(stages, scores), general=general)
+                   temporal=row_counts(stages, scores), general=general,
+                   predictions=predictions)
 
     def _score(self, stage: Stage, router, row: int):
         """A stage's score in row ``row``; the base row's through the cache where it may."""
@@ -456,7 +472,10 @@ def start_run(cfg: RunConfig, run_dir: str | Path | None = None, quiet: bool = F
     check_new_run_dir(path)  # every rank, before rank 0 writes anything
     dist.barrier()
     claim_run_dir(path)
-    return path, driver(cfg, path, quiet, source, base_cache).execute(resume=False)
+    with run_log(path):  # also the errors of building the stream (a bad data file)
+        log.info("everlearn %s: new run %s in %s, from %s", __version__, cfg.name, path, source)
+        log.info("resolved config:\n%s", dump_yaml(cfg).rstrip())
+        return path, driver(cfg, path, quiet, source, base_cache).execute(resume=False)
 
 
 def resume_run(run_dir: str | Path, quiet: bool = False, base_cache: str | Path | None = None
@@ -465,9 +484,12 @@ def resume_run(run_dir: str | Path, quiet: bool = False, base_cache: str | Path 
     dist.init()
     path = Path(run_dir)
     check_resumable(path)
-    cfg = load_config(path / "config.yaml")
-    return path, driver(cfg, path, quiet, str(path / "config.yaml"),
-                        base_cache).execute(resume=True)
+    with run_log(path):
+        log.info("everlearn %s: resuming the run in %s", __version__, path)
+        cfg = load_config(path / "config.yaml")
+        log.info("resolved config:\n%s", dump_yaml(cfg).rstrip())
+        return path, driver(cfg, path, quiet, str(path / "config.yaml"),
+                            base_cache).execute(resume=True)
 
 
 def driver(cfg: RunConfig, path: Path, quiet: bool, source: str,

@@ -1,5 +1,5 @@
-"""What every run mode sets up before it trains: seeding, the accelerator, the run directory's
-log, the environment record and the tracker.
+"""What every run mode sets up before it trains: seeding, the accelerator, the environment
+record and the tracker (the run directory's log is :mod:`everlearn.runs.run_log`'s).
 
 The stream, text-stream, recycle and eval-only drivers all start the same way; doing it here,
 once, keeps them from drifting apart (and from importing each other for it). The precision is
@@ -78,32 +78,6 @@ def record_environment(acc) -> dict[str, Any]:
     env = environment.collect(acc.device, acc.mixed_precision, acc.num_processes)
     log.info("environment: %s", environment.summary(env))
     return env
-
-
-def attach_log(path: Path) -> None:
-    """Append log records of this run to RUN_DIR/log.txt."""
-    if not dist.is_main():  # one log file, written by rank 0; the others log errors only
-        log.setLevel(logging.ERROR)
-        return
-    target = str(path / "log.txt")
-    if any(getattr(h, "baseFilename", None) == target for h in log.handlers):
-        return
-    handler = logging.FileHandler(target, encoding="utf-8")
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
-    log.addHandler(handler)
-    log.setLevel(logging.INFO)  # INFO goes to the file; the console keeps the root's WARNING
-    if not any(isinstance(h, logging.StreamHandler) and not isinstance(h, logging.FileHandler)
-               for h in log.handlers):
-        console = logging.StreamHandler()
-        console.setLevel(logging.WARNING)
-        log.addHandler(console)
-    log.propagate = False
-
-
-def open_run_dir(path: Path) -> None:
-    """The run directory exists and this run's log goes to its log.txt."""
-    path.mkdir(parents=True, exist_ok=True)
-    attach_log(path)
 
 
 @dataclass

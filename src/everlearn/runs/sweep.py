@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import logging
 import math
 import os
 import random
@@ -56,9 +57,11 @@ import yaml
 
 from everlearn import __version__
 from everlearn.errors import ConfigError, EverlearnError
+from everlearn.wording import plural
 
 ORDER = "order"
 CACHE = "cache"  # SWEEP_DIR/cache: what the points share (everlearn.runs.base_cache)
+_log = logging.getLogger("everlearn")
 
 
 @dataclass
@@ -298,30 +301,45 @@ class _Stop(Exception):
 def run_sweep(sweep_dir: str | Path, jobs: int = 1, quiet: bool = False,
               echo: Callable[[str], None] = print) -> int:
     """Run every point not yet complete, then write the comparison. Exit status: 0 when all
-    points are complete, 1 when some failed, 130 when interrupted."""
+    points are complete, 1 when some failed, 130 when interrupted. SWEEP_DIR/log.txt gets a
+    line per point started and finished (each point's own run logs to its log.txt)."""
+    from everlearn.runs.run_log import run_log
+
     if jobs < 1:
         raise ConfigError(f"--jobs: expected an integer >= 1, got {jobs}")
     sweep_dir = Path(sweep_dir)
     manifest = read_manifest(sweep_dir)
+    with run_log(sweep_dir):
+        return _run_points(sweep_dir, manifest, jobs, quiet, echo)
+
+
+def _run_points(sweep_dir: Path, manifest: dict[str, Any], jobs: int, quiet: bool,
+                echo: Callable[[str], None]) -> int:
     points = manifest["points"]
     for p in points:
         p["status"] = point_state(sweep_dir / p["dir"])
     todo = deque(p for p in points if p["status"] != "complete")
     children = _Children(sweep_dir, manifest, jobs, quiet, echo)
     children.done = len(points) - len(todo)
+    _log.info("sweep %s: %s, %d complete, %d to run, %d at a time", sweep_dir,
+             plural(len(points), "point"), children.done, len(todo), jobs)
     if not quiet:
-        echo(f"sweep {sweep_dir}: {len(points)} points, {children.done} complete, {len(todo)} "
-             f"to run; {min(jobs, max(1, len(todo)))} at a time, "
-             f"{children.env['OMP_NUM_THREADS']} thread(s) each")
+        threads = children.env["OMP_NUM_THREADS"]
+        echo(f"sweep {sweep_dir}: {plural(len(points), 'point')}, {children.done} complete, "
+             f"{len(todo)} to run; {min(jobs, max(1, len(todo)))} at a time, "
+             f"{plural(int(threads) if threads.isdigit() else threads, 'thread')} each")
     children.save()
     if not children.run_all(todo):
+        _log.info("sweep interrupted")
         print(f"everlearn: sweep interrupted; continue with `everlearn sweep --resume "
               f"{sweep_dir}`", file=sys.stderr)
         return 130
     write_comparison(sweep_dir, manifest, echo, quiet)
     failed = [p["dir"] for p in points if p["status"] != "complete"]
+    _log.info("sweep finished: %d of %s complete%s", len(points) - len(failed),
+             plural(len(points), "point"), f"; failed: {', '.join(failed)}" if failed else "")
     if failed:
-        print(f"everlearn: error: {len(failed)} of {len(points)} points failed ("
+        print(f"everlearn: error: {len(failed)} of {plural(len(points), 'point')} failed ("
               + ", ".join(failed) + f"; see their output.txt); fix the cause and run "
               f"`everlearn sweep --resume {sweep_dir}`", file=sys.stderr)
         return 1
@@ -378,6 +396,8 @@ class _Children:
         p["status"] = "running"
         self.running[proc] = (p, time.perf_counter(), log)
         self.save()
+        _log.info("point %s: started (process %d; its log: %s)", p["dir"], proc.pid,
+                  run_dir / "log.txt")
 
     def _finish(self, proc: subprocess.Popen) -> None:
         p, t0, log = self.running.pop(proc)
@@ -387,6 +407,9 @@ class _Children:
         p["status"] = "complete" if proc.returncode == 0 and state == "complete" else "failed"
         p["exit_code"] = proc.returncode
         self.save()
+        _log.info("point %s: %s, exit %d, %.1f s%s", p["dir"], p["status"], proc.returncode,
+                  time.perf_counter() - t0, f" ({_last_line(self.sweep_dir / p['dir'])})"
+                  if p["status"] == "failed" else "")
         if not self.quiet:
             msg = f"{time.perf_counter() - t0:.1f} s"
             if p["status"] == "failed":
@@ -406,6 +429,7 @@ class _Children:
                 proc.wait()
             log.close()
             p["status"] = "interrupted"
+            _log.info("point %s: interrupted", p["dir"])
         self.save()
 
 
@@ -441,4 +465,5 @@ def write_comparison(sweep_dir: Path, manifest: dict[str, Any],
     if not quiet:
         echo("")
     echo(f"comparison: {', '.join(str(p) for p in written)}")
+    _log.info("comparison: %s", ", ".join(str(p) for p in written))
     return written

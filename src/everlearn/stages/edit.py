@@ -34,6 +34,7 @@ import torch
 from everlearn.data.readers import edit_record
 from everlearn.errors import TrainingError
 from everlearn.stages import Kind, get_kind
+from everlearn.wording import plural
 
 # the MLP of decoder layer N: Llama/Mistral/Qwen (layers.N.mlp), GPT-2 (h.N.mlp), others
 _MLP = re.compile(r"(?:^|\.)(?:layers|h|blocks|layer)\.(\d+)\.(?:mlp|feed_forward|ffn)\.")
@@ -57,7 +58,8 @@ def resolve_layers(layers: list[int] | None, n_layers: int, where: str = "edit.l
         j = k + n_layers if k < 0 else k
         if not 0 <= j < n_layers:
             raise TrainingError(f"{where}: layer {k} does not exist (the model has "
-                                f"{n_layers} layers: 0..{n_layers - 1} or -{n_layers}..-1)")
+                                f"{plural(n_layers, 'layer')}: 0..{n_layers - 1} or "
+                                f"-{n_layers}..-1)")
         out.append(j)
     return out
 

@@ -1,7 +1,7 @@
 """The ``sft`` stage kind: instruction tuning, prompt -> response with the loss on the response.
 
-Records come from prompt/response, Alpaca or chat-message files and SuperNI tasks; every
-training record needs a response. The metric is inferred from the data when not set (labels
+Records come from prompt/response, Alpaca, chat-message or ShareGPT files and SuperNI tasks;
+every training record needs a response. The metric is inferred from the data when not set (labels
 or options -> accuracy, else exact_match; see :mod:`everlearn.stages.stream`).
 """
 

@@ -9,7 +9,6 @@ returns ``{"meta": <JSON-able>, "tensors": {name: tensor}}``, stored without pic
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -36,6 +35,7 @@ class RunContext:
     stream: Stream
     seed: int
     accelerator: Any = None  # device placement and autocast for strategy-side forward passes
+    run_dir: Any = None  # the run directory (a Path), for caches a strategy keeps there
 
     def batch(self, records: list[Record]) -> dict:
         """Encode and pad ``records`` like the trainer does, on the training device."""
@@ -298,11 +298,3 @@ class StrategyStack(Strategy):
                                     if k.startswith(prefix)}})
         return out
 
-
-def option_fields(cls: type) -> list[tuple[str, Any, str]]:
-    """(name, default, help) of a strategy's options, for `everlearn ls` and the docs."""
-    out = []
-    for f in dataclasses.fields(cls.Options):
-        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-        out.append((f.name, default, f.metadata.get("help", "")))
-    return out

@@ -44,6 +44,7 @@ from everlearn.errors import TrainingError
 from everlearn.schema import field
 from everlearn.stages import get_kind
 from everlearn.strategies.base import Strategy
+from everlearn.wording import plural
 
 log = logging.getLogger("everlearn")
 
@@ -205,7 +206,7 @@ class Grace(Strategy):
         j = k + n if k < 0 else k
         if not 0 <= j < n:
             raise TrainingError(f"strategies: grace.layer: layer {k} does not exist (the model "
-                                f"has {n} layers: 0..{n - 1} or -{n}..-1)")
+                                f"has {plural(n, 'layer')}: 0..{n - 1} or -{n}..-1)")
         self.layer = j
         dim = ctx.model.config.hidden_size if hasattr(ctx.model, "config") else None
         device = ctx.accelerator.device if ctx.accelerator is not None else "cpu"

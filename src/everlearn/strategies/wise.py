@@ -58,6 +58,7 @@ from everlearn.strategies.common.side_memory import (
     subspace_mask,
 )
 from everlearn.strategies.grace import decoder_layers
+from everlearn.wording import plural
 
 log = logging.getLogger("everlearn")
 
@@ -158,7 +159,7 @@ class Wise(Strategy):
         j = k + n if k < 0 else k
         if not 0 <= j < n:
             raise TrainingError(f"strategies: wise.layer: layer {k} does not exist (the model "
-                                f"has {n} layers: 0..{n - 1} or -{n}..-1)")
+                                f"has {plural(n, 'layer')}: 0..{n - 1} or -{n}..-1)")
         self.layer = j
         module = value_module(layers[j])
         self.shape = value_shape(module)

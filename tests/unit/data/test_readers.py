@@ -87,6 +87,67 @@ def test_chat_errors(tmp_path: Path, messages, field):
     assert f"record 0: {field}:" in data_error(path)
 
 
+def test_sharegpt_conversations_read_like_messages(tmp_path: Path):
+    # LLaMA-Factory's sharegpt format: the last gpt turn is the target, earlier turns context
+    convo = [
+        {"from": "system", "value": "You are terse."},
+        {"from": "human", "value": "Hi"},
+        {"from": "gpt", "value": "Hello."},
+        {"from": "human", "value": "Name a colour."},
+        {"from": "gpt", "value": "Red."},
+    ]
+    path = write_jsonl(tmp_path / "sharegpt.jsonl", [
+        {"conversations": convo},
+        {"conversations": convo[1:3], "system": "Column system."},  # LLaMA-Factory's system
+        {"conversations": [{"from": "user", "value": "Q"}, {"from": "assistant", "value": "A"}]},
+    ])
+    r, s, t = read(path)
+    same = read(write_jsonl(tmp_path / "chat.jsonl", [{"messages": [
+        {"role": {"human": "user", "gpt": "assistant"}.get(m["from"], m["from"]),
+         "content": m["value"]} for m in convo]}]))[0]
+    assert (r.system, r.context, r.prompt, r.answers) == (same.system, same.context,
+                                                          same.prompt, same.answers)
+    assert r.context == [{"role": "user", "content": "Hi"},
+                         {"role": "assistant", "content": "Hello."}]
+    assert r.prompt == "Name a colour." and r.response == "Red." and r.system == "You are terse."
+    assert (s.system, s.prompt, s.response, s.context) == ("Column system.", "Hi", "Hello.", [])
+    assert (t.prompt, t.response) == ("Q", "A")
+
+
+def test_sharegpt_conversations_in_a_json_list(tmp_path: Path):
+    rows = [{"conversations": [{"from": "human", "value": "2+2?"}, {"from": "gpt", "value": "4"}]}]
+    (tmp_path / "d.json").write_text(json.dumps(rows))
+    (r,) = read(tmp_path / "d.json")
+    assert (r.prompt, r.answers, r.context) == ("2+2?", ["4"], [])
+
+
+@pytest.mark.parametrize("conversations, field, says", [
+    ([{"from": "human", "value": "Hi"}], "conversations", "end with a user turn"),
+    ([{"from": "human", "value": "Hi"}, {"from": "bot", "value": "x"}], "conversations.1",
+     '"from": "bot"'),
+    ([{"from": "human", "value": "Hi"}, {"from": "function_call", "value": "{}"}],
+     "conversations.1", "human|gpt|system"),
+    ([{"from": "human", "value": 3}, {"from": "gpt", "value": "x"}], "conversations.0", "value"),
+    ([{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "x"}],
+     "conversations.0", "from"),
+    ([], "conversations", "non-empty list"),
+    ("Hi", "conversations", "non-empty list"),
+])
+def test_sharegpt_errors_name_the_turn(tmp_path: Path, conversations, field, says):
+    path = write_jsonl(tmp_path / "sharegpt.jsonl", [{"conversations": conversations}])
+    msg = data_error(path)
+    assert f"record 0: {field}:" in msg and says in msg
+
+
+def test_messages_take_the_record_system_when_they_have_none(tmp_path: Path):
+    msgs = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello."}]
+    path = write_jsonl(tmp_path / "chat.jsonl", [
+        {"messages": msgs, "system": "Be brief."},
+        {"messages": [{"role": "system", "content": "Own."}] + msgs, "system": "Be brief."}])
+    r, s = read(path)
+    assert r.system == "Be brief." and s.system == "Own."  # the conversation's own system wins
+
+
 def test_json_list_and_data_key(tmp_path: Path):
     rows = [{"prompt": "a", "response": "1"}, {"prompt": "b", "response": "2"}]
     (tmp_path / "list.json").write_text(json.dumps(rows))

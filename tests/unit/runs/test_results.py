@@ -80,7 +80,7 @@ def damaged(tmp_path, edit) -> tuple:
     (lambda d: d["R"][2].__setitem__(0, "3.0"), 2, "R[2][0]: expected a number or null, got "
                                                    "'3.0'"),
     (lambda d: d["R"][1].__setitem__(0, True), 1, "R[1][0]: expected a number or null"),
-    (lambda d: d["R"].__setitem__(1, []), 1, "R[1]: expected a list of 1 scores, got []"),
+    (lambda d: d["R"].__setitem__(1, []), 1, "R[1]: expected a list of 1 score, got []"),
     (lambda d: d["cost"].pop(), 2, "cost[1]: expected the cost of phase 2, got nothing"),
     (lambda d: d["cost"].__setitem__(0, 5), 1, "cost[0]: expected the cost of phase 1, got 5"),
     (lambda d: d["cost"][1].update(steps="2"), 2, "cost[1].steps: expected an integer"),

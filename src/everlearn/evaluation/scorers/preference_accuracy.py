@@ -8,7 +8,7 @@ from everlearn.evaluation.scorers import Metric
 
 def score(evaluator, model, stage, router):
     def logratios(model, stage, records):
-        return [(d, "") for d in evaluator.pair_logratios(model, stage, records)]
+        return [(d, "", {}) for d in evaluator.pair_logratios(model, stage, records)]
 
     results = evaluator.record_scores(model, stage, router, logratios)
     return evaluator.preference_score(stage, [r[0] for r in results])

@@ -1,4 +1,5 @@
-"""``rouge_l``: batched greedy generations, ROUGE-L F1 against the best answer
+"""``rouge_l``: batched greedy generations, ROUGE-L F1 against the best answer, as the
+``rouge-score`` package computes it with Super-NaturalInstructions' settings
 (:func:`everlearn.evaluation.scoring.rouge_l`)."""
 
 from __future__ import annotations
