@@ -44,7 +44,8 @@ def _logits(model, text: str) -> torch.Tensor:
 
 
 # --- the strategies on the tiny model ---------------------------------------------------------
-@pytest.mark.parametrize("name", ["inc_lora", "olora", "routed_lora"])
+@pytest.mark.parametrize("name", ["inc_lora", "olora", "routed_lora", "nlora", "inflora",
+                                  "moe_lora"])
 def test_adapter_strategies_need_lora(tmp_path, name):
     cfg = _cfg(tmp_path, [constant_task(tmp_path, "red", "alpha", 4, 2)], {"name": name},
                finetune="full")
