@@ -88,3 +88,41 @@ def test_gem_projection_over_parameters_equals_projection_of_the_flat_vector():
         assert changed == changed_flat
         got = flat([o if o is not None else torch.zeros(3) for o in out])
         assert torch.allclose(got, expected, atol=1e-5)
+
+
+def test_gem_strategy_update_conflicts_with_no_stored_stage_on_the_model(tmp_path):
+    """On the tiny model: after ``after_backward`` the gradient handed to the optimizer has a
+    non-negative dot product with each stored stage's memory gradient."""
+    from everlearn.strategies.gem import GEM, GEMOptions
+    from tests.helpers.replay_family import run_context, toy_stage
+
+    ctx = run_context(tmp_path)
+    model = ctx.model
+    model.train()
+    gem = GEM(GEMOptions(memory_size=12, sample_size=6, margin=0.0))
+    gem.setup(ctx)
+    stages = [toy_stage(i, 6) for i in range(3)]
+    for s in stages[:2]:
+        gem.before_stage(s)
+        gem.after_stage(s)
+    gem.before_stage(stages[2])
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.Adam(params, lr=3e-3)
+    for _ in range(30):  # learn stage 0, so that unlearning its answers conflicts with it
+        opt.zero_grad()
+        model(**ctx.batch(stages[0].train)).loss.backward()
+        opt.step()
+    model.zero_grad()
+    from everlearn.data.records import Record
+    conflicting = [Record(prompt=r.prompt, answers=["zulu"], task="s2") for r in stages[0].train]
+    model(**ctx.batch(conflicting)).loss.backward()
+    gem.after_backward(model)
+    update = [p.grad.clone() for p in params]
+    for stage in range(2):  # the whole memory of a stage: the same gradient GEM used
+        model.zero_grad()
+        records = [r for s, r in gem.memory.entries if s == stage]
+        assert len(records) == 6
+        model(**ctx.batch(records)).loss.backward()
+        dot = float(sum((u.double() * p.grad.double()).sum() for u, p in zip(update, params)))
+        assert dot >= -1e-6 * float(flat(update).norm() * flat([p.grad for p in params]).norm())
+    assert gem.stats["2"] == [1, 1]  # it did conflict: the QP ran
