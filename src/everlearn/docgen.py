@@ -96,6 +96,9 @@ def strategy_reference() -> str:
              "`python -m everlearn.docgen`. Compose them in order: `strategy: [replay, ...]`.", ""]
     for name, cls in sorted(STRATEGIES.items()):
         lines += [f"## `{name}`", "", f"{cls.summary}.", "", f"Reference: {cls.paper}.", ""]
+        details = getattr(cls, "details", "")  # the method as built: equations, deviations
+        if details:
+            lines += [details.strip(), ""]
         opts = option_fields(cls)
         if opts:
             lines += ["| option | default | meaning |", "| --- | --- | --- |"]

@@ -171,15 +171,18 @@ def two_process_case(tmp: Path) -> dict:
     return json.loads((tmp / "run" / "results.json").read_text())
 
 
-# Strategies added after the goldens were written (their cases join at the next `write`).
-NO_GOLDEN_YET = {"gem", "migu", "osf"}
+# Strategies of issue 18 that have no golden case yet; each has its own property tests and its
+# row in tests/e2e/test_strategy_matrix.py.
+NO_GOLDEN_YET = ("gem", "migu", "osf", "sapt_lora")
 
 
 def cases() -> dict[str, Callable[[Path], dict]]:
     from everlearn.strategies import STRATEGIES
 
     out = {f"sft_{n}": strategy_case(n) for n in sorted(STRATEGIES)
-           if n not in ("grace", "stage_projector", "wise") and n not in NO_GOLDEN_YET}
+           if n not in ("grace", "stage_projector", "wise")}
+    for n in NO_GOLDEN_YET:  # strategies added after the goldens were written
+        out.pop(f"sft_{n}", None)
     out.update(cpt_replay=cpt_case, align_dpo=align_case, edit_ft=edit_case("ft"),
                edit_grace=edit_case("grace"), text_stream_detector=text_stream_case,
                recycle=recycle_case, vision_stage_projector=vision_case,

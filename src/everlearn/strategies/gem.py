@@ -124,6 +124,20 @@ class GEM(Strategy):
     summary = "GEM: solve a QP per step so no stored stage's memory gradient is opposed"
     paper = "Lopez-Paz & Ranzato 2017, Gradient Episodic Memory for Continual Learning (NeurIPS)"
     Options = GEMOptions
+    details = """
+After each backward pass the stream gradient g is checked against the gradient g_k of every
+earlier stage k on a sample of its memory (`sample_size` examples per stage). If some
+`<g, g_k> < 0`, g is replaced by the closest vector conflicting with none of them: the paper's
+projection QP (Section 3), `min_z 1/2 ||g - z||^2 s.t. <z, g_k> >= 0` for all k, solved exactly
+in its dual, `min_{v >= margin} 1/2 v^T (A A^T) v + (A g)^T v` with `z = g + A^T v` (A: the g_k
+as rows), by non-negative least squares on a square root of A A^T (scipy's active set).
+`margin` is the paper's gamma added to v (the authors' experiments: 0.5), applied as the lower
+bound as their code does. Deviations: the memory is `memory_size` examples in all, equal slots
+per stage; each g_k comes from a sample of the stage's memory, not the whole of it, each step.
+As with A-GEM, AdamW rescales the projected gradient per weight, so the no-conflict guarantee
+holds for the gradient handed to the optimizer. Reported: steps and projected steps per stage
+(`strategy_metrics.gem.projected_steps`).
+"""
     unsupported_parallel = {
         "fsdp": "it projects the flattened whole-model gradient",
         "zero": "it projects the whole-model gradient, which ZeRO keeps in flat partitions",

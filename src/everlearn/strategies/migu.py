@@ -87,6 +87,18 @@ class MIGU(Strategy):
     paper = ("Du et al. 2024, Unlocking Continual Learning Abilities in Language Models "
              "(EMNLP Findings)")
     Options = MIGUOptions
+    details = """
+During an optimizer step's forward passes each linear layer's output magnitudes are summed per
+output dimension and L1-normalised; before the step, the gradient rows (weight row and bias) of
+the outputs at or below the `threshold` quantile (the paper's threshold ratio T) are zeroed, so
+only the top 1 - T of each layer's outputs update. No memory, no task labels. As in the
+authors' code (wenyudu/MIGU): under LoRA, lora_A's rows follow lora_A's output and lora_B's rows
+the adapted layer's output; the first stage trains unmasked (`mask_first_stage`); magnitudes are
+summed over data-parallel processes. Deviations: an output head tied to the input embeddings is
+not masked (its rows are also the token embeddings). Masks act on gradients, so with AdamW a row
+masked now still moves by its earlier momentum. Reported: the mean kept share of rows per stage
+(`strategy_metrics.migu.kept_share`).
+"""
 
     def __init__(self, options=None):
         super().__init__(options)

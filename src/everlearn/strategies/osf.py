@@ -66,6 +66,19 @@ class OSF(Strategy):
     paper = ("Nayak et al. 2025, Sculpting Subspaces: Constrained Full Fine-Tuning in LLMs "
              "for Continual Learning")
     Options = OSFOptions
+    details = """
+PEFT's own OSF tuner (`peft.tuners.osf.OSFModel`), applied per stage in place: before a stage each
+targeted weight is decomposed by SVD, the top share of its singular directions is frozen and only
+the rest trains, with gradients projected orthogonal to the frozen subspace; after the stage PEFT's
+`merge_and_unload` folds the update back (a plain full-rank model; nothing added per stage) and the
+model's own trainable flags return. Needs `model.finetune: full`. Deviations: the paper picks the
+preserved rank per layer from a layer-importance score; PEFT takes one share for all targeted
+layers, so the share follows a schedule, linear from `first_share` (first stage) to `last_share`
+(last stage) as in PEFT's continual-learning example (0.3 / 0.5 / 0.7). PEFT's tuner freezes the
+weights it does not target (embeddings, norms, head). AdamW rescales the projected gradients, so
+the update is orthogonal to the frozen subspace to first order (exactly under SGD). Reported: the
+preserved share per stage (`strategy_metrics.osf.preserved_share`).
+"""
     requires_finetune = "full"
     unsupported_parallel = {
         "fsdp": "PEFT's OSF decomposes whole weight matrices",
