@@ -80,10 +80,7 @@ the update is orthogonal to the frozen subspace to first order (exactly under SG
 preserved share per stage (`strategy_metrics.osf.preserved_share`).
 """
     requires_finetune = "full"
-    unsupported_parallel = {
-        "fsdp": "PEFT's OSF decomposes whole weight matrices",
-        "zero": "PEFT's OSF decomposes whole weight matrices",
-    }
+    unsupported_parallel = {"fsdp": "PEFT's OSF decomposes whole weight matrices"}
 
     def __init__(self, options=None):
         super().__init__(options)
