@@ -87,6 +87,10 @@ class MIGU(Strategy):
     paper = ("Du et al. 2024, Unlocking Continual Learning Abilities in Language Models "
              "(EMNLP Findings)")
     Options = MIGUOptions
+    unsupported_parallel = {
+        "fsdp": "it masks rows of whole weight gradients (not known to work sharded)",
+        "zero": "it masks rows of per-weight gradients, which ZeRO keeps in flat partitions",
+    }
     details = """
 During an optimizer step's forward passes each linear layer's output magnitudes are summed per
 output dimension and L1-normalised; before the step, the gradient rows (weight row and bias) of
