@@ -44,7 +44,8 @@ class MIGUOptions:
     threshold: float = field(
         default=0.7, metadata={"help": "Quantile of each layer's L1-normalised output magnitudes "
                                        "at or below which gradient rows are zeroed (the paper's "
-                                       "T; 0.7 updates the top 30%)."})
+                                       "T; 0.7 updates the top 30%; the authors' scripts take "
+                                       "it as an argument)."})
     mask_first_stage: bool = field(
         default=False, metadata={"help": "Mask the first stage too (the authors train it "
                                          "unmasked)."})
