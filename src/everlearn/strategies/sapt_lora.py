@@ -251,7 +251,7 @@ per stage after each stage (`strategy_metrics.sapt_lora.selection_accuracy`). Ne
         if ids is None or not names:
             self.alpha = None
             return
-        past = kwargs.get("past_key_values")
+        past = kwargs.get("past_key_values", kwargs.get("cache"))  # transformers 5 takes `cache`
         if (past is not None and hasattr(past, "get_seq_length") and past.get_seq_length() > 0
                 and self.alpha is not None and self.alpha.shape[0] == ids.shape[0]):
             return  # generation: the prompt's selection holds for every new token

@@ -3,6 +3,7 @@ positions, and the reflection term's target."""
 
 from __future__ import annotations
 
+import contextlib
 import copy
 
 import pytest
@@ -83,3 +84,21 @@ def test_reflection_term_is_the_kl_to_the_stored_attention_of_the_stage(tmp_path
     key = sapt.selector.keys["stage2"]
     assert key.grad is not None and float(key.grad.norm()) > 0  # the new key is pushed away
     assert sapt.selector.keys["stage1"].grad is None  # earlier keys are frozen
+
+
+def test_option_scoring_on_a_cache_keeps_the_prompts_selection(tmp_path):
+    """Option likelihoods run the options on the prompt's KV cache (transformers 5 passes it as
+    ``cache``): the selection made on the prompt holds, and the short feed is not re-pooled
+    against the whole attention mask (which once raised a size mismatch)."""
+    from everlearn.evaluation.option_scoring import OptionItem, score_options
+
+    ctx, sapt = _two_stage_sapt(tmp_path)
+    ctx.model.eval()
+    seen = []
+    ctx.model.register_forward_hook(lambda *_: seen.append(sapt.alpha.clone()))
+    items = [OptionItem(prompt=[5, 6, 7, 8], options=[[9, 10, 11], [12, 13, 14]]),
+             OptionItem(prompt=[15, 16], options=[[17, 18, 19], [20, 21, 22]])]
+    scores = score_options(ctx.model, items, pad_id=0, device=torch.device("cpu"),
+                           autocast=contextlib.nullcontext)
+    assert len(scores) == 2 and all(len(s) == 2 for s in scores)
+    assert len(seen) == 3 and all(torch.equal(a, seen[0]) for a in seen)  # prompt, 2 feeds
