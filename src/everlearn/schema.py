@@ -103,12 +103,16 @@ class Range:
         return ", ".join(parts)
 
 
-def field(default: Any = dataclasses.MISSING, help: str = "", **ranges: Any) -> Any:
+def field(default: Any = dataclasses.MISSING, help: str = "", path: bool = False,
+          **ranges: Any) -> Any:
     """A dataclass field with a help text and an optional range (the keywords of ``Range``;
-    ``each`` as a mapping of them); mutable defaults go through ``default_factory``."""
+    ``each`` as a mapping of them); mutable defaults go through ``default_factory``. ``path``:
+    a file path, resolved against the config file's directory like the data paths."""
     if "each" in ranges:
         ranges["each"] = Range(**ranges["each"])
     metadata = {"help": help, "range": Range(**ranges)} if ranges else {"help": help}
+    if path:
+        metadata["path"] = True
     if isinstance(default, (list, dict)):
         value = default
         return dataclasses.field(default_factory=lambda: type(value)(value), metadata=metadata)

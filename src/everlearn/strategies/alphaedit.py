@@ -31,21 +31,22 @@ from typing import Any
 
 import torch
 
+from everlearn.schema import field
 from everlearn.strategies.common.edit_targets import average_keys
 from everlearn.strategies.common.locate_edit import alphaedit_update, null_space_projector
-from everlearn.strategies.common.locate_editor import LocateOptions, opt
+from everlearn.strategies.common.locate_editor import LocateOptions
 from everlearn.strategies.memit import Memit
 
 
 @dataclass
 class AlphaEditOptions(LocateOptions):
-    layers: list[int] | None = opt(
+    layers: list[int] | None = field(
         None, "Decoder layers whose MLP down-projections are edited (negative counts from the "
         "end). Null: round(depth/8)..round(depth/4) (4..8 of SmolLM2-135M's 30).")
-    null_space_threshold: float = opt(
+    null_space_threshold: float = field(
         2e-2, "Eigenvalues of the corpus keys' second moment below this span the null space "
         "the update is projected onto (the paper's code: 2e-2).")
-    l2: float = opt(10.0, "alpha: the weight of the squared norm of Delta P in the objective "
+    l2: float = field(10.0, "alpha: the weight of the squared norm of Delta P in the objective "
                     "(the paper's code's L2).")
 
     def check(self) -> tuple[str, str] | None:

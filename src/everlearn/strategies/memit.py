@@ -25,25 +25,26 @@ from typing import Any
 
 import torch
 
+from everlearn.schema import field
 from everlearn.strategies.common.edit_targets import (
     average_keys,
     optimise_value,
     outputs_at_subject,
 )
 from everlearn.strategies.common.locate_edit import memit_layers, memit_update, regularised
-from everlearn.strategies.common.locate_editor import LocateEditor, LocateOptions, opt
+from everlearn.strategies.common.locate_editor import LocateEditor, LocateOptions
 from everlearn.strategies.common.mlp_access import add_update, resolve_layer
 from everlearn.strategies.grace import decoder_layers
 
 
 @dataclass
 class MemitOptions(LocateOptions):
-    layers: list[int] | None = opt(
+    layers: list[int] | None = field(
         None, "Decoder layers whose MLP down-projections are edited (negative counts from the "
         "end). Null: round(depth/8)..round(depth/4) (4..8 of SmolLM2-135M's 30).")
-    mom2_weight: float = opt(15000.0, "lambda: the weight of the preserved keys' covariance "
+    mom2_weight: float = field(15000.0, "lambda: the weight of the preserved keys' covariance "
                              "against the edits' keys (the paper's mom2_update_weight).")
-    clamp_norm: float = opt(0.75, "The norm of delta is clamped to this times that of h after "
+    clamp_norm: float = field(0.75, "The norm of delta is clamped to this times that of h after "
                              "every step.")
 
     def check(self) -> tuple[str, str] | None:

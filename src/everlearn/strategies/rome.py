@@ -32,15 +32,16 @@ from typing import Any
 
 import torch
 
+from everlearn.schema import field
 from everlearn.strategies.common.edit_targets import average_keys, optimise_value
 from everlearn.strategies.common.locate_edit import regularised, rome_layer, rome_update
-from everlearn.strategies.common.locate_editor import LocateEditor, LocateOptions, opt
+from everlearn.strategies.common.locate_editor import LocateEditor, LocateOptions
 from everlearn.strategies.common.mlp_access import add_update, resolve_layer, weight_matrix
 
 
 @dataclass
 class RomeOptions(LocateOptions):
-    layer: int | None = opt(
+    layer: int | None = field(
         None, "Decoder layer whose MLP down-projection is edited (negative counts from the "
         "end). Null: round(depth / 6) (5 of SmolLM2-135M's 30).")
 

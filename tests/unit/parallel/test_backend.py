@@ -47,4 +47,4 @@ def test_parallel_refusals_come_from_the_strategies(monkeypatch):
     assert all(fsdp.refusal(n) is not None for n in STRATEGIES if n not in fsdp.supported())
     assert fsdp.refusal("no_such_strategy") == "it is not known to work on a sharded model"
     assert {n for n in STRATEGIES if zero.refusal(n) is not None} == {
-        "agem", "gem", "grace", "migu", "wise"}
+        "agem", "alphaedit", "gem", "grace", "ilora", "memit", "migu", "rome", "wise"}

@@ -9,12 +9,13 @@ what else they accumulate (the prefixes, AlphaEdit's K_p K_p^T) is in the strate
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from everlearn.schema import field
 from everlearn.stages import get_kind
 from everlearn.strategies.base import Strategy
 from everlearn.strategies.common.edit_targets import (
@@ -36,35 +37,31 @@ from everlearn.strategies.grace import decoder_layers
 CACHE_DIR = Path("cache") / "covariance"
 
 
-def opt(default, help_text: str, **extra):
-    return field(default=default, metadata={"help": help_text, **extra})
-
-
 @dataclass
 class LocateOptions:
     """Options every locate-then-edit editor has (the value optimisation and the covariance)."""
 
-    corpus: str | None = opt(
+    corpus: str | None = field(
         None, "Text corpus whose keys give the covariance C (JSON/JSONL records, .txt, hf:name);"
         " null: the 60 built-in general instruction pairs of general_mix.", path=True)
-    covariance_tokens: int | None = opt(
+    covariance_tokens: int | None = field(
         None, "Most corpus tokens whose keys enter C (null: the whole corpus).")
-    covariance_max_length: int = opt(128, "Tokens per corpus document (longer ones are cut).")
-    ridge: float = opt(
+    covariance_max_length: int = field(128, "Tokens per corpus document (longer ones are cut).")
+    ridge: float = field(
         1e-3, "C + ridge * mean eigenvalue * I before it is inverted (a covariance from fewer "
         "tokens than keys' dimensions is singular; 0: none, as in the papers).")
-    prefixes: int = opt(5, "Prefixes the model writes itself; keys are averaged over them and "
+    prefixes: int = field(5, "Prefixes the model writes itself; keys are averaged over them and "
                         "the empty prefix, and values optimised on all of them.")
-    prefix_length: int = opt(10, "Tokens per prefix.")
-    value_steps: int = opt(20, "Most Adam steps of a value.")
-    value_lr: float = opt(0.5, "Adam learning rate of a value.")
-    kl_factor: float = opt(0.0625, "Weight of the KL 'essence' term (<subject> is a).")
-    weight_decay: float = opt(
+    prefix_length: int = field(10, "Tokens per prefix.")
+    value_steps: int = field(20, "Most Adam steps of a value.")
+    value_lr: float = field(0.5, "Adam learning rate of a value.")
+    kl_factor: float = field(0.0625, "Weight of the KL 'essence' term (<subject> is a).")
+    weight_decay: float = field(
         0.5, "Weight of the squared norm of delta over that of h in a value's loss (h: the "
         "output being rewritten, before the edit).")
-    clamp_norm: float = opt(4.0, "The norm of delta is clamped to this times that of h after "
+    clamp_norm: float = field(4.0, "The norm of delta is clamped to this times that of h after "
                             "every step.")
-    stop_loss: float = opt(0.05, "A value's optimisation stops once its NLL is below this.")
+    stop_loss: float = field(0.05, "A value's optimisation stops once its NLL is below this.")
 
     def check(self) -> tuple[str, str] | None:
         for name in ("value_lr", "clamp_norm"):
