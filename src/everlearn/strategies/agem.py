@@ -27,8 +27,8 @@ from dataclasses import dataclass, field
 import torch
 
 from everlearn.data.encode import image_inputs
-from everlearn.strategies.base import Strategy
-from everlearn.strategies.common.buffer import Memory, record_batch, stage_rng
+from everlearn.strategies.common.buffer import record_batch
+from everlearn.strategies.common.gradient_memory import GradientMemoryStrategy
 
 
 @dataclass
@@ -95,7 +95,7 @@ def project_grads(grads: list[torch.Tensor | None], refs: list[torch.Tensor | No
 
 
 # --- the strategy -------------------------------------------------------------------------
-class AGEM(Strategy):
+class AGEM(GradientMemoryStrategy):
     name = "agem"
     summary = "A-GEM: project gradients that would raise the loss on an episodic memory"
     unsupported_parallel = {
@@ -104,22 +104,6 @@ class AGEM(Strategy):
     }
     paper = "Chaudhry et al. 2019, Efficient Lifelong Learning with A-GEM (ICLR)"
     Options = AGEMOptions
-
-    def __init__(self, options=None):
-        super().__init__(options)
-        self.memory = Memory(self.name, self.options.memory_size, self.options.selection)
-        self.stats: dict[str, list[int]] = {}  # stage index -> [steps, projected steps]
-        self._stage = 0
-        self._rng = stage_rng(None, 0, self.name, "sample")
-
-    def setup(self, ctx):
-        super().setup(ctx)
-        self.memory.setup(ctx)
-
-    def before_stage(self, stage):
-        self._stage = stage.index
-        self._rng = stage_rng(self.ctx, stage.index, self.name, "sample")
-        self.stats[str(stage.index)] = [0, 0]
 
     def _backward(self, loss) -> None:
         acc = self.ctx.accelerator
@@ -155,26 +139,3 @@ class AGEM(Strategy):
         counts[0] += 1
         counts[1] += int(changed)
 
-    def after_stage(self, stage):
-        self.memory.add(stage)
-
-    def buffer_size(self) -> int:
-        return len(self.memory)
-
-    def state_dict(self):
-        return {"meta": {"memory": self.memory.state(), "stats": self.stats}, "tensors": {}}
-
-    def load_state_dict(self, state):
-        meta = state["meta"]
-        self.memory.load(meta.get("memory", {}))
-        self.stats = {k: list(v) for k, v in meta.get("stats", {}).items()}
-
-    def step_state(self):
-        """The sampling RNG (the default) and the projection counters, which every step moves."""
-        state = super().step_state()
-        state["meta"]["stats"] = self.stats
-        return state
-
-    def load_step_state(self, state):
-        super().load_step_state(state)
-        self.stats = {k: list(v) for k, v in state["meta"].get("stats", {}).items()}

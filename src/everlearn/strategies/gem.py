@@ -38,8 +38,8 @@ import numpy as np
 import torch
 
 from everlearn.data.encode import image_inputs
-from everlearn.strategies.base import Strategy
-from everlearn.strategies.common.buffer import Memory, record_batch, stage_rng
+from everlearn.strategies.common.buffer import record_batch
+from everlearn.strategies.common.gradient_memory import GradientMemoryStrategy
 
 
 @dataclass
@@ -119,7 +119,7 @@ def _dot(a: list[torch.Tensor | None], b: list[torch.Tensor | None]) -> float:
 
 
 # --- the strategy -------------------------------------------------------------------------
-class GEM(Strategy):
+class GEM(GradientMemoryStrategy):
     name = "gem"
     summary = "GEM: solve a QP per step so no stored stage's memory gradient is opposed"
     paper = "Lopez-Paz & Ranzato 2017, Gradient Episodic Memory for Continual Learning (NeurIPS)"
@@ -142,22 +142,6 @@ holds for the gradient handed to the optimizer. Reported: steps and projected st
         "fsdp": "it projects the flattened whole-model gradient",
         "zero": "it projects the whole-model gradient, which ZeRO keeps in flat partitions",
     }
-
-    def __init__(self, options=None):
-        super().__init__(options)
-        self.memory = Memory(self.name, self.options.memory_size, "balanced")
-        self.stats: dict[str, list[int]] = {}  # stage index -> [steps, projected steps]
-        self._stage = 0
-        self._rng = stage_rng(None, 0, self.name, "sample")
-
-    def setup(self, ctx):
-        super().setup(ctx)
-        self.memory.setup(ctx)
-
-    def before_stage(self, stage):
-        self._stage = stage.index
-        self._rng = stage_rng(self.ctx, stage.index, self.name, "sample")
-        self.stats[str(stage.index)] = [0, 0]
 
     def _stage_indices(self) -> dict[int, list[int]]:
         """Memory positions by stored stage, stages in order."""
@@ -199,30 +183,7 @@ holds for the gradient handed to the optimizer. Reported: steps and projected st
         counts[0] += 1
         counts[1] += int(changed)
 
-    def after_stage(self, stage):
-        self.memory.add(stage)
-
-    def buffer_size(self) -> int:
-        return len(self.memory)
-
     def metrics(self):
         return {"projected_steps": {k: {"steps": v[0], "projected": v[1]}
                                     for k, v in self.stats.items()}}
 
-    def state_dict(self):
-        return {"meta": {"memory": self.memory.state(), "stats": self.stats}, "tensors": {}}
-
-    def load_state_dict(self, state):
-        meta = state["meta"]
-        self.memory.load(meta.get("memory", {}))
-        self.stats = {k: list(v) for k, v in meta.get("stats", {}).items()}
-
-    def step_state(self):
-        """The sampling RNG (the default) and the projection counters, which every step moves."""
-        state = super().step_state()
-        state["meta"]["stats"] = self.stats
-        return state
-
-    def load_step_state(self, state):
-        super().load_step_state(state)
-        self.stats = {k: list(v) for k, v in state["meta"].get("stats", {}).items()}
