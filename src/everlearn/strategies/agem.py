@@ -26,9 +26,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from everlearn.data.encode import image_inputs
-from everlearn.strategies.common.buffer import record_batch
-from everlearn.strategies.common.gradient_memory import GradientMemoryStrategy
+from everlearn.strategies.common.gradient_memory import GradientMemoryStrategy, take_grads
 
 
 @dataclass
@@ -105,37 +103,21 @@ class AGEM(GradientMemoryStrategy):
     paper = "Chaudhry et al. 2019, Efficient Lifelong Learning with A-GEM (ICLR)"
     Options = AGEMOptions
 
-    def _backward(self, loss) -> None:
-        acc = self.ctx.accelerator
-        if acc is not None:
-            acc.backward(loss)
-        else:
-            loss.backward()
-
     def reference_gradient(self, model, params) -> list[torch.Tensor | None]:
         """Gradients of the loss on a sampled memory batch (``params``' grads must be clear)."""
         size = self.options.sample_size or self.ctx.config.train.batch_size
         records = self.memory.records
-        picked = [records[i] for i in self.memory.sample(self._rng, size)]
-        batch = record_batch(self.ctx, picked)
-        with self.ctx.autocast():
-            loss = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                         labels=batch["labels"], **image_inputs(batch)).loss
-        self._backward(loss)
-        return [p.grad for p in params]
+        return self.memory_gradient(model, params,
+                                    [records[i] for i in self.memory.sample(self._rng, size)])
 
     def after_backward(self, model):
         if not len(self.memory):
             return
         params = [p for p in model.parameters() if p.requires_grad]
-        grads = [p.grad for p in params]  # the stream gradient g, kept aside
-        for p in params:
-            p.grad = None
+        grads = take_grads(params)  # the stream gradient g, kept aside
         refs = self.reference_gradient(model, params)
         new, changed = project_grads(grads, refs)
         for p, g in zip(params, new):
             p.grad = g
-        counts = self.stats.setdefault(str(self._stage), [0, 0])
-        counts[0] += 1
-        counts[1] += int(changed)
+        self.count_step(changed)
 

@@ -37,9 +37,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from everlearn.data.encode import image_inputs
-from everlearn.strategies.common.buffer import record_batch
-from everlearn.strategies.common.gradient_memory import GradientMemoryStrategy
+from everlearn.strategies.common.gradient_memory import GradientMemoryStrategy, take_grads
 
 
 @dataclass
@@ -150,38 +148,24 @@ holds for the gradient handed to the optimizer. Reported: steps and projected st
             by_stage.setdefault(stage, []).append(i)
         return dict(sorted(by_stage.items()))
 
-    def memory_gradient(self, model, params, positions: list[int]) -> list[torch.Tensor | None]:
-        """Gradients of the loss on a sample of the memory entries at ``positions`` (``params``'
-        grads must be clear; they are cleared again afterwards)."""
+    def stage_gradient(self, model, params, positions: list[int]) -> list[torch.Tensor | None]:
+        """Gradients of the loss on a sample of the memory entries at ``positions``."""
         size = self.options.sample_size or self.ctx.config.train.batch_size
         picked = self._rng.sample(positions, min(size, len(positions)))
         records = self.memory.records
-        batch = record_batch(self.ctx, [records[i] for i in picked])
-        with self.ctx.autocast():
-            loss = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                         labels=batch["labels"], **image_inputs(batch)).loss
-        acc = self.ctx.accelerator
-        acc.backward(loss) if acc is not None else loss.backward()
-        grads = [p.grad for p in params]
-        for p in params:
-            p.grad = None
-        return grads
+        return self.memory_gradient(model, params, [records[i] for i in picked])
 
     def after_backward(self, model):
         if not len(self.memory):
             return
         params = [p for p in model.parameters() if p.requires_grad]
-        grads = [p.grad for p in params]  # the stream gradient g, kept aside
-        for p in params:
-            p.grad = None
-        memory_grads = [self.memory_gradient(model, params, positions)
+        grads = take_grads(params)  # the stream gradient g, kept aside
+        memory_grads = [self.stage_gradient(model, params, positions)
                         for positions in self._stage_indices().values()]
         new, changed = project_grads(grads, memory_grads, self.options.margin)
         for p, g in zip(params, new):
             p.grad = g
-        counts = self.stats.setdefault(str(self._stage), [0, 0])
-        counts[0] += 1
-        counts[1] += int(changed)
+        self.count_step(changed)
 
     def metrics(self):
         return {"projected_steps": {k: {"steps": v[0], "projected": v[1]}

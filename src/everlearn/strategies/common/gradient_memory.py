@@ -4,8 +4,11 @@ checkpoints. The two differ only in how a step's gradient is projected (``after_
 
 from __future__ import annotations
 
+import torch
+
+from everlearn.data.encode import image_inputs
 from everlearn.strategies.base import Strategy
-from everlearn.strategies.common.buffer import Memory, stage_rng
+from everlearn.strategies.common.buffer import Memory, record_batch, stage_rng
 
 
 class GradientMemoryStrategy(Strategy):
@@ -32,6 +35,22 @@ class GradientMemoryStrategy(Strategy):
     def after_stage(self, stage):
         self.memory.add(stage)
 
+    def memory_gradient(self, model, params, records) -> list[torch.Tensor | None]:
+        """Gradients of the loss on the memory ``records`` (``params``' grads must be clear;
+        they are left cleared again)."""
+        batch = record_batch(self.ctx, records)
+        with self.ctx.autocast():
+            loss = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                         labels=batch["labels"], **image_inputs(batch)).loss
+        acc = self.ctx.accelerator
+        acc.backward(loss) if acc is not None else loss.backward()
+        return take_grads(params)
+
+    def count_step(self, projected: bool) -> None:
+        counts = self.stats.setdefault(str(self._stage), [0, 0])
+        counts[0] += 1
+        counts[1] += int(projected)
+
     def buffer_size(self) -> int:
         return len(self.memory)
 
@@ -52,3 +71,12 @@ class GradientMemoryStrategy(Strategy):
     def load_step_state(self, state):
         super().load_step_state(state)
         self.stats = {k: list(v) for k, v in state["meta"].get("stats", {}).items()}
+
+
+def take_grads(params) -> list[torch.Tensor | None]:
+    """The parameters' gradients, the parameters left with none (the stream gradient set aside
+    while memory gradients are computed)."""
+    grads = [p.grad for p in params]
+    for p in params:
+        p.grad = None
+    return grads
