@@ -28,6 +28,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from everlearn.errors import ConfigError
 from everlearn.strategies.base import Strategy
 
 
@@ -93,6 +94,18 @@ preserved share per stage (`strategy_metrics.osf.preserved_share`).
         indices = [s.index for s in stages]
         return (indices.index(stage.index) if stage.index in indices else len(indices) - 1,
                 len(indices))
+
+    def setup(self, ctx):
+        """Refuse, in one line, a PEFT without its OSF tuner (nothing here re-implements it)."""
+        try:
+            import peft.tuners.osf  # noqa: F401
+        except ImportError:
+            import peft
+
+            raise ConfigError(f"strategies: osf runs on PEFT's OSF tuner (peft.tuners.osf), which "
+                              f"the installed peft {peft.__version__} lacks; upgrade peft "
+                              "(requirements.lock pins one that has it)") from None
+        super().setup(ctx)
 
     def before_stage(self, stage):
         from peft import OSFConfig

@@ -59,3 +59,14 @@ def test_osf_update_is_orthogonal_to_the_preserved_subspace(tmp_path):
         assert float((delta @ v_high.T).norm()) < 1e-3 * size, name  # plain SGD here: 0.58-0.71
         checked += 1
     assert checked == 2 * len(TARGETS)  # two layers in the tiny model
+
+
+def test_osf_refuses_a_peft_without_its_tuner_in_one_line(tmp_path, monkeypatch):
+    import sys
+
+    from everlearn.errors import ConfigError
+
+    monkeypatch.setitem(sys.modules, "peft.tuners.osf", None)  # import fails as if absent
+    with pytest.raises(ConfigError, match=r"^strategies: osf runs on PEFT's OSF tuner") as err:
+        OSF().setup(run_context(tmp_path))
+    assert "\n" not in str(err.value)
