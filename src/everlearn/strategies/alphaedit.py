@@ -34,15 +34,11 @@ import torch
 from everlearn.schema import field
 from everlearn.strategies.common.edit_targets import average_keys
 from everlearn.strategies.common.locate_edit import alphaedit_update, null_space_projector
-from everlearn.strategies.common.locate_editor import LocateOptions
-from everlearn.strategies.memit import Memit
+from everlearn.strategies.memit import LayerRangeOptions, Memit
 
 
 @dataclass
-class AlphaEditOptions(LocateOptions):
-    layers: list[int] | None = field(
-        None, "Decoder layers whose MLP down-projections are edited (negative counts from the "
-        "end). Null: round(depth/8)..round(depth/4) (4..8 of SmolLM2-135M's 30).")
+class AlphaEditOptions(LayerRangeOptions):
     null_space_threshold: float = field(
         2e-2, "Eigenvalues of the corpus keys' second moment below this span the null space "
         "the update is projected onto (the paper's code: 2e-2).")
@@ -50,8 +46,8 @@ class AlphaEditOptions(LocateOptions):
                     "(the paper's code's L2).")
 
     def check(self) -> tuple[str, str] | None:
-        if self.layers is not None and not self.layers:
-            return "layers", "expected a non-empty list of layers or null"
+        if problem := self.layers_problem():
+            return problem
         if self.null_space_threshold <= 0:
             return "null_space_threshold", ("expected a positive number, got "
                                             f"{self.null_space_threshold}")

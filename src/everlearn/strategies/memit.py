@@ -38,18 +38,29 @@ from everlearn.strategies.grace import decoder_layers
 
 
 @dataclass
-class MemitOptions(LocateOptions):
+class LayerRangeOptions(LocateOptions):
+    """The layer range MEMIT and AlphaEdit spread an update over."""
+
     layers: list[int] | None = field(
         None, "Decoder layers whose MLP down-projections are edited (negative counts from the "
         "end). Null: round(depth/8)..round(depth/4) (4..8 of SmolLM2-135M's 30).")
+
+    def layers_problem(self) -> tuple[str, str] | None:
+        if self.layers is not None and not self.layers:
+            return "layers", "expected a non-empty list of layers or null"
+        return None
+
+
+@dataclass
+class MemitOptions(LayerRangeOptions):
     mom2_weight: float = field(15000.0, "lambda: the weight of the preserved keys' covariance "
                              "against the edits' keys (the paper's mom2_update_weight).")
     clamp_norm: float = field(0.75, "The norm of delta is clamped to this times that of h after "
                              "every step.")
 
     def check(self) -> tuple[str, str] | None:
-        if self.layers is not None and not self.layers:
-            return "layers", "expected a non-empty list of layers or null"
+        if problem := self.layers_problem():
+            return problem
         if self.mom2_weight < 0:
             return "mom2_weight", f"expected a number >= 0, got {self.mom2_weight}"
         return super().check()
