@@ -33,26 +33,14 @@ from pathlib import Path
 import torch
 
 from everlearn.config import ModelConfig
-from everlearn.data.builtin import get_builtin_task
 from everlearn.data.encode import Encoder
-from everlearn.data.readers import read_source
 from everlearn.models.loading import load_base_model, make_trainable
 from everlearn.runs.environment import cpu_model
 from everlearn.strategies.common import penalty as P
 from everlearn.strategies.common import per_example as PE
 
-REPO = Path(__file__).resolve().parents[1]
-SUPERNI_TASK = REPO.parent / "shared/data/superni/task1687_sentiment140_classification/train.json"
-
-
-def load_records(n: int, source: str):
-    """``n`` SFT records: SuperNI task1687 when present (or ``source=builtin``), else cipher."""
-    if source != "builtin" and SUPERNI_TASK.is_file():
-        records = read_source(str(SUPERNI_TASK), "superni", "sft", {}, None, "task1687")
-        return records[:n], "superni task1687 (sentiment140)"
-    if source == "superni":
-        raise SystemExit(f"{SUPERNI_TASK}: not found (use --data builtin)")
-    return get_builtin_task("cipher").generate(n, 0, "train"), "builtin cipher"
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from throughput import load_records  # noqa: E402 - the same records the throughput runs train on
 
 
 def reference_pass(model, params, batches, what: str, autocast):
