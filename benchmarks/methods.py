@@ -25,8 +25,9 @@ import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
 
+from everlearn.runs.environment import cpu_model
 from everlearn.runs.runner import start_run
-from everlearn.strategies import STRATEGIES
+from everlearn.strategies import STRATEGIES, Strategy
 from everlearn.validation import build_config
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "superni"
@@ -41,8 +42,12 @@ STREAM = [
 OPTIONS: dict[str, dict] = {
     "replay": {"buffer_size": 100, "mix_ratio": 0.2},
 }
-# Editors act on edit stages only; on this sft stream grace would fine-tune exactly like seqft.
-NOT_ON_THIS_STREAM = {"grace"}
+
+
+def is_editor(name: str) -> bool:
+    """Editors (grace, rome, memit, alphaedit, wise) act on edit stages only: on this sft stream
+    they would fine-tune exactly like seqft, so they get no row here (see benchmarks/editors.py)."""
+    return STRATEGIES[name].apply_edits is not Strategy.apply_edits
 
 
 def stream_config(name: str, args) -> dict:
@@ -126,7 +131,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"methods.py: {DATA}: SuperNI data not found", file=sys.stderr)
         return 2
     names = args.only.split(",") if args.only else (
-        ["seqft", "joint"] + sorted(set(STRATEGIES) - {"seqft", "joint"} - NOT_ON_THIS_STREAM))
+        ["seqft", "joint"] + sorted(n for n in STRATEGIES
+                                    if n not in ("seqft", "joint") and not is_editor(n)))
     workdir = Path(tempfile.mkdtemp(prefix="everlearn-methods-"))
     rows = []
     try:
@@ -139,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
                                                      indent=2))
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
-    header = (f"{datetime.now(timezone.utc):%Y-%m-%d}, {platform.processor() or platform.machine()}"
+    header = (f"{datetime.now(timezone.utc):%Y-%m-%d}, {cpu_model() or platform.machine()}"
               f", train={args.train} test={args.test} steps/stage={args.steps} lr={args.lr}")
     print(header)
     print(table(rows))
