@@ -106,6 +106,10 @@ class TrainConfig:
         "auto", "Compute precision: auto = bf16 autocast where the hardware supports it."
     )
     group_by_length: bool = field(True, "Batch examples of similar length to avoid padding waste.")
+    gradient_checkpointing: bool = field(
+        False, "Recompute each decoder layer's activations in the backward pass instead of "
+        "keeping them: less memory per step (about 1 GB less at batch 8 x 100 tokens on "
+        "SmolLM2-135M) for about one more forward pass of compute; the same gradients.")
     nonfinite_loss: Literal["stop", "skip"] = field(
         "stop", "A NaN or infinite loss: stop the stage with an error (earlier results kept), "
         "or skip that batch and count it in the cost (skipped_batches)."

@@ -247,3 +247,17 @@ def test_resume_refuses_an_edited_eval_setting_of_the_finished_rows(tmp_path, mo
         (run / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
         with pytest.raises(ResumeError, match=rf"config.yaml: {re.escape(field)}: changed"):
             resume_run(run, quiet=True)
+
+
+@pytest.mark.parametrize("strategy", [{"name": "replay", "buffer_size": 12, "mix_ratio": 0.25},
+                                      {"name": "migu"}], ids=["replay", "migu"])
+def test_gradient_checkpointing_gives_the_same_run(tmp_path, three_stages, strategy):
+    """Recomputing activations changes memory and time, not one number of the results (MIGU's
+    hooks inside the layers see the recomputed forward pass as well)."""
+    cfg = tiny_config(tmp_path, three_stages, model={"name": "tiny-llama", "finetune": "lora"},
+                      strategies=[strategy])
+    _, kept = start_run(build_config(cfg), tmp_path / "a", quiet=True)
+    cfg["train"]["gradient_checkpointing"] = True
+    _, recomputed = start_run(build_config(cfg), tmp_path / "b", quiet=True)
+    assert recomputed["config"]["train"]["gradient_checkpointing"] is True
+    assert comparable(recomputed) == comparable(kept)

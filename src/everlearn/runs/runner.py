@@ -83,6 +83,7 @@ from everlearn.stages.stream import Stage, Stream, build_stream
 from everlearn.strategies import StrategyStack, build_strategy
 from everlearn.strategies.base import RunContext
 from everlearn.training import stepstate
+from everlearn.training.recomputation import check_supported
 from everlearn.training.resources import PeakMemory
 from everlearn.training.textstream import stream_metrics
 from everlearn.training.trainer import Trainer
@@ -298,6 +299,8 @@ class Run:
             model, tok = load_base_model(cfg.model, self.source)
         model = trainable_on_device(model, cfg.model, acc.device, self.session.bf16,
                                     self.source)
+        if cfg.train.gradient_checkpointing:
+            check_supported(model, self.source)
         if fsdp.requested():  # accelerate FSDP config: shard it (everlearn.parallel.fsdp)
             fsdp.shard(model, fsdp.settings())
         self.model = model  # kept for callers that inspect the trained model (tests, APIs)

@@ -151,7 +151,7 @@ class StepLoop:
                     **pixels)
             else:
                 outputs = model(input_ids=batch["input_ids"],
-                                attention_mask=batch["attention_mask"],
+                                attention_mask=batch["attention_mask"], use_cache=False,
                                 labels=None if align else batch["labels"], **pixels)
                 loss = batch_loss(outputs.logits, batch) if align else outputs.loss
             task = loss.detach()

@@ -37,7 +37,7 @@ def labelled_token_loss(model, input_ids: torch.Tensor, attention_mask: torch.Te
     target = labels[:, 1:]
     keep = (target != IGNORE).any(dim=0).nonzero().squeeze(-1)
     outputs = model(input_ids=input_ids, attention_mask=attention_mask, logits_to_keep=keep,
-                    **inputs)
+                    use_cache=False, **inputs)
     logits = outputs.logits.float()
     loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), target[:, keep].reshape(-1),
                            ignore_index=IGNORE)

@@ -28,6 +28,7 @@ from everlearn.training import phase as setup
 from everlearn.training.editing import apply_edits, constrained_setup
 from everlearn.training.loop import StepLoop
 from everlearn.training.phase import Phase, PhaseCost, phase_kind
+from everlearn.training.recomputation import recomputed_activations
 from everlearn.training.resources import Stopwatch
 from everlearn.training.segments import SegmentSteps, moments, segment_examples
 from everlearn.training.textstream import SegmentPlan
@@ -115,7 +116,8 @@ class Trainer:
         steps = (SegmentSteps(segment, examples, order, len(stages[0].train), self.cfg.batch_size)
                  if segment is not None else None)
         loop = StepLoop(self, model, plan, backend, hooks, steps)
-        steps_taken = loop.run(loop.prepare(resume))
+        with recomputed_activations(model, self.cfg.gradient_checkpointing):
+            steps_taken = loop.run(loop.prepare(resume))
         train_s = loop.counters.train_s()  # the loop (after_stage: strategy)
         if segment is not None:
             self._end_segment(model, plan, segment, steps)
