@@ -26,6 +26,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from everlearn.runs.environment import cpu_model
+from everlearn.runs.run_dir import ADAPTER_DIR
 from everlearn.runs.runner import start_run
 from everlearn.strategies import STRATEGIES, Strategy
 from everlearn.validation import build_config
@@ -78,9 +79,13 @@ def run_one(name: str, args, workdir: Path) -> dict:
     path, res = start_run(cfg, workdir / name, quiet=not args.progress)
     cost = res["cost"]
     steps = sum(c["steps"] for c in cost)
+    # beyond the trainable weights: not trainable.safetensors, nor adapter/ (the same LoRA
+    # weights in PEFT's format, runs.peft_adapter), which the table reports apart
+    adapter = sum(dir_size_mb(p / ADAPTER_DIR) for p in (path / "checkpoints").iterdir()
+                  if (p / ADAPTER_DIR).is_dir())
     strategy_state = sum(dir_size_mb(p) - (p / "trainable.safetensors").stat().st_size / 2**20
                          if (p / "trainable.safetensors").exists() else dir_size_mb(p)
-                         for p in (path / "checkpoints").iterdir())
+                         for p in (path / "checkpoints").iterdir()) - adapter
     m = res["metrics"]
     return {
         "strategy": name, "R": res["R"], "metrics": m,
@@ -90,6 +95,7 @@ def run_one(name: str, args, workdir: Path) -> dict:
         "peak_memory_mb": max(c["peak_memory_mb"] for c in cost),
         "trainable_params": max(c["trainable_params"] for c in cost),
         "strategy_state_mb": strategy_state / max(1, len(cost)),
+        "adapter_export_mb": adapter / max(1, len(cost)),
     }
 
 
