@@ -69,3 +69,24 @@ def test_published_numbers_need_their_source(tmp_path: Path):
     p.write_text("published:\n- {method: Replay, model: T5-large, metric: AP, value: 50.0, "
                  "source: 'paper, Table 1'}\n")
     assert read_published(p)[0]["value"] == 50.0
+
+
+def test_published_optional_fields_are_checked(tmp_path: Path):
+    p = tmp_path / "pub.yaml"
+    base = "- {method: Replay, model: T5-large, metric: AP, value: 50.0, source: 'p, Table 1'"
+    for extra, match in ((", orders: 1}", r"published.0.orders: expected a list"),
+                         (", train_per_task: -5}", r"published.0.train_per_task: expected"),
+                         (", no_strategy: [x]}", r"published.0.no_strategy: expected a string")):
+        p.write_text(base + extra + "\n")
+        with pytest.raises(ConfigError, match=match):
+            read_published(p)
+    p.write_text(base + ", orders: [1, 2], train_per_task: 500, note: reprint}\n")
+    assert read_published(p)[0]["orders"] == [1, 2]
+
+
+def test_paper_orders_name_orders_of_the_file(tmp_path: Path):
+    p = tmp_path / "x.yaml"
+    p.write_text("name: x\nsources: {}\nlayouts: {a: {}}\ntasks:\n  t: {paths: {a: t}}\n"
+                 "orders: {1: [t]}\npaper_orders: {2: 5}\n")
+    with pytest.raises(ConfigError, match=r"x.yaml: paper_orders: expected"):
+        load_benchmark(p)
