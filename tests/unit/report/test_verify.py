@@ -20,11 +20,13 @@ PUBLISHED = """\
 """
 
 
-def runs(tmp: Path, strategy: str, aps: list[float], bwt: float = -10.0) -> list[Path]:
-    return [fake_run(tmp, f"{strategy}-s{i}", names=TASKS, strategy=strategy, seed=i,
-                     R=[[50.0] * 4 for _ in range(5)],
+def runs(tmp: Path, strategy: str, aps: list[float], bwt: float = -10.0, tasks=TASKS,
+         finetune: str = "full") -> list[Path]:
+    n = len(tasks)
+    return [fake_run(tmp, f"{strategy}-{finetune}-s{i}", names=tasks, strategy=strategy, seed=i,
+                     R=[[50.0] * n for _ in range(n + 1)], finetune=finetune,
                      metrics={"final_ap": ap, "bwt": bwt, "fwt": 0.0, "forgetting": 1.0,
-                              "stages": list(TASKS)}) for i, ap in enumerate(aps)]
+                              "stages": list(tasks)}) for i, ap in enumerate(aps)]
 
 
 def test_model_sizes_and_the_closest_published_model():
@@ -60,13 +62,14 @@ def test_an_ordering_the_runs_break(tmp_path: Path):
 
 
 def test_a_slice_and_no_published_numbers_are_said(tmp_path: Path, capsys):
-    dirs = [fake_run(tmp_path, "r", names=("yelp", "amazon"), strategy="seqft",
-                     R=[[50.0, 40.0], [60.0, 40.0], [55.0, 70.0]])]
+    dirs = [fake_run(tmp_path, "r", names=("task1572_samsum_summary",
+                                           "task363_sst2_polarity_classification"),
+                     strategy="seqft", R=[[50.0, 40.0], [60.0, 40.0], [55.0, 70.0]])]
     assert main(["verify", *map(str, dirs)]) == 0
     out = capsys.readouterr().out
-    assert "# verify: Long Sequence" in out and "| SeqFT | seqft | 1 |" in out
+    assert "# verify: SuperNI-15" in out and "| SeqLoRA | seqft | 1 |" in out
     assert "the runs train 2 of the benchmark's 15 tasks" in out
-    assert "no published numbers are recorded for long-sequence" in out
+    assert "no published numbers are recorded for superni-15" in out
 
 
 def test_runs_of_no_benchmark_are_a_one_line_error(tmp_path: Path, capsys):
