@@ -197,13 +197,15 @@ def verify_runs(run_dirs: list[str | Path], benchmark: str | None = None,
 
 
 def ordering_lines(rows: list[Row]) -> list[str]:
-    """Every pair of methods the paper orders by AP: does the runs' mean AP order them so?"""
+    """Every pair of methods the paper orders by AP: does the runs' mean AP order them so?
+    (Only values of one setup: the same orders and training budget.)"""
     known = [r for r in rows if r.published_ap and r.ap[0] is not None]
     lines = []
     for i, a in enumerate(known):
         for b in known[i + 1:]:
             pa, pb = a.published_ap["value"], b.published_ap["value"]
-            if pa == pb:
+            if pa == pb or any(a.published_ap.get(k) != b.published_ap.get(k)
+                               for k in ("orders", "train_per_task")):
                 continue
             hi, lo = (a, b) if pa > pb else (b, a)
             holds = hi.ap[0] > lo.ap[0]

@@ -122,6 +122,10 @@ def test_trace_takes_the_budget_nearest_the_runs(tmp_path: Path):
     assert row.published_bwt["value"] == -8.3 and row.published_bwt["train_per_task"] == 5000
     assert any("budget differs: published values trained 500, 5000 records per task" in n
                for n in v.notes)
+    both = verify_runs(runs(tmp_path / "r", "replay", [30.0], tasks=tasks)
+                       + runs(tmp_path / "q", "seqft", [20.0], tasks=tasks))
+    assert both.rows[0].published_ap["train_per_task"] == 5000  # Replay: Table 1 only
+    assert both.ordering == []  # 5000 records per task against 500: not one setup
 
 
 def test_runs_of_no_benchmark_are_a_one_line_error(tmp_path: Path, capsys):
