@@ -3,10 +3,13 @@
 ``everlearn verify`` pools the runs with :func:`everlearn.report.compare.compare_runs` (seeds and
 stream orders of one experiment into a mean and Student-t interval), finds the benchmark the
 runs' stages belong to (everlearn.data.benchmarks), maps each strategy to the paper's method
-name with the benchmark's ``method_names``, and puts AP and BWT beside the published value of
-the closest published model (by parameter count): the difference, and whether the published
-ordering of the methods holds in the runs. It says where the model or the budget (tasks,
-training records per task) differ from the paper's. Pure YAML/numpy, no torch.
+name with the benchmark's ``method_names`` (``<strategy>+lora`` for its LoRA runs), and puts AP
+and BWT beside the published value of the closest published model (by parameter count): of
+the order the runs follow where one is published, else the paper's average over its orders,
+and of the training budget nearest the runs' (a ``--published`` file's entries before the
+benchmark's own). It gives the difference, whether the published ordering of the methods holds
+in the runs, and where the model, the orders or the budget (tasks, training records per task)
+differ from the paper's. Pure YAML/numpy, no torch.
 """
 
 from __future__ import annotations
@@ -115,13 +118,54 @@ def _run_model(groups: list[Group]) -> tuple[str, float | None]:
     return str(res.get("model", "")), (float(params[0]) if params else None)
 
 
+def _method(bench: Benchmark, strategy: str, finetune: str | None) -> str:
+    """The paper's name of ``strategy``; ``<strategy>+lora`` names its LoRA runs apart."""
+    if finetune == "lora" and f"{strategy}+lora" in bench.method_names:
+        return bench.method_names[f"{strategy}+lora"]
+    return bench.method_names.get(strategy, strategy)
+
+
+def run_orders(groups: list[Group], bench: Benchmark) -> set[int] | None:
+    """The benchmark orders the runs follow, in the papers' numbering (None: not one order
+    for every run, e.g. a slice that is a prefix of several orders)."""
+    found = set()
+    for g in groups:
+        for r in g.runs:
+            stages = [s["name"] for s in r.results.get("stages", [])]
+            ks = [k for k, seq in bench.orders.items() if stages and seq[:len(stages)] == stages]
+            if len(ks) != 1:
+                return None
+            found.add(bench.paper_orders.get(ks[0], ks[0]))
+    return found or None
+
+
+def _budget(groups: list[Group]) -> int | None:
+    cfg = groups[0].runs[0].config or {}
+    caps = [s.get("max_train") for s in cfg.get("stages", []) if s.get("max_train")]
+    return max(caps) if caps else None
+
+
 def _published_for(published: list[dict], method: str, names: tuple[str, ...],
-                   model: str | None) -> dict | None:
-    for e in published:
-        if e["method"] == method and e["metric"] in names and (model is None
-                                                               or e["model"] == model):
-            return e
-    return None
+                   model: str | None, orders: set[int] | None = None,
+                   budget: int | None = None) -> dict | None:
+    """The entry for ``method``: the runs' orders first (else the widest average), then the
+    training budget nearest the runs' cap, then the file's order."""
+    found = [(i, e) for i, e in enumerate(published)
+             if e["method"] == method and e["metric"] in names
+             and (model is None or e["model"] == model)]
+
+    def fit(item):
+        i, e = item
+        those = set(e.get("orders") or [])
+        if orders:
+            rank = 0 if those == orders else 1 if not those or those >= orders else 2
+        else:
+            rank = -len(those) if those else -100
+        tpt = e.get("train_per_task")
+        gap = abs(math.log(tpt) - math.log(budget)) if tpt and budget else 0.0
+        return rank, gap, i
+
+    return min(found, key=fit)[1] if found else None
 
 
 def verify_runs(run_dirs: list[str | Path], benchmark: str | None = None,
@@ -130,32 +174,38 @@ def verify_runs(run_dirs: list[str | Path], benchmark: str | None = None,
     """Pool ``run_dirs`` and set each method beside the benchmark's published numbers."""
     groups = compare_runs(run_dirs, confidence)
     bench = find_benchmark(groups, benchmark)
-    published = list(bench.published) + (read_published(published_file)
-                                         if published_file else [])
+    given = read_published(published_file) if published_file else []
+    published = given + list(bench.published)
     run_model, run_params = _run_model(groups)
     target = closest_model(run_params, run_model, list(dict.fromkeys(
         e["model"] for e in published)))
+    orders, budget = run_orders(groups, bench), _budget(groups)
     rows = []
     for g in groups:
-        method = bench.method_names.get(g.strategy, g.strategy)
+        method = _method(bench, g.strategy, g.runs[0].results.get("finetune"))
         ap, ap_half, n = g.stats.get("final_ap", (None, None, 0))
+        pub = [_published_for(given, method, names, target, orders, budget)
+               or _published_for(bench.published, method, names, target, orders, budget)
+               for names in (AP_NAMES, BWT_NAMES)]
         rows.append(Row(g.strategy, method, n, (ap, ap_half), _bwt(g, bench, confidence),
-                        _published_for(published, method, AP_NAMES, target),
-                        _published_for(published, method, BWT_NAMES, target)))
+                        *pub))
     out = Verification(bench, confidence, rows, run_model)
     out.ordering = ordering_lines(rows)
     out.notes = setup_notes(groups, bench, run_model, target, published)
+    out.notes += published_notes(rows, orders, budget)
     return out
 
 
 def ordering_lines(rows: list[Row]) -> list[str]:
-    """Every pair of methods the paper orders by AP: does the runs' mean AP order them so?"""
+    """Every pair of methods the paper orders by AP: does the runs' mean AP order them so?
+    (Only values of one setup: the same orders and training budget.)"""
     known = [r for r in rows if r.published_ap and r.ap[0] is not None]
     lines = []
     for i, a in enumerate(known):
         for b in known[i + 1:]:
             pa, pb = a.published_ap["value"], b.published_ap["value"]
-            if pa == pb:
+            if pa == pb or any(a.published_ap.get(k) != b.published_ap.get(k)
+                               for k in ("orders", "train_per_task")):
                 continue
             hi, lo = (a, b) if pa > pb else (b, a)
             holds = hi.ap[0] > lo.ap[0]
@@ -193,6 +243,26 @@ def setup_notes(groups: list[Group], bench: Benchmark, run_model: str, target: s
     return notes
 
 
+def published_notes(rows: list[Row], orders: set[int] | None,
+                    budget: int | None) -> list[str]:
+    """Where the published values set beside the runs average other orders or budgets."""
+    used = [e for r in rows for e in (r.published_ap, r.published_bwt) if e]
+    notes = []
+    spans = sorted({tuple(sorted(e["orders"])) for e in used if e.get("orders")
+                    and set(e["orders"]) != orders})
+    if spans:
+        runs = ", ".join(map(str, sorted(orders))) if orders else "no single order"
+        notes.append("orders differ: published values average over orders "
+                     + "; ".join(", ".join(map(str, s)) for s in spans)
+                     + f" (the papers' numbering); the runs' orders: {runs}")
+    budgets = sorted({e["train_per_task"] for e in used if e.get("train_per_task")
+                      and e["train_per_task"] != budget})
+    if budgets:
+        notes.append("budget differs: published values trained "
+                     + ", ".join(map(str, budgets)) + " records per task")
+    return notes
+
+
 def _cell(value: tuple[float | None, float | None]) -> str:
     mean, half = value
     if mean is None:
@@ -204,7 +274,12 @@ def _pub(entry: dict | None, mean: float | None) -> tuple[str, str]:
     if entry is None:
         return "-", "-"
     diff = "-" if mean is None else f"{mean - entry['value']:+.2f}"
-    return f"{entry['value']:.2f} ({entry['model']}; {entry['source']})", diff
+    where = [entry["model"]]
+    if entry.get("orders"):
+        where.append("orders " + ", ".join(map(str, entry["orders"])))
+    if entry.get("train_per_task"):
+        where.append(f"{entry['train_per_task']}/task")
+    return f"{entry['value']:.2f} ({'; '.join(where + [entry['source']])})", diff
 
 
 def format_verification(v: Verification) -> str:

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from everlearn.cli import main
+from everlearn.data.benchmarks import get_benchmark
 from everlearn.report.verify import closest_model, model_size, verify_runs
 from tests.helpers.report import fake_run
 from tests.helpers.torch_free import assert_runs_without_heavy_imports
@@ -20,11 +21,13 @@ PUBLISHED = """\
 """
 
 
-def runs(tmp: Path, strategy: str, aps: list[float], bwt: float = -10.0) -> list[Path]:
-    return [fake_run(tmp, f"{strategy}-s{i}", names=TASKS, strategy=strategy, seed=i,
-                     R=[[50.0] * 4 for _ in range(5)],
+def runs(tmp: Path, strategy: str, aps: list[float], bwt: float = -10.0, tasks=TASKS,
+         finetune: str = "full") -> list[Path]:
+    n = len(tasks)
+    return [fake_run(tmp, f"{strategy}-{finetune}-s{i}", names=tasks, strategy=strategy, seed=i,
+                     R=[[50.0] * n for _ in range(n + 1)], finetune=finetune,
                      metrics={"final_ap": ap, "bwt": bwt, "fwt": 0.0, "forgetting": 1.0,
-                              "stages": list(TASKS)}) for i, ap in enumerate(aps)]
+                              "stages": list(tasks)}) for i, ap in enumerate(aps)]
 
 
 def test_model_sizes_and_the_closest_published_model():
@@ -60,13 +63,69 @@ def test_an_ordering_the_runs_break(tmp_path: Path):
 
 
 def test_a_slice_and_no_published_numbers_are_said(tmp_path: Path, capsys):
-    dirs = [fake_run(tmp_path, "r", names=("yelp", "amazon"), strategy="seqft",
-                     R=[[50.0, 40.0], [60.0, 40.0], [55.0, 70.0]])]
+    dirs = [fake_run(tmp_path, "r", names=("task1572_samsum_summary",
+                                           "task363_sst2_polarity_classification"),
+                     strategy="seqft", R=[[50.0, 40.0], [60.0, 40.0], [55.0, 70.0]])]
     assert main(["verify", *map(str, dirs)]) == 0
     out = capsys.readouterr().out
-    assert "# verify: Long Sequence" in out and "| SeqFT | seqft | 1 |" in out
+    assert "# verify: SuperNI-15" in out and "| SeqLoRA | seqft | 1 |" in out
     assert "the runs train 2 of the benchmark's 15 tasks" in out
-    assert "no published numbers are recorded for long-sequence" in out
+    assert "no published numbers are recorded for superni-15" in out
+
+
+def test_the_built_in_numbers_of_the_order_the_runs_follow(tmp_path: Path, capsys):
+    """olora-standard order 1 in full: SeqFT and O-LoRA beside O-LoRA's Table 1 (as reprinted)
+    for order 1; a LoRA seqft run is the papers' SeqLoRA."""
+    dirs = runs(tmp_path, "seqft", [30.0, 32.0]) + runs(tmp_path, "olora", [70.0, 72.0])
+    v = verify_runs(dirs)
+    seq, olora = v.rows
+    assert (seq.method, seq.published_ap["value"], seq.published_ap["orders"]) == ("SeqFT", 18.9,
+                                                                                   [1])
+    assert (olora.method, olora.published_ap["value"]) == ("O-LoRA", 75.4)
+    assert v.ordering == ["O-LoRA > SeqFT in the paper (75.4 vs 18.9): holds in the runs "
+                          "(71.00 vs 31.00)"]
+    seqlora = verify_runs(runs(tmp_path / "l", "seqft", [40.0], finetune="lora")).rows[0]
+    assert (seqlora.method, seqlora.published_ap["value"]) == ("SeqLoRA", 44.6)
+    assert main(["verify", *map(str, dirs)]) == 0
+    out = capsys.readouterr().out
+    assert "| SeqFT | seqft | 2 | 31.00" in out
+    assert "18.90 (T5-large; orders 1; MIGU paper (Du et al. 2024, arXiv:2406.17245v2), " \
+           "Table 8) | +12.10 |" in out
+    assert "75.40 (T5-large; orders 1; CoDe-LoRA paper" in out
+
+
+def test_a_long_sequence_order_is_named_as_the_papers_number_it(tmp_path: Path):
+    """This file's order 4 is the papers' order 6; a slice of two orders' common prefix gets
+    the papers' average over orders 4-6 and says so."""
+    order4 = get_benchmark("long-sequence").order(4)
+    v = verify_runs(runs(tmp_path, "replay", [50.0], tasks=tuple(order4)))
+    assert v.rows[0].published_ap["value"] == 53.1 and v.rows[0].published_ap["orders"] == [6]
+    sliced = runs(tmp_path / "s", "replay", [50.0], tasks=("yelp", "amazon"))
+    assert verify_runs(sliced).rows[0].published_ap["orders"] == [6]
+    olora = get_benchmark("olora-standard")
+    both = runs(tmp_path / "b", "replay", [50.0], tasks=tuple(olora.order(1)[:2]))
+    w = verify_runs(both)
+    assert w.rows[0].published_ap["value"] == 57.8 and w.rows[0].published_ap["orders"] == [1, 2,
+                                                                                          3]
+    assert any(n.startswith("orders differ: published values average over orders 1, 2, 3")
+               for n in w.notes)
+
+
+def test_trace_takes_the_budget_nearest_the_runs(tmp_path: Path):
+    """TRACE prints SeqFT with 5000 records per task (Table 1) and 500 (Table 3): runs capped
+    at 80 records get the 500 one; BWT only Table 1 prints, with its budget said."""
+    tasks = tuple(get_benchmark("trace").order(1))
+    v = verify_runs(runs(tmp_path, "seqft", [20.0], tasks=tasks))
+    row = v.rows[0]
+    assert row.published_ap["value"] == 23.0 and row.published_ap["train_per_task"] == 500
+    assert row.published_ap["model"] == "LLaMA-2-7B-Chat"
+    assert row.published_bwt["value"] == -8.3 and row.published_bwt["train_per_task"] == 5000
+    assert any("budget differs: published values trained 500, 5000 records per task" in n
+               for n in v.notes)
+    both = verify_runs(runs(tmp_path / "r", "replay", [30.0], tasks=tasks)
+                       + runs(tmp_path / "q", "seqft", [20.0], tasks=tasks))
+    assert both.rows[0].published_ap["train_per_task"] == 5000  # Replay: Table 1 only
+    assert both.ordering == []  # 5000 records per task against 500: not one setup
 
 
 def test_runs_of_no_benchmark_are_a_one_line_error(tmp_path: Path, capsys):

@@ -20,6 +20,10 @@ from everlearn.errors import ConfigError
 
 HERE = Path(__file__).resolve().parent
 PUBLISHED_FIELDS = ("method", "model", "metric", "value", "source")
+# optional: the task orders the value averages over (the source's numbering, see
+# ``paper_orders``), the training records per task of the source's setup, why the method has
+# no everlearn strategy, and a free note (a reprint, a disagreement between sources)
+PUBLISHED_OPTIONAL = ("orders", "train_per_task", "no_strategy", "note")
 
 
 @dataclass
@@ -50,6 +54,8 @@ class Benchmark:
     instructions: dict[str, str] = field(default_factory=dict)
     method_names: dict[str, str] = field(default_factory=dict)
     published: list[dict[str, Any]] = field(default_factory=list)
+    # this file's order number -> the papers' number for the same sequence, where they differ
+    paper_orders: dict[int, int] = field(default_factory=dict)
 
     def order(self, k: int) -> list[str]:
         if k not in self.orders:
@@ -106,7 +112,16 @@ def load_benchmark(path: Path) -> Benchmark:
         metric=data.get("metric"), paper_metric=data.get("paper_metric", ""),
         paper_setup=data.get("paper_setup", ""), bwt=data.get("bwt", "bwt"),
         instructions=data.get("instructions") or {},
-        method_names=data.get("method_names") or {}, published=published)
+        method_names=data.get("method_names") or {}, published=published,
+        paper_orders=_paper_orders(path, data.get("paper_orders") or {}, orders))
+
+
+def _paper_orders(path: Path, spec: Any, orders: dict[int, list[str]]) -> dict[int, int]:
+    if not isinstance(spec, dict) or not all(k in orders and isinstance(v, int)
+                                             for k, v in spec.items()):
+        raise ConfigError(f"{path}: paper_orders: expected {{order: the papers' number}} for "
+                          f"orders among {', '.join(map(str, orders))}")
+    return dict(spec)
 
 
 def _task(path: Path, name: str, spec: Any, layouts: dict) -> Task:
@@ -123,7 +138,9 @@ def _task(path: Path, name: str, spec: Any, layouts: dict) -> Task:
 
 
 def _check_published(entry: Any, where: str) -> None:
-    """A published number: method, model, metric, value and its source (paper and table)."""
+    """A published number: method, model, metric, value and its source (paper and table);
+    optionally the orders it averages over, the training records per task, ``no_strategy``
+    (why no everlearn strategy is that method) and a note."""
     if not isinstance(entry, dict):
         raise ConfigError(f"{where}: expected a mapping with {', '.join(PUBLISHED_FIELDS)}")
     for key in PUBLISHED_FIELDS:
@@ -131,6 +148,16 @@ def _check_published(entry: Any, where: str) -> None:
             raise ConfigError(f"{where}.{key}: missing")
     if not isinstance(entry["value"], (int, float)):
         raise ConfigError(f"{where}.value: expected a number, got {entry['value']!r}")
+    orders = entry.get("orders")
+    if orders is not None and not (isinstance(orders, list) and orders
+                                   and all(isinstance(k, int) for k in orders)):
+        raise ConfigError(f"{where}.orders: expected a list of order numbers, got {orders!r}")
+    budget = entry.get("train_per_task")
+    if budget is not None and not (isinstance(budget, int) and budget > 0):
+        raise ConfigError(f"{where}.train_per_task: expected a positive integer, got {budget!r}")
+    for key in ("no_strategy", "note"):
+        if key in entry and not isinstance(entry[key], str):
+            raise ConfigError(f"{where}.{key}: expected a string, got {entry[key]!r}")
 
 
 def read_published(path: str | Path) -> list[dict[str, Any]]:

@@ -69,3 +69,55 @@ def test_published_numbers_need_their_source(tmp_path: Path):
     p.write_text("published:\n- {method: Replay, model: T5-large, metric: AP, value: 50.0, "
                  "source: 'paper, Table 1'}\n")
     assert read_published(p)[0]["value"] == 50.0
+
+
+@pytest.mark.parametrize("name", ["olora-standard", "long-sequence", "superni-15", "trace"])
+def test_every_published_number_names_its_strategy_source_and_orders(name):
+    """Each entry's method is a strategy's name through method_names, or says why it has none;
+    a one-order entry names an order of this file (in the papers' numbering)."""
+    b = get_benchmark(name)
+    strategies = {Path(p).stem for p in (Path(__file__).parents[4] / "src" / "everlearn"
+                                         / "strategies").glob("*.py")}
+    assert {key.split("+")[0] for key in b.method_names} <= strategies
+    paper = {b.paper_orders.get(k, k) for k in b.orders}
+    for e in b.published:
+        assert e["method"] in b.method_names.values() or e.get("no_strategy"), e
+        assert e["metric"] in ("AP", "OP", "BWT") and "Table" in e["source"], e
+        if len(e.get("orders") or []) == 1:
+            assert e["orders"][0] in paper, e
+
+
+def test_the_published_numbers_recorded():
+    ols, ls, tr = (get_benchmark(n) for n in ("olora-standard", "long-sequence", "trace"))
+    assert len(ols.published) == 42 and len(ls.published) == 34 and len(tr.published) == 41
+    assert not get_benchmark("superni-15").published
+    avg = {e["method"]: e["value"] for e in ols.published if e["orders"] == [1, 2, 3]}
+    assert avg["O-LoRA"] == 75.8 and avg["SeqFT"] == 28.5 and avg["MTL"] == 80.0
+    assert "L2P" not in avg  # the two reprints differ on it
+    assert ls.paper_orders == {4: 6, 5: 4}
+    trace_bwt = [e for e in tr.published if e["method"] == "SeqFT" and e["metric"] == "BWT"]
+    assert trace_bwt[0] == {"method": "SeqFT", "model": "LLaMA-2-7B-Chat", "metric": "BWT",
+                            "value": -8.3, "orders": [1], "train_per_task": 5000,
+                            "source": "TRACE paper (Wang et al. 2023, arXiv:2310.06762, "
+                                      "preprint), Table 1"}
+
+
+def test_published_optional_fields_are_checked(tmp_path: Path):
+    p = tmp_path / "pub.yaml"
+    base = "- {method: Replay, model: T5-large, metric: AP, value: 50.0, source: 'p, Table 1'"
+    for extra, match in ((", orders: 1}", r"published.0.orders: expected a list"),
+                         (", train_per_task: -5}", r"published.0.train_per_task: expected"),
+                         (", no_strategy: [x]}", r"published.0.no_strategy: expected a string")):
+        p.write_text(base + extra + "\n")
+        with pytest.raises(ConfigError, match=match):
+            read_published(p)
+    p.write_text(base + ", orders: [1, 2], train_per_task: 500, note: reprint}\n")
+    assert read_published(p)[0]["orders"] == [1, 2]
+
+
+def test_paper_orders_name_orders_of_the_file(tmp_path: Path):
+    p = tmp_path / "x.yaml"
+    p.write_text("name: x\nsources: {}\nlayouts: {a: {}}\ntasks:\n  t: {paths: {a: t}}\n"
+                 "orders: {1: [t]}\npaper_orders: {2: 5}\n")
+    with pytest.raises(ConfigError, match=r"x.yaml: paper_orders: expected"):
+        load_benchmark(p)
