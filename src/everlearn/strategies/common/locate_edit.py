@@ -43,9 +43,10 @@ def memit_update(keys: torch.Tensor, residuals: torch.Tensor, cov: torch.Tensor,
                  mom2_weight: float) -> torch.Tensor:
     """MEMIT's batched update of one layer (Meng et al. 2023, Eq. 14):
     Delta = R K^T (lambda C0 + K K^T)^-1, with C0 the keys' second moment and lambda
-    (``mom2_weight``) the weight of the preserved keys against the edits' (the paper's
-    ``mom2_update_weight``). ``keys`` d_in x n, ``residuals`` d_out x n (Eq. 16's share of
-    the residual for this layer). Returns Delta (d_out x d_in)."""
+    (``mom2_weight``) the weight of the preserved keys against the edits' (the authors' code's
+    ``mom2_update_weight``; the paper folds it into its C0 = lambda E[k k^T], Eq. 15).
+    ``keys`` d_in x n, ``residuals`` d_out x n (this layer's share of the residual, Eq. 20).
+    Returns Delta (d_out x d_in)."""
     keys = keys.to(cov.dtype)
     system = mom2_weight * cov + keys @ keys.T
     adjusted = torch.linalg.solve(system, keys)  # (lambda C0 + K K^T)^-1 K, d_in x n
