@@ -4,24 +4,28 @@ Fang et al. 2025, "AlphaEdit: Null-Space Constrained Knowledge Editing for Langu
 (ICLR). The layers, keys, target values z_i and the residual divided over the remaining
 layers are MEMIT's (:mod:`everlearn.strategies.memit`); the update of each layer differs:
 
-* P, the projection onto the null space of the preserved keys K0 (Sec. 3.1): the eigenvectors
-  of K0 K0^T (here the corpus keys' second moment E[k k^T], cached in the run directory like
-  MEMIT's C) whose eigenvalues are below ``null_space_threshold``, P = U_hat U_hat^T;
-* the update (Sec. 3.2, its closed form): Delta = R K1^T P (K_p K_p^T P + K1 K1^T P + alpha I)^-1
+* P, the projection onto the null space of the preserved keys K0 (Sec. 3.2, Eq. 8-9): the
+  eigenvectors of K0 K0^T (here the corpus keys' second moment E[k k^T], cached in the run
+  directory like MEMIT's C) whose eigenvalues are below ``null_space_threshold``,
+  P = U_hat U_hat^T, so that Delta P K0 = 0 (Eq. 10);
+* the update (Sec. 3.3: the objective of Eq. 12, its closed form Eq. 14):
+  Delta = R K1^T P (K_p K_p^T P + K1 K1^T P + alpha I)^-1
   with K1 this batch's keys, alpha = ``l2`` and K_p K_p^T the sum of the keys of every earlier
   batch (after it was written), so that later edits keep earlier ones. Because P K0 = 0,
   Delta K0 = 0: the outputs for preserved keys do not change, which is what keeps long
   sequences of edits from degrading the model. The preserved-knowledge term of MEMIT
-  (lambda C0) is gone: the projection replaces it.
+  (lambda C0; the paper's Eq. 15 writes MEMIT's solution for comparison) is gone: the
+  projection replaces it.
 
 K_p K_p^T of every edited layer is in the strategy state (stage checkpoints), P is recomputed
 from the cached covariance, so a resumed run edits as an uninterrupted one.
 
 Deviations: K0 is the built-in general corpus unless ``corpus`` names a larger one (the paper:
-100,000 Wikipedia samples), so the preserved set is that corpus's keys; the paper's equation
-numbers are not repeated here (we cite its sections); the threshold applies to the mean second
-moment as in the paper's code (``nullspace_threshold``), and ``l2`` is its code's ``L2`` (the
-paper's text writes I).
+100,000 Wikipedia triplets, Sec. 2.2), so the preserved set is that corpus's keys; the threshold
+applies to the mean second moment as in the paper's code (``nullspace_threshold``; the text
+drops the eigenvectors of non-zero eigenvalues), and ``l2`` is its code's ``L2`` (Eq. 14 writes
+I, alpha = 1; the invertibility proof of Appendix B.5 takes any alpha > 0). Section and
+equation numbers are those of the ICLR 2025 version.
 """
 
 from __future__ import annotations

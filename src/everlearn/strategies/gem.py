@@ -4,7 +4,8 @@ A-GEM (``agem``) averages the earlier stages into one reference gradient; GEM ke
 constraint per stored stage. After each backward pass the stream gradient ``g`` is compared
 with the gradient ``g_k`` of each earlier stage ``k`` on its part of the episodic memory
 (all flattened over the trainable weights). If some ``<g, g_k> < 0``, ``g`` is replaced by the
-closest vector that conflicts with none of them, the paper's projection QP (Section 3):
+closest vector that conflicts with none of them, the paper's projection QP (Section 3; the
+section numbers of this docstring are not checked against the paper's text):
 
     min_z  1/2 ||g - z||^2    s.t.  <z, g_k> >= 0  for every stored stage k,
 
@@ -16,11 +17,10 @@ matrix of the ``g_k`` as rows:
 The dual has one variable per stored stage, so it is solved exactly: ``A A^T`` is factored
 (eigendecomposition) and the bounded problem becomes a non-negative least squares solved by
 scipy's Lawson-Hanson active set (``scipy.optimize.nnls``); the KKT conditions are then checked
-to tolerance. ``margin`` is the paper's small constant gamma added to v (Section 3, "In practice,
-we found that adding a small constant gamma >= 0 to v* biased the gradient projection to updates
-that favoured beneficial backwards transfer"; the authors' experiments use 0.5), applied as the
-lower bound, as the authors' code does. Like their code, ``g`` passes untouched when it conflicts
-with no stored gradient.
+to tolerance. ``margin`` is the paper's small constant gamma added to v (Section 3: a small
+gamma >= 0 added to v* tilts the projection toward updates with positive backward transfer; the
+authors' experiments use 0.5), applied as the lower bound, as the authors' code does. Like
+their code, ``g`` passes untouched when it conflicts with no stored gradient.
 
 Deviations: the memory keeps ``memory_size`` examples in all under replay's ``balanced`` rule
 (equal slots per stage, the paper's per-task episodic memory of the most recent stages'
@@ -126,9 +126,10 @@ class GEM(GradientMemoryStrategy):
 After each backward pass the stream gradient g is checked against the gradient g_k of every
 earlier stage k on a sample of its memory (`sample_size` examples per stage). If some
 `<g, g_k> < 0`, g is replaced by the closest vector conflicting with none of them: the paper's
-projection QP (Section 3), `min_z 1/2 ||g - z||^2 s.t. <z, g_k> >= 0` for all k, solved exactly
-in its dual, `min_{v >= margin} 1/2 v^T (A A^T) v + (A g)^T v` with `z = g + A^T v` (A: the g_k
-as rows), by non-negative least squares on a square root of A A^T (scipy's active set).
+projection QP (Section 3, not checked), `min_z 1/2 ||g - z||^2 s.t. <z, g_k> >= 0` for all
+k, solved exactly in its dual, `min_{v >= margin} 1/2 v^T (A A^T) v + (A g)^T v` with
+`z = g + A^T v` (A: the g_k as rows), by non-negative least squares on a square root of
+A A^T (scipy's active set).
 `margin` is the paper's gamma added to v (the authors' experiments: 0.5), applied as the lower
 bound as their code does. Deviations: the memory is `memory_size` examples in all, equal slots
 per stage; each g_k comes from a sample of the stage's memory, not the whole of it, each step.

@@ -7,15 +7,19 @@ Meng et al. 2023, "Mass-Editing Memory in a Transformer" (ICLR). For the edits o
   delta optimised so that the model writes target_new after every prefixed prompt (the same
   loss as ROME's value: NLL, KL essence term, weight decay, norm clamp;
   :mod:`everlearn.strategies.common.edit_targets`);
-* then layer by layer, lowest first (Eq. 14-15): the keys K_l at the subject token (averaged
-  over the prefixes) and the residual r_i = (z_i - h_i^{l_L}) / (L - position of l), with
-  h^{l_L} read from the model as edited so far, so the residual is divided over the layers
-  that remain; Delta_l = R K_l^T (lambda C_l + K_l K_l^T)^-1 (Eq. 14), C_l the keys' second
-  moment on the corpus (cached in the run directory), lambda = ``mom2_weight``.
+* then layer by layer, lowest first (Algorithm 1): the keys K_l at the subject token (averaged
+  over the prefixes, Eq. 19) and the residual r_i = (z_i - h_i^{l_L}) / (L - position of l)
+  (Eq. 20), with h^{l_L} read from the model as edited so far, so the residual is divided over
+  the layers that remain; Delta_l = R K_l^T (lambda C_l + K_l K_l^T)^-1 (Eq. 14, with the
+  paper's C0 = lambda E[k k^T] of Eq. 15), C_l the keys' second moment on the corpus (cached
+  in the run directory), lambda = ``mom2_weight``.
 
 Deviations: as for ROME, C_l comes from the built-in general pairs unless ``corpus`` names a
 larger text and gets a ridge; the layers are round(depth/8)..round(depth/4) unless ``layers``
-is set (the paper: 3..8 of GPT-J's 28, 13..17 of GPT-2 XL's 48).
+is set (the paper: 3..8 of GPT-J's 28; the authors' code sets 13..17 of GPT-2 XL's 48); the
+value takes at most ``value_steps`` 20 Adam steps (the authors' GPT-J setting: 25). The
+equation numbers were checked against secondary texts that quote the paper (two agree on
+Eq. 14), not against the paper's own text.
 """
 
 from __future__ import annotations

@@ -1,7 +1,8 @@
 """MoE-LoRA: a mixture of LoRA experts per layer with a learned router, one new expert per stage.
 
 The layer of LoRAMoE (Dou et al. 2024, "LoRAMoE: Alleviating World Knowledge Forgetting in Large
-Language Models via MoE-Style Plugin", ACL; its Eq. 3-4): a frozen linear layer plus LoRA experts
+Language Models via MoE-Style Plugin", ACL; its Eq. 3-4, equation numbers of this module not
+checked against the paper's text): a frozen linear layer plus LoRA experts
 mixed by a router over the layer's input,
 
     y = W x + sum_i G(x)_i * (alpha / r) * B_i A_i x ,   G(x) = softmax(W_g x)
@@ -107,10 +108,10 @@ PEFT adapter with `model.lora`'s rank) and its router row; earlier experts and t
 frozen (Lifelong-MoE's expansion; `train_old_router: true` trains the whole router). Reported
 (`strategy_metrics.moe_lora.router_load`): after every stage, per trained stage's test records
 (at most `load_examples`), each expert's mean gate over real tokens and adapted layers (sums to 1).
-Deviations: no localized balancing constraint (LoRAMoE's Eq. 6-9 balance two groups of experts
-trained together; here experts arrive one per stage); experts on every adapted Linear (LoRAMoE:
-the FFN); one dropout mask per call for all experts; `everlearn export` writes the experts as PEFT
-adapters without the router.
+Deviations: no localized balancing constraint (LoRAMoE's Eq. 6-9, not checked, balance two
+groups of experts trained together; here experts arrive one per stage); experts on every adapted
+Linear (LoRAMoE: the FFN); one dropout mask per call for all experts; `everlearn export` writes
+the experts as PEFT adapters without the router.
 """
 
     def __init__(self, options=None):

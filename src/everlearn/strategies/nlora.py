@@ -4,7 +4,7 @@ Yang et al. (2025), "Is Parameter Collision Hindering Continual Learning in LLMs
 in ``inc_lora`` (and O-LoRA, whose code base N-LoRA extends), stage t adds a LoRA adapter, the
 earlier adapters stay frozen and active (their deltas add up, no task id at test time), and only
 the new one trains. The loss adds an L1 penalty on the new task's update (the paper's objective,
-Sec. 4, "N-LoRA"):
+Sec. 4, "N-LoRA"; section numbers not checked against the paper's text):
 
     L = L_task + lambda * ||Delta W_t||_1 ,   Delta W_t = B_t A_t  (summed over adapted layers)
 

@@ -21,8 +21,11 @@ unless ``corpus`` names a larger one (the paper: 100,000 Wikipedia samples), and
 (``ridge`` x its mean eigenvalue) keeps it invertible; the same averaged k* is used in the
 numerator and the constraint (the paper's code takes W k at the unprefixed prompt), so that
 W' k* = v* holds exactly; the layer is round(depth / 6) unless ``layer`` is set (the paper
-chose 17 of GPT-2 XL's 48 by causal tracing); the subject is the record's ``subject`` (the
-prompt's last token when a record has none).
+chose 17 of GPT-2 XL's 48, 0-based, by causal tracing); the subject is the record's
+``subject`` (the prompt's last token when a record has none); k* and the NLL of v* are averaged over
+``prefixes`` 5 texts of 10 tokens (MEMIT's code; the paper samples 50 texts of 2 to 10 tokens,
+Sec. 3.1, and its code 10 of 5 and 10 of 10 tokens); the weight decay and norm clamp of the
+value are the authors' code's (Eq. 4 has the NLL and KL terms only).
 """
 
 from __future__ import annotations

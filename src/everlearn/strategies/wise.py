@@ -5,21 +5,23 @@ Wang et al. 2024, "WISE: Rethinking the Knowledge Memory for Lifelong Model Edit
 (NeurIPS). At one mid-to-late decoder layer the MLP's value matrix W_v (``down_proj``) is the
 *main memory*; edits go into *side memories* W_v', copies of it (held as delta = W_v' - W_v):
 
-* **editing** (paper Sec. 2.3.1): a side memory is trained, the model frozen, on
-  L = L_edit + L_a: L_edit the cross-entropy of target_new after the edit's prompt through the
-  side memory, L_a the routing margin loss on the activation score
+* **editing** (paper Sec. 2.3.2, the loss with Eq. 7, on Sec. 2.3.1's router): a side memory is
+  trained, the model frozen, on the cross-entropy of target_new after the edit's prompt through
+  the side memory plus L_a (the paper calls the sum L_edit), L_a the routing margin loss of
+  Eq. 5 on the activation score of Eq. 3,
   Delta_act(x) = ||A(x) (W_v' - W_v)||_2 (A(x): the activation entering ``down_proj``, the
   norm per token, averaged over the input's tokens): ReLU(Delta_act(x_i) - alpha) +
   ReLU(beta - Delta_act(x_e)) + ReLU(gamma - (Delta_act(x_e) - Delta_act(x_i))) for the edits
   x_e and irrelevant inputs x_i (see :mod:`everlearn.strategies.common.side_memory`);
-* **routing**: each side memory's threshold epsilon is ``act_ratio`` x the smallest
-  Delta_act over the edits it holds; an input whose Delta_act exceeds a memory's threshold is
-  computed with that memory (with several, the one of highest Delta_act, as WISE-Retrieve),
-  any other input with the main memory, bit for bit the unedited layer;
+* **routing** (Sec. 2.3.1, Eq. 6): each side memory's threshold epsilon is ``act_ratio`` x the
+  smallest Delta_act over the edits it holds (the paper's epsilon is that smallest value; the
+  factor is EasyEdit's); an input whose Delta_act exceeds a memory's threshold is computed with
+  that memory (with several, the one of highest Delta_act, as WISE-Retrieve, Sec. 2.3.2), any
+  other input with the main memory, bit for bit the unedited layer;
 * **knowledge sharding and merging** (paper Sec. 2.3.2): edits fill shards of ``shard_size``
   edits; each shard is its own side memory, trained only inside a random subspace (a gradient
-  mask of density ``mask_ratio``, drawn once per shard); every ``merge_shards`` shards are
-  merged into one side memory by TIES (``merge_density``, ``merge_scale``).
+  mask of density ``mask_ratio``, drawn once per shard, Eq. 7); every ``merge_shards`` shards are
+  merged into one side memory by TIES (Eq. 8; ``merge_density``, ``merge_scale``).
 
 Deviations, all documented in docs/editing.md: the irrelevant inputs x_i come from the built-in
 general instruction set (the paper draws them from a separate corpus; the stage's locality
@@ -27,7 +29,9 @@ prompts are never trained on, they are the test of locality); each merged memory
 recomputed on the edits it holds (EasyEdit keeps the smallest of the shards' minima); the
 hinges of L_a are averaged over all pairs (EasyEdit averages over the violated ones);
 optimisation is SGD at ``lr`` with EasyEdit's weight decay 1e-5 and its element-wise bound
-``norm_constraint`` on delta. A batch of edits (``edit.batch_size``) is trained jointly.
+``norm_constraint`` on delta; the edit prompts are not augmented with the model's own random
+token prefixes (the paper adds 10 of 10 tokens to every x_e, Sec. 3.1). A batch of edits
+(``edit.batch_size``) is trained jointly.
 
 The side memories, the open shard's mask and the edits' token ids are in every stage
 checkpoint, so a resumed run continues exactly.

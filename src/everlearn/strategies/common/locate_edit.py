@@ -43,9 +43,10 @@ def memit_update(keys: torch.Tensor, residuals: torch.Tensor, cov: torch.Tensor,
                  mom2_weight: float) -> torch.Tensor:
     """MEMIT's batched update of one layer (Meng et al. 2023, Eq. 14):
     Delta = R K^T (lambda C0 + K K^T)^-1, with C0 the keys' second moment and lambda
-    (``mom2_weight``) the weight of the preserved keys against the edits' (the paper's
-    ``mom2_update_weight``). ``keys`` d_in x n, ``residuals`` d_out x n (Eq. 16's share of
-    the residual for this layer). Returns Delta (d_out x d_in)."""
+    (``mom2_weight``) the weight of the preserved keys against the edits' (the authors' code's
+    ``mom2_update_weight``; the paper folds it into its C0 = lambda E[k k^T], Eq. 15).
+    ``keys`` d_in x n, ``residuals`` d_out x n (this layer's share of the residual, Eq. 20).
+    Returns Delta (d_out x d_in)."""
     keys = keys.to(cov.dtype)
     system = mom2_weight * cov + keys @ keys.T
     adjusted = torch.linalg.solve(system, keys)  # (lambda C0 + K K^T)^-1 K, d_in x n
@@ -54,9 +55,9 @@ def memit_update(keys: torch.Tensor, residuals: torch.Tensor, cov: torch.Tensor,
 
 def null_space_projector(cov: torch.Tensor, threshold: float) -> tuple[torch.Tensor, int]:
     """AlphaEdit's projection onto the null space of the preserved keys K0 (Fang et al. 2025,
-    Sec. 3.1): the eigenvectors U of K0 K0^T (here its mean E[k k^T], the same matrix up to a
-    factor) whose eigenvalues are below ``threshold`` span the (approximate) null space, and
-    P = U_hat U_hat^T. Returns (P, dimension of the null space)."""
+    Sec. 3.2, Eq. 8-9): the eigenvectors U of K0 K0^T (here its mean E[k k^T], the same
+    matrix up to a factor) whose eigenvalues are below ``threshold`` span the (approximate)
+    null space, and P = U_hat U_hat^T. Returns (P, dimension of the null space)."""
     sym = (cov + cov.T) / 2
     eigvals, eigvecs = torch.linalg.eigh(sym)
     small = eigvecs[:, eigvals < threshold]
@@ -66,7 +67,7 @@ def null_space_projector(cov: torch.Tensor, threshold: float) -> tuple[torch.Ten
 def alphaedit_update(keys: torch.Tensor, residuals: torch.Tensor, projector: torch.Tensor,
                      previous: torch.Tensor, l2: float) -> torch.Tensor:
     """AlphaEdit's update of one layer: Delta = R K1^T P (K_p K_p^T P + K1 K1^T P + alpha I)^-1
-    (Fang et al. 2025, the closed form of Sec. 3.2; alpha = ``l2``, 1 in the paper's text,
+    (Fang et al. 2025, Sec. 3.3, Eq. 14; alpha = ``l2``, 1 in the paper's Eq. 14,
     ``L2`` in its code), where ``previous`` = K_p K_p^T accumulates the keys of earlier edits
     so later edits keep them. Since P K0 = 0 for a preserved key, Delta K0 = 0: the update
     leaves the preserved keys' outputs unchanged. Solved as the paper's code does:
