@@ -82,7 +82,9 @@ def embedded_smollm2_dir() -> Path:
     target = cache_dir() / "models" / SMOLLM2_NAME
     if is_cached_model(target):
         return target
-    with building(target):
+    # fork_rng: building draws random initial weights (then overwritten); without it the first
+    # run on a fresh machine, which converts, would train from another RNG state than later runs
+    with building(target), torch.random.fork_rng(devices=[]):
         if not is_cached_model(target):  # not built by another process meanwhile
             convert_smollm2(target)
     return target

@@ -96,7 +96,7 @@ def embedded_llava_dir() -> Path:
     if is_cached_model(target):
         return target
     src = embedded_smollm2_dir()
-    with building(target):  # another process may be building it too
+    with building(target), torch.random.fork_rng(devices=[]):  # as embedded_smollm2_dir
         if not is_cached_model(target):
             write_embedded_llava(target, src)
     return target

@@ -7,6 +7,8 @@ import subprocess
 import sys
 import textwrap
 
+import pytest
+
 from everlearn.models import embedded
 
 
@@ -37,3 +39,17 @@ def test_two_processes_building_one_cache_build_it_once(tmp_path):
     assert len(list((tmp_path / "cache").glob("built-by-*"))) == 1
     assert embedded.is_cached_model(tmp_path / "cache" / "m")
     assert not list((tmp_path / "cache").glob(".tmp-*"))
+
+
+@pytest.mark.slow  # converts the embedded GGUF (a few seconds, 540 MB on disk)
+def test_converting_the_embedded_model_leaves_the_rng_as_it_was(tmp_path, monkeypatch):
+    """The first run on a fresh machine converts the model; that must not move the seeded RNG
+    (it did: the first run's LoRA initialisation and dropout differed from every later run's)."""
+    import torch
+
+    monkeypatch.setenv("EVERLEARN_CACHE", str(tmp_path))
+    torch.manual_seed(0)
+    before = torch.get_rng_state()
+    target = embedded.embedded_smollm2_dir()
+    assert embedded.is_cached_model(target)
+    assert torch.equal(torch.get_rng_state(), before)
