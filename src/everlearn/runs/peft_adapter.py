@@ -50,7 +50,7 @@ STAGES_NAME = "stages.json"  # stage_adapters: which stage each subdirectory bel
 
 # strategies that leave the weights as the only thing they change (the engine's one adapter)
 WEIGHTS_ONLY = frozenset({"seqft", "joint", "replay", "der", "pseudo_replay", "ssr",
-                          "general_mix", "ewc", "mas", "l2", "lwf", "agem"})
+                          "general_mix", "ewc", "mas", "l2", "lwf", "agem", "gem", "migu"})
 SUMMED = frozenset({"inc_lora", "olora"})
 PER_STAGE = frozenset({"routed_lora"})
 FULL_ALSO = frozenset({"merge"})  # full fine-tuning: the merged weights are the model's own

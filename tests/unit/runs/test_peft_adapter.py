@@ -54,7 +54,9 @@ def trainable(model) -> dict[str, torch.Tensor]:
     (["seqft"], "lora", "adapter"), (["replay", "ewc"], "lora", "adapter"),
     (["joint"], "full", "full"), (["merge"], "full", "full"),
     (["inc_lora"], "lora", "adapter_sum"), (["replay", "olora"], "lora", "adapter_sum"),
-    (["routed_lora"], "lora", "stage_adapters")])
+    (["routed_lora"], "lora", "stage_adapters"),
+    # gradient projection and masking change how LoRA trains, not what the model is
+    (["gem"], "lora", "adapter"), (["migu"], "lora", "adapter")])
 def test_export_form(strategies, finetune, form):
     assert export_form(strategies, finetune) == form
 
