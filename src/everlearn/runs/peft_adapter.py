@@ -53,7 +53,8 @@ WEIGHTS_ONLY = frozenset({"seqft", "joint", "replay", "der", "pseudo_replay", "s
                           "general_mix", "ewc", "mas", "l2", "lwf", "agem", "gem", "migu"})
 SUMMED = frozenset({"inc_lora", "olora"})
 PER_STAGE = frozenset({"routed_lora"})
-FULL_ALSO = frozenset({"merge"})  # full fine-tuning: the merged weights are the model's own
+# full fine-tuning: the merged or edited weights are the model's own
+FULL_ALSO = frozenset({"merge", "rome", "memit", "alphaedit"})
 WHY_NOT = {
     "merge": "under LoRA its merged delta is held in forward hooks outside the adapter "
              "(full fine-tuning exports as a model)",

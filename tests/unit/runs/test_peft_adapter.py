@@ -56,7 +56,8 @@ def trainable(model) -> dict[str, torch.Tensor]:
     (["inc_lora"], "lora", "adapter_sum"), (["replay", "olora"], "lora", "adapter_sum"),
     (["routed_lora"], "lora", "stage_adapters"),
     # gradient projection and masking change how LoRA trains, not what the model is
-    (["gem"], "lora", "adapter"), (["migu"], "lora", "adapter")])
+    (["gem"], "lora", "adapter"), (["migu"], "lora", "adapter"),
+    (["rome"], "full", "full"), (["alphaedit"], "full", "full")])  # edited weights
 def test_export_form(strategies, finetune, form):
     assert export_form(strategies, finetune) == form
 
