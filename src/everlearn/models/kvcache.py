@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import inspect
 
+from everlearn.models.wrapped import hf_model
+
 
 def cache_of(output):
     """The KV cache a forward pass returned (``output.cache`` or ``output.past_key_values``)."""
@@ -25,5 +27,5 @@ def cache_in(kwargs: dict):
 
 def cache_kwarg(model) -> str:
     """The keyword under which ``model.forward`` takes the KV cache (a PEFT model: its base's)."""
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    base = hf_model(model)
     return "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"

@@ -30,6 +30,7 @@ from dataclasses import dataclass
 import torch
 
 from everlearn.errors import ConfigError
+from everlearn.models.wrapped import hf_model
 from everlearn.parallel.data_parallel import DataParallel
 from everlearn.stages import get_kind
 
@@ -150,7 +151,7 @@ def shard(model, cfg: Settings):
 
     from everlearn.parallel.collectives import broadcast_parameters
 
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    base = hf_model(model)
     # every rank starts from rank 0's trainable weights, as in the replicated design (they are
     # seeded anyway; frozen weights come from the same files)
     broadcast_parameters([p for p in base.parameters() if p.requires_grad])

@@ -15,11 +15,12 @@ import torch
 import torch.nn.functional as F
 
 from everlearn.data.encode import IGNORE
+from everlearn.models.wrapped import hf_model
 
 
 def supports_logits_to_keep(model) -> bool:
     """Whether the (PEFT-wrapped or plain) causal LM's forward takes ``logits_to_keep``."""
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    base = hf_model(model)
     try:
         return "logits_to_keep" in inspect.signature(base.forward).parameters
     except (TypeError, ValueError):

@@ -19,11 +19,7 @@ from __future__ import annotations
 from contextlib import contextmanager
 
 from everlearn.errors import ConfigError
-
-
-def hf_model(model):
-    """The transformers model inside a PEFT wrapper (or the model itself)."""
-    return model.get_base_model() if hasattr(model, "get_base_model") else model
+from everlearn.models.wrapped import hf_model
 
 
 def check_supported(model, source: str) -> None:

@@ -12,6 +12,8 @@ from dataclasses import dataclass
 
 import torch
 
+from everlearn.models.wrapped import hf_model
+
 TOWER_NAMES = ("vision_tower", "visual", "vision_model", "vision_encoder")
 PROJECTOR_NAMES = ("multi_modal_projector", "mm_projector", "connector", "multimodal_projector",
                    "visual_projection")
@@ -34,11 +36,6 @@ class VisionParts:
 
     def projector_parameters(self) -> list[torch.nn.Parameter]:
         return list(self.projector.parameters())
-
-
-def _unwrap(model):
-    """The transformers model inside a PEFT wrapper (or the model itself)."""
-    return model.get_base_model() if hasattr(model, "get_base_model") else model
 
 
 def find_parts(model) -> VisionParts | None:
@@ -67,7 +64,7 @@ def language_lora_targets(model, target_modules) -> str | list[str]:
     """
     import re
 
-    parts = find_parts(_unwrap(model))
+    parts = find_parts(hf_model(model))
     if parts is None:
         return target_modules
     leaves = sorted({n.rsplit(".", 1)[-1] for n, m in parts.language.named_modules()
@@ -83,7 +80,7 @@ def pooled_image_features(model, pixel_inputs: dict[str, torch.Tensor]) -> torch
     """(images, hidden): the vision tower's features that the projector reads, averaged over the
     image's patches (CLS dropped under LLaVA's "default" selection). What routing by vision
     prototype compares (``stage_projector``)."""
-    hf = _unwrap(model)
+    hf = hf_model(model)
     parts = find_parts(hf)
     config = hf.config
     layer = getattr(config, "vision_feature_layer", -1)

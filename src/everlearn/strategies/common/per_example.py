@@ -38,6 +38,7 @@ from collections.abc import Callable
 import torch
 
 from everlearn.data.encode import IGNORE, image_inputs
+from everlearn.models.wrapped import hf_model
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +73,7 @@ def forward_options(model) -> dict:
     """The keyword arguments the (PEFT-wrapped or plain) model's forward takes of
     ``use_cache`` (off: no KV cache is built) and ``logits_to_keep`` (True: the head runs at
     the answer positions only)."""
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    base = hf_model(model)
     try:
         names = inspect.signature(base.forward).parameters
     except (TypeError, ValueError):
