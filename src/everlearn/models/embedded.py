@@ -80,13 +80,19 @@ def write_model_dir(target: Path, model, processor, files: dict[str, str] | None
 def embedded_smollm2_dir() -> Path:
     """The converted safetensors copy of the embedded model, created on first use."""
     target = cache_dir() / "models" / SMOLLM2_NAME
+    return cached_model_dir(target, convert_smollm2)
+
+
+def cached_model_dir(target: Path, build) -> Path:
+    """``target``, after ``build(target)`` has written it unless it is cached: once, under the
+    cache lock, and outside the seeded RNG (building draws random initial weights, then
+    overwritten; without fork_rng the first run on a fresh machine, which builds, would train
+    from another RNG state than every later run)."""
     if is_cached_model(target):
         return target
-    # fork_rng: building draws random initial weights (then overwritten); without it the first
-    # run on a fresh machine, which converts, would train from another RNG state than later runs
     with building(target), torch.random.fork_rng(devices=[]):
         if not is_cached_model(target):  # not built by another process meanwhile
-            convert_smollm2(target)
+            build(target)
     return target
 
 

@@ -24,10 +24,9 @@ from everlearn.models.embedded import (
     DTYPES,
     build_tiny_model,
     build_tiny_tokenizer,
-    building,
     cache_dir,
+    cached_model_dir,
     embedded_smollm2_dir,
-    is_cached_model,
     write_model_dir,
 )
 
@@ -93,19 +92,14 @@ def build_llava(language_model, image_token_id: int, *, image_size: int = 64,
 def embedded_llava_dir() -> Path:
     """The default VLM in the model cache, built from the embedded SmolLM2 on first use."""
     target = cache_dir() / "models" / DEFAULT_NAME
-    if is_cached_model(target):
-        return target
-    src = embedded_smollm2_dir()
-    with building(target), torch.random.fork_rng(devices=[]):  # as embedded_smollm2_dir
-        if not is_cached_model(target):
-            write_embedded_llava(target, src)
-    return target
+    return cached_model_dir(target, write_embedded_llava)
 
 
-def write_embedded_llava(target: Path, src: Path) -> None:
-    """The default VLM from the converted SmolLM2 in ``src``, written to ``target``."""
+def write_embedded_llava(target: Path) -> None:
+    """The default VLM from the converted SmolLM2, written to ``target``."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    src = embedded_smollm2_dir()
     log.info("building %s in %s (once)", DEFAULT_NAME, target)
     tok = AutoTokenizer.from_pretrained(src)
     lm = AutoModelForCausalLM.from_pretrained(src, use_safetensors=True)
