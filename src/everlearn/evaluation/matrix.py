@@ -3,8 +3,9 @@
 A row scores each stage by asking its metric (:mod:`everlearn.evaluation.scorers`: one module
 per metric, each with the function that scores a stage with it). Scorers: ``accuracy`` ranks
 each record's label options by log-likelihood in batched forward passes (no decoding;
-:mod:`everlearn.evaluation.option_accuracy`); ``exact_match`` and ``rouge_l`` score batched
-greedy generations (KV cache on, ``max_new_tokens`` derived from the test answers unless set);
+:mod:`everlearn.evaluation.option_accuracy`); ``exact_match``, ``rouge_l`` and TRACE's
+``strict_match``, ``first_char_match``, ``edit_similarity`` and ``sari`` score batched greedy
+generations (KV cache on, ``max_new_tokens`` derived from the test answers unless set);
 ``perplexity`` is exp of the mean token loss on the test text; ``preference_accuracy`` scores
 held-out preference pairs by their implicit reward margin (see ``Evaluator.begin_phase``,
 :mod:`everlearn.evaluation.preference_scoring`); ``reliability`` scores an edit stage's edits
@@ -138,17 +139,25 @@ class Evaluator(EditScoring, PreferenceScoring, OptionAccuracy):
     # --- greedy generation ------------------------------------------------------------
     def generated_scores(self, model, stage: Stage, records: list[Record],
                          match: Callable[[str, list[str]], float],
-                         alive: Callable[[str, list[str]], bool] | None = None
+                         alive: Callable[[str, list[str]], bool] | None = None, *,
+                         single_line: bool | None = None
                          ) -> list[tuple[float, str, dict[str, Any]]]:
         """Per record (``match(generation, answers)``, the generation, its sample: prompt,
         generation, answers), greedy. ``alive(text, answers)``: whether a generation can still
-        score, so decoding stops a row that cannot (its score is 0 either way)."""
-        preds = self._generate(model, stage, records, alive)
+        score, so decoding stops a row that cannot (its score is 0 either way).
+        ``single_line``: see :meth:`generations`."""
+        preds = self.generations(model, stage, records, alive, single_line=single_line)
         return [(match(p, r.answers), p, {"prompt": r.prompt, "generation": p,
                                           "answers": r.answers})
                 for p, r in zip(preds, records)]
 
-    def _generate(self, model, stage, records: list[Record], alive=None) -> list[str]:
+    def generations(self, model, stage: Stage, records: list[Record],
+                    alive: Callable[[str, list[str]], bool] | None = None, *,
+                    single_line: bool | None = None) -> list[str]:
+        """The records' greedy generations, in their order, ends stripped. ``single_line``:
+        cut each at the end of its first line (None: when every answer of the stage is one
+        line, :func:`single_line_answers`; False for a metric that scores what follows the
+        first line too, as TRACE's string equality does)."""
         prompts, images, cut = [], [], []
         for r in records:
             ids, pixels = self.encoder.prompt_inputs(r)
@@ -159,10 +168,11 @@ class Evaluator(EditScoring, PreferenceScoring, OptionAccuracy):
         bar = self._bar(len(records), f"generate {stage.name}")
         still = (None if alive is None
                  else lambda i, text: alive(text, records[i].answers))
+        one_line = single_line_answers(stage) if single_line is None else single_line
         out = decode_batched(model, self.encoder, prompts, self.max_new_tokens(stage),
                              device=self.acc.device, autocast=self.acc.autocast,
                              batch_size=self.cfg.batch_size, on_batch=bar.update,
                              images=images if any(p is not None for p in images) else None,
-                             alive=still, single_line=single_line_answers(stage))
+                             alive=still, single_line=one_line)
         bar.close()
         return out

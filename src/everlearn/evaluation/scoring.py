@@ -1,8 +1,16 @@
-"""Text scorers for generated answers: SQuAD-style exact match and ROUGE-L.
+"""Text scorers for generated answers: SQuAD-style exact match, ROUGE-L, and TRACE's string
+equality, answer letter and edit similarity (SARI is :mod:`everlearn.evaluation.sari`).
 
 No torch: exact match is standard library, ROUGE-L the ``rouge-score`` package (the one
-published tables use). Every scorer returns a value in ``[0, 1]`` and takes the max
-over the acceptable references; the evaluator scales by 100.
+published tables use), edit similarity ``rapidfuzz``. Every scorer returns a value in
+``[0, 1]`` and takes the max over the acceptable references; the evaluator scales by 100.
+
+TRACE's rules (github.com/BeyonderXX/TRACE at commit 462e39f: ``metrics.py`` and
+``evaluations/eval_<task>.py``, called by ``inference/infer_single.py`` on the raw decoded
+generation) are :func:`strict_match` (C-STANCE, FOMC, NumGLUE-cm, NumGLUE-ds),
+:func:`first_char_match` (ScienceQA) and :func:`edit_similarity` (Py150). TRACE compares the
+decoded text as it is; everlearn's decoder strips a generation's ends, so these scorers strip
+the reference's too, and that is the one leniency they add.
 
 For exact match, two rules on top of SQuAD's normalisation keep a model that answers nothing
 from scoring:
@@ -20,8 +28,9 @@ import re
 import string
 from collections.abc import Sequence
 
-__all__ = ["can_still_match", "comparable", "exact_match", "normalize_answer", "normalize_light",
-           "rouge_l"]
+__all__ = ["can_still_equal", "can_still_match", "comparable", "edit_similarity",
+           "exact_match", "first_char_match", "first_char_open", "normalize_answer",
+           "normalize_light", "py150_literals", "rouge_l", "strict_match"]
 
 _ARTICLES = re.compile(r"\b(a|an|the)\b")
 _PUNCTUATION = frozenset(string.punctuation)
@@ -124,3 +133,79 @@ def _rouge_scorer():
     from rouge_score import rouge_scorer
 
     return rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
+
+
+# --- TRACE's rules -------------------------------------------------------------------------
+_UNSETTLED = "\ufffd"  # what a decoder writes for a character whose bytes have not all come
+
+
+def strict_match(prediction: str, references: str | Sequence[str]) -> float:
+    """``1.0`` if the prediction is a reference character for character (its ends stripped,
+    as the generation's are), else ``0.0``: TRACE's accuracy (``metrics.caculate_accuracy``,
+    ``prediction == target``, no normalisation: ``"A."`` or ``"a"`` is not ``"A"``, ``"5.0"``
+    is not ``"5"``). An empty prediction never matches (TRACE skips it, scoring 0).
+    Raises ValueError when ``references`` is empty."""
+    refs = _as_references(references)
+    return 1.0 if prediction and any(prediction == ref.strip() for ref in refs) else 0.0
+
+
+def can_still_equal(prefix: str, references: str | Sequence[str]) -> bool:
+    """Whether some continuation of the generated ``prefix`` could still score
+    :func:`strict_match` 1.0: the prefix, less its last character (which the next token may
+    still change: a character whose bytes are split over tokens, a space a decoder cleans up),
+    begins some reference."""
+    stable = prefix.rstrip(_UNSETTLED)[:-1]
+    return any(ref.strip().startswith(stable) for ref in _as_references(references))
+
+
+def first_char_match(prediction: str, references: str | Sequence[str]) -> float:
+    """``1.0`` if the prediction's first character is a reference's first character, else
+    ``0.0``: TRACE's ScienceQA accuracy (``evaluations/eval_ScienceQA.py`` takes character 0
+    of the generation and of the answer, ``"B\nBecause ..."``, as the option letter, and
+    compares them as :func:`strict_match` does). ``"B. because"`` and ``"B"`` both match
+    ``"B\n..."``; ``"b"`` and ``"(B)"`` do not. An empty prediction never matches.
+    Raises ValueError when ``references`` is empty."""
+    refs = _as_references(references)
+    first = prediction[:1]
+    return 1.0 if first and any(first == ref.strip()[:1] for ref in refs) else 0.0
+
+
+def first_char_open(prefix: str, references: str | Sequence[str]) -> bool:
+    """Whether the generated ``prefix`` has not settled its first character yet (nothing but
+    characters whose bytes are still coming), so decoding goes on; once it has, what follows
+    cannot change :func:`first_char_match` and the row stops."""
+    return not prefix.strip(_UNSETTLED)
+
+
+_LITERAL = re.compile(r"<(STR|NUM|CHAR)_LIT:(.*?)>", re.S)
+
+
+def py150_literals(code: str) -> str:
+    """Py150's literal placeholders as TRACE's ``evaluations/eval_Py150.py`` rewrites them
+    before scoring: ``<NUM_LIT>`` -> ``0``, ``<STR_LIT>`` and ``<CHAR_LIT>`` -> nothing, then a
+    placeholder that carries its literal (``<STR_LIT:utf-8>``) -> the literal (``utf-8``).
+    Text without placeholders is unchanged."""
+    code = code.replace("<NUM_LIT>", "0").replace("<STR_LIT>", "").replace("<CHAR_LIT>", "")
+    return _LITERAL.sub(lambda m: m.group(2), code)
+
+
+def edit_similarity(prediction: str, references: str | Sequence[str]) -> float:
+    """TRACE's Py150 score (``metrics.caculate_fuzz``, after :func:`py150_literals` on both
+    texts), max over ``references``, in ``[0, 1]``: fuzzywuzzy's ``fuzz.ratio``, the
+    CodeXGLUE code-completion edit similarity, divided by 100. That is
+    ``round(100 * (1 - d / (len(a) + len(b))))`` with ``d`` the Indel distance (insertions and
+    deletions; a substitution costs 2) over characters, rounded to a whole number per record as
+    fuzzywuzzy rounds it; ``rapidfuzz.fuzz.ratio`` computes the same ratio (python-Levenshtein,
+    fuzzywuzzy's fast path, is built on it). Identical texts score ``1.0``; an empty
+    prediction or reference (after the rewrite) scores ``0.0``, as TRACE skips it.
+    Raises ValueError when ``references`` is empty."""
+    from rapidfuzz import fuzz
+
+    refs = _as_references(references)
+    pred = py150_literals(prediction)
+    best = 0.0
+    for ref in refs:
+        gold = py150_literals(ref.strip())
+        if pred and gold:
+            best = max(best, round(fuzz.ratio(pred, gold)) / 100)
+    return best

@@ -4,7 +4,6 @@ line, row by row, and the newline is not part of the returned answer."""
 from __future__ import annotations
 
 import pytest
-import torch
 
 from everlearn.data.encode import Encoder
 from everlearn.data.records import Record
@@ -12,25 +11,7 @@ from everlearn.evaluation.generation import decode_batched, first_line_end
 from everlearn.evaluation.matrix import single_line_answers
 from everlearn.models.loading import build_tiny_model, build_tiny_tokenizer
 from everlearn.stages.stream import Stage
-
-
-class Scripted:
-    """Forces the tiny model to write ``scripts[row]`` (then end-of-turn), one character a
-    step (the tokenizer is byte-level), and counts the decoding steps."""
-
-    def __init__(self, model, tok, scripts: list[str]):
-        self.tok, self.steps = tok, 0
-        self.ids = [[tok.convert_tokens_to_ids(t) for t in tok.tokenize(s)] + [tok.eos_token_id]
-                    for s in scripts]
-        self.handle = model.register_forward_hook(self.force)
-
-    def force(self, module, args, output):
-        logits = torch.full_like(output.logits[:, -1], -1e4)
-        for row, ids in enumerate(self.ids):
-            logits[row, ids[min(self.steps, len(ids) - 1)]] = 1e4
-        output.logits[:, -1] = logits
-        self.steps += 1
-        return output
+from tests.helpers.scripted import Scripted
 
 
 @pytest.fixture(scope="module")

@@ -3,6 +3,7 @@ adapter group, and a bounded cache of routed subsets."""
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from everlearn.config import EvalConfig
@@ -74,3 +75,50 @@ def test_evaluator_cache_keeps_a_bounded_number_of_routed_subsets():
         ev._cache.setdefault(key, i)
     assert len(ev._cache) == SUBSETS_KEPT
     assert ev._subset_key(stage, "options", records[49:54]) in ev._cache  # recent ones stay
+
+
+# --- TRACE's scorers on known generations ---------------------------------------------------
+def scripted_score(metric: str, rows: list[tuple[str, str, str]]):
+    """The stage of ``rows`` (prompt, answer, what the model writes) scored by ``metric``, with
+    the tiny model made to write each row's text; and how many decoding steps it took."""
+    from tests.helpers.scripted import Scripted
+
+    tok, model, _, evaluator = tiny_setup()
+    records = [Record(prompt=p, response=a) for p, a, _ in rows]
+    stage = Stage(1, "s", "sft", metric, records, records)
+    script = Scripted(model, tok, [w for _, _, w in rows])
+    try:
+        return evaluator.score(model, stage), script.steps
+    finally:
+        script.handle.remove()
+
+
+def test_strict_match_scores_the_whole_generation_not_its_first_line():
+    score, _ = scripted_score("strict_match", [("q0", "A", "A"), ("q1", "B", "B\nmore"),
+                                               ("q2", "5", "5.")])
+    assert score.predictions[0] == "A" and score.predictions[1].startswith("B\n")
+    assert score.score == 100 / 3  # exact_match (first line, normalised) would give 100
+
+
+def test_first_char_match_stops_once_the_letter_is_written():
+    score, steps = scripted_score("first_char_match", [
+        ("q0", "B\nBecause magnets attract iron.", "B. because magnets pull"),
+        ("q1", "A\nBecause it is warm.", "C\nBecause it is warm.")])
+    assert score.score == 50.0 and score.predictions == ["B", "C"]
+    assert steps <= 2  # the prefill and one token: the rest cannot change the score
+
+
+def test_edit_similarity_through_the_evaluator():
+    """kitten / sitting 62, a Py150 placeholder rewritten 100, and "ab\\ncd" against "ab":
+    the whole generation, 4 / 7 -> 57 (the first line alone would score 100)."""
+    score, _ = scripted_score("edit_similarity", [("q0", "kitten", "sitting"),
+                                                  ("q1", "f(<NUM_LIT>)", "f(0)"),
+                                                  ("q2", "ab", "ab\ncd")])
+    assert [s["score"] for s in score.samples] == pytest.approx([62.0, 100.0, 57.0])
+    assert score.score == pytest.approx((62 + 100 + 57) / 3)
+
+
+def test_sari_takes_the_prompt_as_the_source():
+    score, _ = scripted_score("sari", [("the cat sat", "cat sat", "the cat")])
+    assert score.score == pytest.approx(100 * (0.625 + 0.5 + 1.0) / 3)
+    assert score.samples[0]["prompt"] == "the cat sat"

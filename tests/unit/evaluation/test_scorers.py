@@ -13,7 +13,8 @@ from everlearn.stages.stream import Stage
 from everlearn.validation import build_config
 from tests.helpers.torch_free import assert_runs_without_heavy_imports
 
-ALL = ["accuracy", "exact_match", "rouge_l", "perplexity", "preference_accuracy", "reliability"]
+ALL = ["accuracy", "exact_match", "rouge_l", "strict_match", "first_char_match", "edit_similarity",
+       "sari", "perplexity", "preference_accuracy", "reliability"]
 
 
 def test_every_metric_is_declared_once_in_order():
@@ -29,7 +30,8 @@ def test_unknown_metric_is_a_one_line_config_error():
     with pytest.raises(ConfigError) as info:
         get_metric("bleu")
     assert str(info.value) == ("unknown metric 'bleu'; expected one of accuracy, exact_match, "
-                               "rouge_l, perplexity, preference_accuracy, reliability")
+                               "rouge_l, strict_match, first_char_match, edit_similarity, sari, "
+                               "perplexity, preference_accuracy, reliability")
 
 
 def test_every_kind_names_registered_metrics():
@@ -44,7 +46,8 @@ def test_config_checks_the_metric_against_the_registry():
         build_config({"stages": [{"builtin": "cipher", "metric": "bleu"}]}, "s.yaml")
     assert str(info.value) == (
         "s.yaml: stages.0.metric: expected one of 'accuracy', 'exact_match', 'rouge_l', "
-        "'perplexity', 'preference_accuracy', 'reliability', got 'bleu'")
+        "'strict_match', 'first_char_match', 'edit_similarity', 'sari', 'perplexity', "
+        "'preference_accuracy', 'reliability', got 'bleu'")
 
 
 @pytest.mark.parametrize("metric, higher", [("perplexity", False), ("exact_match", True),

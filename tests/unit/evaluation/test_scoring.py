@@ -1,4 +1,6 @@
-"""Checks of the text scorers in ``everlearn.evaluation.scoring`` against hand-computed values."""
+"""Checks of the text scorers in ``everlearn.evaluation.scoring`` against hand-computed values;
+TRACE's (strict_match, first_char_match, edit_similarity) with cases that the stand-ins TRACE's
+benchmark entry used before (exact_match, rouge_l) score otherwise."""
 
 from __future__ import annotations
 
@@ -7,10 +9,16 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from everlearn.evaluation.scoring import (
+    can_still_equal,
     can_still_match,
+    edit_similarity,
     exact_match,
+    first_char_match,
+    first_char_open,
     normalize_answer,
+    py150_literals,
     rouge_l,
+    strict_match,
 )
 
 
@@ -189,3 +197,110 @@ def test_a_prefix_declared_hopeless_never_ends_in_a_match(words, refs, glue):
     if exact_match(text, refs) or exact_match(text.strip(), refs):
         for k in range(len(text) + 1):
             assert can_still_match(text[:k], refs), (text[:k], text, refs)
+
+
+# --- TRACE: string equality (C-STANCE, FOMC, NumGLUE) ------------------------------------------
+def test_strict_match_is_string_equality_where_exact_match_normalises():
+    """TRACE's accuracy is ``prediction == target``: what SQuAD normalisation forgives is a miss."""
+    assert strict_match("A", ["A"]) == 1.0 and strict_match("42", ["41", "42"]) == 1.0
+    for prediction, answer in [("A.", "A"), ("a", "A"), ("The answer is B", "B"),
+                               ("5.0", "5"), ("5 .", "5"), ("x  y", "x y")]:
+        assert strict_match(prediction, [answer]) == 0.0, prediction
+    assert exact_match("A.", ["A"]) == 1.0 and exact_match("a", ["A"]) == 1.0  # the stand-in
+    assert strict_match("B", "B") == 1.0  # a bare string is one reference
+
+
+def test_strict_match_strips_the_reference_as_the_generation_is_and_never_matches_empty():
+    assert strict_match("A", ["A\n"]) == 1.0 and strict_match("A", [" A "]) == 1.0
+    assert strict_match("", [""]) == 0.0 and strict_match("", ["A"]) == 0.0
+    with pytest.raises(ValueError):
+        strict_match("A", [])
+
+
+def test_can_still_equal_stops_once_the_prefix_left_the_answer():
+    assert can_still_equal("", ["A"]) and can_still_equal("A", ["A"])
+    assert can_still_equal("AB", ["A"])  # the last character may still change
+    assert not can_still_equal("ABC", ["A"])
+    assert not can_still_equal("A\nB", ["A"])  # a second line: TRACE's string is not "A"
+    assert can_still_equal("1\ufffd", ["1\u00e9"])  # a character whose bytes are still coming
+    assert can_still_equal("12", ["13", "12.5"])
+
+
+@given(text=st.text(alphabet="AB1.\n ", max_size=6),
+       refs=st.lists(st.text(alphabet="AB1. ", min_size=1, max_size=4), min_size=1, max_size=3))
+def test_a_prefix_that_can_no_longer_equal_never_ends_equal(text, refs):
+    if strict_match(text.strip(), refs):
+        for k in range(len(text) + 1):
+            assert can_still_equal(text[:k].strip(), refs), (text[:k], refs)
+
+
+# --- TRACE: the answer letter (ScienceQA) ---------------------------------------------------
+def test_first_char_match_compares_the_letter_only():
+    answer = "B\nBecause magnets attract iron."  # TRACE's ScienceQA answers: letter, newline, why
+    assert first_char_match("B. because magnets pull", [answer]) == 1.0
+    assert first_char_match("B", [answer]) == 1.0
+    assert first_char_match("B\nBecause of gravity.", [answer]) == 1.0  # reasoning not scored
+    assert exact_match("B. because magnets pull", [answer]) == 0.0  # the stand-in
+    for prediction in ["C\nBecause magnets attract iron.", "b", "(B)", "Answer: B", ""]:
+        assert first_char_match(prediction, [answer]) == 0.0, prediction
+    assert first_char_match("A", ["B", "A\n..."]) == 1.0
+
+
+def test_first_char_open_until_a_character_is_written():
+    assert first_char_open("", ["B"]) and first_char_open("\ufffd", ["B"])
+    assert not first_char_open("B", ["B"]) and not first_char_open("C", ["B"])
+    assert not first_char_open("\ufffdB", ["B"])
+
+
+# --- TRACE: edit similarity (Py150) ---------------------------------------------------------
+def test_edit_similarity_is_the_indel_ratio_rounded_per_record():
+    """kitten / sitting: LCS "ittn" (4), Indel distance 6 + 7 - 2 * 4 = 5, ratio 8 / 13 =
+    61.5 -> 62 (Levenshtein's distance 3 would give 57); ROUGE-L sees two different words."""
+    assert edit_similarity("kitten", ["sitting"]) == 0.62
+    assert rouge_l("kitten", ["sitting"]) == 0.0  # the stand-in
+    # "return self.x" / "return self.y": 26 characters, LCS 12, ratio 24 / 26 = 92.3 -> 92
+    assert edit_similarity("return self.x", ["return self.y"]) == 0.92
+    assert rouge_l("return self.x", ["return self.y"]) == pytest.approx(2 / 3)
+    assert edit_similarity("x = 1", ["x = 1"]) == 1.0
+
+
+def test_edit_similarity_rounds_half_to_even_as_fuzzywuzzy():
+    """fuzzywuzzy returns int(round(100 * ratio)): Python rounds halves to even."""
+    assert edit_similarity("abcde", ["abcdefghijk"]) == 0.62  # 10 / 16 = 62.5 -> 62
+    assert edit_similarity("abc", ["abcdefghijklm"]) == 0.38  # 6 / 16 = 37.5 -> 38
+
+
+def _lcs(a: str, b: str) -> int:
+    row = [0] * (len(b) + 1)
+    for ca in a:
+        prev = 0
+        for j, cb in enumerate(b, 1):
+            prev, row[j] = row[j], prev + 1 if ca == cb else max(row[j], row[j - 1])
+    return row[-1]
+
+
+@given(a=st.text(alphabet="ab c(", min_size=1, max_size=12),
+       b=st.text(alphabet="ab c(", min_size=1, max_size=12))
+def test_edit_similarity_equals_twice_the_lcs_over_the_lengths(a, b):
+    if a.strip() == b.strip() or not a.strip() or not b.strip():
+        return
+    expected = round(100 * (1 - (len(a) + len(b.strip()) - 2 * _lcs(a, b.strip()))
+                            / (len(a) + len(b.strip())))) / 100
+    assert edit_similarity(a, [b]) == expected
+
+
+def test_py150_literals_are_rewritten_before_scoring():
+    code = "x = <NUM_LIT> + <NUM_LIT:3> ; s = <STR_LIT> + <STR_LIT:utf-8> + <CHAR_LIT>"
+    assert py150_literals(code) == "x = 0 + 3 ; s =  + utf-8 + "
+    assert py150_literals("open(<STR_LIT:a b>)") == "open(a b)"
+    assert py150_literals("no placeholders < here >") == "no placeholders < here >"
+    assert edit_similarity("f(<NUM_LIT>)", ["f(0)"]) == 1.0
+    assert edit_similarity("print(<STR_LIT:hi>)", ["print(hi)"]) == 1.0
+
+
+def test_edit_similarity_of_empty_texts_is_zero():
+    assert edit_similarity("", ["x"]) == 0.0 and edit_similarity("x", [""]) == 0.0
+    assert edit_similarity("<STR_LIT>", ["<STR_LIT>"]) == 0.0  # empty once rewritten: skipped
+    assert edit_similarity("abc", ["zzz", "abd"]) == 0.67  # the best answer: 4 / 6
+    with pytest.raises(ValueError):
+        edit_similarity("x", [])
