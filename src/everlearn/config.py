@@ -127,16 +127,28 @@ class TrainConfig:
             raise FieldError(f"{where}.steps", "expected steps or epochs to be set")
 
 
+# the probe splits of a temporal stage (everlearn.evaluation.temporal.SPLITS)
+PROBE_SPLITS = ("invariant", "updated", "new")
+
+
 @dataclass
 class DataSource:
     """Where a split comes from. In YAML a plain string is shorthand for ``{path: ...}``."""
 
     path: str = field("", "File, directory, or `hf:<dataset name or saved directory>` (built-in "
                       "tasks: the stage's `builtin`).")
-    format: Literal["auto", "jsonl", "json", "superni", "text", "hf", "olora"] = field(
-        "auto", "File format; auto guesses from the path and content (olora: O-LoRA's "
-        "{label, sentence} records with labels.json beside them, as `benchmark:` reads them)."
+    format: Literal["auto", "jsonl", "json", "superni", "text", "csv", "hf", "olora",
+                    "twiki_probes", "ckl_lama"] = field(
+        "auto", "File format; auto guesses from the path and content (csv: a header row, one "
+        "record a row; olora: O-LoRA's {label, sentence} records with labels.json beside them; "
+        "twiki_probes: TemporalWiki's subject,relation,object probes; ckl_lama: CKL's "
+        "InvariantLAMA / UpdatedLAMA / NewLAMA files; the last three as `benchmark:` reads them)."
     )
+    probes: dict[str, str] = field(
+        {}, "Test data only, instead of `path`: temporal probes, a file per split {invariant: "
+        "FILE, updated: FILE, new: FILE} (any of them), read as prompt/answer records that "
+        "carry their split, so the run reports probe accuracy per split and FUAR "
+        "(docs/temporal.md).")
     split: str | None = field(None, "Split name for Hugging Face datasets.")
     fields: dict[str, str] = field(
         {}, "Field mapping record-field -> source-field, e.g. {prompt: question}."
@@ -164,7 +176,8 @@ class StageConfig:
     metric: str | None = field(
         None, "The metric the stage is scored by (`everlearn ls` lists each kind's). Default: "
         "accuracy when labels are set or the answers form a small closed set (a classification "
-        "task), perplexity for cpt, preference_accuracy for align, reliability for edit, the "
+        "task), perplexity for cpt (exact_match when its test records are probes: prompts "
+        "and answers), preference_accuracy for align, reliability for edit, the "
         "built-in task's metric, else exact_match.")
     labels: list[str] = field([], "Label options for scoring by log-likelihood (accuracy).",
                               each={"min_len": 1}, unique=True)
@@ -207,14 +220,30 @@ class StageConfig:
         if self.builtin is None:
             if self.train is None or not self.train.path:
                 raise FieldError(f"{where}.train", "expected a data path (or set `builtin`)")
-            if self.test is None or not self.test.path:
-                raise FieldError(f"{where}.test", "expected a data path")
+            if self.test is None or not (self.test.path or self.test.probes):
+                raise FieldError(f"{where}.test", "expected a data path (or `probes`)")
+            if self.train.probes:
+                raise FieldError(f"{where}.train.probes", "probes are test data; expected "
+                                 "`path` for the training data")
+            self._check_probes(f"{where}.test")
         elif self.train is not None or self.test is not None:
             raise FieldError(f"{where}.builtin",
                              "expected either `builtin` or `train`/`test`, not both")
         if not self.name.isprintable():
             raise FieldError(f"{where}.name",
                              f"expected a name without control characters, got {self.name!r}")
+
+    def _check_probes(self, where: str) -> None:
+        probes = self.test.probes
+        if probes and self.test.path:
+            raise FieldError(f"{where}.probes", "expected either `path` or `probes`, not both")
+        for split, path in probes.items():
+            if split not in PROBE_SPLITS:
+                raise FieldError(f"{where}.probes.{split}",
+                                 f"expected a split among {', '.join(PROBE_SPLITS)}")
+            if not path:
+                raise FieldError(f"{where}.probes.{split}", "expected a file path")
+
 
 @dataclass
 class StrategySpec:

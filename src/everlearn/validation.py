@@ -174,7 +174,12 @@ def resolve_paths(cfg: RunConfig, root: Path) -> None:
                     spec.options[f.name] = str(root / value)
     for st in cfg.stages:
         for src in (st.train, st.test):
-            if src is None or not src.path or ":" in src.path.split("/")[0]:
+            if src is None:
+                continue
+            for split, path in src.probes.items():
+                if not Path(path).is_absolute():
+                    src.probes[split] = str(root / path)
+            if not src.path or ":" in src.path.split("/")[0]:
                 continue  # hf:..., builtin:... are not file paths
             if not Path(src.path).is_absolute():
                 src.path = str(root / src.path)

@@ -22,7 +22,8 @@ def test_kinds_and_periods_come_from_the_registries():
     ({"builtin": "worldline", "kind": "sft"},
      "stages.0.kind: expected 'cpt' (or nothing) for the worldline suite, got 'sft'"),
     ({"builtin": "worldline", "metric": "accuracy"},
-     "stages.0.metric: expected 'perplexity' for a cpt stage, got 'accuracy'"),
+     "stages.0.metric: expected one of 'perplexity', 'exact_match' for a cpt stage, got "
+     "'accuracy'"),
 ])
 def test_registry_errors_are_one_line(stage, message):
     with pytest.raises(ConfigError) as info:

@@ -1,4 +1,5 @@
-"""Readers: JSON/JSONL records, SuperNI task JSON, plain text and Hugging Face datasets -> Records.
+"""Readers: JSON/JSONL/CSV records, SuperNI task JSON, plain text and Hugging Face datasets ->
+Records.
 
 Every reader returns ``list[Record]``; every problem raises ``DataError`` naming the file, the
 record and the field. Field names follow the common conventions (prompt/response, Alpaca
@@ -10,8 +11,10 @@ use, is its kind's (:mod:`everlearn.stages`): ``text_record``, ``instruction_rec
 
 from __future__ import annotations
 
+import csv
 import json
 import re
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -36,9 +39,12 @@ def detect_format(path: str) -> str:
         return "jsonl"
     if suffix == ".json":
         return "json"  # SuperNI vs list of records is decided from the content
+    if suffix == ".csv":
+        return "csv"
     if suffix in TEXT_SUFFIXES:
         return "text"
-    raise DataError(f"{path}: unknown data format; expected .jsonl, .json, .txt or hf:<name>")
+    raise DataError(f"{path}: unknown data format; expected .jsonl, .json, .csv, .txt or "
+                    "hf:<name>")
 
 
 def read_source(path: str, fmt: str, kind: str, fields: dict[str, str], split: str | None,
@@ -49,10 +55,10 @@ def read_source(path: str, fmt: str, kind: str, fields: dict[str, str], split: s
     if fmt == "hf":
         rows = _read_hf(path, split)
         return [to_record(r, spec.read_record, fields, path, i, task) for i, r in enumerate(rows)]
-    if fmt == "olora":  # a benchmark layout (everlearn.data.benchmarks)
-        from everlearn.data.benchmarks.layouts import read_olora
+    if fmt in ("olora", "twiki_probes", "ckl_lama"):  # benchmark layouts (data.benchmarks)
+        from everlearn.data.benchmarks import layouts
 
-        return read_olora(path, task)
+        return getattr(layouts, f"read_{fmt}")(path, task)
     p = Path(path)
     if not p.is_file():
         raise DataError(f"{path}: file not found")
@@ -61,6 +67,9 @@ def read_source(path: str, fmt: str, kind: str, fields: dict[str, str], split: s
             raise DataError(f"{path}: plain text is only for {kinds_with('plain_text_files')} "
                             f"stages (this stage is {kind})")
         return _read_text(p, task)
+    if fmt == "csv":
+        rows = read_csv_rows(p)
+        return [to_record(r, spec.read_record, fields, path, i, task) for i, r in enumerate(rows)]
     if fmt == "jsonl":
         rows = list(_read_jsonl(p))
         return [to_record(r, spec.read_record, fields, path, i, task) for i, r in enumerate(rows)]
@@ -104,6 +113,26 @@ def _read_jsonl(p: Path):
             raise DataError(f"{p}: line {n}: invalid JSON ({exc.msg})") from None
         except RecursionError:
             raise DataError(f"{p}: line {n}: nested too deeply to be a record") from None
+
+
+def read_csv_rows(p: Path, need: tuple[str, ...] = ()) -> list[dict[str, str]]:
+    """A CSV file with a header row (as pandas writes one) -> one dict per row; the columns
+    in ``need`` must be in the header. An empty cell is ""; the index column pandas writes
+    without a name is kept under the name ""."""
+    csv.field_size_limit(min(sys.maxsize, 2**31 - 1))  # a Wikipedia article is one cell
+    try:
+        with p.open(encoding="utf-8", newline="") as f:
+            reader = csv.DictReader(f)
+            header = reader.fieldnames or []
+            missing = [c for c in need if c not in header]
+            if missing:
+                raise DataError(f"{p}: expected the columns {', '.join(need)} in the header row, "
+                                f"got {', '.join(header) or 'none'}")
+            return [dict(row) for row in reader]
+    except UnicodeDecodeError:
+        raise DataError(f"{p}: not UTF-8 text") from None
+    except csv.Error as exc:
+        raise DataError(f"{p}: not a CSV file ({exc})") from None
 
 
 def _read_text(p: Path, task: str) -> list[Record]:

@@ -6,8 +6,9 @@ prompts sorted by length so that left padding stays small, results back in the c
 each continuation cut at the first stop token (the chat template's end-of-turn as well as
 EOS) before it is decoded, and, where the caller can tell, a row stopped as soon as what it
 wrote can no longer score (``alive``) or, for answers of one line (``single_line``), as soon as
-its first line has ended: an untrained model otherwise writes on to ``max_new_tokens`` in every
-row of the batch.
+its first line has ended, or for a cloze continuation (``first_sentence``) as soon as its
+first sentence has: an untrained model otherwise writes on to ``max_new_tokens`` in every row
+of the batch.
 """
 
 from __future__ import annotations
@@ -54,7 +55,7 @@ def decode_batched(model, encoder, prompt_ids: list[list[int]], max_new_tokens: 
                    on_batch: Callable[[int], None] | None = None,
                    images: list[dict | None] | None = None,
                    alive: Callable[[int, str], bool] | None = None,
-                   single_line: bool = False) -> list[str]:
+                   single_line: bool = False, first_sentence: bool = False) -> list[str]:
     """Continuations of ``prompt_ids`` (token ids, already truncated), in the order given.
 
     ``sampling`` holds ``generate`` keyword arguments (``do_sample``, ``top_p``...); greedy
@@ -65,6 +66,9 @@ def decode_batched(model, encoder, prompt_ids: list[list[int]], max_new_tokens: 
     it rejects stops there, so its returned text is the prefix that decided it.
     ``single_line``: the answers are one line each, so a row stops once its first line has
     ended (see :func:`first_line_end`) and what is returned is that line, without the newline.
+    ``first_sentence``: a cloze continuation (raw text) ends at its first full stop, which it
+    keeps (TemporalWiki's and CKL's GPT-2 evaluation: ``text[:text.find(".") + 1]``); the row
+    stops there.
     """
     kwargs = sampling or {"do_sample": False}
     order = sorted(range(len(prompt_ids)), key=lambda i: (len(prompt_ids[i]), i))
@@ -81,10 +85,13 @@ def decode_batched(model, encoder, prompt_ids: list[list[int]], max_new_tokens: 
         text = raw_text(row)
         end = first_line_end(text) if single_line else None
         text = text if end is None else text[:end]
+        if first_sentence and "." in text:
+            text = text[:text.find(".") + 1]
         return text.strip() if strip else text
 
     def done(i: int, row: list[int]) -> bool:
         return ((single_line and first_line_end(raw_text(row)) is not None)
+                or (first_sentence and "." in raw_text(row))
                 or (alive is not None and not alive(i, text_of(row))))
 
     try:
@@ -96,7 +103,7 @@ def decode_batched(model, encoder, prompt_ids: list[list[int]], max_new_tokens: 
             ids = batch["input_ids"].to(device)
             pixels = {k: v.to(device) for k, v in image_inputs(batch).items()}
             stopper = (_StopRows(idx, ids.shape[1], done)
-                       if alive is not None or single_line else None)
+                       if alive is not None or single_line or first_sentence else None)
             with torch.no_grad(), autocast():
                 gen = model.generate(input_ids=ids,
                                      attention_mask=batch["attention_mask"].to(device),

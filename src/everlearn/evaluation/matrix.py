@@ -33,6 +33,7 @@ from everlearn.evaluation.preference_scoring import PreferenceScoring
 from everlearn.evaluation.scorers import get_metric
 from everlearn.parallel import distributed as dist
 from everlearn.parallel import fsdp
+from everlearn.stages import get_kind
 from everlearn.stages.stream import Stage
 
 __all__ = ["SUBSETS_KEPT", "Evaluator", "StageScore", "cached_option_scoring"]
@@ -157,11 +158,18 @@ class Evaluator(EditScoring, PreferenceScoring, OptionAccuracy):
         """The records' greedy generations, in their order, ends stripped. ``single_line``:
         cut each at the end of its first line (None: when every answer of the stage is one
         line, :func:`single_line_answers`; False for a metric that scores what follows the
-        first line too, as TRACE's string equality does)."""
+        first line too, as TRACE's string equality does). A raw-text stage's prompt (a cpt
+        stage's cloze probe) is continued as raw text, no chat template, and its continuation
+        ends after the first sentence, as TemporalWiki's and CKL's GPT-2 evaluation cut it."""
+        cloze = get_kind(stage.kind).raw_text
         prompts, images, cut = [], [], []
         for r in records:
-            ids, pixels = self.encoder.prompt_inputs(r)
-            prompts.append(self.encoder.fit_prompt(r, ids, self.encoder.max_length, pixels))
+            if cloze:
+                ids, pixels = self.encoder.cloze_prompt_ids(r.prompt), None
+                prompts.append(self.encoder.cut(ids, self.encoder.max_length))
+            else:
+                ids, pixels = self.encoder.prompt_inputs(r)
+                prompts.append(self.encoder.fit_prompt(r, ids, self.encoder.max_length, pixels))
             images.append(pixels)
             cut.append(prompts[-1] != ids)
         self._note_truncation(stage, records, cut)
@@ -173,6 +181,6 @@ class Evaluator(EditScoring, PreferenceScoring, OptionAccuracy):
                              device=self.acc.device, autocast=self.acc.autocast,
                              batch_size=self.cfg.batch_size, on_batch=bar.update,
                              images=images if any(p is not None for p in images) else None,
-                             alive=still, single_line=one_line)
+                             alive=still, single_line=one_line, first_sentence=cloze)
         bar.close()
         return out

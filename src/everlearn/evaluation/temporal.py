@@ -1,9 +1,11 @@
 """Temporal knowledge in a run: probe accuracy per split after every row of R, and FUAR.
 
-A stage is *temporal* when it is scored by accuracy and every test record carries
-``meta["split"]`` in ``invariant`` / ``updated`` / ``new`` (the ``worldline`` suite's cloze
-probes). For each such stage the runner keeps, per row of R, ``[correct, n]`` per split; this
-module turns those counts into the ``temporal`` section of results.json. Pure Python, no torch.
+A stage is *temporal* when it is scored by accuracy or exact match and every test record
+carries ``meta["split"]`` in ``invariant`` / ``updated`` / ``new`` (the ``worldline`` suite's
+cloze probes, scored by option accuracy; a stage's ``probes`` files, as the ``temporalwiki``
+and ``ckl`` benchmarks give them, scored by exact match of the generated continuation). For
+each such stage the runner keeps, per row of R, ``[correct, n]`` per split; this module turns
+those counts into the ``temporal`` section of results.json. Pure Python, no torch.
 
 The step of stage *t* compares its probes on the row before the phase that trains *t* with the
 row after it (for one stage per phase: rows ``t - 1`` and ``t``), and FUAR follows
@@ -24,12 +26,13 @@ Counts = dict[str, dict[str, list[int]]]  # stage name -> split -> [correct, n]
 
 
 def is_temporal(stage) -> bool:
-    return (stage.metric == "accuracy" and bool(stage.test)
+    return (stage.metric in ("accuracy", "exact_match") and bool(stage.test)
             and all(r.meta.get("split") in SPLITS for r in stage.test))
 
 
 def split_counts(records, predictions: list[str]) -> dict[str, list[int]]:
-    """``{split: [correct, n]}`` of one stage's probes, from the chosen options."""
+    """``{split: [correct, n]}`` of one stage's probes, from the chosen options (accuracy) or
+    the generations (exact match)."""
     out = {s: [0, 0] for s in SPLITS}
     for rec, pred in zip(records, predictions):
         c = out[rec.meta["split"]]

@@ -87,17 +87,43 @@ def _load_split(sc: StageConfig, split: str, seed: int, source_name: str) -> lis
             r.task = task
         return records
     src = sc.train if split == "train" else sc.test
-    records = read_source(src.path, src.format, sc.kind, src.fields, src.split, task)
-    if not records:
-        raise DataError(f"{src.path}: no records found")
+    if src.probes:
+        records = read_probes(src, task)
+    else:
+        records = read_source(src.path, src.format, sc.kind, src.fields, src.split, task)
+        if not records:
+            raise DataError(f"{src.path}: no records found")
     limit = sc.max_train if split == "train" else sc.max_test
     return sample_records(records, limit, seed, f"{sc.name}:{split}")
+
+
+def read_probes(src, task: str) -> list[Record]:
+    """A test source's ``probes``: each split's file read as prompt/answer records (an sft
+    stage's records, whatever the stage's kind: a probe is a prompt and its answers), each
+    carrying its split in ``meta["split"]`` (everlearn.evaluation.temporal)."""
+    records = []
+    for split, path in src.probes.items():
+        part = read_source(path, src.format, "sft", src.fields, src.split, task)
+        if not part:
+            raise DataError(f"{path}: no records found")
+        for r in part:
+            r.meta["split"] = split
+        records += part
+    return records
+
+
+def is_probe_set(records: list[Record]) -> bool:
+    """Whether every record is a probe (a prompt and its answers), not raw text."""
+    return bool(records) and all(r.prompt and r.answers for r in records)
 
 
 def _resolve_metric(sc: StageConfig, train: list[Record], test: list[Record]) -> str:
     if sc.metric:
         return sc.metric
-    default = get_kind(sc.kind).default_metric  # cpt, align and edit stages have one
+    kind = get_kind(sc.kind)
+    if kind.raw_text and is_probe_set(test):
+        return "exact_match"  # a cpt stage's probes: generated from the prompt as a cloze
+    default = kind.default_metric  # cpt, align and edit stages have one
     if default is not None:
         return default
     if sc.builtin is not None:
@@ -200,6 +226,17 @@ def _check_records(sc: StageConfig, train: list[Record], test: list[Record], whe
             raise DataError(f"{where}: {split}: {problem}")
 
 
+def _check_raw_text_metric(sc: StageConfig, metric: str, test: list[Record], where: str
+                           ) -> None:
+    """A raw-text (cpt) stage scored by a metric other than perplexity generates from each
+    test record's prompt: its test records must be probes (prompt and answers)."""
+    if get_kind(sc.kind).raw_text and metric != "perplexity" and not is_probe_set(test):
+        raise DataError(f"{where}: test: metric {metric} scores a prompt's continuation against "
+                        f"its answers, but the test records of this {sc.kind} stage are raw "
+                        "text; give probes (prompt and answer records, or `probes: {invariant: "
+                        "FILE, ...}`) or leave the metric at perplexity")
+
+
 def _numbered(stages: list[Stage], source_name: str) -> list[Stage]:
     """Positions 1..T after suites expanded; expanded names must not clash."""
     seen: set[str] = set()
@@ -224,6 +261,7 @@ def build_stream(cfg: RunConfig, source_name: str = "config") -> Stream:
         test = _load_split(sc, "test", cfg.seed, where)
         metric = _resolve_metric(sc, train, test)
         _check_records(sc, train, test, where)
+        _check_raw_text_metric(sc, metric, test, where)
         labels = _resolve_labels(sc, metric, train, test, where)
         for r in test:
             if metric == "accuracy" and not r.options:

@@ -271,10 +271,25 @@ def test_record_errors_name_record_and_field(tmp_path: Path):
 
 def test_missing_file_and_unknown_format(tmp_path: Path):
     assert data_error(tmp_path / "nope.jsonl") == f"{tmp_path / 'nope.jsonl'}: file not found"
-    (tmp_path / "d.csv").write_text("a,b\n")
-    assert "unknown data format" in data_error(tmp_path / "d.csv")
+    (tmp_path / "d.xml").write_text("<a/>\n")
+    assert "unknown data format" in data_error(tmp_path / "d.xml")
     (tmp_path / "dir").mkdir()
     assert "not a saved Hugging Face dataset" in data_error(tmp_path / "dir")
+
+
+def test_csv_rows_as_pandas_writes_them(tmp_path: Path):
+    """A header row, quoted cells with commas and newlines, a field mapping; a cpt stage's
+    text column named by ``fields`` (CKL's ``original``)."""
+    path = tmp_path / "d.csv"
+    path.write_text('input,output,original\n"x, y",z,"line 1\nline 2"\nq,,t\n',
+                    encoding="utf-8")
+    recs = read(path, kind="cpt", fields={"text": "original"})
+    assert [r.text for r in recs] == ["line 1\nline 2", "t"]
+    recs = read(path, fields={"prompt": "input", "response": "original"})
+    assert recs[0].prompt == "x, y" and recs[0].answers == ["line 1\nline 2"]
+    assert "field 'nope' (mapped to text) is missing" in data_error(path, kind="cpt",
+                                                                     fields={"text": "nope"})
+    assert "record 0: text: expected a non-empty string" in data_error(path, kind="cpt")
 
 
 def test_jsonl_strings_may_hold_unicode_line_separators(tmp_path):

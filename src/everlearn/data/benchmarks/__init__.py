@@ -1,8 +1,9 @@
 """The field's benchmark streams, as data: one YAML file per benchmark beside this module.
 
 Each file names the tasks (dataset, label set, instruction, metric, the folder of each task in
-every layout its authors publish), the task orders exactly as the authors' scripts give them,
-its sources, the paper's setup and published numbers (each with where it was read). No code
+every layout its authors publish, or its files: a temporal benchmark's corpus and probes), the
+task orders exactly as the authors' scripts give them, its sources, the paper's setup and
+published numbers (each with where it was read). No code
 per benchmark: :func:`get_benchmark` reads a file into a :class:`Benchmark`, checked so that a
 broken entry is a one-line error naming the file and the field. Pure YAML, no torch, so
 ``everlearn ls`` and ``everlearn verify`` stay light.
@@ -30,7 +31,7 @@ PUBLISHED_OPTIONAL = ("orders", "train_per_task", "no_strategy", "note")
 class Task:
     name: str
     dataset: str
-    paths: dict[str, str]
+    paths: dict[str, str | dict[str, Any]]  # per layout: a folder, or the task's own files
     labels: list[str] = field(default_factory=list)
     instruction: str | None = None  # the key into the benchmark's ``instructions``
     metric: str | None = None  # everlearn's scorer; None: the benchmark's
@@ -51,6 +52,7 @@ class Benchmark:
     paper_metric: str = ""
     paper_setup: str = ""
     bwt: str = "bwt"
+    kind: str | None = None  # the stage kind of every task (None: sft)
     instructions: dict[str, str] = field(default_factory=dict)
     method_names: dict[str, str] = field(default_factory=dict)
     published: list[dict[str, Any]] = field(default_factory=list)
@@ -111,6 +113,7 @@ def load_benchmark(path: Path) -> Benchmark:
         orders=orders, layouts=data["layouts"], sources=data["sources"],
         metric=data.get("metric"), paper_metric=data.get("paper_metric", ""),
         paper_setup=data.get("paper_setup", ""), bwt=data.get("bwt", "bwt"),
+        kind=data.get("kind"),
         instructions=data.get("instructions") or {},
         method_names=data.get("method_names") or {}, published=published,
         paper_orders=_paper_orders(path, data.get("paper_orders") or {}, orders))
@@ -131,6 +134,10 @@ def _task(path: Path, name: str, spec: Any, layouts: dict) -> Task:
     unknown = set(spec["paths"]) - set(layouts)
     if unknown:
         raise ConfigError(f"{where}.paths: layouts {sorted(unknown)} are not in `layouts`")
+    for layout, rel in spec["paths"].items():
+        if not isinstance(rel, (str, dict)) or (isinstance(rel, dict) and "train" not in rel):
+            raise ConfigError(f"{where}.paths.{layout}: expected a folder, or a mapping of "
+                              "the task's files with `train`")
     return Task(name=name, dataset=str(spec.get("dataset", name)), paths=spec["paths"],
                 labels=[str(x) for x in spec.get("labels") or []],
                 instruction=spec.get("instruction"), metric=spec.get("metric"),

@@ -14,7 +14,8 @@ from everlearn.errors import ConfigError
 
 
 def test_the_registered_benchmarks():
-    assert set(benchmark_names()) == {"olora-standard", "long-sequence", "superni-15", "trace"}
+    assert set(benchmark_names()) == {"olora-standard", "long-sequence", "superni-15", "trace",
+                                      "temporalwiki", "ckl"}
 
 
 def test_olora_orders_are_the_scripts_orders():
@@ -77,7 +78,8 @@ def test_published_numbers_need_their_source(tmp_path: Path):
     assert read_published(p)[0]["value"] == 50.0
 
 
-@pytest.mark.parametrize("name", ["olora-standard", "long-sequence", "superni-15", "trace"])
+@pytest.mark.parametrize("name", ["olora-standard", "long-sequence", "superni-15", "trace",
+                                  "temporalwiki", "ckl"])
 def test_every_published_number_names_its_strategy_source_and_orders(name):
     """Each entry's method is a strategy's name through method_names, or says why it has none;
     a one-order entry names an order of this file (in the papers' numbering)."""
