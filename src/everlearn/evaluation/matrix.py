@@ -4,10 +4,11 @@ A row scores each stage by asking its metric (:mod:`everlearn.evaluation.scorers
 per metric, each with the function that scores a stage with it). Scorers: ``accuracy`` ranks
 each record's label options by log-likelihood in batched forward passes (no decoding;
 :mod:`everlearn.evaluation.option_accuracy`); ``exact_match``, ``rouge_l`` and TRACE's
-``strict_match``, ``first_char_match``, ``edit_similarity`` and ``sari`` score batched greedy
-generations (KV cache on, ``max_new_tokens`` derived from the test answers unless set);
-``perplexity`` is exp of the mean token loss on the test text; ``preference_accuracy`` scores
-held-out preference pairs by their implicit reward margin (see ``Evaluator.begin_phase``,
+``strict_match``, ``first_char_match``, ``edit_similarity``, ``sari`` and
+``rouge_l_summary`` score batched greedy generations (KV cache on, ``max_new_tokens`` derived
+from the test answers unless set); ``perplexity`` is exp of the mean token loss on the test
+text; ``preference_accuracy`` scores held-out preference pairs by their implicit reward margin
+(see ``Evaluator.begin_phase``,
 :mod:`everlearn.evaluation.preference_scoring`); ``reliability`` scores an edit stage's edits
 teacher-forced, with generalisation and locality beside it (see :mod:`everlearn.stages.edit`,
 :mod:`everlearn.evaluation.edit_scoring`). Scores are in [0, 100] except perplexity.

@@ -30,7 +30,7 @@ from collections.abc import Sequence
 
 __all__ = ["can_still_equal", "can_still_match", "comparable", "edit_similarity",
            "exact_match", "first_char_match", "first_char_open", "normalize_answer",
-           "normalize_light", "py150_literals", "rouge_l", "strict_match"]
+           "normalize_light", "py150_literals", "rouge_l", "rouge_l_summary", "strict_match"]
 
 _ARTICLES = re.compile(r"\b(a|an|the)\b")
 _PUNCTUATION = frozenset(string.punctuation)
@@ -209,3 +209,34 @@ def edit_similarity(prediction: str, references: str | Sequence[str]) -> float:
         if pred and gold:
             best = max(best, round(fuzz.ratio(pred, gold)) / 100)
     return best
+
+
+def rouge_l_summary(prediction: str, references: str | Sequence[str]) -> float:
+    """TRACE's MeetingBank score (``metrics.caculate_rouge`` -> ``score_rouge``), max over
+    ``references``, in ``[0, 1]``: the ``rouge`` package's (1.0.1, TRACE's pin) summary-level
+    ROUGE-L F, Lin 2004's union LCS over sentences. That package splits each text at every
+    ``.``, joins whitespace runs, and counts case-sensitive whitespace tokens (each distinct
+    one once, ``exclusive=True``); nothing is stemmed or lowercased, unlike :func:`rouge_l`.
+    TRACE passes the reference as the package's hypothesis and the generation as its
+    reference (``score_rouge(target, prediction)``), and the union LCS is not symmetric, so
+    the same order is kept here. An empty prediction or reference scores ``0.0`` (TRACE skips
+    it and still divides by every record). Raises ValueError when ``references`` is empty."""
+    refs = _as_references(references)
+    best = 0.0
+    for ref in refs:
+        if _has_sentence(prediction) and _has_sentence(ref):
+            scores = _summary_rouge().get_scores(ref, prediction)
+            best = max(best, float(scores[0]["rouge-l"]["f"]))
+    return best
+
+
+def _has_sentence(text: str) -> bool:
+    """Whether the ``rouge`` package finds a word in ``text`` (it raises on a text without)."""
+    return any(part.split() for part in text.split("."))
+
+
+@functools.cache
+def _summary_rouge():
+    from rouge import Rouge
+
+    return Rouge(metrics=["rouge-l"])

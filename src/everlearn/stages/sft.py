@@ -26,7 +26,7 @@ KIND = Kind(
     name="sft", order=1,
     description="instruction tuning: prompt -> response, the loss on the response",
     metrics=("accuracy", "exact_match", "rouge_l", "strict_match", "first_char_match",
-             "edit_similarity", "sari", "perplexity"), default_metric=None,
+             "edit_similarity", "sari", "rouge_l_summary", "perplexity"), default_metric=None,
     read_record=instruction_record, encode=encode_responses, check_records=check_responses,
     instructions=True, superni_files=True, freeze_lm=True,
 )

@@ -14,7 +14,7 @@ from everlearn.validation import build_config
 from tests.helpers.torch_free import assert_runs_without_heavy_imports
 
 ALL = ["accuracy", "exact_match", "rouge_l", "strict_match", "first_char_match", "edit_similarity",
-       "sari", "perplexity", "preference_accuracy", "reliability"]
+       "sari", "rouge_l_summary", "perplexity", "preference_accuracy", "reliability"]
 
 
 def test_every_metric_is_declared_once_in_order():
@@ -31,6 +31,7 @@ def test_unknown_metric_is_a_one_line_config_error():
         get_metric("bleu")
     assert str(info.value) == ("unknown metric 'bleu'; expected one of accuracy, exact_match, "
                                "rouge_l, strict_match, first_char_match, edit_similarity, sari, "
+                               "rouge_l_summary, "
                                "perplexity, preference_accuracy, reliability")
 
 
@@ -46,7 +47,8 @@ def test_config_checks_the_metric_against_the_registry():
         build_config({"stages": [{"builtin": "cipher", "metric": "bleu"}]}, "s.yaml")
     assert str(info.value) == (
         "s.yaml: stages.0.metric: expected one of 'accuracy', 'exact_match', 'rouge_l', "
-        "'strict_match', 'first_char_match', 'edit_similarity', 'sari', 'perplexity', "
+        "'strict_match', 'first_char_match', 'edit_similarity', 'sari', 'rouge_l_summary', "
+        "'perplexity', "
         "'preference_accuracy', 'reliability', got 'bleu'")
 
 

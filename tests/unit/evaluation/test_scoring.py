@@ -18,6 +18,7 @@ from everlearn.evaluation.scoring import (
     normalize_answer,
     py150_literals,
     rouge_l,
+    rouge_l_summary,
     strict_match,
 )
 
@@ -304,3 +305,22 @@ def test_edit_similarity_of_empty_texts_is_zero():
     assert edit_similarity("abc", ["zzz", "abd"]) == 0.67  # the best answer: 4 / 6
     with pytest.raises(ValueError):
         edit_similarity("x", [])
+
+
+def test_rouge_l_summary_unions_lcs_over_sentences_where_rouge_l_takes_one():
+    """TRACE's MeetingBank ROUGE-L (the rouge package): the reference split at '.' into "d e"
+    and "A b c"; the generation "A c d" shares "A c" with one sentence and "d" with the other,
+    union 3 of its 3 words and of the reference's 5 -> P 3/5, R 1, F 0.75. rouge-score's one
+    LCS over the whole text finds "A c" only: F 2 * (2/3 * 2/5) / (2/3 + 2/5) = 0.5."""
+    assert rouge_l_summary("A c d", "d e. A b c") == pytest.approx(0.75, abs=1e-6)
+    assert rouge_l("A c d", "d e. A b c") == pytest.approx(0.5)
+
+
+def test_rouge_l_summary_is_case_sensitive_and_scores_empty_texts_zero():
+    # "a" is not "A": union LCS {c, d}: P 2/5, R 2/3 -> F 0.5 (rouge_l lowercases: 0.75)
+    assert rouge_l_summary("a c d", "A b c. d e") == pytest.approx(0.5, abs=1e-6)
+    assert rouge_l("a c d", "A b c. d e") == pytest.approx(0.75)
+    assert rouge_l_summary("", "x") == 0.0 and rouge_l_summary("...", "x") == 0.0
+    assert rouge_l_summary("x y", ["nothing", "x y"]) == pytest.approx(1.0, abs=1e-6)
+    with pytest.raises(ValueError):
+        rouge_l_summary("x", [])

@@ -11,7 +11,7 @@ def score(evaluator, model, stage, router):
 
 
 METRIC = Metric(
-    name="perplexity", order=8, higher_is_better=False, short="ppl",
+    name="perplexity", order=9, higher_is_better=False, short="ppl",
     description="exp of the mean token loss on the packed test text (lower is better)",
     score=score,
 )

@@ -15,7 +15,7 @@ def score(evaluator, model, stage, router):
 
 
 METRIC = Metric(
-    name="preference_accuracy", order=9, higher_is_better=True, short="pref",
+    name="preference_accuracy", order=10, higher_is_better=True, short="pref",
     description="pairs whose implicit reward margin prefers the chosen answer, in %",
     score=score,
 )

@@ -11,7 +11,7 @@ def score(evaluator, model, stage, router):
 
 
 METRIC = Metric(
-    name="reliability", order=10, higher_is_better=True, short="rel",
+    name="reliability", order=11, higher_is_better=True, short="rel",
     description="edits whose target the edited model predicts teacher-forced, in %",
     score=score,
 )

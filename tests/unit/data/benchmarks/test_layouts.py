@@ -47,7 +47,7 @@ def test_sapt_layout_found_and_read_through_a_config(tmp_path: Path):
 def test_trace_layout_metrics_per_task(tmp_path: Path):
     write_trace(tmp_path)
     _, stages = benchmark_stages({"name": "trace", "data_dir": str(tmp_path)})
-    assert [s["metric"] for s in stages] == ["strict_match", "strict_match", "rouge_l",
+    assert [s["metric"] for s in stages] == ["strict_match", "strict_match", "rouge_l_summary",
                                              "edit_similarity", "first_char_match",
                                              "strict_match", "strict_match", "sari"]
     assert "labels" not in stages[0] and stages[0]["train"]["format"] == "json"
