@@ -53,7 +53,7 @@ def write_trace(root: Path, n: int = 3) -> Path:
     return root
 
 
-def _csv(path: Path, header: list[str], rows: list[list]) -> None:
+def write_csv(path: Path, header: list[str], rows: list[list]) -> None:
     """A CSV file as pandas ``to_csv(index=False)`` writes one."""
     import csv
 
@@ -69,13 +69,13 @@ def write_temporalwiki(root: Path, n: int = 3, probes_dir: str = "twiki_probes")
     <probes_dir>/<MM01-NN01>_{unchanged,changed}.csv (``subject, relation, object``)."""
     for month in ("08", "09", "10", "11"):
         nxt = f"{int(month) + 1:02d}"
-        _csv(root / "TWiki_Diffsets" / f"wikipedia_{month}{nxt}_gpt2.csv", ["text"],
+        write_csv(root / "TWiki_Diffsets" / f"wikipedia_{month}{nxt}_gpt2.csv", ["text"],
              [[f"In 2021-{nxt}, person {i} of month {month} moved to City{month}{i}, a city. "
                "It has a river."] for i in range(n)])
         pair = f"{month}01-{nxt}01"
-        _csv(root / probes_dir / f"{pair}_unchanged.csv", ["subject", "relation", "object"],
+        write_csv(root / probes_dir / f"{pair}_unchanged.csv", ["subject", "relation", "object"],
              [[f"Person {i}", "country of citizenship", "Atlantis"] for i in range(n)])
-        _csv(root / probes_dir / f"{pair}_changed.csv", ["subject", "relation", "object"],
+        write_csv(root / probes_dir / f"{pair}_changed.csv", ["subject", "relation", "object"],
              [[f"Person {i} of month {month}", "residence", f"City{month}{i}"]
               for i in range(n)])
     return root
@@ -84,17 +84,17 @@ def write_temporalwiki(root: Path, n: int = 3, probes_dir: str = "twiki_probes")
 def write_ckl(root: Path, n: int = 3) -> Path:
     """CKL's data/: recent_news_full.csv (``input, output, original``), invariantLAMA.csv,
     updatedlama/updatedLAMA.csv and newlama/newLAMA.csv with their answers JSON files."""
-    _csv(root / "recent_news_full.csv", ["input", "output", "original"],
+    write_csv(root / "recent_news_full.csv", ["input", "output", "original"],
          [[f"News {i}: <extra_id_0> won.", f"<extra_id_0> Team{i}",
            f"News {i}: Team{i} won. The mayor of Town{i} is Ann{i}."] for i in range(n)])
-    _csv(root / "invariantLAMA.csv", ["id", "input", "output"],
+    write_csv(root / "invariantLAMA.csv", ["id", "input", "output"],
          [[i, f"Country{i} has the capital <extra_id_0> .", f"Capital{i}"] for i in range(n)])
-    _csv(root / "updatedlama" / "updatedLAMA.csv", ["unique_id", "statement", "new_answer"],
+    write_csv(root / "updatedlama" / "updatedLAMA.csv", ["unique_id", "statement", "new_answer"],
          [[100 + i, f"The mayor of Town{i} is <extra_id_0> .", f"Ann{i}"] for i in range(n)])
     _dump(root / "updatedlama_val_answers.json",
           {str(100 + i): [{"old": [f"Bob{i}"], "new": [f"Ann{i}", f"Ann {i}"]}]
            for i in range(n)})
-    _csv(root / "newlama" / "newLAMA.csv", ["unique_id", "statement", "answer"],
+    write_csv(root / "newlama" / "newLAMA.csv", ["unique_id", "statement", "answer"],
          [[200 + i, f"News {i} says that <extra_id_0> won.", f"Team{i}"] for i in range(n)])
     _dump(root / "recentlama_h_val_answers.json",
           {str(200 + i): [f"Team{i}", f"the Team{i}"] for i in range(n)})

@@ -55,10 +55,14 @@ def read_source(path: str, fmt: str, kind: str, fields: dict[str, str], split: s
     if fmt == "hf":
         rows = _read_hf(path, split)
         return [to_record(r, spec.read_record, fields, path, i, task) for i, r in enumerate(rows)]
-    if fmt in ("olora", "twiki_probes", "ckl_lama"):  # benchmark layouts (data.benchmarks)
-        from everlearn.data.benchmarks import layouts
+    if fmt == "olora":  # a benchmark layout (everlearn.data.benchmarks)
+        from everlearn.data.benchmarks.layouts import read_olora
 
-        return getattr(layouts, f"read_{fmt}")(path, task)
+        return read_olora(path, task)
+    if fmt in ("twiki_probes", "ckl_lama"):  # temporal benchmarks' probe files
+        from everlearn.data.benchmarks import probe_files
+
+        return getattr(probe_files, f"read_{fmt}")(path, task)
     p = Path(path)
     if not p.is_file():
         raise DataError(f"{path}: file not found")

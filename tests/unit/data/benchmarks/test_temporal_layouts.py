@@ -8,12 +8,13 @@ from pathlib import Path
 import pytest
 
 from everlearn.data.benchmarks import get_benchmark
-from everlearn.data.benchmarks.layouts import benchmark_stages, read_ckl_lama
+from everlearn.data.benchmarks.layouts import benchmark_stages
+from everlearn.data.benchmarks.probe_files import read_ckl_lama
 from everlearn.errors import ConfigError, DataError
 from everlearn.evaluation.temporal import SPLITS, is_temporal
 from everlearn.stages.stream import build_stream
 from everlearn.validation import build_config
-from tests.helpers.benchmark_layouts import _csv, write_ckl, write_temporalwiki
+from tests.helpers.benchmark_layouts import write_ckl, write_csv, write_temporalwiki
 
 
 def _stream(name: str, data: Path, **spec):
@@ -94,13 +95,13 @@ def test_ckl_answers_file_missing_or_without_the_row(tmp_path):
 
 
 def test_ckl_a_leading_mask_is_left_out_and_unknown_columns_refused(tmp_path, caplog):
-    _csv(tmp_path / "invariantLAMA.csv", ["id", "input", "output"],
+    write_csv(tmp_path / "invariantLAMA.csv", ["id", "input", "output"],
          [[0, "<extra_id_0> is the capital of France.", "Paris"],
           [1, "Rome is the capital of <extra_id_0> .", "<extra_id_0> Italy"]])
     recs = read_ckl_lama(str(tmp_path / "invariantLAMA.csv"), "t")
     assert [(r.prompt, r.answers) for r in recs] == [("Rome is the capital of", ["Italy"])]
     assert "1 of 2 probes left out" in caplog.text
-    _csv(tmp_path / "other.csv", ["question", "reply"], [["q", "a"]])
+    write_csv(tmp_path / "other.csv", ["question", "reply"], [["q", "a"]])
     with pytest.raises(DataError, match=r"other.csv: expected CKL's columns"):
         read_ckl_lama(str(tmp_path / "other.csv"), "t")
 
