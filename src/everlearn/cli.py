@@ -70,7 +70,8 @@ def _add_run(sub) -> None:
     run.add_argument("--order", type=int, metavar="K", help="the benchmark's task order K "
                      "(default: its first)")
     run.add_argument("--data-dir", metavar="DIR", help="the folder holding the benchmark's "
-                     "tasks in a layout its authors publish (e.g. CL_Benchmark)")
+                     "tasks in a layout its authors publish (e.g. CL_Benchmark), or "
+                     "hf:OWNER/NAME[/FOLDER][@REVISION], a Hugging Face dataset holding it")
     run.add_argument("--base-cache", metavar="DIR", help="share the base row's stage scores "
                      "with other runs through DIR, keyed by the content of the model, data and "
                      "scoring settings (a sweep uses SWEEP_DIR/cache)")

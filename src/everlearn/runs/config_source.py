@@ -30,7 +30,9 @@ def benchmark_overrides(name: str | None, order: int | None,
         return []
     if data_dir is None:
         raise EverlearnError("--benchmark: give --data-dir DIR, the folder holding its tasks")
-    out = [f"benchmark.name={name}", f"benchmark.data_dir={Path(data_dir).resolve()}"]
+    local = not data_dir.startswith("hf:")  # hf:OWNER/NAME: a Hub dataset (data.benchmarks.hub)
+    out = [f"benchmark.name={name}",
+           f"benchmark.data_dir={Path(data_dir).resolve() if local else data_dir}"]
     return out + ([f"benchmark.order={order}"] if order is not None else [])
 
 

@@ -47,15 +47,24 @@ def benchmark_stages(spec: Any, root: Path | None = None) -> tuple[Benchmark, li
     bench = get_benchmark(str(spec["name"]))
     order = bench.order(_int(spec, "order", min(bench.orders)))
     first = _int(spec, "tasks", len(order))
-    data_dir = Path(str(spec["data_dir"])).expanduser()
-    if not data_dir.is_absolute() and root is not None:
-        data_dir = root / data_dir
+    data_dir = resolve_data_dir(str(spec["data_dir"]), root)
     layout = spec.get("layout") or detect_layout(bench, data_dir, order[0])
     if layout not in bench.layouts:
         raise ConfigError(f"benchmark.layout: expected one of {', '.join(bench.layouts)} for "
                           f"{bench.name}, got {layout!r}")
     stages = [task_stage(bench, layout, data_dir, task, spec) for task in order[:first]]
     return bench, stages
+
+
+def resolve_data_dir(data_dir: str, root: Path | None) -> Path:
+    """``data_dir`` as a local folder: ``hf:OWNER/NAME[/FOLDER][@REV]`` fetched from the Hub
+    (:mod:`everlearn.data.benchmarks.hub`), else a path (relative: to the config's folder)."""
+    from everlearn.data.benchmarks.hub import hub_data_dir, is_hub_source
+
+    if is_hub_source(data_dir):
+        return hub_data_dir(data_dir)
+    path = Path(data_dir).expanduser()
+    return root / path if not path.is_absolute() and root is not None else path
 
 
 def _int(spec: dict, key: str, default: int) -> int:
