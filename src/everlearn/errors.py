@@ -27,3 +27,9 @@ class TrainingError(EverlearnError):
 
 class ExportError(EverlearnError):
     """A run's stage cannot be exported (missing, not kept, or not expressible as PEFT/HF)."""
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message (its type's name when it has none), for a
+    one-line error that wraps a library's several-line one."""
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]

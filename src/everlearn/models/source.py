@@ -19,7 +19,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from everlearn.errors import ModelError
+from everlearn.errors import ModelError, first_line
 
 SMOLLM2_NAME = "smollm2-135m-instruct"
 TINY_NAME = "tiny-llama"
@@ -114,7 +114,7 @@ def check_hub_id(name: str, revision: str | None = None, field: str = "model.nam
         raise ModelError(f"{where}, and the Hub has no such model (or it is private: log in "
                          "with `hf auth login`)") from None
     except Exception as exc:  # connection errors differ across huggingface_hub versions
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        first = first_line(exc)
         raise ModelError(f"{where} nor in the Hugging Face cache, and the Hub cannot be "
                          f"reached ({first}); set HF_HUB_OFFLINE=1 to work from the "
                          "cache") from None
@@ -175,7 +175,7 @@ def check_model(name: str, revision: str | None = None, gguf_file: str | None = 
         AutoConfig.from_pretrained(where.source, **kwargs)
         AutoTokenizer.from_pretrained(where.source, **kwargs)
     except (OSError, ValueError, KeyError) as exc:
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        first = first_line(exc)
         shown = str(Path(where.source) / where.gguf_file) if where.gguf_file else where.source
         raise ModelError(f"{field}: cannot load the config and tokenizer of '{shown}': "
                          f"{first}") from None

@@ -25,7 +25,7 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from everlearn.errors import EverlearnError, ExportError
+from everlearn.errors import EverlearnError, ExportError, first_line
 from everlearn.runs.peft_adapter import (
     export_form,
     fill_adapter_dir,
@@ -177,7 +177,7 @@ def push(folder: Path, repo: str, message: str) -> str:
         api.upload_folder(folder_path=str(folder), repo_id=repo, repo_type="model",
                           commit_message=message)
     except Exception as exc:  # network, auth, a bad name: one line, the export stays on disk
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        first = first_line(exc)
         raise ExportError(f"--push-to-hub {repo}: upload failed ({first}); the export is in "
                           f"{folder}") from None
     return repo

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from everlearn.errors import ConfigError
+from everlearn.errors import ConfigError, first_line
 
 PREFIX = "hf:"
 
@@ -62,7 +62,7 @@ def hub_data_dir(data_dir: str) -> Path:
         raise ConfigError(f"{where}: the Hub has no dataset {repo} (or it is private: log in "
                           "with `hf auth login`)") from None
     except Exception as exc:  # connection errors differ across huggingface_hub versions
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        first = first_line(exc)
         raise ConfigError(f"{where}: the Hub cannot be reached ({first}); set "
                           "HF_HUB_OFFLINE=1 to work from the cache") from None
     local = Path(snapshot) / folder
