@@ -64,4 +64,21 @@ def get_metric(name: str) -> Metric:
     return found[name]
 
 
-__all__ = ["Metric", "get_metric", "metric_names"]
+def generated_text_score(match: Callable[[str, list[str]], float],
+                         alive: Callable[[str, list[str]], bool] | None = None,
+                         single_line: bool | None = None) -> Callable[[Any, Any, Any, Any], Any]:
+    """The ``score`` of a metric that compares each record's greedy generation with its
+    answers: ``match(generation, answers)`` in [0, 1] per record, the stage's mean in %.
+    ``alive`` and ``single_line``: as :meth:`Evaluator.generated_scores` takes them."""
+
+    def score(evaluator, model, stage, router):
+        def generated(model, stage, records):
+            return evaluator.generated_scores(model, stage, records, match, alive=alive,
+                                              single_line=single_line)
+
+        return evaluator.mean_of_records(model, stage, router, generated)
+
+    return score
+
+
+__all__ = ["Metric", "generated_text_score", "get_metric", "metric_names"]

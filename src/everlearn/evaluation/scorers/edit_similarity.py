@@ -5,21 +5,12 @@ similarity). The whole generation counts, not only its first line."""
 
 from __future__ import annotations
 
-from everlearn.evaluation.scorers import Metric
+from everlearn.evaluation.scorers import Metric, generated_text_score
 from everlearn.evaluation.scoring import edit_similarity
-
-
-def score(evaluator, model, stage, router):
-    def generated(model, stage, records):
-        return evaluator.generated_scores(model, stage, records, edit_similarity,
-                                          single_line=False)
-
-    return evaluator.mean_of_records(model, stage, router, generated)
-
 
 METRIC = Metric(
     name="edit_similarity", order=6, higher_is_better=True, short="edit",
     description="edit similarity (fuzz.ratio: Indel-distance ratio, a whole number per "
                 "record) of a greedy generation against the best answer (TRACE's Py150), in %",
-    score=score,
+    score=generated_text_score(edit_similarity, single_line=False),
 )

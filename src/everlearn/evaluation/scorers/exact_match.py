@@ -3,20 +3,11 @@
 
 from __future__ import annotations
 
-from everlearn.evaluation.scorers import Metric
+from everlearn.evaluation.scorers import Metric, generated_text_score
 from everlearn.evaluation.scoring import can_still_match, exact_match
-
-
-def score(evaluator, model, stage, router):
-    def generated(model, stage, records):
-        return evaluator.generated_scores(model, stage, records, exact_match,
-                                          alive=can_still_match)
-
-    return evaluator.mean_of_records(model, stage, router, generated)
-
 
 METRIC = Metric(
     name="exact_match", order=2, higher_is_better=True, short="em",
     description="a greedy generation equals an answer (SQuAD-normalised), in %",
-    score=score,
+    score=generated_text_score(exact_match, alive=can_still_match),
 )

@@ -5,22 +5,13 @@ generation counts, not only its first line."""
 
 from __future__ import annotations
 
-from everlearn.evaluation.scorers import Metric
+from everlearn.evaluation.scorers import Metric, generated_text_score
 from everlearn.evaluation.scoring import rouge_l_summary
-
-
-def score(evaluator, model, stage, router):
-    def generated(model, stage, records):
-        return evaluator.generated_scores(model, stage, records, rouge_l_summary,
-                                          single_line=False)
-
-    return evaluator.mean_of_records(model, stage, router, generated)
-
 
 METRIC = Metric(
     name="rouge_l_summary", order=8, higher_is_better=True, short="rougeLsum",
     description="summary-level ROUGE-L F (union LCS over '.'-split sentences, case-sensitive "
                 "tokens; the rouge package's, TRACE's MeetingBank) of a greedy generation "
                 "against the best answer, in %",
-    score=score,
+    score=generated_text_score(rouge_l_summary, single_line=False),
 )

@@ -5,21 +5,12 @@ what the model wrote up to its end); a row stops once it can no longer equal an 
 
 from __future__ import annotations
 
-from everlearn.evaluation.scorers import Metric
+from everlearn.evaluation.scorers import Metric, generated_text_score
 from everlearn.evaluation.scoring import can_still_equal, strict_match
-
-
-def score(evaluator, model, stage, router):
-    def generated(model, stage, records):
-        return evaluator.generated_scores(model, stage, records, strict_match,
-                                          alive=can_still_equal, single_line=False)
-
-    return evaluator.mean_of_records(model, stage, router, generated)
-
 
 METRIC = Metric(
     name="strict_match", order=4, higher_is_better=True, short="eq",
     description="a greedy generation equals an answer character for character (ends "
                 "stripped, no other normalisation; TRACE's accuracy), in %",
-    score=score,
+    score=generated_text_score(strict_match, alive=can_still_equal, single_line=False),
 )
