@@ -8,6 +8,14 @@ position only), then each option's tokens run on top of the cache, which is crop
 prompt before the next option. transformers' ``generate`` relies on the same cache operations
 (``DynamicCache.crop``), which is what keeps this portable across causal LMs.
 
+The prompts of a test set usually open alike (the chat template's system turn, the task's
+instruction: half of a short classification prompt). When the prompts of a batch share such a
+head and the model computes each token from the tokens before it only (no soft prompt, no hook
+that looks at the whole input: :func:`prefix_shareable`), the head runs once for the batch and
+its cache is repeated for every row; each row's rest runs on top of it, padded on the left of
+the rest (between the head and it, masked out, positions counted on from the head), so a row
+sees the same tokens at the same positions as before.
+
 The result per option equals the summed log-probability of the option's tokens after the prompt,
 as the separate-sequence scorer gives (``EvaluatorBase._sequence_logprobs``), up to float
 rounding.
@@ -37,6 +45,71 @@ def _padded(rows: list[list[int]], pad_id: int, left: bool) -> tuple[torch.Tenso
     return batch["input_ids"], batch["attention_mask"]
 
 
+MIN_SHARED_HEAD = 8  # tokens: a shorter common head is not worth its own forward pass
+
+
+def shared_head_length(prompts: list[list[int]]) -> int:
+    """The length of the token head every prompt starts with, leaving each at least one token
+    after it (the last prompt token's logits score the options' first tokens)."""
+    limit = min(len(p) for p in prompts) - 1
+    first, n = prompts[0], 0
+    while n < limit and all(p[n] == first[n] for p in prompts):
+        n += 1
+    return n
+
+
+def token_local(fn) -> bool:
+    """Whether a hook or replacement forward declares that it works token by token."""
+    return getattr(getattr(fn, "__func__", fn), "token_local", False)
+
+
+def prefix_shareable(model) -> bool:
+    """Whether a prompt's head can run apart from its rest: no PEFT soft prompt (prompt
+    learning puts its own tokens in the cache) and no forward hook or replaced forward that
+    does not declare itself token-local (a strategy's router, codebook or prompt may look at
+    the whole input)."""
+    config = getattr(model, "active_peft_config", None)
+    if config is not None and getattr(config, "is_prompt_learning", False):
+        return False
+    for module in model.modules():
+        hooks = list(module._forward_hooks.values()) + list(module._forward_pre_hooks.values())
+        own = module.__dict__.get("forward")
+        if own is not None:
+            hooks.append(own)
+        if not all(token_local(h) for h in hooks):
+            return False
+    return True
+
+
+def _prompt_pass(model, items: list[OptionItem], pad_id: int, device, autocast, extra: dict):
+    """The prompts' forward pass: (its output, the attention mask over everything cached).
+    With a shared head (see the module docstring), the head first, once, then the rests."""
+    prompts = [it.prompt for it in items]
+    head = (shared_head_length(prompts)
+            if len(items) > 1 and not extra and prefix_shareable(model) else 0)
+    if head < MIN_SHARED_HEAD:
+        ids, mask = _padded(prompts, pad_id, left=True)
+        ids, mask = ids.to(device), mask.to(device)
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        with autocast():
+            out = model(input_ids=ids, attention_mask=mask, position_ids=positions,
+                        use_cache=True, logits_to_keep=1, **extra)
+        return out, mask
+    head_ids = torch.tensor([prompts[0][:head]], device=device)
+    with autocast():
+        cached = cache_of(model(input_ids=head_ids, use_cache=True, logits_to_keep=1))
+    cached.batch_repeat_interleave(len(items))
+    ids, rest_mask = _padded([p[head:] for p in prompts], pad_id, left=True)
+    ids, rest_mask = ids.to(device), rest_mask.to(device)
+    mask = torch.cat([torch.ones(len(items), head, dtype=rest_mask.dtype, device=device),
+                      rest_mask], -1)
+    positions = head + (rest_mask.cumsum(-1) - 1).clamp(min=0)
+    with autocast():
+        out = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True,
+                    logits_to_keep=1, **{cache_kwarg(model): cached})
+    return out, mask
+
+
 @torch.no_grad()
 def score_options(model, items: list[OptionItem], pad_id: int, device, autocast) -> list[
         list[tuple[float, int]]]:
@@ -48,14 +121,9 @@ def score_options(model, items: list[OptionItem], pad_id: int, device, autocast)
     """
     n_opt = len(items[0].options)
     assert all(len(it.options) == n_opt for it in items), "group items by option count"
-    ids, mask = _padded([it.prompt for it in items], pad_id, left=True)
-    ids, mask = ids.to(device), mask.to(device)
-    positions = (mask.cumsum(-1) - 1).clamp(min=0)
     pixels = [it.pixels for it in items if it.pixels is not None]
     extra = {k: v.to(device) for k, v in image_inputs(stack_pixels(pixels)).items()}
-    with autocast():
-        out = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True,
-                    logits_to_keep=1, **extra)
+    out, mask = _prompt_pass(model, items, pad_id, device, autocast, extra)
     first = torch.log_softmax(out.logits[:, -1].float(), dim=-1)
     cache, cache_arg = cache_of(out), cache_kwarg(model)
     prompt_width = cache.get_seq_length()  # what the model cached (a soft prompt adds to it)

@@ -238,3 +238,6 @@ def store_frozen_linears_in_bf16(model, keep: set[int] = frozenset()) -> int:
 def _inputs_to_bf16(module, args):
     return tuple(a.to(torch.bfloat16) if torch.is_tensor(a) and a.is_floating_point() else a
                  for a in args)
+
+
+_inputs_to_bf16.token_local = True  # per token: option scoring may share a prompt head

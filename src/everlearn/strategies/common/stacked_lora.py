@@ -49,6 +49,9 @@ def _stacked_forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
     return (result + F.linear(F.linear(self.lora_dropout[new](x), a), b)).to(result.dtype)
 
 
+_stacked_forward.token_local = True  # per token: option scoring may share a prompt head
+
+
 @contextlib.contextmanager
 def stacked(model, frozen: list[str], new: str):
     """Within the context, every stackable LoRA layer computes adapters ``frozen`` (which must
