@@ -29,6 +29,7 @@ import torch
 
 from everlearn.data.encode import Encoded, collate, image_inputs, stack_pixels
 from everlearn.models.kvcache import cache_kwarg, cache_of
+from everlearn.models.prompt_head import MIN_SHARED_HEAD, prefix_shareable, shared_head_length
 
 
 @dataclass
@@ -43,42 +44,6 @@ class OptionItem:
 def _padded(rows: list[list[int]], pad_id: int, left: bool) -> tuple[torch.Tensor, torch.Tensor]:
     batch = collate([Encoded(r, r) for r in rows], pad_id, left=left)
     return batch["input_ids"], batch["attention_mask"]
-
-
-MIN_SHARED_HEAD = 8  # tokens: a shorter common head is not worth its own forward pass
-
-
-def shared_head_length(prompts: list[list[int]]) -> int:
-    """The length of the token head every prompt starts with, leaving each at least one token
-    after it (the last prompt token's logits score the options' first tokens)."""
-    limit = min(len(p) for p in prompts) - 1
-    first, n = prompts[0], 0
-    while n < limit and all(p[n] == first[n] for p in prompts):
-        n += 1
-    return n
-
-
-def token_local(fn) -> bool:
-    """Whether a hook or replacement forward declares that it works token by token."""
-    return getattr(getattr(fn, "__func__", fn), "token_local", False)
-
-
-def prefix_shareable(model) -> bool:
-    """Whether a prompt's head can run apart from its rest: no PEFT soft prompt (prompt
-    learning puts its own tokens in the cache) and no forward hook or replaced forward that
-    does not declare itself token-local (a strategy's router, codebook or prompt may look at
-    the whole input)."""
-    config = getattr(model, "active_peft_config", None)
-    if config is not None and getattr(config, "is_prompt_learning", False):
-        return False
-    for module in model.modules():
-        hooks = list(module._forward_hooks.values()) + list(module._forward_pre_hooks.values())
-        own = module.__dict__.get("forward")
-        if own is not None:
-            hooks.append(own)
-        if not all(token_local(h) for h in hooks):
-            return False
-    return True
 
 
 def _prompt_pass(model, items: list[OptionItem], pad_id: int, device, autocast, extra: dict):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from everlearn.config import ModelConfig
+from everlearn.config import LoraConfig, ModelConfig
 from everlearn.data.encode import IGNORE
 from everlearn.models.loading import build_tiny_model, build_tiny_tokenizer, make_trainable
 from everlearn.training.losses import labelled_token_loss, supports_logits_to_keep
@@ -61,3 +61,73 @@ def test_frozen_linears_in_bf16_give_the_same_logits_under_autocast():
     assert torch.equal(want, got)
     with torch.no_grad():  # outside autocast the inputs are cast, nothing breaks
         assert torch.isfinite(stored(input_ids=ids).logits).all()
+
+
+def _head_batch(head: int = 20):
+    """3 right-padded rows opening with the same ``head`` tokens, answers after it."""
+    g = torch.Generator().manual_seed(2)
+    ids = torch.randint(5, 200, (3, head + 10), generator=g)
+    ids[1:, :head] = ids[0, :head]
+    mask = torch.ones_like(ids)
+    mask[2, head + 6:] = 0
+    labels = torch.full_like(ids, IGNORE)
+    labels[0, head + 4:] = ids[0, head + 4:]
+    labels[1, head + 2:head + 5] = ids[1, head + 2:head + 5]
+    labels[2, head + 3:head + 6] = ids[2, head + 3:head + 6]
+    return ids, mask, labels
+
+
+def _spy(shapes: list):
+    def spy(module, args, out):
+        shapes.append(tuple(args[0].shape))
+
+    spy.token_local = True  # so it leaves the shared head on
+    return spy
+
+
+def test_a_shared_prompt_head_runs_once_with_the_models_loss_and_gradient():
+    """Rows opening with the same 20 tokens: the head runs once (batch 1), the rows' rest on its
+    repeated cache; loss and LoRA gradients equal the model's own on the whole batch."""
+    from everlearn.training.losses import shared_head
+
+    tok = build_tiny_tokenizer()
+    model = make_trainable(build_tiny_model(tok, seed=1), ModelConfig(finetune="lora"))
+    for n, p in model.named_parameters():  # B != 0, so the LoRA path carries gradient to A
+        if "lora_B" in n:
+            torch.nn.init.normal_(p, std=0.05)
+    ids, mask, labels = _head_batch()
+    keep = (labels[:, 1:] != IGNORE).any(dim=0).nonzero().squeeze(-1)
+    assert shared_head(ids, mask, keep) == 20
+    shapes: list = []
+    handle = model.get_base_model().model.embed_tokens.register_forward_hook(_spy(shapes))
+    ours, _, _ = labelled_token_loss(model, ids, mask, labels)
+    handle.remove()
+    assert shapes == [(1, 20), (3, 10)]
+    ours.backward()
+    g_ours = {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+    model.zero_grad()
+    theirs = model(input_ids=ids, attention_mask=mask, labels=labels).loss
+    theirs.backward()
+    assert torch.allclose(ours, theirs, atol=1e-5)
+    for n, p in model.named_parameters():
+        if p.requires_grad:
+            assert torch.allclose(g_ours[n], p.grad, atol=1e-5), n
+
+
+def test_dropout_or_a_whole_input_hook_keeps_the_whole_batch_pass():
+    """LoRA dropout would draw one mask for every row's head, and a hook that is not
+    token-local may look at the whole input: either keeps one pass over the whole batch."""
+    tok = build_tiny_tokenizer()
+    ids, mask, labels = _head_batch()
+    dropped = make_trainable(build_tiny_model(tok, seed=1),
+                             ModelConfig(finetune="lora", lora=LoraConfig(dropout=0.1))).train()
+    plain = make_trainable(build_tiny_model(tok, seed=1), ModelConfig(finetune="lora"))
+    layer = plain.get_base_model().model.layers[0]
+    hook = layer.register_forward_pre_hook(lambda module, args: None)
+    for model in (dropped, plain):
+        shapes: list = []
+        spy = model.get_base_model().model.embed_tokens.register_forward_hook(_spy(shapes))
+        labelled_token_loss(model, ids, mask, labels)
+        spy.remove()
+        assert shapes == [(3, 30)]
+    hook.remove()
