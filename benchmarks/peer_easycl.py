@@ -121,15 +121,17 @@ def run_sweep(args, work: Path) -> dict:
 
     def everlearn_side() -> list[dict]:
         rows = []
-        sweep_dir = work / "out" / "sweep-everlearn"
-        shutil.rmtree(sweep_dir, ignore_errors=True)
-        seeds = "seed=[" + ",".join(str(s) for s in args.seeds) + "]"
-        r = timed([args.everlearn, "sweep", "seqft.yaml", SWEEP_STRATEGIES, seeds, "--output",
-                   str(sweep_dir)], args.everlearn_cpu, side / "everlearn-sweep.log", cfg_dir, env)
-        r.update(what="sweep", points=sweep_points(sweep_dir))
-        rows.append(r)
-        print(f"[sweep] everlearn sweep: {r['wall_s']} s", flush=True)
-        for extra in [[]] + [e.split() for e in args.extra]:
+        if "sweep" in args.parts:
+            sweep_dir = work / "out" / "sweep-everlearn"
+            shutil.rmtree(sweep_dir, ignore_errors=True)
+            seeds = "seed=[" + ",".join(str(s) for s in args.seeds) + "]"
+            r = timed([args.everlearn, "sweep", "seqft.yaml", SWEEP_STRATEGIES, seeds,
+                       "--output", str(sweep_dir)], args.everlearn_cpu,
+                      side / "everlearn-sweep.log", cfg_dir, env)
+            r.update(what="sweep", points=sweep_points(sweep_dir))
+            rows.append(r)
+            print(f"[sweep] everlearn sweep: {r['wall_s']} s", flush=True)
+        for extra in ([[]] + [e.split() for e in args.extra]) if "singles" in args.parts else []:
             for method in ("seqft", "ewc", "replay"):
                 label = " ".join([method, *extra])
                 out_dir = work / "out" / f"single-{method}-{len(rows)}"
@@ -142,6 +144,9 @@ def run_sweep(args, work: Path) -> dict:
                 print(f"[sweep] everlearn {label}: {r}", flush=True)
         return rows
 
+    if args.reuse_easycl:  # EasyCL's six workflows as an earlier --sweep measured them
+        return {"easycl": json.loads(Path(args.reuse_easycl).read_text())["easycl"],
+                "everlearn": everlearn_side()}
     with ThreadPoolExecutor(2) as pool:
         easycl = pool.submit(easycl_side)
         everlearn = pool.submit(everlearn_side)
@@ -225,6 +230,11 @@ def main() -> int:
     ap.add_argument("--extra", action="append", default=[], metavar="OVERRIDES",
                     help="with --sweep: a further set of everlearn single runs with these "
                          "key=value overrides, e.g. 'train.gradient_checkpointing=true'")
+    ap.add_argument("--parts", nargs="+", default=["sweep", "singles"],
+                    choices=["sweep", "singles"], help="with --sweep: everlearn's sweep, its "
+                    "single runs, or both (one after the other on --everlearn-cpu)")
+    ap.add_argument("--reuse-easycl", metavar="JSON", help="with --sweep: EasyCL's rows from "
+                    "an earlier --sweep --json file instead of running EasyCL again")
     ap.add_argument("--everlearn-cpu", type=int, default=0)
     ap.add_argument("--easycl-cpu", type=int, default=1)
     args = ap.parse_args()
@@ -236,9 +246,10 @@ def main() -> int:
                   "cpu": cpu_model(), "cores": os.cpu_count(),
                   **run_sweep(args, Path(args.work))}
         easycl_total = sum(r["wall_s"] or 0 for r in record["easycl"])
-        sweep = record["everlearn"][0]
-        print(f"sweep: everlearn {sweep['wall_s']:.0f} s, EasyCL's six workflows "
-              f"{easycl_total:.0f} s, speed-up {easycl_total / sweep['wall_s']:.2f}x")
+        sweep = next((r for r in record["everlearn"] if r["what"] == "sweep"), None)
+        if sweep and sweep["wall_s"]:
+            print(f"sweep: everlearn {sweep['wall_s']:.0f} s, EasyCL's six workflows "
+                  f"{easycl_total:.0f} s, speed-up {easycl_total / sweep['wall_s']:.2f}x")
         if args.json:
             Path(args.json).write_text(json.dumps(record, indent=2) + "\n")
         return 0
