@@ -3,6 +3,8 @@ exact-match rows that stop once hopeless."""
 
 from __future__ import annotations
 
+import dataclasses
+
 from everlearn.runs.runner import start_run
 from everlearn.validation import build_config
 from tests.conftest import constant_task, tiny_config, write_jsonl
@@ -44,7 +46,10 @@ def test_rouge_l_scores_partial_answers(tmp_path):
 def test_exact_match_rows_stop_once_hopeless_with_the_same_scores(tmp_path, monkeypatch):
     from transformers import LlamaForCausalLM
 
+    import everlearn.evaluation.scorers as scorers
     import everlearn.evaluation.scorers.exact_match as exact_match_metric
+    from everlearn.evaluation.scorers import generated_text_score
+    from everlearn.evaluation.scoring import exact_match
 
     calls = {"n": 0}
     forward = LlamaForCausalLM.forward
@@ -68,7 +73,9 @@ def test_exact_match_rows_stop_once_hopeless_with_the_same_scores(tmp_path, monk
         return res["R"], calls["n"]
 
     early, early_calls = run("early")
-    monkeypatch.setattr(exact_match_metric, "can_still_match", lambda text, refs: True)
+    never_hopeless = dataclasses.replace(  # the same metric whose rows never stop early
+        exact_match_metric.METRIC, score=generated_text_score(exact_match))
+    monkeypatch.setitem(scorers._discover(), "exact_match", never_hopeless)
     full, full_calls = run("full")
     assert early == full  # a row stopped early scored 0 and would have scored 0
     assert early[1] == [100.0, 0.0]
