@@ -104,7 +104,7 @@ def run_sweep(args, work: Path) -> dict:
                                   env=env, capture_output=True, text=True,
                                   check=True).stdout.strip().splitlines()[-1])
     easycl_jobs = [(seed, m) for seed in args.seeds for m in ("seqft", "ewc", "replay")]
-    peers = {seed: seeded_peer(seed, work) for seed in args.seeds}
+    peers = {} if args.reuse_easycl else {seed: seeded_peer(seed, work) for seed in args.seeds}
 
     def easycl_side() -> list[dict]:
         rows = []
