@@ -11,13 +11,12 @@ use, is its kind's (:mod:`everlearn.stages`): ``text_record``, ``instruction_rec
 
 from __future__ import annotations
 
-import csv
 import json
 import re
-import sys
 from pathlib import Path
 from typing import Any
 
+from everlearn.data.csv_rows import read_csv_rows
 from everlearn.data.records import Record
 from everlearn.errors import DataError
 from everlearn.stages import get_kind, kinds_with
@@ -117,26 +116,6 @@ def _read_jsonl(p: Path):
             raise DataError(f"{p}: line {n}: invalid JSON ({exc.msg})") from None
         except RecursionError:
             raise DataError(f"{p}: line {n}: nested too deeply to be a record") from None
-
-
-def read_csv_rows(p: Path, need: tuple[str, ...] = ()) -> list[dict[str, str]]:
-    """A CSV file with a header row (as pandas writes one) -> one dict per row; the columns
-    in ``need`` must be in the header. An empty cell is ""; the index column pandas writes
-    without a name is kept under the name ""."""
-    csv.field_size_limit(min(sys.maxsize, 2**31 - 1))  # a Wikipedia article is one cell
-    try:
-        with p.open(encoding="utf-8", newline="") as f:
-            reader = csv.DictReader(f)
-            header = reader.fieldnames or []
-            missing = [c for c in need if c not in header]
-            if missing:
-                raise DataError(f"{p}: expected the columns {', '.join(need)} in the header row, "
-                                f"got {', '.join(header) or 'none'}")
-            return [dict(row) for row in reader]
-    except UnicodeDecodeError:
-        raise DataError(f"{p}: not UTF-8 text") from None
-    except csv.Error as exc:
-        raise DataError(f"{p}: not a CSV file ({exc})") from None
 
 
 def _read_text(p: Path, task: str) -> list[Record]:

@@ -11,7 +11,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from everlearn.data.readers import read_csv_rows
+from everlearn.data.csv_rows import read_csv_rows
 from everlearn.data.records import Record
 from everlearn.errors import DataError
 
