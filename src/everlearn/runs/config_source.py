@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from everlearn.data.benchmarks.hub import is_hub_source
 from everlearn.errors import EverlearnError
 
 
@@ -30,9 +31,8 @@ def benchmark_overrides(name: str | None, order: int | None,
         return []
     if data_dir is None:
         raise EverlearnError("--benchmark: give --data-dir DIR, the folder holding its tasks")
-    local = not data_dir.startswith("hf:")  # hf:OWNER/NAME: a Hub dataset (data.benchmarks.hub)
-    out = [f"benchmark.name={name}",
-           f"benchmark.data_dir={Path(data_dir).resolve() if local else data_dir}"]
+    where = data_dir if is_hub_source(data_dir) else Path(data_dir).resolve()
+    out = [f"benchmark.name={name}", f"benchmark.data_dir={where}"]
     return out + ([f"benchmark.order={order}"] if order is not None else [])
 
 
