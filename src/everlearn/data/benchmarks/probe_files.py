@@ -71,9 +71,10 @@ def read_ckl_lama(path: str, task: str) -> list[Record]:
         text = str(row.get(text_col) or "")
         prompt = text.split("<extra_id_0>")[0].strip() if "<extra_id_0>" in text else text.strip()
         rid = str(row.get(id_col) or i)
-        answers = _ckl_row_answers(aliases, rid, where, answer_col == "new_answer")
-        if answers is None:
-            answers = [MASK.sub("", str(row.get(answer_col) or "")).strip()]
+        entry = None if aliases is None else _ckl_entry(aliases, rid, where)
+        answers = (_ckl_row_answers(entry, rid, where, answer_col == "new_answer")
+                   if entry is not None else
+                   [MASK.sub("", str(row.get(answer_col) or "")).strip()])
         answers = [a for a in answers if a]
         if not answers:
             raise DataError(f"{where}: {answer_col}: empty")
@@ -81,8 +82,8 @@ def read_ckl_lama(path: str, task: str) -> list[Record]:
             skipped += 1
             continue
         meta = {"id": rid, "statement": text}
-        if answer_col == "new_answer" and aliases is not None:
-            meta["old_answers"] = _ckl_old_answers(aliases, rid)
+        if answer_col == "new_answer" and entry is not None:
+            meta["old_answers"] = _ckl_old_answers(entry)
         records.append(Record(prompt=prompt, answers=answers, task=task, meta=meta))
     if skipped:
         log.warning("%s: %d of %d probes left out: the mask opens the statement, so a causal "
@@ -119,16 +120,18 @@ def _ckl_answers(p: Path) -> dict[str, Any] | None:
                     f"{p.name} there, or beside it)")
 
 
-def _ckl_row_answers(aliases: dict[str, Any] | None, rid: str, where: str,
-                     updated: bool) -> list[str] | None:
-    """A row's accepted answers from the answers JSON: UpdatedLAMA's ``[{old, new}]`` -> the
-    new ones (the updated fact), NewLAMA's list as it is; None without a JSON."""
-    if aliases is None:
-        return None
+def _ckl_entry(aliases: dict[str, Any], rid: str, where: str) -> Any:
+    """A row's entry in the answers JSON, by its unique_id as written or as an integer."""
     key = rid if rid in aliases else _int_key(rid)
     if key not in aliases:
         raise DataError(f"{where}: unique_id {rid}: not in the answers file")
-    value = aliases[key]
+    return aliases[key]
+
+
+def _ckl_row_answers(entry: Any, rid: str, where: str, updated: bool) -> list[str]:
+    """A row's accepted answers from its answers-JSON entry: UpdatedLAMA's ``[{old, new}]``
+    -> the new ones (the updated fact), NewLAMA's list as it is."""
+    value = entry
     if updated:
         value = value[0].get("new") if isinstance(value, list) and value \
             and isinstance(value[0], dict) else None
@@ -138,11 +141,10 @@ def _ckl_row_answers(aliases: dict[str, Any] | None, rid: str, where: str,
     return [a.strip() for a in value]
 
 
-def _ckl_old_answers(aliases: dict[str, Any], rid: str) -> list[str]:
-    """UpdatedLAMA's old answers of a row (CKL reports their exact match apart)."""
-    value = aliases.get(rid, aliases.get(_int_key(rid)))
-    old = value[0].get("old") if isinstance(value, list) and value and isinstance(
-        value[0], dict) else None
+def _ckl_old_answers(entry: Any) -> list[str]:
+    """UpdatedLAMA's old answers of a row's entry (CKL reports their exact match apart)."""
+    old = entry[0].get("old") if isinstance(entry, list) and entry and isinstance(
+        entry[0], dict) else None
     return [a for a in old if isinstance(a, str)] if isinstance(old, list) else []
 
 
